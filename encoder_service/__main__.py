@@ -1,0 +1,20 @@
+"""`python -m encoder_service`: see --help."""
+
+from imagesearch.serving import configure_logging, run_until_signalled
+
+from .config import parse_args
+from .server import EncoderServer
+
+
+def main() -> None:
+    config = parse_args()
+    configure_logging()
+    server = EncoderServer(config)
+    server.start()
+    server.load()
+    assert server.grpc is not None
+    run_until_signalled(server.grpc, server.stop)
+
+
+if __name__ == "__main__":
+    main()

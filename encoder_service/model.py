@@ -1,0 +1,128 @@
+"""Loading CLIP and running its two towers: the only module that knows the model's internals."""
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import clip
+import numpy as np
+import torch
+from clip.model import CLIP, build_model
+from clip.simple_tokenizer import SimpleTokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-B/32"
+
+
+@dataclass(frozen=True)
+class TokenizedTexts:
+    tokens: torch.Tensor  # (n, context_length) int64, zero-padded
+    truncated: list[bool]
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(requested)
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_checkpoint(path: str) -> CLIP:
+    """A TorchScript archive as OpenAI ships, or a plain state dict; `clip.load(path)` fails on the latter."""
+    try:
+        state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+    except RuntimeError:
+        state_dict = torch.load(path, map_location="cpu")
+    return build_model(state_dict)
+
+
+def _load_clip(spec: str, cache_dir: str) -> tuple[CLIP, str]:
+    """The model on the CPU and the name that stamps its vectors."""
+    if spec in clip.available_models():
+        model, _ = clip.load(spec, device="cpu", jit=False, download_root=cache_dir or None)
+        return model, spec
+    if not os.path.isfile(spec):
+        raise FileNotFoundError(
+            f"--model {spec!r} is neither a checkpoint file nor one of {clip.available_models()}"
+        )
+    return _read_checkpoint(spec), f"{os.path.basename(spec)}@sha256:{_file_sha256(spec)[:16]}"
+
+
+class ClipModel:
+    """CLIP on one device: fp16 on CUDA, fp32 on the CPU. Forward passes are serialised by a lock."""
+
+    def __init__(self, spec: str, device: str = "auto", cache_dir: str = "") -> None:
+        self.device = resolve_device(device)
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        model, self.name = _load_clip(spec, cache_dir)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.dimension = int(self.model.text_projection.shape[1])
+        self.image_resolution = int(self.model.visual.input_resolution)
+        self.context_length = int(self.model.context_length)
+        # CLIP's own preprocessing (resize, centre crop, normalise): RGB picture -> (3, res, res).
+        self.preprocess = clip.clip._transform(self.image_resolution)
+        self._tokenizer = SimpleTokenizer()
+        self._start_token = self._tokenizer.encoder["<|startoftext|>"]
+        self._end_token = self._tokenizer.encoder["<|endoftext|>"]
+        self._causal_mask = self.model.build_attention_mask().to(device=self.device, dtype=self.dtype)
+        self._lock = threading.Lock()
+        log.info("loaded %s on %s as %s", self.name, self.device, self.dtype)
+
+    def tokenize(self, texts: list[str]) -> TokenizedTexts:
+        """CLIP's tokenizer with `truncate=True`, also telling which texts were cut."""
+        tokens = torch.zeros(len(texts), self.context_length, dtype=torch.long)
+        truncated = []
+        for row, text in enumerate(texts):
+            ids = [self._start_token, *self._tokenizer.encode(text), self._end_token]
+            truncated.append(len(ids) > self.context_length)
+            if truncated[-1]:
+                ids = [*ids[: self.context_length - 1], self._end_token]
+            tokens[row, : len(ids)] = torch.tensor(ids)
+        return TokenizedTexts(tokens, truncated)
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        """(n, 3, res, res) preprocessed pictures -> (n, dim) unit float32 vectors."""
+        with self._lock:
+            features = self.model.encode_image(pixels.to(device=self.device, dtype=self.dtype))
+        return _normalised(features)
+
+    @torch.inference_mode()
+    def encode_texts(self, tokens: torch.Tensor) -> np.ndarray:
+        """(n, context_length) tokens -> (n, dim) unit float32 vectors.
+
+        The text tower is causal and reads its output at the end-of-text token, so running it on the first L
+        positions only (L = the longest text in the batch) gives the same vectors for a fraction of the work.
+        """
+        end_positions = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
+        length = int(end_positions.max()) + 1
+        tokens = tokens[:, :length].to(self.device)
+        model = self.model
+        mask = self._causal_mask[:length, :length]
+        with self._lock:
+            x = model.token_embedding(tokens) + model.positional_embedding[:length]
+            x = x.permute(1, 0, 2)  # (length, n, width), as CLIP's blocks expect
+            for block in model.transformer.resblocks:
+                normed = block.ln_1(x)
+                x = x + block.attn(normed, normed, normed, need_weights=False, attn_mask=mask)[0]
+                x = x + block.mlp(block.ln_2(x))
+            x = model.ln_final(x.permute(1, 0, 2))
+            features = x[torch.arange(x.shape[0]), end_positions.to(self.device)] @ model.text_projection
+        return _normalised(features)
+
+
+def _normalised(features: torch.Tensor) -> np.ndarray:
+    features = features.float()
+    return (features / features.norm(dim=-1, keepdim=True)).cpu().numpy()

@@ -1,0 +1,46 @@
+"""The encoder process: a gRPC server that answers health checks at once and serves once the model is warm."""
+
+import logging
+
+from imagesearch.serving import GrpcServer
+from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
+
+from .config import EncoderConfig
+from .service import EncoderServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = encoder_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name
+
+
+class EncoderServer:
+    """`start()` listens with health NOT_SERVING; `load()` loads and warms the model, then reports SERVING."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        self.config = config
+        self.servicer = EncoderServicer(config)
+        self.grpc: GrpcServer | None = None
+
+    def start(self) -> str:
+        self.grpc = GrpcServer(
+            self.config.host,
+            self.config.port,
+            [SERVICE_NAME],
+            lambda server: encoder_pb2_grpc.add_EncoderServiceServicer_to_server(self.servicer, server),
+            self.config.grpc_workers,
+            self.config.max_message_bytes,
+        )
+        log.info("encoder listening on %s, loading %s", self.grpc.address, self.config.model)
+        return self.grpc.address
+
+    def load(self) -> None:
+        self.servicer.load()
+        assert self.grpc is not None, "start() before load()"
+        self.grpc.set_serving(True)
+        log.info("encoder serving %s on %s", self.config.model, self.grpc.address)
+
+    def stop(self) -> None:
+        """Refuses new calls, lets in-flight calls finish, then stops the batchers."""
+        if self.grpc is not None:
+            self.grpc.stop(self.config.shutdown_grace_s)
+        self.servicer.close()

@@ -1,0 +1,82 @@
+"""The lifecycle both services share: a gRPC server with health checking, reflection, and a graceful stop."""
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class GrpcServer:
+    """A started gRPC server on host:port whose services are NOT_SERVING until `set_serving(True)`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        service_names: Iterable[str],
+        register: Callable[[grpc.Server], None],
+        max_workers: int,
+        max_message_bytes: int,
+    ) -> None:
+        self.service_names = [*service_names]
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
+        register(self._server)
+        # The health service gets its own threads so that it answers even when every worker is busy.
+        self.health = health.HealthServicer(
+            experimental_non_blocking=True,
+            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {host}:{port}")
+        self.address = f"{host}:{self.port}"
+        self.set_serving(False)
+        self._server.start()
+
+    def set_serving(self, serving: bool) -> None:
+        status = SERVING if serving else NOT_SERVING
+        for name in ["", *self.service_names]:
+            self.health.set(name, status)
+
+    def stop(self, grace_s: float) -> None:
+        """Refuses new calls, lets in-flight calls finish for up to `grace_s`, then stops."""
+        self.set_serving(False)
+        self._server.stop(grace_s).wait()
+
+    def wait(self) -> None:
+        self._server.wait_for_termination()
+
+
+def run_until_signalled(server: GrpcServer, shutdown: Callable[[], None]) -> None:
+    """Blocks until SIGTERM or SIGINT, then calls `shutdown` (which drains in-flight calls)."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    stop.wait()
+    log.info("signal received: draining in-flight calls on %s", server.address)
+    shutdown()
+    log.info("stopped")

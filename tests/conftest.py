@@ -1,0 +1,78 @@
+"""Shared fixtures: checkpoints the tests make themselves, and real encoder servers on loopback ports."""
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from encoder_service.checkpoints import TINY, VIT_B_32, random_clip, save_state_dict, save_torchscript
+from encoder_service.config import EncoderConfig
+from encoder_service.server import EncoderServer
+from imagesearch.v1 import encoder_pb2_grpc
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def vit_b32_path(checkpoint_dir: Path) -> Path:
+    """A randomly initialised ViT-B/32 as a plain state dict: the real architecture and cost."""
+    path = checkpoint_dir / "random-vit-b32.pt"
+    save_state_dict(random_clip(VIT_B_32), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_path(checkpoint_dir: Path) -> Path:
+    path = checkpoint_dir / "tiny.pt"
+    save_state_dict(random_clip(TINY), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_torchscript_path(checkpoint_dir: Path) -> Path:
+    path = checkpoint_dir / "tiny.torchscript.pt"
+    save_torchscript(random_clip(TINY), str(path))
+    return path
+
+
+@contextmanager
+def running_encoder(model: Path, **settings: object) -> Iterator[EncoderServer]:
+    config = dataclasses.replace(EncoderConfig(model=str(model), device="cpu", port=0), **settings)
+    server = EncoderServer(config)
+    server.start()
+    try:
+        server.load()
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def encoder_stub(address: str) -> Iterator[encoder_pb2_grpc.EncoderServiceStub]:
+    with grpc.insecure_channel(address) as channel:
+        yield encoder_pb2_grpc.EncoderServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def vit_encoder(vit_b32_path: Path) -> Iterator[EncoderServer]:
+    with running_encoder(vit_b32_path) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_path: Path) -> Iterator[EncoderServer]:
+    with running_encoder(tiny_path) as server:
+        yield server
+
+
+@pytest.fixture
+def vit_stub(vit_encoder: EncoderServer) -> Iterator[encoder_pb2_grpc.EncoderServiceStub]:
+    assert vit_encoder.grpc is not None
+    with encoder_stub(vit_encoder.grpc.address) as stub:
+        yield stub

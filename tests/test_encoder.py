@@ -1,0 +1,301 @@
+"""The encoder service through real gRPC servers on loopback."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import clip
+import grpc
+import numpy as np
+import pytest
+import torch
+from clip.model import build_model
+from conftest import encoder_stub, running_encoder
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from images import encode, jpeg, png, png_with_size_header, solid, two_tone
+from PIL import Image
+
+from encoder_service.config import EncoderConfig
+from encoder_service.server import EncoderServer
+from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
+
+
+def vectors_of(response: encoder_pb2.EncodeTextResponse | encoder_pb2.EncodeImagesResponse) -> np.ndarray:
+    return np.array([result.vector.values for result in response.results], dtype=np.float32)
+
+
+def encode_images(stub: encoder_pb2_grpc.EncoderServiceStub, images: list[bytes]) -> np.ndarray:
+    response = stub.EncodeImages(encoder_pb2.EncodeImagesRequest(images=images))
+    assert [result.WhichOneof("outcome") for result in response.results] == ["vector"] * len(images)
+    return vectors_of(response)
+
+
+def health_status(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+
+
+@pytest.fixture(scope="module")
+def reference_model(vit_b32_path: Path) -> torch.nn.Module:
+    """The same checkpoint through CLIP's own code: the standard the service must match."""
+    return build_model(torch.load(vit_b32_path, map_location="cpu")).float().eval()
+
+
+def normalised(features: torch.Tensor) -> np.ndarray:
+    return (features / features.norm(dim=-1, keepdim=True)).numpy()
+
+
+def test_vectors_are_unit_length_512_and_name_the_model(vit_stub, vit_encoder: EncoderServer) -> None:
+    text = vit_stub.EncodeText(encoder_pb2.EncodeTextRequest(texts=["a white dog", "a cat"]))
+    image = vit_stub.EncodeImages(encoder_pb2.EncodeImagesRequest(images=[png(solid((200, 10, 10)))]))
+    for response in (text, image):
+        vectors = vectors_of(response)
+        assert vectors.shape[1] == 512
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+        assert response.model.startswith("random-vit-b32.pt@sha256:")
+
+
+def test_model_info_describes_model_and_limits(vit_stub) -> None:
+    info = vit_stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+    defaults = EncoderConfig()
+    assert (info.dimension, info.device, info.dtype) == (512, "cpu", "float32")
+    assert (info.image_resolution, info.context_length) == (224, 77)
+    assert (info.max_batch_size, info.max_queue_size) == (defaults.max_batch_size, defaults.max_queue_size)
+
+
+def test_text_vectors_equal_clip_reference(vit_stub, reference_model) -> None:
+    # Different lengths in one request: the service runs the batch on the longest text's tokens only.
+    texts = ["dog", "a photo of a red circle on a grey background", "word " * 120]
+    response = vit_stub.EncodeText(encoder_pb2.EncodeTextRequest(texts=texts))
+    with torch.inference_mode():
+        expected = normalised(reference_model.encode_text(clip.tokenize(texts, truncate=True)))
+    cosines = (vectors_of(response) * expected).sum(axis=1)
+    assert cosines.min() >= 0.9999, cosines
+    assert [result.truncated for result in response.results] == [False, False, True]
+
+
+def test_image_vectors_equal_clip_reference(vit_stub, reference_model) -> None:
+    pictures = [two_tone((250, 20, 20), (20, 20, 250)), solid((10, 200, 10), (320, 240))]
+    preprocess = clip.clip._transform(224)
+    with torch.inference_mode():
+        expected = normalised(reference_model.encode_image(torch.stack([preprocess(p) for p in pictures])))
+    cosines = (encode_images(vit_stub, [png(p) for p in pictures]) * expected).sum(axis=1)
+    assert cosines.min() >= 0.9999, cosines
+
+
+def test_torchscript_archive_gives_same_vectors_as_state_dict(tiny_path, tiny_torchscript_path) -> None:
+    picture = png(two_tone((250, 200, 20), (20, 20, 250)))
+    vectors = []
+    for checkpoint in (tiny_path, tiny_torchscript_path):
+        with running_encoder(checkpoint) as server, encoder_stub(server.grpc.address) as stub:
+            vectors.append(encode_images(stub, [picture])[0])
+    assert float(vectors[0] @ vectors[1]) >= 0.9999
+
+
+def frames_gif(colors: list[tuple[int, int, int]]) -> bytes:
+    frames = [solid(color) for color in colors]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=50)
+    return buffer.getvalue()
+
+
+def exif_rotated_jpeg(picture: Image.Image) -> bytes:
+    """Stored turned by 90 degrees, with EXIF orientation 6 saying how to turn it back."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return jpeg(picture.transpose(Image.Transpose.ROTATE_90), exif=exif)
+
+
+def sixteen_bit_grey_png(level: int) -> bytes:
+    image = Image.fromarray(np.full((48, 64), level, dtype=np.uint16))
+    assert image.mode == "I;16"
+    return png(image)
+
+
+def test_every_photo_library_format_is_encoded(vit_stub) -> None:
+    red, blue = (220, 30, 30), (30, 30, 220)
+    picture = two_tone(red, blue)
+    formats = {
+        "jpeg": jpeg(picture),
+        "png": png(picture),
+        "png rgba transparent": png(Image.new("RGBA", (64, 48), (255, 0, 0, 0))),
+        "png palette": png(picture.convert("P")),
+        "png 16-bit grey": sixteen_bit_grey_png(0x8080),
+        "gif two frames": frames_gif([red, blue]),
+        "webp": encode(picture, "WEBP", lossless=True),
+        "bmp": encode(picture, "BMP"),
+        "tiff": encode(picture, "TIFF"),
+        "grey jpeg": jpeg(picture.convert("L")),
+        "cmyk jpeg": jpeg(picture.convert("CMYK")),
+        "exif rotated jpeg": exif_rotated_jpeg(picture),
+        # What the special cases above must equal, or differ from:
+        "stored rotated, no exif": jpeg(picture.transpose(Image.Transpose.ROTATE_90)),
+        "white": png(solid((255, 255, 255))),
+        "grey 128": png(solid((128, 128, 128))),
+        "red": png(solid(red)),
+    }
+    vectors = dict(zip(formats, encode_images(vit_stub, list(formats.values())), strict=True))
+    same = {
+        "png rgba transparent": "white",  # transparency is shown as white, not as the hidden red
+        "png 16-bit grey": "grey 128",  # 0x8080 of 65535 is 128 of 255, not clipped to white
+        "gif two frames": "red",  # the first frame
+        "png palette": "png",
+        "webp": "png",
+        "bmp": "png",
+        "tiff": "png",
+        "exif rotated jpeg": "jpeg",
+    }
+    for name, twin in same.items():
+        assert float(vectors[name] @ vectors[twin]) > 0.99, (name, twin)
+    assert float(vectors["stored rotated, no exif"] @ vectors["jpeg"]) < 0.99
+
+
+def test_bad_images_fail_alone_and_say_why(tiny_path) -> None:
+    good = png(solid((10, 200, 10)))
+    whole_jpeg = jpeg(two_tone((200, 0, 0), (0, 0, 200), (256, 256)))
+    truncated_jpeg = whole_jpeg[: len(whole_jpeg) // 2]
+    images = [
+        good,
+        b"",
+        os.urandom(2000),
+        truncated_jpeg,
+        png_with_size_header(30_000, 30_000),
+        png(Image.effect_noise((200, 200), 64).convert("RGB")),  # over the byte limit below
+        b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+        good,
+    ]
+    with (
+        running_encoder(tiny_path, max_image_bytes=20_000, max_image_pixels=10_000_000) as server,
+        encoder_stub(server.grpc.address) as stub,
+    ):
+        response = stub.EncodeImages(encoder_pb2.EncodeImagesRequest(images=images))
+    outcomes = [result.WhichOneof("outcome") for result in response.results]
+    assert outcomes == ["vector", "error", "error", "error", "error", "error", "error", "vector"]
+    errors = [result.error for result in response.results]
+    assert errors[1] == "images[1]: empty (0 bytes)"
+    assert errors[2].startswith("images[2]: not a recognised image format")
+    assert errors[3].startswith("images[3]: cannot decode JPEG data")
+    assert errors[4].startswith("images[4]: 30000x30000 pixels is over the limit of 10000000 pixels")
+    assert errors[5].startswith("images[5]:") and "over the limit of 20000 bytes" in errors[5]
+    assert errors[6].startswith("images[6]: not a recognised image format")
+    assert response.results[0].vector.values == response.results[7].vector.values
+
+
+def test_empty_text_and_oversized_requests_are_invalid_argument(vit_stub) -> None:
+    with pytest.raises(grpc.RpcError) as empty_text:
+        vit_stub.EncodeText(encoder_pb2.EncodeTextRequest(texts=["a dog", "  "]))
+    assert empty_text.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert empty_text.value.details() == "texts[1] is empty"
+    with pytest.raises(grpc.RpcError) as no_texts:
+        vit_stub.EncodeText(encoder_pb2.EncodeTextRequest(texts=[]))
+    assert no_texts.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    limit = EncoderConfig().max_items_per_request
+    with pytest.raises(grpc.RpcError) as too_many:
+        vit_stub.EncodeText(encoder_pb2.EncodeTextRequest(texts=["a"] * (limit + 1)))
+    assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert too_many.value.details() == f"{limit + 1} texts in one call is over the limit of {limit}"
+
+
+def test_text_longer_than_char_limit_is_cut_and_flagged(tiny_path) -> None:
+    with running_encoder(tiny_path, max_text_chars=10) as server, encoder_stub(server.grpc.address) as stub:
+        response = stub.EncodeText(
+            encoder_pb2.EncodeTextRequest(texts=["a red circle", "a red circ", "a red"])
+        )
+    assert [result.truncated for result in response.results] == [True, False, False]
+    assert response.results[0].vector.values == response.results[1].vector.values
+
+
+def test_concurrent_callers_share_forward_passes(tiny_path) -> None:
+    callers = 16
+    with (
+        running_encoder(tiny_path, max_batch_size=64, max_batch_delay_ms=300) as server,
+        encoder_stub(server.grpc.address) as stub,
+    ):
+        before = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+        start = threading.Barrier(callers)
+
+        def call(index: int) -> encoder_pb2.EncodeTextResponse:
+            start.wait()
+            return stub.EncodeText(encoder_pb2.EncodeTextRequest(texts=[f"caller {index}"]))
+
+        threads = [threading.Thread(target=call, args=(index,)) for index in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        after = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+    assert after.texts_encoded - before.texts_encoded == callers
+    assert after.text_forward_passes - before.text_forward_passes <= callers // 4
+
+
+def test_full_queue_refuses_at_once_with_resource_exhausted(tiny_path) -> None:
+    # A batch waits up to 2 s for more items: the first call holds the queue while the second arrives.
+    settings = {
+        "max_queue_size": 4,
+        "max_items_per_request": 4,
+        "max_batch_size": 64,
+        "max_batch_delay_ms": 2000,
+    }
+    with running_encoder(tiny_path, **settings) as server, encoder_stub(server.grpc.address) as stub:
+        request = encoder_pb2.EncodeTextRequest(texts=["one", "two", "three"])
+        calls = [stub.EncodeText.future(request), stub.EncodeText.future(request)]
+        codes = sorted(str(call.exception().code()) if call.exception() else "OK" for call in calls)
+    assert codes == ["OK", "StatusCode.RESOURCE_EXHAUSTED"]
+
+
+def test_health_is_not_serving_until_the_model_is_loaded(tiny_path) -> None:
+    server = EncoderServer(EncoderConfig(model=str(tiny_path), device="cpu", port=0))
+    address = server.start()
+    try:
+        assert health_status(address) == health_pb2.HealthCheckResponse.NOT_SERVING
+        with encoder_stub(address) as stub, pytest.raises(grpc.RpcError) as loading:
+            stub.EncodeText(encoder_pb2.EncodeTextRequest(texts=["a dog"]))
+        assert loading.value.code() == grpc.StatusCode.UNAVAILABLE
+        server.load()
+        assert health_status(address) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop()
+
+
+def test_sigterm_lets_in_flight_calls_finish(tiny_path) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "encoder_service",
+            "--model",
+            str(tiny_path),
+            "--device",
+            "cpu",
+            "--port",
+            "0",
+            "--max-batch-size",
+            "64",
+            "--max-batch-delay-ms",
+            "3000",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        address = ""
+        for line in process.stderr:
+            if "encoder serving" in line:
+                address = line.rsplit(" on ", 1)[1].strip()
+                break
+        assert address, "the encoder never reported serving"
+        with encoder_stub(address) as stub:
+            # The batcher holds this call for up to 3 s waiting for company; SIGTERM arrives meanwhile.
+            in_flight = stub.EncodeText.future(encoder_pb2.EncodeTextRequest(texts=["a dog"]))
+            info = encoder_pb2.GetModelInfoRequest()
+            while stub.GetModelInfo(info).text_queue_depth == 0:
+                assert not in_flight.done()
+            process.send_signal(signal.SIGTERM)
+            assert len(in_flight.result(timeout=30).results[0].vector.values) == 512
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
