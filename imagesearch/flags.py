@@ -1,32 +1,32 @@
 """Settings dataclasses as command-line flags with environment-variable twins.
 
-Each field `max_batch_size` becomes the flag `--max-batch-size` and the variable `PREFIX_MAX_BATCH_SIZE`:
-the flag wins, then the variable, then the dataclass default. The dataclass validates in __post_init__.
+Each field `max_batch_size` becomes the flag `--max-batch-size` and the variable `PREFIX_MAX_BATCH_SIZE`
+(or the `env` named in the field's metadata): the flag wins, then the variable, then the default.
+The field's metadata also holds its `help` and any `choices`; the dataclass validates in __post_init__.
 """
 
 import argparse
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 Config = TypeVar("Config")
 
 
+def setting(default: Any, help: str, env: str | None = None, choices: Sequence[str] | None = None) -> Any:
+    """A settings field with what its flag needs to know."""
+    return dataclasses.field(default=default, metadata={"help": help, "env": env, "choices": choices})
+
+
 def parse_config(
-    config_type: type[Config],
-    prog: str,
-    description: str,
-    env_prefix: str,
-    helps: Mapping[str, str],
-    choices: Mapping[str, Sequence[str]] | None = None,
-    argv: Sequence[str] | None = None,
+    config_type: type[Config], prog: str, description: str, env_prefix: str, argv: Sequence[str] | None = None
 ) -> Config:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     for field in dataclasses.fields(config_type):  # type: ignore[arg-type]
         default = field.default
-        value_type = str if default is None else type(default)
-        env = env_prefix + field.name.upper()
+        value_type = type(default)
+        env = field.metadata["env"] or env_prefix + field.name.upper()
         raw = os.environ.get(env)
         try:
             value: Any = default if raw is None else value_type(raw)
@@ -37,8 +37,8 @@ def parse_config(
             dest=field.name,
             type=value_type,
             default=value,
-            choices=(choices or {}).get(field.name),
-            help=f"{helps[field.name]} (env {env}, default {default!r})",
+            choices=field.metadata["choices"],
+            help=f"{field.metadata['help']} (env {env}, default {default!r})",
         )
     args = parser.parse_args(argv)
     try:

@@ -3,7 +3,7 @@
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 
 import grpc
@@ -31,6 +31,7 @@ class GrpcServer:
         register: Callable[[grpc.Server], None],
         max_workers: int,
         max_message_bytes: int,
+        interceptors: Sequence[grpc.ServerInterceptor] = (),
     ) -> None:
         self.service_names = [*service_names]
         self._server = grpc.server(
@@ -39,6 +40,7 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
             ],
+            interceptors=interceptors,
         )
         register(self._server)
         # The health service gets its own threads so that it answers even when every worker is busy.

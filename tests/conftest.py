@@ -11,7 +11,9 @@ import pytest
 from encoder_service.checkpoints import TINY, VIT_B_32, random_clip, save_state_dict, save_torchscript
 from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
-from imagesearch.v1 import encoder_pb2_grpc
+from imagesearch.v1 import encoder_pb2_grpc, search_pb2_grpc
+from search_service.config import SearchConfig
+from search_service.server import SearchServer
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +78,23 @@ def vit_stub(vit_encoder: EncoderServer) -> Iterator[encoder_pb2_grpc.EncoderSer
     assert vit_encoder.grpc is not None
     with encoder_stub(vit_encoder.grpc.address) as stub:
         yield stub
+
+
+@contextmanager
+def running_search(encoder_target: str, milvus_uri: Path | str, **settings: object) -> Iterator[SearchServer]:
+    config = dataclasses.replace(
+        SearchConfig(encoder=encoder_target, milvus_uri=str(milvus_uri), port=0, encoder_timeout_s=20.0),
+        **settings,
+    )
+    server = SearchServer(config)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def search_stub(address: str) -> Iterator[search_pb2_grpc.SearchServiceStub]:
+    with grpc.insecure_channel(address) as channel:
+        yield search_pb2_grpc.SearchServiceStub(channel)

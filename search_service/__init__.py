@@ -1,0 +1,1 @@
+"""The search tier: owns the Milvus collections and answers through the encoder. Never imports torch."""

@@ -1,0 +1,25 @@
+"""`python -m search_service`: see --help."""
+
+import sys
+
+from imagesearch.serving import configure_logging, run_until_signalled
+
+from .config import parse_args
+from .errors import ServiceError
+from .server import SearchServer
+
+
+def main() -> None:
+    config = parse_args()
+    configure_logging()
+    try:
+        server = SearchServer(config)
+    except ServiceError as error:
+        sys.exit(f"search_service: {error.message}")
+    server.start()
+    assert server.grpc is not None
+    run_until_signalled(server.grpc, server.stop)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The search service's settings, from flags with environment-variable twins (SEARCH_*, MILVUS_*)."""
+
+import json
+from dataclasses import dataclass
+
+from imagesearch.flags import parse_config, setting
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    encoder: str = setting(
+        "127.0.0.1:50051",
+        "encoder replicas: HOST:PORT, IP:PORT,IP:PORT, or a gRPC target such as dns:///encoder:50051",
+    )
+    milvus_uri: str = setting(
+        "./milvus.db", "a Milvus Lite file, or http://host:19530 for a Milvus server", env="MILVUS_URI"
+    )
+    milvus_token: str = setting(
+        "", "token for a Milvus server or Zilliz Cloud (user:password)", env="MILVUS_TOKEN"
+    )
+    collection: str = setting("images", "the collection a request that names none uses")
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = setting(50052, "port to listen on (0: any free port)")
+    index_type: str = setting(
+        "AUTOINDEX",
+        "vector index of new collections: AUTOINDEX, FLAT, IVF_FLAT; a server also takes HNSW and more",
+    )
+    index_params: str = setting("{}", 'index parameters as JSON, e.g. {"nlist": 1024} for IVF_FLAT')
+    ingest_in_flight: int = setting(3, "batches of one ingest stream encoded and written at once")
+    encoder_timeout_s: float = setting(60.0, "deadline of one encoder call, retries included")
+    milvus_timeout_s: float = setting(10.0, "deadline of one Milvus call", env="MILVUS_TIMEOUT_S")
+    max_top_k: int = setting(1000, "largest top_k a search may ask for")
+    max_offset: int = setting(10000, "largest offset a search may ask for")
+    max_message_bytes: int = setting(64 * 1024 * 1024, "largest request message (one image and its metadata)")
+    grpc_workers: int = setting(32, "threads serving calls")
+    health_interval_s: float = setting(
+        5.0, "how often Milvus and the encoder are checked for the health status"
+    )
+    shutdown_grace_s: float = setting(30.0, "how long in-flight calls may run after SIGTERM")
+
+    def __post_init__(self) -> None:
+        for name in ("ingest_in_flight", "max_top_k", "max_message_bytes", "grpc_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        try:
+            if not isinstance(json.loads(self.index_params), dict):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"index_params must be a JSON object, not {self.index_params!r}") from None
+
+
+def parse_args(argv: list[str] | None = None) -> SearchConfig:
+    return parse_config(
+        SearchConfig,
+        "python -m search_service",
+        "Text and image search over a Milvus collection, encoding through the encoder service.",
+        "SEARCH_",
+        argv,
+    )

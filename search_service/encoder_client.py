@@ -1,0 +1,95 @@
+"""Calls to the encoder tier: round robin over its replicas, a deadline on each call, retries with backoff."""
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
+
+from .errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+Response = TypeVar("Response")
+
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
+
+
+def channel_target(target: str) -> str:
+    """gRPC's target syntax; a bare list `HOST:PORT,HOST:PORT` of IP addresses becomes `ipv4:...`."""
+    if "," in target and not target.startswith(_SCHEMES):
+        return "ipv4:" + target
+    return target
+
+
+class EncoderClient:
+    def __init__(self, target: str, timeout_s: float, attempts: int = 5) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self.attempts = attempts
+        self._channel = grpc.insecure_channel(
+            channel_target(target),
+            options=[
+                ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+                # A replica that comes back is used again within about a second, not after minutes of backoff.
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.max_receive_message_length", -1),
+            ],
+        )
+        self._stub = encoder_pb2_grpc.EncoderServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Callable[..., Response], request: object) -> Response:
+        """One call with a deadline, retried on UNAVAILABLE or RESOURCE_EXHAUSTED (on another replica)."""
+        deadline = time.monotonic() + self.timeout_s
+        backoff, attempt = 0.1, 1
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return method(request, timeout=max(remaining, 0.001))
+            except grpc.RpcError as error:
+                code = error.code()
+                if code not in _RETRYABLE or attempt == self.attempts or remaining <= backoff:
+                    raise ServiceError(
+                        code, f"encoder at {self.target}: {code.name}: {error.details()}"
+                    ) from None
+                log.warning("encoder call failed (%s, attempt %d); retrying", code.name, attempt)
+            time.sleep(backoff * (0.5 + random.random()))
+            backoff, attempt = backoff * 2, attempt + 1
+
+    def info(self) -> encoder_pb2.GetModelInfoResponse:
+        return self._call(self._stub.GetModelInfo, encoder_pb2.GetModelInfoRequest())
+
+    def encode_text(self, text: str) -> tuple[str, np.ndarray]:
+        """The model's name and the text's vector."""
+        response = self._call(self._stub.EncodeText, encoder_pb2.EncodeTextRequest(texts=[text]))
+        return response.model, np.asarray(response.results[0].vector.values, dtype=np.float32)
+
+    def encode_images(self, images: list[bytes]) -> tuple[str, list[np.ndarray | str]]:
+        """The model's name and, for each image in order, its vector or the reason it has none."""
+        response = self._call(self._stub.EncodeImages, encoder_pb2.EncodeImagesRequest(images=images))
+        return response.model, [
+            np.asarray(result.vector.values, dtype=np.float32)
+            if result.WhichOneof("outcome") == "vector"
+            else result.error.split(": ", 1)[-1]  # drop the encoder's "images[i]: ", an index into its batch
+            for result in response.results
+        ]
+
+    def healthy(self, timeout_s: float) -> bool:
+        """Whether a replica answers within `timeout_s` (waiting for a reconnect, if one is under way)."""
+        try:
+            self._stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), timeout=timeout_s, wait_for_ready=True)
+        except grpc.RpcError:
+            return False
+        return True

@@ -1,0 +1,211 @@
+"""The ingestion pipeline: hash -> skip what is stored -> encode the rest -> upsert, in order, with totals.
+
+Items are read as they arrive and grouped into batches of what has already arrived (at most the encoder's
+batch size), so a fast client fills batches and a slow one still sees each result promptly. Several batches
+are encoded and written at once, so the encoder is not idle while Milvus writes. A result says "stored" only
+after Milvus has accepted the row, which holds the vector and every field at once.
+"""
+
+import hashlib
+import json
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+
+from imagesearch.v1 import search_pb2
+
+from .encoder_client import EncoderClient
+from .errors import ServiceError
+from .store import MAX_URI_LENGTH, CollectionInfo, Store
+
+STORED, PRESENT, FAILED = search_pb2.OUTCOME_STORED, search_pb2.OUTCOME_PRESENT, search_pb2.OUTCOME_FAILED
+MAX_METADATA_BYTES = 65536
+
+
+@dataclass
+class _Item:
+    index: int
+    uri: str
+    metadata: dict[str, str]
+    image: bytes
+    id: str = ""
+    outcome: int = search_pb2.OUTCOME_UNSPECIFIED
+    error: str = ""
+    # Set when the same picture came earlier in this stream: the result is that item's.
+    same_as: "_Item | None" = None
+
+
+@dataclass
+class _Totals:
+    received: int = 0
+    counts: dict[int, int] = field(default_factory=lambda: {STORED: 0, PRESENT: 0, FAILED: 0})
+
+    def message(self) -> search_pb2.IngestTotals:
+        return search_pb2.IngestTotals(
+            received=self.received,
+            stored=self.counts[STORED],
+            present=self.counts[PRESENT],
+            failed=self.counts[FAILED],
+        )
+
+
+_END = object()  # the client closed its side of the stream
+_BATCH_DONE = object()  # a batch finished: wake the loop to send its results
+
+
+def _check(item: _Item) -> None:
+    """Fills in the item's id, or its failure when it cannot be stored whatever the encoder says."""
+    if not item.image:
+        item.outcome, item.error = FAILED, "empty image (0 bytes)"
+    elif len(item.uri) > MAX_URI_LENGTH:
+        item.outcome, item.error = (
+            FAILED,
+            f"uri is {len(item.uri)} characters, over the limit of {MAX_URI_LENGTH}",
+        )
+    elif len(json.dumps(item.metadata).encode()) > MAX_METADATA_BYTES:
+        item.outcome, item.error = FAILED, f"metadata is over the limit of {MAX_METADATA_BYTES} bytes as JSON"
+    else:
+        item.id = hashlib.sha256(item.image).hexdigest()
+
+
+class Ingestion:
+    """One Ingest stream."""
+
+    def __init__(self, store: Store, encoder: EncoderClient, default_collection: str, in_flight: int) -> None:
+        self.store = store
+        self.encoder = encoder
+        self.default_collection = default_collection
+        self.in_flight = in_flight
+        self._inbox: queue.Queue[object] = queue.Queue()
+        self._room = threading.Semaphore(0)
+        self._seen: dict[str, _Item] = {}
+        self._totals = _Totals()
+
+    def run(self, requests: Iterator[search_pb2.IngestRequest]) -> Iterator[search_pb2.IngestResponse]:
+        info = self.encoder.info()
+        self.batch_size = max(1, info.max_items_per_request)
+        self._room.release(self.batch_size * (self.in_flight + 1))
+        threading.Thread(target=self._read, args=(requests,), name="ingest-reader", daemon=True).start()
+        first = self._inbox.get()
+        if first is _END:
+            return
+        if isinstance(first, BaseException):
+            raise first
+        assert isinstance(first, search_pb2.IngestRequest)
+        collection = self.store.create(
+            first.collection or self.default_collection, info.model, info.dimension
+        )
+        collection.require_model(info.model)
+        pending: deque[tuple[list[_Item], Future[None]]] = deque()
+        with ThreadPoolExecutor(self.in_flight, thread_name_prefix="ingest") as workers:
+            batch, ended = self._take_batch(first)
+            while True:
+                if batch:
+                    known = self._classify(batch, collection)
+                    future = workers.submit(self._encode_and_store, known, collection)
+                    future.add_done_callback(lambda _: self._inbox.put(_BATCH_DONE))
+                    pending.append((batch, future))
+                while pending and (pending[0][1].done() or len(pending) >= self.in_flight or ended):
+                    done, future = pending.popleft()
+                    future.result()  # an unreachable encoder or Milvus ends the stream here
+                    yield from self._results(done)
+                if ended and not pending:
+                    return
+                next_item = self._inbox.get()
+                batch, ended = self._take_batch(next_item) if next_item is not _BATCH_DONE else ([], False)
+
+    def _read(self, requests: Iterator[search_pb2.IngestRequest]) -> None:
+        try:
+            for request in requests:
+                self._room.acquire()
+                self._inbox.put(request)
+            self._inbox.put(_END)
+        except Exception as error:  # the client went away; the loop ends the call
+            self._inbox.put(error)
+
+    def _take_batch(self, first: object) -> tuple[list[_Item], bool]:
+        """`first` and whatever else has already arrived, up to a batch; and whether the stream has ended."""
+        batch: list[_Item] = []
+        message = first
+        while True:
+            if message is _END:
+                return batch, True
+            if isinstance(message, BaseException):
+                raise ServiceError(grpc.StatusCode.CANCELLED, f"the ingest stream broke: {message}")
+            if isinstance(message, search_pb2.IngestRequest):
+                self._room.release()
+                batch.append(_Item(self._totals.received, message.uri, dict(message.metadata), message.image))
+                self._totals.received += 1
+            if len(batch) >= self.batch_size:
+                return batch, False
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                return batch, False
+
+    def _classify(self, batch: list[_Item], collection: CollectionInfo) -> list[_Item]:
+        """Settles what needs no encoder (bad items, repeats, stored pictures); returns what to encode."""
+        fresh: list[_Item] = []
+        for item in batch:
+            _check(item)
+            if item.outcome == FAILED:
+                continue
+            if item.id in self._seen:
+                item.same_as = self._seen[item.id]
+            else:
+                self._seen[item.id] = item
+                fresh.append(item)
+        stored = self.store.existing_ids(collection.name, [item.id for item in fresh])
+        for item in fresh:
+            if item.id in stored:
+                item.outcome = PRESENT
+        return [item for item in fresh if item.id not in stored]
+
+    def _encode_and_store(self, items: list[_Item], collection: CollectionInfo) -> None:
+        if not items:
+            return
+        model, results = self.encoder.encode_images([item.image for item in items])
+        collection.require_model(model)  # replicas could serve different models
+        now = int(time.time())
+        rows = []
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, str):
+                item.outcome, item.error = FAILED, result
+            else:
+                rows.append(
+                    {
+                        "id": item.id,
+                        "vector": result.tolist(),
+                        "uri": item.uri,
+                        "model": model,
+                        "metadata": item.metadata,
+                        "ingested_at": now,
+                    }
+                )
+        self.store.upsert(collection.name, rows)
+        for item in items:
+            if item.outcome != FAILED:
+                item.outcome = STORED
+
+    def _results(self, batch: list[_Item]) -> Iterator[search_pb2.IngestResponse]:
+        for item in batch:
+            if item.same_as is not None:
+                original = item.same_as
+                item.outcome = FAILED if original.outcome == FAILED else PRESENT
+                item.error = original.error
+            self._totals.counts[item.outcome] += 1
+            item.image = b""  # the bytes are no longer needed; keep memory flat on long streams
+            yield search_pb2.IngestResponse(
+                index=item.index,
+                uri=item.uri,
+                id=item.id,
+                outcome=item.outcome,
+                error=item.error,
+                totals=self._totals.message(),
+            )

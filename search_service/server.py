@@ -1,0 +1,83 @@
+"""The search process: Milvus and the encoder client, the gRPC server, and a health monitor."""
+
+import json
+import logging
+import threading
+
+from imagesearch.serving import GrpcServer
+from imagesearch.v1 import search_pb2, search_pb2_grpc
+
+from .config import SearchConfig
+from .encoder_client import EncoderClient
+from .errors import ServiceError, ServiceErrorInterceptor
+from .service import SearchServicer
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+
+
+class SearchServer:
+    """Health is SERVING only while both Milvus and an encoder replica answer; checked every interval."""
+
+    def __init__(self, config: SearchConfig) -> None:
+        self.config = config
+        self.store = Store(
+            config.milvus_uri,
+            config.milvus_token,
+            config.milvus_timeout_s,
+            config.index_type,
+            json.loads(config.index_params),
+        )
+        self.encoder = EncoderClient(config.encoder, config.encoder_timeout_s)
+        self.servicer = SearchServicer(config, self.store, self.encoder)
+        self.grpc: GrpcServer | None = None
+        self._stopping = threading.Event()
+        self._monitor = threading.Thread(target=self._watch_health, name="health-monitor", daemon=True)
+
+    def start(self) -> str:
+        self.grpc = GrpcServer(
+            self.config.host,
+            self.config.port,
+            [SERVICE_NAME],
+            lambda server: search_pb2_grpc.add_SearchServiceServicer_to_server(self.servicer, server),
+            self.config.grpc_workers,
+            self.config.max_message_bytes,
+            [ServiceErrorInterceptor()],
+        )
+        self.check_health()
+        self._monitor.start()
+        log.info(
+            "search service listening on %s (Milvus %s, encoder %s)",
+            self.grpc.address,
+            self.config.milvus_uri,
+            self.config.encoder,
+        )
+        return self.grpc.address
+
+    def check_health(self) -> bool:
+        try:
+            self.store.ping()
+            milvus_ok = True
+        except ServiceError as error:
+            log.warning("health: %s", error.message)
+            milvus_ok = False
+        encoder_ok = self.encoder.healthy(timeout_s=min(2.0, self.config.health_interval_s))
+        if not encoder_ok:
+            log.warning("health: no encoder replica answers at %s", self.config.encoder)
+        serving = milvus_ok and encoder_ok
+        assert self.grpc is not None
+        self.grpc.set_serving(serving)
+        return serving
+
+    def _watch_health(self) -> None:
+        while not self._stopping.wait(self.config.health_interval_s):
+            self.check_health()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.grpc is not None:
+            self.grpc.stop(self.config.shutdown_grace_s)
+        self.encoder.close()
+        self.store.close()

@@ -1,0 +1,149 @@
+"""The SearchService RPCs: request checks, queries through the encoder and the store, result mapping."""
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+
+from imagesearch.v1 import search_pb2, search_pb2_grpc
+
+from .config import SearchConfig
+from .encoder_client import EncoderClient
+from .errors import ServiceError
+from .filters import render_filter, render_value
+from .ingest import Ingestion
+from .store import CollectionInfo, Store
+
+DEFAULT_TOP_K = 10
+EXTRA_OUTPUT_FIELDS = {"vector", "ingested_at", "model"}
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _invalid(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _record(row: dict[str, Any]) -> search_pb2.Record:
+    return search_pb2.Record(
+        id=row["id"],
+        uri=row.get("uri", ""),
+        metadata={key: str(value) for key, value in (row.get("metadata") or {}).items()},
+        model=row.get("model", ""),
+        ingested_at=row.get("ingested_at", 0),
+        vector=row.get("vector", []),
+    )
+
+
+def _output_fields(requested: list[str]) -> list[str]:
+    unknown = sorted(set(requested) - EXTRA_OUTPUT_FIELDS)
+    if unknown:
+        raise _invalid(f"output_fields {unknown} are not fields; choose from {sorted(EXTRA_OUTPUT_FIELDS)}")
+    return ["id", "uri", "metadata", *sorted(set(requested))]
+
+
+def _checked_ids(ids: list[str]) -> list[str]:
+    for index, image_id in enumerate(ids):
+        if not _SHA256_HEX.fullmatch(image_id):
+            raise _invalid(f"ids[{index}] = {image_id!r} is not an id (64 lowercase hex digits, a sha256)")
+    return list(ids)
+
+
+class SearchServicer(search_pb2_grpc.SearchServiceServicer):
+    def __init__(self, config: SearchConfig, store: Store, encoder: EncoderClient) -> None:
+        self.config = config
+        self.store = store
+        self.encoder = encoder
+
+    def _collection(self, name: str) -> CollectionInfo:
+        return self.store.require(name or self.config.collection)
+
+    def _search(
+        self, options: search_pb2.SearchOptions, encode: Callable[[], tuple[str, np.ndarray]]
+    ) -> tuple[list[search_pb2.Hit], str]:
+        top_k = options.top_k or DEFAULT_TOP_K
+        if not 1 <= top_k <= self.config.max_top_k:
+            raise _invalid(f"top_k = {top_k} is outside 1..{self.config.max_top_k}")
+        if not 0 <= options.offset <= self.config.max_offset:
+            raise _invalid(f"offset = {options.offset} is outside 0..{self.config.max_offset}")
+        fields = _output_fields(list(options.output_fields))
+        expression = render_filter(options.filter, dict(options.filter_params))
+        collection = self._collection(options.collection)
+        model, vector = encode()
+        collection.require_model(model)
+        rows = self.store.search(collection.name, vector.tolist(), top_k, options.offset, expression, fields)
+        hits = [
+            search_pb2.Hit(record=_record({**row["entity"], "id": row["id"]}), score=row["distance"])
+            for row in rows
+        ]
+        return hits, model
+
+    def SearchText(
+        self, request: search_pb2.SearchTextRequest, context: grpc.ServicerContext
+    ) -> search_pb2.SearchTextResponse:
+        if not request.text.strip():
+            raise _invalid("text is empty")
+        hits, model = self._search(request.options, lambda: self.encoder.encode_text(request.text))
+        return search_pb2.SearchTextResponse(hits=hits, model=model)
+
+    def _encode_query_image(self, image: bytes) -> tuple[str, np.ndarray]:
+        model, [result] = self.encoder.encode_images([image])
+        if isinstance(result, str):
+            raise _invalid(f"image: {result}")
+        return model, result
+
+    def SearchImage(
+        self, request: search_pb2.SearchImageRequest, context: grpc.ServicerContext
+    ) -> search_pb2.SearchImageResponse:
+        if not request.image:
+            raise _invalid("image is empty (0 bytes)")
+        hits, model = self._search(request.options, lambda: self._encode_query_image(request.image))
+        return search_pb2.SearchImageResponse(hits=hits, model=model)
+
+    def Get(self, request: search_pb2.GetRequest, context: grpc.ServicerContext) -> search_pb2.GetResponse:
+        ids = _checked_ids(list(request.ids))
+        fields = _output_fields(list(request.output_fields))
+        collection = self._collection(request.collection)
+        rows = {
+            row["id"]: row for row in self.store.get(collection.name, ids, [*fields, "ingested_at", "model"])
+        }
+        return search_pb2.GetResponse(
+            records=[_record(rows[image_id]) for image_id in ids if image_id in rows]
+        )
+
+    def Delete(
+        self, request: search_pb2.DeleteRequest, context: grpc.ServicerContext
+    ) -> search_pb2.DeleteResponse:
+        if bool(request.ids) == bool(request.filter):
+            raise _invalid("give either ids or a filter to delete by, not both and not neither")
+        if request.ids:
+            ids = search_pb2.FilterValue(
+                list_value=search_pb2.FilterValueList(
+                    values=[search_pb2.FilterValue(string_value=i) for i in _checked_ids(list(request.ids))]
+                )
+            )
+            expression = f"id in {render_value('ids', ids)}"
+        else:
+            expression = render_filter(request.filter, dict(request.filter_params))
+        collection = self._collection(request.collection)
+        return search_pb2.DeleteResponse(deleted=self.store.delete(collection.name, expression))
+
+    def Stats(
+        self, request: search_pb2.StatsRequest, context: grpc.ServicerContext
+    ) -> search_pb2.StatsResponse:
+        collection = self._collection(request.collection)
+        return search_pb2.StatsResponse(
+            collection=collection.name,
+            count=self.store.count(collection.name),
+            model=collection.model,
+            dimension=collection.dimension,
+            index_type=self.store.describe_index(collection.name),
+            metric_type="COSINE",
+        )
+
+    def Ingest(
+        self, request_iterator: Iterator[search_pb2.IngestRequest], context: grpc.ServicerContext
+    ) -> Iterator[search_pb2.IngestResponse]:
+        ingestion = Ingestion(self.store, self.encoder, self.config.collection, self.config.ingest_in_flight)
+        return ingestion.run(request_iterator)

@@ -1,0 +1,235 @@
+"""The Milvus side: one collection per name, its schema and index, and every call with a deadline.
+
+Each collection is stamped (in its description) with the model that made its vectors, so that vectors of two
+models never meet in one collection.
+"""
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from pymilvus import DataType, MilvusClient, MilvusException
+from pymilvus.exceptions import ConnectionConfigException, MilvusUnavailableException
+
+from .errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+Result = TypeVar("Result")
+
+ID_LENGTH = 64  # sha256 hex
+MAX_URI_LENGTH = 4096
+MAX_MODEL_LENGTH = 512
+SCALAR_FIELDS = ["id", "uri", "model", "metadata", "ingested_at"]
+# Milvus's code for a request it refuses as malformed (a bad filter expression, say).
+_MILVUS_INVALID_PARAMETER = 1100
+_MILVUS_COLLECTION_NOT_FOUND = 100
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    model: str
+    dimension: int
+
+    def require_model(self, model: str) -> None:
+        """FAILED_PRECONDITION unless `model` made this collection's vectors."""
+        if model != self.model:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"collection {self.name!r} holds vectors of model {self.model!r}, but the encoder serves "
+                f"{model!r}: use an encoder of {self.model!r}, or another collection",
+            )
+
+
+def is_milvus_lite(uri: str) -> bool:
+    return not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+
+
+class Store:
+    def __init__(self, uri: str, token: str, timeout_s: float, index_type: str, index_params: dict) -> None:
+        self.uri = uri
+        self.timeout_s = timeout_s
+        self.index_type = index_type
+        self.index_params = index_params
+        self._collections: dict[str, CollectionInfo] = {}
+        self._create_lock = threading.Lock()
+        try:
+            self._client = MilvusClient(uri=uri, token=token, timeout=timeout_s)
+        except ConnectionConfigException as error:
+            if is_milvus_lite(uri):
+                raise ServiceError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"cannot open the Milvus Lite file {uri}: {error.message}. Only one process at a time "
+                    "may open a Milvus Lite file: stop the other one, or serve the data from a Milvus server",
+                ) from None
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE, f"cannot reach Milvus at {uri}: {error}"
+            ) from None
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, what: str, call: Callable[[], Result]) -> Result:
+        """Runs one Milvus call, turning its failures into the status a caller should get."""
+        try:
+            return call()
+        except MilvusUnavailableException as error:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE, f"Milvus at {self.uri} is unavailable: {error}"
+            ) from None
+        except MilvusException as error:
+            if error.code == _MILVUS_INVALID_PARAMETER:
+                raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {error.message}") from None
+            if error.code == _MILVUS_COLLECTION_NOT_FOUND:
+                raise ServiceError(grpc.StatusCode.NOT_FOUND, f"{what}: {error.message}") from None
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE, f"{what} failed in Milvus: {error.message}"
+            ) from None
+
+    def ping(self) -> None:
+        self._call("list collections", lambda: self._client.list_collections(timeout=self.timeout_s))
+
+    def collection(self, name: str) -> CollectionInfo | None:
+        """The collection's stamp, or None when it does not exist."""
+        if name in self._collections:
+            return self._collections[name]
+        if not self._call(
+            "has_collection", lambda: self._client.has_collection(name, timeout=self.timeout_s)
+        ):
+            return None
+        description = self._call(
+            f"describe collection {name!r}",
+            lambda: self._client.describe_collection(name, timeout=self.timeout_s),
+        )
+        try:
+            stamp = json.loads(description["description"])
+            info = CollectionInfo(name, stamp["model"], int(stamp["dimension"]))
+        except (ValueError, KeyError, TypeError):
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"collection {name!r} was not made by this service (no model stamp); use another collection",
+            ) from None
+        self._call(
+            f"load collection {name!r}", lambda: self._client.load_collection(name, timeout=self.timeout_s)
+        )
+        self._collections[name] = info
+        return info
+
+    def require(self, name: str) -> CollectionInfo:
+        info = self.collection(name)
+        if info is None:
+            raise ServiceError(
+                grpc.StatusCode.NOT_FOUND, f"collection {name!r} does not exist: ingest into it first"
+            )
+        return info
+
+    def create(self, name: str, model: str, dimension: int) -> CollectionInfo:
+        """The collection `name`, made for `model` if it does not exist yet."""
+        with self._create_lock:
+            existing = self.collection(name)
+            if existing is not None:
+                return existing
+            schema = MilvusClient.create_schema(
+                auto_id=False,
+                enable_dynamic_field=False,
+                description=json.dumps({"model": model, "dimension": dimension}),
+            )
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_LENGTH)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
+            schema.add_field("uri", DataType.VARCHAR, max_length=MAX_URI_LENGTH)
+            schema.add_field("model", DataType.VARCHAR, max_length=MAX_MODEL_LENGTH)
+            schema.add_field("metadata", DataType.JSON)
+            schema.add_field("ingested_at", DataType.INT64)
+            index = MilvusClient.prepare_index_params()
+            index.add_index(
+                "vector", index_type=self.index_type, metric_type="COSINE", params=self.index_params
+            )
+            self._call(
+                f"create collection {name!r}",
+                lambda: self._client.create_collection(
+                    name,
+                    schema=schema,
+                    index_params=index,
+                    consistency_level="Strong",
+                    timeout=self.timeout_s,
+                ),
+            )
+            log.info("created collection %r for model %s (%s index)", name, model, self.index_type)
+            return self.require(name)
+
+    def existing_ids(self, name: str, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        rows = self._call(
+            f"look up ids in {name!r}",
+            lambda: self._client.get(name, ids=ids, output_fields=["id"], timeout=self.timeout_s),
+        )
+        return {row["id"] for row in rows}
+
+    def upsert(self, name: str, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self._call(
+                f"upsert into {name!r}", lambda: self._client.upsert(name, rows, timeout=self.timeout_s)
+            )
+
+    def search(
+        self,
+        name: str,
+        vector: list[float],
+        top_k: int,
+        offset: int,
+        expression: str,
+        output_fields: list[str],
+    ) -> list[dict[str, Any]]:
+        results = self._call(
+            f"search {name!r}",
+            lambda: self._client.search(
+                name,
+                data=[vector],
+                anns_field="vector",
+                limit=top_k,
+                offset=offset,
+                filter=expression,
+                output_fields=output_fields,
+                search_params={"metric_type": "COSINE", "params": {}},
+                timeout=self.timeout_s,
+            ),
+        )
+        return list(results[0])
+
+    def get(self, name: str, ids: list[str], output_fields: list[str]) -> list[dict[str, Any]]:
+        return self._call(
+            f"get from {name!r}",
+            lambda: self._client.get(name, ids=ids, output_fields=output_fields, timeout=self.timeout_s),
+        )
+
+    def count(self, name: str, expression: str = "") -> int:
+        rows = self._call(
+            f"count {name!r}",
+            lambda: self._client.query(
+                name, filter=expression, output_fields=["count(*)"], timeout=self.timeout_s
+            ),
+        )
+        return int(rows[0]["count(*)"])
+
+    def delete(self, name: str, expression: str) -> int:
+        """Deletes the rows that match `expression` and says how many there were."""
+        matching = self.count(name, expression)
+        if matching:
+            self._call(
+                f"delete from {name!r}",
+                lambda: self._client.delete(name, filter=expression, timeout=self.timeout_s),
+            )
+        return matching
+
+    def describe_index(self, name: str) -> str:
+        index = self._call(
+            f"describe index of {name!r}",
+            lambda: self._client.describe_index(name, index_name="vector", timeout=self.timeout_s),
+        )
+        return str(index.get("index_type", self.index_type))

@@ -1,0 +1,373 @@
+"""The search service with real encoder servers and real Milvus Lite files, over gRPC on loopback."""
+
+import hashlib
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+
+import grpc
+import numpy as np
+import pytest
+from conftest import running_encoder, running_search, search_stub
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from images import png
+from PIL import Image
+
+from encoder_service.config import EncoderConfig
+from encoder_service.server import EncoderServer
+from imagesearch.v1 import search_pb2
+from search_service.filters import render_filter
+from search_service.server import SearchServer
+
+STORED, PRESENT, FAILED = search_pb2.OUTCOME_STORED, search_pb2.OUTCOME_PRESENT, search_pb2.OUTCOME_FAILED
+
+
+def picture(seed: int) -> bytes:
+    """A distinct noise picture per seed."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    return png(Image.fromarray(pixels))
+
+
+def requests(
+    images: Iterable[tuple[str, bytes]], collection: str = "", metadata: dict[str, str] | None = None
+) -> Iterator[search_pb2.IngestRequest]:
+    for uri, image in images:
+        yield search_pb2.IngestRequest(collection=collection, image=image, uri=uri, metadata=metadata or {})
+
+
+def ingest(stub, images: Iterable[tuple[str, bytes]], **options) -> list[search_pb2.IngestResponse]:
+    return list(stub.Ingest(requests(images, **options)))
+
+
+def folder(count: int, first_seed: int = 0, prefix: str = "pics") -> list[tuple[str, bytes]]:
+    return [(f"{prefix}/{seed}.png", picture(seed)) for seed in range(first_seed, first_seed + count)]
+
+
+def options(collection: str, **fields) -> search_pb2.SearchOptions:
+    return search_pb2.SearchOptions(collection=collection, **fields)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def search(tiny_encoder, tmp_path_factory) -> Iterator[SearchServer]:
+    milvus = tmp_path_factory.mktemp("milvus") / "milvus.db"
+    with running_search(tiny_encoder.grpc.address, milvus) as server:
+        yield server
+
+
+@pytest.fixture
+def stub(search):
+    with search_stub(search.grpc.address) as stub:
+        yield stub
+
+
+@pytest.fixture
+def collection(request) -> str:
+    """A collection of the test's own in the module's Milvus Lite file."""
+    return request.node.name.replace("[", "_").replace("]", "").replace("-", "_")[:200]
+
+
+def test_ingest_stores_each_picture_and_reports_each_item(stub, collection) -> None:
+    pictures = folder(24)
+    results = ingest(stub, pictures, collection=collection)
+    assert [r.index for r in results] == list(range(24))
+    assert [r.uri for r in results] == [uri for uri, _ in pictures]
+    assert [r.id for r in results] == [hashlib.sha256(image).hexdigest() for _, image in pictures]
+    assert {r.outcome for r in results} == {STORED}
+    assert results[-1].totals == search_pb2.IngestTotals(received=24, stored=24)
+    stats = stub.Stats(search_pb2.StatsRequest(collection=collection))
+    assert (stats.count, stats.dimension, stats.metric_type) == (24, 512, "COSINE")
+    assert stats.model.startswith("tiny.pt@sha256:")
+
+
+def test_ingest_twice_stores_once_and_reports_present(stub, collection) -> None:
+    pictures = folder(10)
+    ingest(stub, pictures, collection=collection)
+    again = ingest(stub, pictures, collection=collection)
+    assert {r.outcome for r in again} == {PRESENT}
+    assert again[-1].totals == search_pb2.IngestTotals(received=10, present=10)
+    assert stub.Stats(search_pb2.StatsRequest(collection=collection)).count == 10
+
+
+def test_same_picture_under_two_paths_is_stored_once(stub, collection) -> None:
+    image = picture(7)
+    results = ingest(stub, [("a/7.png", image), ("b/copy-of-7.png", image)], collection=collection)
+    assert [r.outcome for r in results] == [STORED, PRESENT]
+    assert results[0].id == results[1].id == hashlib.sha256(image).hexdigest()
+    records = stub.Get(search_pb2.GetRequest(collection=collection, ids=[results[0].id])).records
+    assert [record.uri for record in records] == ["a/7.png"]
+
+
+def test_a_picture_searched_for_by_itself_comes_first(stub, collection) -> None:
+    pictures = folder(12)
+    ingest(stub, pictures, collection=collection)
+    for uri, image in pictures[:3]:
+        hits = stub.SearchImage(search_pb2.SearchImageRequest(image=image, options=options(collection))).hits
+        assert hits[0].record.uri == uri
+        assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert hits[0].score > hits[1].score
+
+
+def test_text_search_returns_ranked_hits_with_metadata(stub, collection) -> None:
+    ingest(stub, folder(6), collection=collection, metadata={"album": "holiday"})
+    response = stub.SearchText(
+        search_pb2.SearchTextRequest(text="a white dog", options=options(collection, top_k=4))
+    )
+    scores = [hit.score for hit in response.hits]
+    assert len(scores) == 4 and scores == sorted(scores, reverse=True)
+    assert {hit.record.metadata["album"] for hit in response.hits} == {"holiday"}
+    assert response.model.startswith("tiny.pt@sha256:")
+
+
+def test_offset_and_top_k_paginate(stub, collection) -> None:
+    ingest(stub, folder(10), collection=collection)
+
+    def page(top_k: int, offset: int) -> list[str]:
+        request = search_pb2.SearchTextRequest(
+            text="noise", options=options(collection, top_k=top_k, offset=offset)
+        )
+        return [hit.record.id for hit in stub.SearchText(request).hits]
+
+    everything = page(10, 0)
+    assert page(4, 0) + page(4, 4) + page(4, 8) == everything
+
+
+def test_a_bad_picture_fails_alone(stub, collection) -> None:
+    pictures = [
+        *folder(3),
+        ("notes.jpg", b"just some text, named like a picture"),
+        ("empty.png", b""),
+        *folder(3, 3),
+    ]
+    results = ingest(stub, pictures, collection=collection)
+    assert [r.outcome for r in results] == [STORED] * 3 + [FAILED, FAILED] + [STORED] * 3
+    assert results[3].error.startswith("not a recognised image format")
+    assert results[4].error == "empty image (0 bytes)"
+    assert results[-1].totals == search_pb2.IngestTotals(received=8, stored=6, failed=2)
+    assert stub.Stats(search_pb2.StatsRequest(collection=collection)).count == 6
+
+
+def test_delete_by_id_and_by_filter(stub, collection) -> None:
+    ingest(stub, folder(4, prefix="cats"), collection=collection)
+    dogs = ingest(stub, folder(3, 4, prefix="dogs"), collection=collection)
+    deleted = stub.Delete(search_pb2.DeleteRequest(collection=collection, ids=[dogs[0].id]))
+    assert deleted.deleted == 1
+    by_filter = stub.Delete(
+        search_pb2.DeleteRequest(
+            collection=collection,
+            filter="uri like {prefix}",
+            filter_params={"prefix": search_pb2.FilterValue(string_value="dogs/%")},
+        )
+    )
+    assert by_filter.deleted == 2
+    assert stub.Stats(search_pb2.StatsRequest(collection=collection)).count == 4
+    assert stub.Get(search_pb2.GetRequest(collection=collection, ids=[d.id for d in dogs])).records == []
+
+
+def tag_filter(collection: str, tag: str) -> search_pb2.SearchTextRequest:
+    return search_pb2.SearchTextRequest(
+        text="anything",
+        options=options(
+            collection,
+            top_k=100,
+            filter='metadata["tag"] == {tag}',
+            filter_params={"tag": search_pb2.FilterValue(string_value=tag)},
+        ),
+    )
+
+
+def test_filter_params_cannot_inject_expression_text(stub, collection) -> None:
+    hostile = 'x" or 1==1 or uri != "'
+    ingest(stub, folder(3, prefix="plain"), collection=collection, metadata={"tag": "plain"})
+    ingest(stub, folder(2, 3, prefix="quoted"), collection=collection, metadata={"tag": hostile})
+    assert len(stub.SearchText(tag_filter(collection, "x")).hits) == 0
+    assert {h.record.uri.split("/")[0] for h in stub.SearchText(tag_filter(collection, hostile)).hits} == {
+        "quoted"
+    }
+    assert len(stub.SearchText(tag_filter(collection, "plain")).hits) == 3
+
+
+def test_bad_requests_get_invalid_argument_naming_the_problem(stub, collection) -> None:
+    ingest(stub, folder(2), collection=collection)
+    bad_requests = {
+        "top_k = 5000 is outside 1..1000": options(collection, top_k=5000),
+        "offset = -1 is outside 0..10000": options(collection, offset=-1),
+        "filter uses {tag} but filter_params has no 'tag'": options(collection, filter="uri == {tag}"),
+        "output_fields ['secret'] are not fields": options(collection, output_fields=["secret"]),
+        "filter has a stray '{'": options(collection, filter="uri == {"),
+        "Invalid expr": options(collection, filter="uri === 3"),
+    }
+    for message, bad in bad_requests.items():
+        with pytest.raises(grpc.RpcError) as error:
+            stub.SearchText(search_pb2.SearchTextRequest(text="a dog", options=bad))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, message
+        assert message in error.value.details()
+    with pytest.raises(grpc.RpcError) as missing:
+        stub.Stats(search_pb2.StatsRequest(collection="no_such_collection"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "'no_such_collection' does not exist" in missing.value.details()
+
+
+def test_two_encoder_replicas_share_the_ingest(tiny_path, tmp_path) -> None:
+    with (
+        running_encoder(tiny_path, max_items_per_request=4) as first,
+        running_encoder(tiny_path, max_items_per_request=4) as second,
+    ):
+        target = f"{first.grpc.address},{second.grpc.address}"
+        with (
+            running_search(target, tmp_path / "milvus.db") as server,
+            search_stub(server.grpc.address) as stub,
+        ):
+            results = ingest(stub, folder(24))
+        assert {r.outcome for r in results} == {STORED}
+        encoded = [replica.servicer.runtime.images.items_processed for replica in (first, second)]
+    assert sum(encoded) == 24 and min(encoded) > 0, encoded
+
+
+def test_encoder_lost_mid_ingest_then_back(tiny_path, tmp_path) -> None:
+    port = free_port()
+    pictures = folder(16)
+    first_results = threading.Event()
+    encoder = EncoderServer(
+        EncoderConfig(model=str(tiny_path), device="cpu", port=port, max_items_per_request=4)
+    )
+    encoder.start()
+    encoder.load()
+
+    def stream() -> Iterator[search_pb2.IngestRequest]:
+        yield from requests(pictures[:4])
+        first_results.wait(timeout=60)
+        encoder.stop()
+        yield from requests(pictures[4:])
+
+    with (
+        running_search(f"127.0.0.1:{port}", tmp_path / "milvus.db", encoder_timeout_s=5.0) as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        reported: list[search_pb2.IngestResponse] = []
+        with pytest.raises(grpc.RpcError) as lost:
+            for result in stub.Ingest(stream()):
+                reported.append(result)
+                first_results.set()
+        assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert f"encoder at 127.0.0.1:{port}" in lost.value.details()
+        assert reported and {r.outcome for r in reported} == {STORED}
+        stored = [r.id for r in reported]
+        assert len(stub.Get(search_pb2.GetRequest(ids=stored)).records) == len(stored)
+        assert search.check_health() is False
+
+        with running_encoder(tiny_path, port=port, max_items_per_request=4):
+            assert search.check_health() is True
+            rerun = ingest(stub, pictures)
+        assert rerun[-1].totals == search_pb2.IngestTotals(
+            received=16, present=len(stored), stored=16 - len(stored)
+        )
+        assert stub.Stats(search_pb2.StatsRequest()).count == 16
+
+
+def test_restart_on_the_same_file_keeps_everything(tiny_encoder, tmp_path) -> None:
+    milvus = tmp_path / "milvus.db"
+    with (
+        running_search(tiny_encoder.grpc.address, milvus) as server,
+        search_stub(server.grpc.address) as stub,
+    ):
+        ids = [r.id for r in ingest(stub, folder(5))]
+    with (
+        running_search(tiny_encoder.grpc.address, milvus) as server,
+        search_stub(server.grpc.address) as stub,
+    ):
+        assert stub.Stats(search_pb2.StatsRequest()).count == 5
+        assert [record.id for record in stub.Get(search_pb2.GetRequest(ids=ids)).records] == ids
+        assert {r.outcome for r in ingest(stub, folder(5))} == {PRESENT}
+
+
+def test_a_collection_of_another_model_is_refused(tiny_encoder, tiny_torchscript_path, tmp_path) -> None:
+    milvus = tmp_path / "milvus.db"
+    with (
+        running_search(tiny_encoder.grpc.address, milvus) as server,
+        search_stub(server.grpc.address) as stub,
+    ):
+        ingest(stub, folder(2))
+    with (
+        running_encoder(tiny_torchscript_path) as other,
+        running_search(other.grpc.address, milvus) as server,
+        search_stub(server.grpc.address) as stub,
+    ):
+        for call in (
+            lambda: ingest(stub, folder(1, 50)),
+            lambda: stub.SearchText(search_pb2.SearchTextRequest(text="a dog")),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "tiny.pt@sha256:" in refused.value.details()
+            assert "tiny.torchscript.pt@sha256:" in refused.value.details()
+        assert stub.Stats(search_pb2.StatsRequest()).count == 2
+
+
+def test_a_milvus_lite_file_in_use_gets_a_clear_error(search) -> None:
+    second = subprocess.run(
+        [sys.executable, "-m", "search_service", "--milvus-uri", search.config.milvus_uri, "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert second.returncode == 1
+    assert f"cannot open the Milvus Lite file {search.config.milvus_uri}" in second.stderr
+    assert "Only one process at a time may open a Milvus Lite file" in second.stderr
+
+
+def test_health_follows_the_encoder(tiny_path, tmp_path) -> None:
+    port = free_port()
+    with running_search(f"127.0.0.1:{port}", tmp_path / "milvus.db") as server:
+        assert server.check_health() is False
+        with running_encoder(tiny_path, port=port):
+            assert server.check_health() is True
+            with grpc.insecure_channel(server.grpc.address) as channel:
+                check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+        assert server.check_health() is False
+
+
+texts_without_line_breaks = st.text(
+    st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n"), min_size=0, max_size=30
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(texts_without_line_breaks, min_size=1, max_size=4, unique=True),
+    probe=texts_without_line_breaks,
+)
+def test_no_parameter_value_changes_the_filter_structure(search, values, probe) -> None:
+    """Whatever a value holds, `uri == {u}` matches exactly the rows whose uri is that value."""
+    store = search.store
+    name = "filter_property"
+    collection = store.create(name, "property-test", 4)
+    store.delete(name, 'id != ""')
+    rows = [
+        {
+            "id": hashlib.sha256(v.encode()).hexdigest(),
+            "vector": [1.0, 0, 0, 0],
+            "uri": v,
+            "model": "property-test",
+            "metadata": {"tag": v},
+            "ingested_at": 0,
+        }
+        for v in values
+    ]
+    store.upsert(collection.name, rows)
+    for value in [*values, probe]:
+        for field in ("uri", 'metadata["tag"]'):
+            expression = render_filter(f"{field} == {{v}}", {"v": search_pb2.FilterValue(string_value=value)})
+            matched = {row["uri"] for row in store.search(name, [1.0, 0, 0, 0], 16, 0, expression, ["uri"])}
+            assert matched == ({value} & set(values)), (field, value)
