@@ -1,0 +1,51 @@
+"""The search service against a real Milvus standalone server (the `milvus` package), not only Milvus Lite."""
+
+from collections.abc import Iterator
+
+import pytest
+from conftest import running_search, search_stub
+from milvus import MilvusServer
+from test_search import PRESENT, STORED, folder, ingest, options
+
+from imagesearch.v1 import search_pb2
+
+
+@pytest.fixture(scope="module")
+def milvus_uri(tmp_path_factory) -> Iterator[str]:
+    server = MilvusServer()
+    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-standalone")))
+    server.start()  # waits for its health endpoint
+    try:
+        yield f"http://127.0.0.1:{server.listen_port}"
+    finally:
+        server.stop()  # SIGTERM, then SIGKILL after a grace period: it can hang on SIGTERM alone
+
+
+def test_ingest_search_and_delete_on_a_milvus_server(tiny_encoder, milvus_uri) -> None:
+    with (
+        running_search(tiny_encoder.grpc.address, milvus_uri) as server,
+        search_stub(server.grpc.address) as stub,
+    ):
+        assert server.check_health() is True
+        pictures = folder(6, prefix="server")
+        assert {r.outcome for r in ingest(stub, pictures, metadata={"tag": 'quote " and \\'})} == {STORED}
+        assert {r.outcome for r in ingest(stub, pictures)} == {PRESENT}
+
+        uri, image = pictures[2]
+        hits = stub.SearchImage(search_pb2.SearchImageRequest(image=image, options=options(""))).hits
+        assert hits[0].record.uri == uri and hits[0].score == pytest.approx(1.0, abs=1e-4)
+
+        tagged = search_pb2.SearchTextRequest(
+            text="a picture",
+            options=options(
+                "",
+                filter='metadata["tag"] == {tag}',
+                filter_params={"tag": search_pb2.FilterValue(string_value='quote " and \\')},
+            ),
+        )
+        assert len(stub.SearchText(tagged).hits) == 6
+
+        deleted = stub.Delete(search_pb2.DeleteRequest(filter='uri in ["server/0.png", "server/1.png"]'))
+        assert deleted.deleted == 2
+        stats = stub.Stats(search_pb2.StatsRequest())
+        assert stats.count == 4 and stats.model.startswith("tiny.pt@sha256:")
