@@ -1,0 +1,161 @@
+"""Encoder throughput and latency: the gRPC service against the model in-process and the tutorial's loop.
+
+    .venv/bin/python bench/encoder.py [--images 64] [--texts 256] [--device cpu]
+
+Everything runs on a randomly initialised ViT-B/32 (the real architecture and cost) made in a temporary
+folder. Prints one table; compare the ratios, which are measured side by side in this one run.
+"""
+
+import argparse
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import clip
+import grpc
+import numpy as np
+import torch
+from harness import percentiles_ms, print_table, run_concurrently, service
+from PIL import Image
+
+from encoder_service.checkpoints import VIT_B_32, random_clip, save_state_dict
+from encoder_service.model import ClipModel
+from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
+
+CONCURRENCY = (1, 8, 32)
+
+
+def photos(count: int) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    result = []
+    for _ in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
+        result.append(buffer.getvalue())
+    return result
+
+
+def captions(count: int) -> list[str]:
+    words = ["a", "white", "dog", "red", "circle", "photo", "of", "the", "cat", "on", "grass", "beach"]
+    rng = np.random.default_rng(1)
+    return [" ".join(rng.choice(words, size=rng.integers(3, 9))) for _ in range(count)]
+
+
+def in_process_rates(model: ClipModel, images: list[bytes], texts: list[str], batch: int) -> dict[str, float]:
+    """The ceiling (pre-made batches, no decoding in the timing) and the tutorial's one-at-a-time loop."""
+    pixels = torch.stack([model.preprocess(Image.open(io.BytesIO(data)).convert("RGB")) for data in images])
+    tokens = model.tokenize(texts).tokens
+    rates = {}
+    start = time.perf_counter()
+    for offset in range(0, len(images), batch):
+        model.encode_images(pixels[offset : offset + batch])
+    rates["image ceiling"] = len(images) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for offset in range(0, len(texts), batch):
+        model.encode_texts(tokens[offset : offset + batch])
+    rates["text ceiling"] = len(texts) / (time.perf_counter() - start)
+
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for data in images:  # the Milvus tutorial: open, preprocess, encode_image, one at a time
+            features = model.model.encode_image(
+                model.preprocess(Image.open(io.BytesIO(data)).convert("RGB"))[None]
+            )
+            features /= features.norm(dim=-1, keepdim=True)
+        rates["image one-at-a-time"] = len(images) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for text in texts:
+            features = model.model.encode_text(clip.tokenize([text]))
+            features /= features.norm(dim=-1, keepdim=True)
+        rates["text one-at-a-time"] = len(texts) / (time.perf_counter() - start)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--texts", type=int, default=256)
+    parser.add_argument("--queries", type=int, default=100, help="single short text queries for p50/p99")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    images, texts = photos(args.images), captions(args.texts)
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = str(Path(folder) / "random-vit-b32.pt")
+        save_state_dict(random_clip(VIT_B_32), checkpoint)
+        model = ClipModel(checkpoint, args.device)
+        in_process = in_process_rates(model, images, texts, batch=32)
+        del model
+        serve = ["--model", checkpoint, "--device", args.device, "--port", "0"]
+        with (
+            service("encoder_service", serve, "encoder serving") as address,
+            grpc.insecure_channel(address) as ch,
+        ):
+            stub = encoder_pb2_grpc.EncoderServiceStub(ch)
+            info = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+            service_rates = {}
+            for callers in CONCURRENCY:
+                seconds, _ = run_concurrently(
+                    callers,
+                    len(images),
+                    lambda i: stub.EncodeImages(encoder_pb2.EncodeImagesRequest(images=[images[i]])),
+                )
+                service_rates[("image", callers)] = len(images) / seconds
+                seconds, _ = run_concurrently(
+                    callers,
+                    len(texts),
+                    lambda i: stub.EncodeText(encoder_pb2.EncodeTextRequest(texts=[texts[i]])),
+                )
+                service_rates[("text", callers)] = len(texts) / seconds
+            query = encoder_pb2.EncodeTextRequest(texts=["a white dog"])
+            stub.EncodeText(query)
+            _, latencies = run_concurrently(1, args.queries, lambda _: stub.EncodeText(query))
+
+    print(
+        f"\nmodel: random ViT-B/32 on {info.device} ({info.dtype}); batch <= {info.max_batch_size}, "
+        f"delay <= {info.max_batch_delay_ms} ms; {args.images} images (320x240 JPEG), {args.texts} texts"
+    )
+    rows = []
+    for kind, unit in (("image", "images/s"), ("text", "texts/s")):
+        ceiling, single = in_process[f"{kind} ceiling"], in_process[f"{kind} one-at-a-time"]
+        for callers in CONCURRENCY:
+            rate = service_rates[(kind, callers)]
+            rows.append(
+                [
+                    f"{kind}: service, {callers} callers, 1 item/call",
+                    f"{rate:.1f} {unit}",
+                    f"{rate / ceiling:.2f}",
+                    f"{rate / single:.2f}",
+                ]
+            )
+        rows.append(
+            [
+                f"{kind}: in-process batches of 32 (ceiling)",
+                f"{ceiling:.1f} {unit}",
+                "1.00",
+                f"{ceiling / single:.2f}",
+            ]
+        )
+        rows.append(
+            [
+                f"{kind}: tutorial loop, one at a time",
+                f"{single:.1f} {unit}",
+                f"{single / ceiling:.2f}",
+                "1.00",
+            ]
+        )
+    print_table("Encoder throughput", ["what", "rate", "÷ ceiling", "÷ one-at-a-time"], rows)
+    p50, p99 = percentiles_ms(latencies)
+    print_table(
+        "Single short text query through the service ('a white dog')",
+        ["p50", "p99"],
+        [[f"{p50:.1f} ms", f"{p99:.1f} ms"]],
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

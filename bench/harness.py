@@ -1,0 +1,58 @@
+"""What the benchmarks share: services as real subprocesses, latency percentiles, and a printed table."""
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import numpy as np
+
+
+@contextmanager
+def service(module: str, args: Sequence[str], ready_line: str) -> Iterator[str]:
+    """`python -m module args...` until the block ends; yields the address from its `ready_line` log line."""
+    process = subprocess.Popen([sys.executable, "-m", module, *args], stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if ready_line in line:
+                address = line.split(" on ", 1)[1].split()[0]
+                break
+        else:
+            raise RuntimeError(f"{module} exited with {process.wait()} before it was ready")
+        yield address
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def percentiles_ms(latencies_s: Sequence[float]) -> tuple[float, float]:
+    p50, p99 = np.percentile(np.asarray(latencies_s) * 1000, [50, 99])
+    return float(p50), float(p99)
+
+
+def run_concurrently(callers: int, calls: int, call: Callable[[int], object]) -> tuple[float, list[float]]:
+    """`calls` calls spread over `callers` threads: the wall time and each call's latency."""
+    latencies: list[float] = []
+
+    def timed(index: int) -> None:
+        start = time.perf_counter()
+        call(index)
+        latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(callers) as pool:
+        list(pool.map(timed, range(calls)))
+    return time.perf_counter() - start, latencies
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(cell) for cell in row] for row in [header, *rows]]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(header))]
+    print(f"\n{title}")
+    for index, row in enumerate(cells):
+        print("| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) + " |")
+        if index == 0:
+            print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
