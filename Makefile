@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PROTOS := $(wildcard protos/imagesearch/v1/*.proto)
 
-.PHONY: install test lint protos bench
+.PHONY: install test lint protos bench demo demo-imagenet small-clip
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -28,5 +28,26 @@ test: lint
 protos: $(INSTALLED)
 	$(PYTHON) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 
+# Benchmarks print tables; they are not tests (see README, "Benchmarks").
 bench: $(INSTALLED)
 	$(PYTHON) bench/encoder.py
+	$(PYTHON) bench/search.py
+	$(PYTHON) bench/quality.py
+
+# The whole product offline: synthetic pictures, the small CLIP, both services, queries, grids.
+demo: $(INSTALLED)
+	$(VENV)/bin/imgsearch demo
+
+# The Milvus tutorial end to end with the real ViT-B/32 and its ImageNet sample. Needs internet.
+IMAGENET := .work/imagenet
+demo-imagenet: $(INSTALLED)
+	mkdir -p $(IMAGENET)
+	test -d $(IMAGENET)/train || (curl -fL -o $(IMAGENET)/data.zip \
+		https://github.com/milvus-io/pymilvus-assets/releases/download/imagedata/reverse_image_search.zip \
+		&& cd $(IMAGENET) && unzip -q -o data.zip)
+	$(VENV)/bin/imgsearch demo --workdir $(IMAGENET) --model ViT-B/32 --pictures $(IMAGENET)/train \
+		--query "a white dog" --query "a red car" --image-query "$$(ls $(IMAGENET)/test/*/*.JPEG | head -n 1)"
+
+# Retrains the small CLIP of the demo and the meaning tests (about 20 minutes on 2 CPU cores).
+small-clip: $(INSTALLED)
+	$(PYTHON) models/train_small_clip.py --out models/small-clip-synthetic.pt

@@ -28,6 +28,9 @@ class ClipShape:
 VIT_B_32 = ClipShape(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12)
 # The same family at a fraction of the cost, still 512-d, for tests where only speed matters.
 TINY = ClipShape(512, 32, 2, 64, 8, 77, 49408, 64, 1, 2)
+# The small CLIP trained on synthetic pictures (models/train_small_clip.py). Heads are width // 64, as
+# clip.model.build_model infers them when it loads a state dict.
+SMALL = ClipShape(512, 64, 4, 128, 8, 77, 49408, 64, 1, 3)
 
 
 def random_clip(shape: ClipShape, seed: int = 0) -> CLIP:

@@ -1,0 +1,72 @@
+"""Meaning, measured through the whole product: precision@10 of the small CLIP on unseen synthetic pictures.
+
+    .venv/bin/python bench/quality.py [--per-class 10] [--model models/small-clip-synthetic.pt]
+
+Renders pictures with seeds never used in training, ingests them through the search service (encoder =
+the small CLIP), then asks one text query ("a red circle") and one fresh picture per colour x shape.
+"""
+
+import argparse
+import socket
+import tempfile
+from pathlib import Path
+
+from harness import print_table
+
+from client import SearchClient
+from client.demo import SMALL_CLIP
+from client.local import local_services
+from synthetic.evaluation import Quality, measure, write_pictures
+
+COLLECTION_SEED, QUERY_SEED = 7_000_001, 7_000_002  # training renders with seed 0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--per-class", type=int, default=10, help="collection pictures per colour x shape")
+    parser.add_argument("--model", default=str(SMALL_CLIP))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder, open(Path(folder) / "services.log", "w") as log:
+        pictures = Path(folder) / "pictures"
+        write_pictures(pictures, args.per_class, COLLECTION_SEED)
+        milvus = str(Path(folder) / "milvus.db")
+        with (
+            local_services(args.model, milvus, "cpu", free_port(), free_port(), log) as services,
+            SearchClient(services.search, collection="quality") as client,
+        ):
+            summary = client.ingest([pictures], progress=False)
+            quality = measure(client, top_k=10, query_seed=QUERY_SEED)
+    rows = [
+        [text.query, f"{text.precision:.1f}", f"{image.precision:.1f}"]
+        for text, image in zip(quality.text, quality.image, strict=True)
+    ]
+    print_table(
+        f"precision@10 per colour x shape ({summary.stored} pictures, model {Path(args.model).name})",
+        ["text query", "text -> image", "fresh picture -> image"],
+        rows,
+    )
+    worst_text, worst_image = Quality.worst(quality.text), Quality.worst(quality.image)
+    print_table(
+        "summary",
+        ["", "text -> image", "image -> image"],
+        [
+            ["mean precision@10", f"{Quality.mean(quality.text):.3f}", f"{Quality.mean(quality.image):.3f}"],
+            [
+                "worst query",
+                f"{worst_text.precision:.1f} ({worst_text.query})",
+                f"{worst_image.precision:.1f} ({worst_image.query})",
+            ],
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The Python SDK and the `imgsearch` command line. Never imports torch.
+
+from client import SearchClient
+with SearchClient("localhost:50052") as search:
+    search.ingest(["photos/"])
+    for hit in search.search_text("a white dog", top_k=5):
+        print(hit.score, hit.uri)
+"""
+
+from .aio import AsyncEncoderClient, AsyncSearchClient
+from .errors import ImageSearchError
+from .models import Hit, ImageVector, IngestItem, IngestSummary, Record, Stats
+from .sync import EncoderClient, SearchClient
+
+__all__ = [
+    "AsyncEncoderClient",
+    "AsyncSearchClient",
+    "EncoderClient",
+    "Hit",
+    "ImageSearchError",
+    "ImageVector",
+    "IngestItem",
+    "IngestSummary",
+    "Record",
+    "SearchClient",
+    "Stats",
+]

@@ -1,0 +1,95 @@
+"""Every call of both services, written once: build the request, name the method, read the response.
+
+The blocking and asyncio clients differ only in `_run` (which returns the result, or an awaitable of it).
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagesearch.v1 import encoder_pb2, search_pb2
+
+from . import protocol
+from .files import read_image
+from .models import Hit, ImageVector, Record, Stats
+
+Params = Mapping[str, protocol.FilterParam] | None
+
+
+class _Calls:
+    # Given by the blocking or the asyncio connection: runs `method` on `request`, returns parse(response).
+    _run: Callable[[str, object, Callable[[Any], Any]], Any]
+
+
+class EncoderCalls(_Calls):
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), 512) float32 unit vectors."""
+        return self._run(
+            "EncodeText",
+            encoder_pb2.EncodeTextRequest(texts=list(texts)),
+            lambda response: np.asarray([r.vector.values for r in response.results], dtype=np.float32),
+        )
+
+    def encode_images(self, images: Sequence[bytes | str | Path]) -> list[ImageVector]:
+        """One result per image, in order: `.vector`, or `.error` saying why there is none."""
+        return self._run(
+            "EncodeImages",
+            encoder_pb2.EncodeImagesRequest(images=[read_image(image) for image in images]),
+            lambda response: [ImageVector.from_proto(result) for result in response.results],
+        )
+
+    def info(self) -> encoder_pb2.GetModelInfoResponse:
+        return self._run("GetModelInfo", encoder_pb2.GetModelInfoRequest(), lambda response: response)
+
+
+class SearchCalls(_Calls):
+    collection: str
+
+    def search_text(
+        self,
+        text: str,
+        top_k: int = 10,
+        filter: str | None = None,
+        filter_params: Params = None,
+        offset: int = 0,
+        output_fields: Sequence[str] = (),
+    ) -> list[Hit]:
+        options = protocol.search_options(
+            self.collection, top_k, offset, filter, filter_params, output_fields
+        )
+        return self._run(
+            "SearchText", search_pb2.SearchTextRequest(text=text, options=options), protocol.hits
+        )
+
+    def search_image(
+        self,
+        image: bytes | str | Path,
+        top_k: int = 10,
+        filter: str | None = None,
+        filter_params: Params = None,
+        offset: int = 0,
+        output_fields: Sequence[str] = (),
+    ) -> list[Hit]:
+        options = protocol.search_options(
+            self.collection, top_k, offset, filter, filter_params, output_fields
+        )
+        request = search_pb2.SearchImageRequest(image=read_image(image), options=options)
+        return self._run("SearchImage", request, protocol.hits)
+
+    def get(self, ids: Sequence[str], output_fields: Sequence[str] = ()) -> list[Record]:
+        request = search_pb2.GetRequest(
+            collection=self.collection, ids=list(ids), output_fields=list(output_fields)
+        )
+        return self._run("Get", request, lambda response: [Record.from_proto(r) for r in response.records])
+
+    def delete(
+        self, ids: Sequence[str] | None = None, filter: str | None = None, filter_params: Params = None
+    ) -> int:
+        """How many pictures were deleted: by id, or every one a filter matches."""
+        request = protocol.delete_request(self.collection, ids, filter, filter_params)
+        return self._run("Delete", request, lambda response: response.deleted)
+
+    def stats(self) -> Stats:
+        return self._run("Stats", search_pb2.StatsRequest(collection=self.collection), Stats.from_proto)

@@ -1,0 +1,114 @@
+"""`imgsearch demo`: the product's main job in one command.
+
+By default, offline: renders labelled synthetic pictures, starts an encoder (the small CLIP trained on such
+pictures) and a search service on a Milvus Lite file in the work folder, ingests the pictures, runs text
+queries and an image query, prints the hits, writes one grid per query, and stops the services. With
+`--pictures DIR --model ViT-B/32 --query "a white dog"` it does the same for a folder of real photos.
+"""
+
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from synthetic.pictures import render, render_set
+
+from .grid import write_grid
+from .local import local_services
+from .models import Hit
+from .sync import SearchClient
+
+SMALL_CLIP = Path(__file__).resolve().parent.parent / "models" / "small-clip-synthetic.pt"
+DEMO_SEED = 20261126  # not a training seed: the demo shows pictures the model has never seen
+SYNTHETIC_QUERIES = (
+    "a red circle",
+    "a blue square",
+    "a photo of a green star",
+    "a yellow triangle",
+    "a white hexagon",
+)
+SYNTHETIC_IMAGE_QUERY = ("purple", "cross")
+COLLECTION = "demo"
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    pictures: Path
+    model: str
+    queries: tuple[str, ...]
+    image_query: Path
+    labelled: bool  # file names say what each picture shows, so hits can be checked
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _label(uri: str) -> str:
+    """The colour and shape of a synthetic picture, from the file name the demo gave it."""
+    color, shape, _ = Path(uri).stem.split("-")
+    return f"{color} {shape}"
+
+
+def synthetic_plan(workdir: Path, model: str, per_class: int) -> DemoPlan:
+    """Renders the demo pictures (never seen in training) and the image query into the work folder."""
+    pictures = workdir / "pictures"
+    pictures.mkdir(parents=True, exist_ok=True)
+    for index, picture in enumerate(render_set(per_class, DEMO_SEED)):
+        (pictures / f"{picture.color}-{picture.shape}-{index:04d}.jpg").write_bytes(picture.jpeg)
+    query = workdir / "query-purple-cross.jpg"
+    query.write_bytes(render(*SYNTHETIC_IMAGE_QUERY, np.random.default_rng(DEMO_SEED + 1)).jpeg)
+    if not model and not SMALL_CLIP.is_file():
+        raise FileNotFoundError(f"no model at {SMALL_CLIP}: pass --model PATH")
+    return DemoPlan(pictures, model or str(SMALL_CLIP), SYNTHETIC_QUERIES, query, labelled=True)
+
+
+def _show(title: str, hits: list[Hit], grid: Path, wanted: str | None) -> None:
+    checked = (
+        f"{sum(_label(h.uri) == wanted for h in hits)} of the top {len(hits)} show a {wanted}; "
+        if wanted
+        else ""
+    )
+    print(f"\n{title}  ->  {checked}grid: {grid}")
+    for rank, hit in enumerate(hits[:5], start=1):
+        print(f"  {rank}. {hit.score:.3f}  {hit.uri}")
+
+
+def run_demo(workdir: Path, plan: DemoPlan, top_k: int = 10, progress: bool = True) -> int:
+    workdir.mkdir(parents=True, exist_ok=True)
+    grids = workdir / "grids"
+    log_path = workdir / "services.log"
+    print(f"demo in {workdir}: model {plan.model}, pictures in {plan.pictures}; service logs in {log_path}")
+    with (
+        log_path.open("w") as log,
+        local_services(
+            plan.model, str(workdir / "milvus.db"), "auto", _free_port(), _free_port(), log
+        ) as local,
+        SearchClient(local.search, collection=COLLECTION, timeout=600) as client,
+    ):
+        summary = client.ingest([plan.pictures], progress=progress)
+        print(
+            f"ingested: stored {summary.stored}, already present {summary.present}, failed {summary.failed}"
+        )
+        for query in plan.queries:
+            hits = client.search_text(query, top_k=top_k)
+            grid = write_grid(
+                hits, grids / f"{re.sub(r'[^a-z0-9]+', '-', query.lower())}.png", f"text: {query}"
+            )
+            _show(f'"{query}"', hits, grid, " ".join(query.split()[-2:]) if plan.labelled else None)
+        hits = client.search_image(plan.image_query, top_k=top_k)
+        grid = write_grid(hits, grids / "image-query.png", f"image: {plan.image_query.name}")
+        _show(
+            f"image {plan.image_query}",
+            hits,
+            grid,
+            " ".join(SYNTHETIC_IMAGE_QUERY) if plan.labelled else None,
+        )
+        stats = client.stats()
+        print(f"\ncollection {stats.collection!r}: {stats.count} pictures, model {stats.model}")
+    print("services stopped")
+    return 0

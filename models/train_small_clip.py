@@ -1,0 +1,97 @@
+"""Trains the small CLIP on synthetic pictures, on the CPU, reproducibly from its seed.
+
+    .venv/bin/python models/train_small_clip.py --out models/small-clip-synthetic.pt
+
+The model is `clip.model.CLIP` (512-d vectors, CLIP's tokenizer, 64x64 input, patch 8), so the encoder loads
+it through the same `--model PATH` code as OpenAI's checkpoints. The loss is CLIP's symmetric contrastive
+loss, except that two pairs in a batch with the same label are both counted as matches: with 48 labels, a
+batch holds many pictures of "a red circle", and calling all but one of them wrong would teach noise.
+"""
+
+import argparse
+import hashlib
+import io
+import math
+import time
+
+import clip
+import numpy as np
+import torch
+import torch.nn.functional as F
+from clip.model import CLIP, convert_weights
+from PIL import Image
+
+from encoder_service.checkpoints import SMALL
+from synthetic.pictures import Picture, caption, classes, render_set
+
+TRAIN_SEED = 0  # the pictures of the quality checks use other seeds
+
+
+def preprocess_all(pictures: list[Picture], resolution: int) -> torch.Tensor:
+    transform = clip.clip._transform(resolution)
+    return torch.stack([transform(Image.open(io.BytesIO(p.jpeg)).convert("RGB")) for p in pictures])
+
+
+def contrastive_loss(
+    model: CLIP, images: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    image_features = F.normalize(model.encode_image(images), dim=-1)
+    text_features = F.normalize(model.encode_text(tokens), dim=-1)
+    logits = model.logit_scale.exp() * image_features @ text_features.t()
+    same = (labels[:, None] == labels[None, :]).float()
+    targets = same / same.sum(dim=1, keepdim=True)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+
+
+def main() -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--per-class", type=int, default=300, help="training pictures of each colour x shape")
+    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    started = time.time()
+
+    pictures = render_set(args.per_class, TRAIN_SEED)
+    images = preprocess_all(pictures, SMALL.image_resolution)
+    label_of = {pair: index for index, pair in enumerate(classes())}
+    labels = torch.tensor([label_of[(p.color, p.shape)] for p in pictures])
+    print(f"rendered {len(pictures)} pictures in {time.time() - started:.0f} s", flush=True)
+
+    model = CLIP(**vars(SMALL)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
+    warmup = args.steps // 20
+
+    def learning_rate_factor(step: int) -> float:
+        """Linear warm-up, then cosine decay to zero."""
+        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / args.steps, 1.0)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor)
+    for step in range(args.steps):
+        batch = torch.from_numpy(rng.choice(len(pictures), args.batch_size, replace=False))
+        tokens = clip.tokenize([caption(pictures[i], rng) for i in batch.tolist()])
+        loss = contrastive_loss(model, images[batch], tokens, labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 100 == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  loss {loss.item():.3f}  {time.time() - started:.0f} s", flush=True)
+
+    model.eval()
+    convert_weights(model)  # fp16, as OpenAI ships its checkpoints
+    torch.save(model.state_dict(), args.out)
+    with open(args.out, "rb") as file:
+        digest = hashlib.sha256(file.read()).hexdigest()
+    print(f"wrote {args.out}: sha256 {digest}, {time.time() - started:.0f} s in all")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The SDK and the `imgsearch` command line against real services on loopback."""
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import running_search
+from images import jpeg, png, solid, two_tone
+from PIL import Image
+
+from client import AsyncSearchClient, EncoderClient, ImageSearchError, SearchClient
+from client.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, main
+from client.grid import COLUMNS, LABEL_HEIGHT, MARGIN, TILE
+
+
+@pytest.fixture(scope="module")
+def services(tiny_encoder, tmp_path_factory):
+    with running_search(tiny_encoder.grpc.address, tmp_path_factory.mktemp("milvus") / "milvus.db") as search:
+        yield tiny_encoder.grpc.address, search.grpc.address
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path) -> Path:
+    """Seven pictures in two folders, a text file, a text file named like a JPEG, and a truncated JPEG."""
+    folder = tmp_path / "photos"
+    (folder / "trips").mkdir(parents=True)
+    colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
+    for index, color in enumerate(colors):
+        (folder / f"{index}.png").write_bytes(png(two_tone(color, (240, 240, 240))))
+    (folder / "trips" / "beach.jpg").write_bytes(jpeg(solid((250, 220, 150), (320, 240))))
+    (folder / "notes.txt").write_text("not a picture")
+    (folder / "fake.jpg").write_text("named like a picture, but text")
+    whole = jpeg(two_tone((1, 2, 3), (200, 100, 50), (256, 256)))
+    (folder / "trips" / "broken.jpg").write_bytes(whole[: len(whole) // 2])
+    return folder
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_sdk_ingest_reports_every_file(services, photo_folder) -> None:
+    with SearchClient(services[1], collection="sdk_ingest") as client:
+        summary = client.ingest([photo_folder], metadata={"album": "summer"}, progress=False)
+        again = client.ingest([photo_folder], progress=False)
+        stats = client.stats()
+    assert (summary.stored, summary.present, summary.failed) == (7, 0, 1)
+    assert sorted(Path(p).name for p in summary.skipped) == ["fake.jpg", "notes.txt"]
+    [failed] = [item for item in summary.items if item.outcome == "failed"]
+    assert failed.uri.endswith("broken.jpg") and "cannot decode JPEG data" in failed.error
+    assert (again.stored, again.present, again.failed) == (0, 7, 1)
+    assert (stats.count, stats.collection, stats.dimension) == (7, "sdk_ingest", 512)
+
+
+def test_sdk_search_get_delete_and_encode(services, photo_folder) -> None:
+    encoder_address, search_address = services
+    with SearchClient(search_address, collection="sdk_search") as client:
+        client.ingest([photo_folder], metadata={"album": "summer"}, progress=False)
+        beach = photo_folder / "trips" / "beach.jpg"
+        [best, *_] = client.search_image(beach, top_k=3)
+        assert best.uri == str(beach) and best.score == pytest.approx(1.0, abs=1e-4)
+        assert best.metadata == {"album": "summer"}
+        hits = client.search_text(
+            "a sunny beach",
+            top_k=4,
+            filter="uri like {folder}",
+            filter_params={"folder": f"{photo_folder}/trips/%"},
+        )
+        assert [hit.uri for hit in hits] == [str(beach)]
+        [record] = client.get([best.id], output_fields=["vector"])
+        assert record.vector is not None and record.vector.shape == (512,)
+        assert client.delete(ids=[best.id]) == 1
+        assert client.stats().count == 6
+    with EncoderClient(encoder_address) as encoder:
+        texts = encoder.encode_texts(["a dog", "a cat"])
+        images = encoder.encode_images([beach, b"not an image"])
+    assert texts.shape == (2, 512) and texts.dtype == np.float32
+    assert float(images[0].vector @ record.vector) == pytest.approx(1.0, abs=1e-4)
+    assert images[1].vector is None and "not a recognised image format" in images[1].error
+
+
+def test_async_client_against_the_same_servers(services, photo_folder) -> None:
+    async def scenario() -> tuple:
+        async with AsyncSearchClient(services[1], collection="sdk_async") as client:
+            summary = await client.ingest([photo_folder], progress=False)
+            hits, stats = await asyncio.gather(client.search_text("a red picture", top_k=5), client.stats())
+            return summary, hits, stats
+
+    summary, hits, stats = asyncio.run(scenario())
+    assert (summary.stored, summary.failed, stats.count) == (7, 1, 7)
+    assert len(hits) == 5 and hits[0].score >= hits[-1].score
+
+
+def test_sdk_raises_its_own_error_with_the_status(services) -> None:
+    with (
+        SearchClient(services[1], collection="no_such_collection") as client,
+        pytest.raises(ImageSearchError) as error,
+    ):
+        client.stats()
+    assert error.value.code.name == "NOT_FOUND"
+    assert "'no_such_collection' does not exist" in error.value.message
+
+
+def test_cli_ingest_search_and_grid(services, photo_folder, tmp_path, capsys) -> None:
+    server = ["--server", services[1], "--collection", "cli"]
+    code, out, _ = cli(capsys, *server, "ingest", str(photo_folder), "--tag", "album=summer", "--no-progress")
+    assert code == EXIT_PARTIAL
+    assert "stored 7, already present 0, failed 1, skipped 2 (not images)" in out
+    assert "FAILED" in out and "broken.jpg" in out
+
+    code, out, _ = cli(capsys, *server, "search", "a red picture", "--top-k", "3")
+    assert code == EXIT_OK
+    lines = out.splitlines()
+    assert lines[0].split() == ["rank", "score", "path"] and len(lines) == 4
+
+    code, out, _ = cli(
+        capsys, *server, "search", "--image", str(photo_folder / "0.png"), "--json", "--top-k", "2"
+    )
+    hits = json.loads(out)
+    assert code == EXIT_OK and hits[0]["uri"] == str(photo_folder / "0.png")
+    assert hits[0]["metadata"] == {"album": "summer"}
+
+    grid = tmp_path / "grid.png"
+    code, _, err = cli(capsys, *server, "search", "a picture", "--top-k", "7", "--grid", str(grid))
+    assert code == EXIT_OK and str(grid) in err
+    assert_tiles(Image.open(grid), 7)
+
+    code, out, _ = cli(capsys, *server, "stats")
+    assert code == EXIT_OK and "collection cli: 7 pictures" in out
+
+
+def assert_tiles(sheet: Image.Image, count: int) -> None:
+    """The sheet has rows of COLUMNS tiles, and exactly `count` of its slots hold a picture."""
+    rows = -(-count // COLUMNS)
+    header = sheet.height - rows * (TILE[1] + LABEL_HEIGHT + MARGIN) - MARGIN
+    assert sheet.width == COLUMNS * (TILE[0] + MARGIN) + MARGIN and header >= 0
+    pixels = np.asarray(sheet.convert("L"))
+    filled = 0
+    for slot in range(rows * COLUMNS):
+        x = MARGIN + (slot % COLUMNS) * (TILE[0] + MARGIN)
+        y = header + MARGIN + (slot // COLUMNS) * (TILE[1] + LABEL_HEIGHT + MARGIN)
+        filled += bool((pixels[y : y + TILE[1], x : x + TILE[0]] < 250).any())
+    assert filled == count
+
+
+def test_cli_without_a_server_says_what_to_do(capsys) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{probe.getsockname()[1]}"
+    code, out, err = cli(capsys, "--server", nobody, "--timeout", "5", "stats")
+    assert code == EXIT_FAILED and out == ""
+    assert f"cannot reach the search service at {nobody}" in err
+    assert "imgsearch up" in err and "Traceback" not in err
+
+
+def test_cli_usage_errors_exit_2(capsys) -> None:
+    with pytest.raises(SystemExit) as usage:
+        main(["search"])
+    assert usage.value.code == 2
+    assert "search takes a TEXT or --image PATH" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys) -> None:
+    code, out, _ = cli(
+        capsys, "demo", "--workdir", str(tmp_path / "demo"), "--per-class", "1", "--no-progress"
+    )
+    assert code == EXIT_OK
+    assert "ingested: stored 48, already present 0, failed 0" in out
+    grids = sorted(path.name for path in (tmp_path / "demo" / "grids").iterdir())
+    assert len(grids) == 6 and "image-query.png" in grids
+    assert "services stopped" in out
