@@ -17,7 +17,7 @@ import clip
 import grpc
 import numpy as np
 import torch
-from harness import percentiles_ms, print_table, run_concurrently, service
+from harness import percentiles_ms, photos, print_table, run_concurrently, service
 from PIL import Image
 
 from encoder_service.checkpoints import VIT_B_32, random_clip, save_state_dict
@@ -25,16 +25,6 @@ from encoder_service.model import ClipModel
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 
 CONCURRENCY = (1, 8, 32)
-
-
-def photos(count: int) -> list[bytes]:
-    rng = np.random.default_rng(0)
-    result = []
-    for _ in range(count):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
-        result.append(buffer.getvalue())
-    return result
 
 
 def captions(count: int) -> list[str]:

@@ -1,5 +1,6 @@
 """What the benchmarks share: services as real subprocesses, latency percentiles, and a printed table."""
 
+import io
 import subprocess
 import sys
 import time
@@ -8,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
+from PIL import Image
 
 
 @contextmanager
@@ -26,6 +28,17 @@ def service(module: str, args: Sequence[str], ready_line: str) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def photos(count: int) -> list[bytes]:
+    """`count` different 320x240 JPEG photos of noise: the decoding and resizing cost of real ones."""
+    rng = np.random.default_rng(0)
+    result = []
+    for _ in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
+        result.append(buffer.getvalue())
+    return result
 
 
 def percentiles_ms(latencies_s: Sequence[float]) -> tuple[float, float]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
-from harness import percentiles_ms, print_table, run_concurrently, service
+from harness import percentiles_ms, photos, print_table, run_concurrently, service
 from PIL import Image
 from pymilvus import MilvusClient
 
@@ -27,16 +27,6 @@ from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2
 from search_service.store import Store
 
 INSERT_CHUNK = 1000  # Milvus Lite 2.5.1 inserts fast only in calls of about 1,000 rows or fewer
-
-
-def photos(count: int) -> list[bytes]:
-    rng = np.random.default_rng(0)
-    result = []
-    for _ in range(count):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
-        result.append(buffer.getvalue())
-    return result
 
 
 def tutorial_ingest(checkpoint: str, images: list[bytes], milvus_file: str) -> float:

@@ -1,12 +1,9 @@
 """The asyncio clients: AsyncEncoderClient and AsyncSearchClient, the same calls awaited."""
 
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
-
-from imagesearch.v1 import encoder_pb2_grpc, search_pb2_grpc
 
 from .calls import EncoderCalls, SearchCalls
 from .models import IngestSummary
@@ -24,6 +21,12 @@ class _Awaitable(Connection):
         except grpc.RpcError as error:
             raise self.error(error) from None
 
+    async def _stream(self, run: IngestRun) -> IngestSummary:
+        with run:
+            async for response in self.stub.Ingest(run.requests(), metadata=self.metadata):
+                run.record(response)
+        return run.summary
+
     async def close(self) -> None:
         await self.channel.close()
 
@@ -35,30 +38,8 @@ class _Awaitable(Connection):
 
 
 class AsyncEncoderClient(EncoderCalls, _Awaitable):
-    service = "encoder service"
-    stub_type = encoder_pb2_grpc.EncoderServiceStub
-
-    def __init__(self, target: str = "localhost:50051", **options: Any) -> None:
-        super().__init__(target, **options)
+    """AsyncEncoderClient("localhost:50051", timeout=60, credentials=None, token=None), used with await."""
 
 
 class AsyncSearchClient(SearchCalls, _Awaitable):
-    service = "search service"
-    stub_type = search_pb2_grpc.SearchServiceStub
-
-    def __init__(self, target: str = "localhost:50052", collection: str = "", **options: Any) -> None:
-        self.collection = collection
-        super().__init__(target, **options)
-
-    async def ingest(
-        self,
-        paths: Iterable[str | Path],
-        metadata: Mapping[str, str] | None = None,
-        recursive: bool = True,
-        progress: bool = True,
-    ) -> IngestSummary:
-        """Streams every picture under `paths`; files that are not images are skipped by their content."""
-        with IngestRun(self, paths, recursive, metadata, progress) as run:
-            async for response in self.stub.Ingest(run.requests(), metadata=self.metadata):
-                run.record(response)
-        return run.summary
+    """AsyncSearchClient("localhost:50052", collection="", timeout=60, ...), used with await."""

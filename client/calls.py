@@ -3,27 +3,33 @@
 The blocking and asyncio clients differ only in `_run` (which returns the result, or an awaitable of it).
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from imagesearch.v1 import encoder_pb2, search_pb2
+from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
 
 from . import protocol
 from .files import read_image
-from .models import Hit, ImageVector, Record, Stats
+from .models import Hit, ImageVector, IngestSummary, Record, Stats
 
 Params = Mapping[str, protocol.FilterParam] | None
 
 
 class _Calls:
-    # Given by the blocking or the asyncio connection: runs `method` on `request`, returns parse(response).
+    # Given by the blocking or the asyncio connection: runs `method` on `request`, returns parse(response),
+    # and streams an ingestion's requests, returning its summary.
     _run: Callable[[str, object, Callable[[Any], Any]], Any]
+    _stream: Callable[[protocol.IngestRun], Any]
 
 
 class EncoderCalls(_Calls):
+    service = "encoder service"
+    stub_type = encoder_pb2_grpc.EncoderServiceStub
+    default_target = "localhost:50051"
+
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), 512) float32 unit vectors."""
         return self._run(
@@ -45,7 +51,23 @@ class EncoderCalls(_Calls):
 
 
 class SearchCalls(_Calls):
-    collection: str
+    service = "search service"
+    stub_type = search_pb2_grpc.SearchServiceStub
+    default_target = "localhost:50052"
+
+    def __init__(self, target: str = default_target, collection: str = "", **options: Any) -> None:
+        self.collection = collection  # empty: the service's default collection
+        super().__init__(target, **options)  # type: ignore[call-arg]
+
+    def ingest(
+        self,
+        paths: Iterable[str | Path],
+        metadata: Mapping[str, str] | None = None,
+        recursive: bool = True,
+        progress: bool = True,
+    ) -> IngestSummary:
+        """Streams every picture under `paths`; files that are not images are skipped by their content."""
+        return self._stream(protocol.IngestRun(self, paths, recursive, metadata, progress))
 
     def search_text(
         self,

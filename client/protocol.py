@@ -107,21 +107,22 @@ class Connection:
     service = ""
     channel_api: Any = grpc
     stub_type: Any = None
+    default_target = ""
 
     def __init__(
         self,
-        target: str,
+        target: str = "",
         timeout: float | None = 60.0,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
     ) -> None:
-        self.target = target
+        self.target = target or self.default_target
         self.timeout = timeout
         self.metadata = call_metadata(token)
         self.channel = (
-            self.channel_api.secure_channel(target, credentials, CHANNEL_OPTIONS)
+            self.channel_api.secure_channel(self.target, credentials, CHANNEL_OPTIONS)
             if credentials
-            else self.channel_api.insecure_channel(target, CHANNEL_OPTIONS)
+            else self.channel_api.insecure_channel(self.target, CHANNEL_OPTIONS)
         )
         self.stub = self.stub_type(self.channel)
 

@@ -1,12 +1,9 @@
 """The blocking clients: EncoderClient and SearchClient."""
 
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
-
-from imagesearch.v1 import encoder_pb2_grpc, search_pb2_grpc
 
 from .calls import EncoderCalls, SearchCalls
 from .models import IngestSummary
@@ -22,6 +19,12 @@ class _Blocking(Connection):
         except grpc.RpcError as error:
             raise self.error(error) from None
 
+    def _stream(self, run: IngestRun) -> IngestSummary:
+        with run:
+            for response in self.stub.Ingest(run.requests(), metadata=self.metadata):
+                run.record(response)
+        return run.summary
+
     def close(self) -> None:
         self.channel.close()
 
@@ -33,30 +36,8 @@ class _Blocking(Connection):
 
 
 class EncoderClient(EncoderCalls, _Blocking):
-    service = "encoder service"
-    stub_type = encoder_pb2_grpc.EncoderServiceStub
-
-    def __init__(self, target: str = "localhost:50051", **options: Any) -> None:
-        super().__init__(target, **options)
+    """EncoderClient("localhost:50051", timeout=60, credentials=None, token=None)"""
 
 
 class SearchClient(SearchCalls, _Blocking):
-    service = "search service"
-    stub_type = search_pb2_grpc.SearchServiceStub
-
-    def __init__(self, target: str = "localhost:50052", collection: str = "", **options: Any) -> None:
-        self.collection = collection
-        super().__init__(target, **options)
-
-    def ingest(
-        self,
-        paths: Iterable[str | Path],
-        metadata: Mapping[str, str] | None = None,
-        recursive: bool = True,
-        progress: bool = True,
-    ) -> IngestSummary:
-        """Streams every picture under `paths`; files that are not images are skipped by their content."""
-        with IngestRun(self, paths, recursive, metadata, progress) as run:
-            for response in self.stub.Ingest(run.requests(), metadata=self.metadata):
-                run.record(response)
-        return run.summary
+    """SearchClient("localhost:50052", collection="", timeout=60, credentials=None, token=None)"""

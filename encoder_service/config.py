@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from imagesearch.flags import parse_config, setting
+from imagesearch.flags import parse_config, require_at_least_one, setting
 
 from .model import DEFAULT_MODEL
 
@@ -32,18 +32,19 @@ class EncoderConfig:
     shutdown_grace_s: float = setting(30.0, "how long in-flight calls may run after SIGTERM")
 
     def __post_init__(self) -> None:
-        for name in (
-            "max_batch_size",
-            "max_queue_size",
-            "max_items_per_request",
-            "max_image_bytes",
-            "max_image_pixels",
-            "max_text_chars",
-            "decode_workers",
-            "grpc_workers",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        require_at_least_one(
+            self,
+            [
+                "max_batch_size",
+                "max_queue_size",
+                "max_items_per_request",
+                "max_image_bytes",
+                "max_image_pixels",
+                "max_text_chars",
+                "decode_workers",
+                "grpc_workers",
+            ],
+        )
         if self.max_batch_delay_ms < 0:
             raise ValueError(f"max_batch_delay_ms must be 0 or more, not {self.max_batch_delay_ms}")
         if self.max_items_per_request > self.max_queue_size:

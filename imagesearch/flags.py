@@ -45,3 +45,10 @@ def parse_config(
         return config_type(**vars(args))
     except ValueError as error:
         parser.error(str(error))
+
+
+def require_at_least_one(config: object, names: Sequence[str]) -> None:
+    """ValueError naming the first of `names` whose value is below 1."""
+    for name in names:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")

@@ -3,7 +3,7 @@
 import json
 from dataclasses import dataclass
 
-from imagesearch.flags import parse_config, setting
+from imagesearch.flags import parse_config, require_at_least_one, setting
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,7 @@ class SearchConfig:
     shutdown_grace_s: float = setting(30.0, "how long in-flight calls may run after SIGTERM")
 
     def __post_init__(self) -> None:
-        for name in ("ingest_in_flight", "max_top_k", "max_message_bytes", "grpc_workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        require_at_least_one(self, ["ingest_in_flight", "max_top_k", "max_message_bytes", "grpc_workers"])
         try:
             if not isinstance(json.loads(self.index_params), dict):
                 raise ValueError
