@@ -1,6 +1,8 @@
 """Shared fixtures: checkpoints the tests make themselves, and real encoder servers on loopback ports."""
 
 import dataclasses
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,3 +100,29 @@ def running_search(encoder_target: str, milvus_uri: Path | str, **settings: obje
 def search_stub(address: str) -> Iterator[search_pb2_grpc.SearchServiceStub]:
     with grpc.insecure_channel(address) as channel:
         yield search_pb2_grpc.SearchServiceStub(channel)
+
+
+@contextmanager
+def encoder_process(model: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`python -m encoder_service` on a free port, once it reports serving; killed at the end."""
+    command = [
+        sys.executable,
+        "-m",
+        "encoder_service",
+        "--model",
+        str(model),
+        "--device",
+        "cpu",
+        "--port",
+        "0",
+    ]
+    process = subprocess.Popen([*command, *flags], stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        address = next(
+            line.rsplit(" on ", 1)[1].strip() for line in process.stderr if "encoder serving" in line
+        )
+        yield process, address
+    finally:
+        process.kill()
+        process.wait()

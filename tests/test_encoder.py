@@ -3,8 +3,6 @@
 import io
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from clip.model import build_model
-from conftest import encoder_stub, running_encoder
+from conftest import encoder_process, encoder_stub, running_encoder
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from images import encode, jpeg, png, png_with_size_header, solid, two_tone
 from PIL import Image
@@ -262,40 +260,12 @@ def test_health_is_not_serving_until_the_model_is_loaded(tiny_path) -> None:
 
 
 def test_sigterm_lets_in_flight_calls_finish(tiny_path) -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "encoder_service",
-            "--model",
-            str(tiny_path),
-            "--device",
-            "cpu",
-            "--port",
-            "0",
-            "--max-batch-size",
-            "64",
-            "--max-batch-delay-ms",
-            "3000",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        address = ""
-        for line in process.stderr:
-            if "encoder serving" in line:
-                address = line.rsplit(" on ", 1)[1].strip()
-                break
-        assert address, "the encoder never reported serving"
-        with encoder_stub(address) as stub:
-            # The batcher holds this call for up to 3 s waiting for company; SIGTERM arrives meanwhile.
-            in_flight = stub.EncodeText.future(encoder_pb2.EncodeTextRequest(texts=["a dog"]))
-            info = encoder_pb2.GetModelInfoRequest()
-            while stub.GetModelInfo(info).text_queue_depth == 0:
-                assert not in_flight.done()
-            process.send_signal(signal.SIGTERM)
-            assert len(in_flight.result(timeout=30).results[0].vector.values) == 512
+    flags = ["--max-batch-size", "64", "--max-batch-delay-ms", "3000"]
+    with encoder_process(tiny_path, *flags) as (process, address), encoder_stub(address) as stub:
+        # The batcher holds this call for up to 3 s waiting for company; SIGTERM arrives meanwhile.
+        in_flight = stub.EncodeText.future(encoder_pb2.EncodeTextRequest(texts=["a dog"]))
+        while stub.GetModelInfo(encoder_pb2.GetModelInfoRequest()).text_queue_depth == 0:
+            assert not in_flight.done()
+        process.send_signal(signal.SIGTERM)
+        assert len(in_flight.result(timeout=30).results[0].vector.values) == 512
         assert process.wait(timeout=30) == 0
-    finally:
-        process.kill()

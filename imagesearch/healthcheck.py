@@ -1,0 +1,25 @@
+"""`python -m imagesearch.healthcheck [HOST:PORT]`: exit 0 when the service there reports SERVING.
+
+For container HEALTHCHECKs; Kubernetes uses its own gRPC probes against the same health service.
+"""
+
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def main() -> int:
+    address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
+    try:
+        with grpc.insecure_channel(address) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    except grpc.RpcError as error:
+        print(f"{address}: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    print(f"{address}: {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}")
+    return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
