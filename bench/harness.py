@@ -1,6 +1,7 @@
 """What the benchmarks share: services as real subprocesses, latency percentiles, and a printed table."""
 
 import io
+import json
 import subprocess
 import sys
 import time
@@ -15,12 +16,13 @@ from PIL import Image
 @contextmanager
 def service(module: str, args: Sequence[str], ready_line: str) -> Iterator[str]:
     """`python -m module args...` until the block ends; yields the address from its `ready_line` log line."""
-    process = subprocess.Popen([sys.executable, "-m", module, *args], stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", module, *args, "--metrics-port", "-1"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stderr is not None
         for line in process.stderr:
             if ready_line in line:
-                address = line.split(" on ", 1)[1].split()[0]
+                address = json.loads(line)["message"].split(" on ", 1)[1].split()[0]
                 break
         else:
             raise RuntimeError(f"{module} exited with {process.wait()} before it was ready")

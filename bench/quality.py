@@ -39,7 +39,9 @@ def main() -> None:
         write_pictures(pictures, args.per_class, COLLECTION_SEED)
         milvus = str(Path(folder) / "milvus.db")
         with (
-            local_services(args.model, milvus, "cpu", free_port(), free_port(), log) as services,
+            local_services(
+                args.model, milvus, "cpu", free_port(), free_port(), log, metrics_ports=(0, 0)
+            ) as services,
             SearchClient(services.search, collection="quality") as client,
         ):
             summary = client.ingest([pictures], progress=False)

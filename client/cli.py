@@ -81,6 +81,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     ) as services:
         print(f"encoder service: {services.encoder}")
         print(f"search service:  {services.search}")
+        print(
+            f"metrics:         http://127.0.0.1:{services.metrics_ports[0]}/metrics (encoder), "
+            f"http://127.0.0.1:{services.metrics_ports[1]}/metrics (search)"
+        )
         print("ready; Ctrl-C stops both")
         stop.wait()
         print("stopping...")

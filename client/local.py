@@ -19,6 +19,7 @@ from .errors import ImageSearchError
 class LocalServices:
     encoder: str
     search: str
+    metrics_ports: tuple[int, int]
 
 
 def wait_until_serving(address: str, name: str, process: subprocess.Popen, timeout_s: float) -> None:
@@ -69,6 +70,7 @@ def local_services(
     search_port: int = 50052,
     log: IO[str] | None = None,
     start_timeout_s: float = 900.0,
+    metrics_ports: tuple[int, int] = (9151, 9152),
 ) -> Iterator[LocalServices]:
     """Starts both services (the encoder first), waits until each is SERVING, and stops both at the end."""
     encoder = f"127.0.0.1:{encoder_port}"
@@ -87,6 +89,7 @@ def local_services(
         encoder_process = stack.enter_context(_child(encoder_args, log))
         wait_until_serving(encoder, "encoder service", encoder_process, start_timeout_s)
         search_args = ["-m", "search_service", "--encoder", encoder, "--milvus-uri", milvus_uri]
-        search_process = stack.enter_context(_child([*search_args, "--port", str(search_port)], log))
+        search_args += ["--port", str(search_port), "--metrics-port", str(metrics_ports[1])]
+        search_process = stack.enter_context(_child(search_args, log))
         wait_until_serving(search, "search service", search_process, start_timeout_s)
-        yield LocalServices(encoder, search)
+        yield LocalServices(encoder, search, metrics_ports)

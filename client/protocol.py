@@ -1,6 +1,7 @@
 """Building requests and reading responses: the one copy that the sync and asyncio clients share."""
 
 import json
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,7 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
+from imagesearch.headers import REQUEST_ID, bearer
 from imagesearch.v1 import search_pb2
 
 from .errors import ImageSearchError
@@ -41,10 +43,6 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
 ]
-
-
-def call_metadata(token: str | None) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")] if token else []
 
 
 def filter_value(name: str, value: FilterParam) -> search_pb2.FilterValue:
@@ -118,13 +116,18 @@ class Connection:
     ) -> None:
         self.target = target or self.default_target
         self.timeout = timeout
-        self.metadata = call_metadata(token)
+        self.token = token or ""
         self.channel = (
             self.channel_api.secure_channel(self.target, credentials, CHANNEL_OPTIONS)
             if credentials
             else self.channel_api.insecure_channel(self.target, CHANNEL_OPTIONS)
         )
         self.stub = self.stub_type(self.channel)
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]:
+        """Each call's metadata: the token, and a fresh request id that the services log and pass on."""
+        return [*bearer(self.token), (REQUEST_ID, uuid.uuid4().hex)]
 
     def error(self, error: grpc.RpcError) -> ImageSearchError:
         return ImageSearchError.from_rpc(error, self.service, self.target)

@@ -1,6 +1,7 @@
 """`python -m encoder_service`: see --help."""
 
-from imagesearch.serving import configure_logging, run_until_signalled
+from imagesearch.observability import configure_logging
+from imagesearch.serving import run_until_signalled
 
 from .config import parse_args
 from .server import EncoderServer
@@ -8,7 +9,7 @@ from .server import EncoderServer
 
 def main() -> None:
     config = parse_args()
-    configure_logging()
+    configure_logging(config.log_format)
     server = EncoderServer(config)
     server.start()
     server.load()

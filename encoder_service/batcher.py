@@ -51,8 +51,10 @@ class DynamicBatcher(Generic[Item, Output]):
         max_batch_size: int,
         max_delay_s: float,
         max_queue_size: int,
+        on_batch: Callable[[int, float], None] = lambda size, seconds: None,
     ) -> None:
         self.name = name
+        self.on_batch = on_batch  # (items, seconds) of every forward pass
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue_size = max_queue_size
@@ -111,6 +113,7 @@ class DynamicBatcher(Generic[Item, Output]):
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
+            started = time.perf_counter()
             try:
                 outputs = self._run_batch([slot.item for slot in batch])
             except Exception as error:
@@ -119,6 +122,7 @@ class DynamicBatcher(Generic[Item, Output]):
                     if not slot.request.future.done():
                         slot.request.future.set_exception(error)
                 continue
+            self.on_batch(len(batch), time.perf_counter() - started)
             self.forward_passes += 1
             self.items_processed += len(batch)
             for slot, output in zip(batch, outputs, strict=True):

@@ -30,6 +30,11 @@ class EncoderConfig:
     decode_workers: int = setting(4, "threads that decode and preprocess images")
     grpc_workers: int = setting(64, "threads serving calls")
     shutdown_grace_s: float = setting(30.0, "how long in-flight calls may run after SIGTERM")
+    auth_tokens: str = setting(
+        "", "comma-separated bearer tokens callers must send (empty: no authentication)"
+    )
+    metrics_port: int = setting(9151, "port of the Prometheus /metrics page (0: any free port, -1: none)")
+    log_format: str = setting("json", "log lines as JSON or as text", None, ["json", "text"])
 
     def __post_init__(self) -> None:
         require_at_least_one(

@@ -2,10 +2,13 @@
 
 import logging
 
+from prometheus_client import CollectorRegistry
+
 from imagesearch.serving import GrpcServer
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 
 from .config import EncoderConfig
+from .metrics import EncoderMetrics
 from .service import EncoderServicer
 
 log = logging.getLogger(__name__)
@@ -18,7 +21,8 @@ class EncoderServer:
 
     def __init__(self, config: EncoderConfig) -> None:
         self.config = config
-        self.servicer = EncoderServicer(config)
+        self.registry = CollectorRegistry()
+        self.servicer = EncoderServicer(config, EncoderMetrics(self.registry))
         self.grpc: GrpcServer | None = None
 
     def start(self) -> str:
@@ -29,6 +33,9 @@ class EncoderServer:
             lambda server: encoder_pb2_grpc.add_EncoderServiceServicer_to_server(self.servicer, server),
             self.config.grpc_workers,
             self.config.max_message_bytes,
+            self.registry,
+            self.config.metrics_port,
+            [token for token in self.config.auth_tokens.split(",") if token],
         )
         log.info("encoder listening on %s, loading %s", self.grpc.address, self.config.model)
         return self.grpc.address

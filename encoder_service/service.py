@@ -13,6 +13,7 @@ from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 from .batcher import BatcherClosed, DynamicBatcher, QueueFull
 from .config import EncoderConfig
 from .images import ImageLimits, ImageRejected, decode_image
+from .metrics import EncoderMetrics
 from .model import ClipModel
 
 
@@ -30,8 +31,9 @@ def _vector(values: np.ndarray) -> encoder_pb2.Vector:
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: EncoderConfig, metrics: EncoderMetrics) -> None:
         self.config = config
+        self.metrics = metrics
         self.runtime: _Runtime | None = None
         self._limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
         self._decoders = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="decode")
@@ -41,18 +43,22 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         model = ClipModel(self.config.model, self.config.device, self.config.model_cache)
 
         def batcher(name: str, encode: Callable[[torch.Tensor], np.ndarray]) -> DynamicBatcher:
-            return DynamicBatcher(
+            batcher: DynamicBatcher = DynamicBatcher(
                 name,
                 lambda items: list(encode(torch.stack(items))),
                 self.config.max_batch_size,
                 self.config.max_batch_delay_ms / 1000,
                 self.config.max_queue_size,
+                self.metrics.batch_observer(name),
             )
+            self.metrics.queue_depth.labels(name).set_function(batcher.queue_depth)
+            return batcher
 
         model.encode_images(torch.zeros(1, 3, model.image_resolution, model.image_resolution))
         model.encode_texts(model.tokenize(["warm up"]).tokens)
         images, texts = batcher("image", model.encode_images), batcher("text", model.encode_texts)
         self.runtime = _Runtime(model, images, texts)
+        self.metrics.model_loaded.set(1)
 
     def close(self) -> None:
         if self.runtime is not None:

@@ -13,7 +13,9 @@ def main() -> int:
     address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
     try:
         with grpc.insecure_channel(address) as channel:
-            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            status = (
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            )
     except grpc.RpcError as error:
         print(f"{address}: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1

@@ -9,6 +9,10 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from .auth import BearerTokenInterceptor
+from .observability import ObservabilityInterceptor, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -16,12 +20,12 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 class GrpcServer:
-    """A started gRPC server on host:port whose services are NOT_SERVING until `set_serving(True)`."""
+    """A started gRPC server on host:port whose services are NOT_SERVING until `set_serving(True)`.
+
+    Every call is counted, timed and logged (metrics on `metrics_port`, 0: any free port, -1: none) and,
+    when `auth_tokens` are given, must carry one of them as a bearer token.
+    """
 
     def __init__(
         self,
@@ -31,9 +35,14 @@ class GrpcServer:
         register: Callable[[grpc.Server], None],
         max_workers: int,
         max_message_bytes: int,
+        registry: CollectorRegistry,
+        metrics_port: int,
+        auth_tokens: Sequence[str] = (),
         interceptors: Sequence[grpc.ServerInterceptor] = (),
     ) -> None:
         self.service_names = [*service_names]
+        authentication = [BearerTokenInterceptor(auth_tokens)] if auth_tokens else []
+        interceptors = [ObservabilityInterceptor(registry), *authentication, *interceptors]
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
             options=[
@@ -56,6 +65,7 @@ class GrpcServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port}")
         self.address = f"{host}:{self.port}"
+        self.metrics = serve_metrics(registry, host, metrics_port) if metrics_port >= 0 else None
         self.set_serving(False)
         self._server.start()
 
@@ -68,6 +78,8 @@ class GrpcServer:
         """Refuses new calls, lets in-flight calls finish for up to `grace_s`, then stops."""
         self.set_serving(False)
         self._server.stop(grace_s).wait()
+        if self.metrics is not None:
+            self.metrics.shutdown()
 
     def wait(self) -> None:
         self._server.wait_for_termination()

@@ -2,7 +2,8 @@
 
 import sys
 
-from imagesearch.serving import configure_logging, run_until_signalled
+from imagesearch.observability import configure_logging
+from imagesearch.serving import run_until_signalled
 
 from .config import parse_args
 from .errors import ServiceError
@@ -11,7 +12,7 @@ from .server import SearchServer
 
 def main() -> None:
     config = parse_args()
-    configure_logging()
+    configure_logging(config.log_format)
     try:
         server = SearchServer(config)
     except ServiceError as error:

@@ -37,6 +37,12 @@ class SearchConfig:
         5.0, "how often Milvus and the encoder are checked for the health status"
     )
     shutdown_grace_s: float = setting(30.0, "how long in-flight calls may run after SIGTERM")
+    auth_tokens: str = setting(
+        "", "comma-separated bearer tokens callers must send (empty: no authentication)"
+    )
+    encoder_token: str = setting("", "bearer token this service sends to the encoder")
+    metrics_port: int = setting(9152, "port of the Prometheus /metrics page (0: any free port, -1: none)")
+    log_format: str = setting("json", "log lines as JSON or as text", None, ["json", "text"])
 
     def __post_init__(self) -> None:
         require_at_least_one(self, ["ingest_in_flight", "max_top_k", "max_message_bytes", "grpc_workers"])

@@ -10,6 +10,8 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
+from imagesearch.headers import REQUEST_ID, bearer
+from imagesearch.observability import current_request_id
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 
 from .errors import ServiceError
@@ -30,10 +32,19 @@ def channel_target(target: str) -> str:
 
 
 class EncoderClient:
-    def __init__(self, target: str, timeout_s: float, attempts: int = 5) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float,
+        token: str = "",
+        observe: Callable[[str, float], None] = lambda method, seconds: None,
+        attempts: int = 5,
+    ) -> None:
         self.target = target
         self.timeout_s = timeout_s
         self.attempts = attempts
+        self.observe = observe  # (method, seconds) of every call, retries included, for metrics
+        self._token = bearer(token)
         self._channel = grpc.insecure_channel(
             channel_target(target),
             options=[
@@ -52,12 +63,16 @@ class EncoderClient:
 
     def _call(self, method: Callable[..., Response], request: object) -> Response:
         """One call with a deadline, retried on UNAVAILABLE or RESOURCE_EXHAUSTED (on another replica)."""
-        deadline = time.monotonic() + self.timeout_s
+        started = time.monotonic()
+        deadline = started + self.timeout_s
+        metadata = [*self._token, (REQUEST_ID, current_request_id())]
         backoff, attempt = 0.1, 1
         while True:
             remaining = deadline - time.monotonic()
             try:
-                return method(request, timeout=max(remaining, 0.001))
+                response = method(request, timeout=max(remaining, 0.001), metadata=metadata)
+                self.observe(type(request).__name__.removesuffix("Request"), time.monotonic() - started)
+                return response
             except grpc.RpcError as error:
                 code = error.code()
                 if code not in _RETRYABLE or attempt == self.attempts or remaining <= backoff:
@@ -89,7 +104,12 @@ class EncoderClient:
     def healthy(self, timeout_s: float) -> bool:
         """Whether a replica answers within `timeout_s` (waiting for a reconnect, if one is under way)."""
         try:
-            self._stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), timeout=timeout_s, wait_for_ready=True)
+            self._stub.GetModelInfo(
+                encoder_pb2.GetModelInfoRequest(),
+                timeout=timeout_s,
+                wait_for_ready=True,
+                metadata=self._token,
+            )
         except grpc.RpcError:
             return False
         return True

@@ -6,6 +6,7 @@ are encoded and written at once, so the encoder is not idle while Milvus writes.
 after Milvus has accepted the row, which holds the vector and every field at once.
 """
 
+import contextvars
 import hashlib
 import json
 import queue
@@ -17,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
+from prometheus_client import Counter
 
 from imagesearch.v1 import search_pb2
 
@@ -77,7 +79,10 @@ def _check(item: _Item) -> None:
 class Ingestion:
     """One Ingest stream."""
 
-    def __init__(self, store: Store, encoder: EncoderClient, default_collection: str, in_flight: int) -> None:
+    def __init__(
+        self, store: Store, encoder: EncoderClient, default_collection: str, in_flight: int, outcomes: Counter
+    ) -> None:
+        self.outcomes = outcomes  # a metric, by outcome name
         self.store = store
         self.encoder = encoder
         self.default_collection = default_collection
@@ -108,7 +113,9 @@ class Ingestion:
             while True:
                 if batch:
                     known = self._classify(batch, collection)
-                    future = workers.submit(self._encode_and_store, known, collection)
+                    # A copy of this call's context carries its request id into the worker thread.
+                    context = contextvars.copy_context()
+                    future = workers.submit(context.run, self._encode_and_store, known, collection)
                     future.add_done_callback(lambda _: self._inbox.put(_BATCH_DONE))
                     pending.append((batch, future))
                 while pending and (pending[0][1].done() or len(pending) >= self.in_flight or ended):
@@ -200,6 +207,7 @@ class Ingestion:
                 item.outcome = FAILED if original.outcome == FAILED else PRESENT
                 item.error = original.error
             self._totals.counts[item.outcome] += 1
+            self.outcomes.labels(search_pb2.Outcome.Name(item.outcome).removeprefix("OUTCOME_").lower()).inc()
             item.image = b""  # the bytes are no longer needed; keep memory flat on long streams
             yield search_pb2.IngestResponse(
                 index=item.index,

@@ -4,12 +4,15 @@ import json
 import logging
 import threading
 
+from prometheus_client import CollectorRegistry
+
 from imagesearch.serving import GrpcServer
 from imagesearch.v1 import search_pb2, search_pb2_grpc
 
 from .config import SearchConfig
 from .encoder_client import EncoderClient
 from .errors import ServiceError, ServiceErrorInterceptor
+from .metrics import SearchMetrics
 from .service import SearchServicer
 from .store import Store
 
@@ -23,15 +26,20 @@ class SearchServer:
 
     def __init__(self, config: SearchConfig) -> None:
         self.config = config
+        self.registry = CollectorRegistry()
+        self.metrics = SearchMetrics(self.registry)
         self.store = Store(
             config.milvus_uri,
             config.milvus_token,
             config.milvus_timeout_s,
             config.index_type,
             json.loads(config.index_params),
+            self.metrics.observe_milvus,
         )
-        self.encoder = EncoderClient(config.encoder, config.encoder_timeout_s)
-        self.servicer = SearchServicer(config, self.store, self.encoder)
+        self.encoder = EncoderClient(
+            config.encoder, config.encoder_timeout_s, config.encoder_token, self.metrics.observe_encoder
+        )
+        self.servicer = SearchServicer(config, self.store, self.encoder, self.metrics)
         self.grpc: GrpcServer | None = None
         self._stopping = threading.Event()
         self._monitor = threading.Thread(target=self._watch_health, name="health-monitor", daemon=True)
@@ -44,6 +52,9 @@ class SearchServer:
             lambda server: search_pb2_grpc.add_SearchServiceServicer_to_server(self.servicer, server),
             self.config.grpc_workers,
             self.config.max_message_bytes,
+            self.registry,
+            self.config.metrics_port,
+            [token for token in self.config.auth_tokens.split(",") if token],
             [ServiceErrorInterceptor()],
         )
         self.check_health()

@@ -14,6 +14,7 @@ from .encoder_client import EncoderClient
 from .errors import ServiceError
 from .filters import render_filter, render_value
 from .ingest import Ingestion
+from .metrics import SearchMetrics
 from .store import CollectionInfo, Store
 
 DEFAULT_TOP_K = 10
@@ -51,10 +52,13 @@ def _checked_ids(ids: list[str]) -> list[str]:
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
-    def __init__(self, config: SearchConfig, store: Store, encoder: EncoderClient) -> None:
+    def __init__(
+        self, config: SearchConfig, store: Store, encoder: EncoderClient, metrics: SearchMetrics
+    ) -> None:
         self.config = config
         self.store = store
         self.encoder = encoder
+        self.metrics = metrics
 
     def _collection(self, name: str) -> CollectionInfo:
         return self.store.require(name or self.config.collection)
@@ -145,5 +149,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def Ingest(
         self, request_iterator: Iterator[search_pb2.IngestRequest], context: grpc.ServicerContext
     ) -> Iterator[search_pb2.IngestResponse]:
-        ingestion = Ingestion(self.store, self.encoder, self.config.collection, self.config.ingest_in_flight)
+        ingestion = Ingestion(
+            self.store,
+            self.encoder,
+            self.config.collection,
+            self.config.ingest_in_flight,
+            self.metrics.ingested,
+        )
         return ingestion.run(request_iterator)

@@ -7,6 +7,7 @@ models never meet in one collection.
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -51,8 +52,17 @@ def is_milvus_lite(uri: str) -> bool:
 
 
 class Store:
-    def __init__(self, uri: str, token: str, timeout_s: float, index_type: str, index_params: dict) -> None:
+    def __init__(
+        self,
+        uri: str,
+        token: str,
+        timeout_s: float,
+        index_type: str,
+        index_params: dict,
+        observe: Callable[[str, float], None] = lambda operation, seconds: None,
+    ) -> None:
         self.uri = uri
+        self.observe = observe  # (operation, seconds) of every Milvus call, for metrics
         self.timeout_s = timeout_s
         self.index_type = index_type
         self.index_params = index_params
@@ -74,8 +84,10 @@ class Store:
     def close(self) -> None:
         self._client.close()
 
-    def _call(self, what: str, call: Callable[[], Result]) -> Result:
-        """Runs one Milvus call, turning its failures into the status a caller should get."""
+    def _call(self, operation: str, collection: str, call: Callable[[], Result]) -> Result:
+        """Runs one Milvus call, timed, turning its failures into the status a caller should get."""
+        what = f"{operation} {collection!r}" if collection else operation
+        started = time.perf_counter()
         try:
             return call()
         except MilvusUnavailableException as error:
@@ -90,20 +102,23 @@ class Store:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE, f"{what} failed in Milvus: {error.message}"
             ) from None
+        finally:
+            self.observe(operation, time.perf_counter() - started)
 
     def ping(self) -> None:
-        self._call("list collections", lambda: self._client.list_collections(timeout=self.timeout_s))
+        self._call("list collections", "", lambda: self._client.list_collections(timeout=self.timeout_s))
 
     def collection(self, name: str) -> CollectionInfo | None:
         """The collection's stamp, or None when it does not exist."""
         if name in self._collections:
             return self._collections[name]
         if not self._call(
-            "has_collection", lambda: self._client.has_collection(name, timeout=self.timeout_s)
+            "has collection", name, lambda: self._client.has_collection(name, timeout=self.timeout_s)
         ):
             return None
         description = self._call(
-            f"describe collection {name!r}",
+            "describe collection",
+            name,
             lambda: self._client.describe_collection(name, timeout=self.timeout_s),
         )
         try:
@@ -115,7 +130,7 @@ class Store:
                 f"collection {name!r} was not made by this service (no model stamp); use another collection",
             ) from None
         self._call(
-            f"load collection {name!r}", lambda: self._client.load_collection(name, timeout=self.timeout_s)
+            "load collection", name, lambda: self._client.load_collection(name, timeout=self.timeout_s)
         )
         self._collections[name] = info
         return info
@@ -150,7 +165,8 @@ class Store:
                 "vector", index_type=self.index_type, metric_type="COSINE", params=self.index_params
             )
             self._call(
-                f"create collection {name!r}",
+                "create collection",
+                name,
                 lambda: self._client.create_collection(
                     name,
                     schema=schema,
@@ -166,16 +182,15 @@ class Store:
         if not ids:
             return set()
         rows = self._call(
-            f"look up ids in {name!r}",
+            "look up ids in",
+            name,
             lambda: self._client.get(name, ids=ids, output_fields=["id"], timeout=self.timeout_s),
         )
         return {row["id"] for row in rows}
 
     def upsert(self, name: str, rows: list[dict[str, Any]]) -> None:
         if rows:
-            self._call(
-                f"upsert into {name!r}", lambda: self._client.upsert(name, rows, timeout=self.timeout_s)
-            )
+            self._call("upsert into", name, lambda: self._client.upsert(name, rows, timeout=self.timeout_s))
 
     def search(
         self,
@@ -187,7 +202,8 @@ class Store:
         output_fields: list[str],
     ) -> list[dict[str, Any]]:
         results = self._call(
-            f"search {name!r}",
+            "search",
+            name,
             lambda: self._client.search(
                 name,
                 data=[vector],
@@ -204,13 +220,15 @@ class Store:
 
     def get(self, name: str, ids: list[str], output_fields: list[str]) -> list[dict[str, Any]]:
         return self._call(
-            f"get from {name!r}",
+            "get from",
+            name,
             lambda: self._client.get(name, ids=ids, output_fields=output_fields, timeout=self.timeout_s),
         )
 
     def count(self, name: str, expression: str = "") -> int:
         rows = self._call(
-            f"count {name!r}",
+            "count",
+            name,
             lambda: self._client.query(
                 name, filter=expression, output_fields=["count(*)"], timeout=self.timeout_s
             ),
@@ -222,14 +240,16 @@ class Store:
         matching = self.count(name, expression)
         if matching:
             self._call(
-                f"delete from {name!r}",
+                "delete from",
+                name,
                 lambda: self._client.delete(name, filter=expression, timeout=self.timeout_s),
             )
         return matching
 
     def describe_index(self, name: str) -> str:
         index = self._call(
-            f"describe index of {name!r}",
+            "describe index of",
+            name,
             lambda: self._client.describe_index(name, index_name="vector", timeout=self.timeout_s),
         )
         return str(index.get("index_type", self.index_type))

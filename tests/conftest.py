@@ -1,6 +1,7 @@
 """Shared fixtures: checkpoints the tests make themselves, and real encoder servers on loopback ports."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -47,7 +48,9 @@ def tiny_torchscript_path(checkpoint_dir: Path) -> Path:
 
 @contextmanager
 def running_encoder(model: Path, **settings: object) -> Iterator[EncoderServer]:
-    config = dataclasses.replace(EncoderConfig(model=str(model), device="cpu", port=0), **settings)
+    config = dataclasses.replace(
+        EncoderConfig(model=str(model), device="cpu", port=0, metrics_port=0), **settings
+    )
     server = EncoderServer(config)
     server.start()
     try:
@@ -85,7 +88,9 @@ def vit_stub(vit_encoder: EncoderServer) -> Iterator[encoder_pb2_grpc.EncoderSer
 @contextmanager
 def running_search(encoder_target: str, milvus_uri: Path | str, **settings: object) -> Iterator[SearchServer]:
     config = dataclasses.replace(
-        SearchConfig(encoder=encoder_target, milvus_uri=str(milvus_uri), port=0, encoder_timeout_s=20.0),
+        SearchConfig(
+            encoder=encoder_target, milvus_uri=str(milvus_uri), port=0, metrics_port=0, encoder_timeout_s=20.0
+        ),
         **settings,
     )
     server = SearchServer(config)
@@ -102,26 +107,20 @@ def search_stub(address: str) -> Iterator[search_pb2_grpc.SearchServiceStub]:
         yield search_pb2_grpc.SearchServiceStub(channel)
 
 
+def serving_address(log_line: str) -> str:
+    """The address in the JSON log line "encoder serving MODEL on HOST:PORT"."""
+    return json.loads(log_line)["message"].rsplit(" on ", 1)[1]
+
+
 @contextmanager
 def encoder_process(model: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """`python -m encoder_service` on a free port, once it reports serving; killed at the end."""
-    command = [
-        sys.executable,
-        "-m",
-        "encoder_service",
-        "--model",
-        str(model),
-        "--device",
-        "cpu",
-        "--port",
-        "0",
-    ]
-    process = subprocess.Popen([*command, *flags], stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "encoder_service", "--model", str(model), "--device", "cpu"]
+    command += ["--port", "0", "--metrics-port", "0", *flags]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stderr is not None
-        address = next(
-            line.rsplit(" on ", 1)[1].strip() for line in process.stderr if "encoder serving" in line
-        )
+        address = next(serving_address(line) for line in process.stderr if "encoder serving" in line)
         yield process, address
     finally:
         process.kill()

@@ -1,0 +1,139 @@
+"""What operators see: Prometheus metrics, one JSON log line per call, and a request id across services.
+
+A caller may send `x-request-id`; otherwise the first service makes one. It is kept in a context variable
+for the call, sent on to the encoder by the search service, and written in every log line of the call.
+"""
+
+import contextvars
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from .headers import REQUEST_ID
+
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+_QUIET_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+log = logging.getLogger("imagesearch.access")
+
+
+def current_request_id() -> str:
+    return _request_id.get()
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if request_id := current_request_id():
+            entry["request_id"] = request_id
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(format: str = "json", level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter()
+        if format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> WSGIServer:
+    """Serves /metrics over HTTP on `port` (0: any free one; the server's `server_port` says which)."""
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    return server
+
+
+class ObservabilityInterceptor(grpc.ServerInterceptor):
+    """Counts and times every call by method and status, logs it as JSON, and carries its request id."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.handled = Counter(
+            "grpc_server_handled",
+            "Calls finished, by method and status code",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "grpc_server_handling_seconds", "Time to finish a call, by method", ["method"], registry=registry
+        )
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_QUIET_SERVICES):
+            return handler
+        incoming = dict(handler_call_details.invocation_metadata or ())
+        request_id = incoming.get(REQUEST_ID) or uuid.uuid4().hex
+        short_method = method.rsplit("/", 1)[-1]
+
+        def finish(context: grpc.ServicerContext, started: float, error: BaseException | None) -> None:
+            code = context.code() if hasattr(context, "code") else None
+            if code is None:
+                code = grpc.StatusCode.UNKNOWN if error is not None else grpc.StatusCode.OK
+            seconds = time.perf_counter() - started
+            self.handled.labels(short_method, code.name).inc()
+            self.seconds.labels(short_method).observe(seconds)
+            fields = {
+                "method": short_method,
+                "code": code.name,
+                "ms": round(seconds * 1000, 1),
+                "request_id": request_id,
+            }
+            log.info("%s %s", short_method, code.name, extra={"fields": fields})
+
+        def unary(behavior: Callable) -> Callable:
+            def observed(request, context):  # type: ignore[no-untyped-def]
+                token = _request_id.set(request_id)
+                started, error = time.perf_counter(), None
+                try:
+                    return behavior(request, context)
+                except BaseException as raised:
+                    error = raised
+                    raise
+                finally:
+                    finish(context, started, error)
+                    _request_id.reset(token)
+
+            return observed
+
+        def streaming(behavior: Callable) -> Callable:
+            def observed(request, context) -> Iterator:  # type: ignore[no-untyped-def]
+                token = _request_id.set(request_id)
+                started, error = time.perf_counter(), None
+                try:
+                    yield from behavior(request, context)
+                except BaseException as raised:
+                    error = raised
+                    raise
+                finally:
+                    finish(context, started, error)
+                    _request_id.reset(token)
+
+            return observed
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                streaming(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+            )
+        return handler
