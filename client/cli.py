@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 
+from imagesearch.tls import channel_credentials
+
 from . import protocol
 from .errors import ImageSearchError
 from .grid import write_grid
@@ -26,7 +28,8 @@ EPILOG = """exit codes:
   2  usage error
   3  some items failed, the rest were done (ingest)
 
-environment: IMGSEARCH_SERVER, IMGSEARCH_ENCODER, IMGSEARCH_COLLECTION, IMGSEARCH_TOKEN"""
+environment: IMGSEARCH_SERVER, IMGSEARCH_ENCODER, IMGSEARCH_COLLECTION, IMGSEARCH_TOKEN,
+  IMGSEARCH_TLS, IMGSEARCH_TLS_CA, IMGSEARCH_TLS_CERT, IMGSEARCH_TLS_KEY"""
 
 
 class UsageError(Exception):
@@ -63,10 +66,13 @@ def print_hits(hits: Sequence[Hit]) -> None:
         print(f"{rank:>4}  {hit.score:7.4f}  {hit.uri}")
 
 
+def connection_options(args: argparse.Namespace) -> dict[str, Any]:
+    credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key) if args.tls else None
+    return {"timeout": args.timeout, "token": args.token or None, "credentials": credentials}
+
+
 def search_client(args: argparse.Namespace) -> SearchClient:
-    return SearchClient(
-        args.server, collection=args.collection, timeout=args.timeout, token=args.token or None
-    )
+    return SearchClient(args.server, collection=args.collection, **connection_options(args))
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -166,7 +172,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     if bool(args.text) == bool(args.image):
         raise UsageError("encode takes a TEXT or --image PATH (one of them)")
-    with EncoderClient(args.encoder, timeout=args.timeout, token=args.token or None) as client:
+    with EncoderClient(args.encoder, **connection_options(args)) as client:
         if args.text:
             vector = client.encode_texts([args.text])[0]
         else:
@@ -212,6 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--token", default=env("IMGSEARCH_TOKEN", ""), help="bearer token for the services")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per call")
+    parser.add_argument(
+        "--tls", action="store_true", default=bool(env("IMGSEARCH_TLS")), help="connect with TLS"
+    )
+    parser.add_argument(
+        "--tls-ca", default=env("IMGSEARCH_TLS_CA", ""), help="PEM CA of the services (with --tls)"
+    )
+    parser.add_argument(
+        "--tls-cert", default=env("IMGSEARCH_TLS_CERT", ""), help="PEM client certificate (mTLS)"
+    )
+    parser.add_argument("--tls-key", default=env("IMGSEARCH_TLS_KEY", ""), help="PEM client key (mTLS)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", help="run an encoder and a search service here until Ctrl-C")

@@ -34,6 +34,9 @@ class EncoderConfig:
         "", "comma-separated bearer tokens callers must send (empty: no authentication)"
     )
     metrics_port: int = setting(9151, "port of the Prometheus /metrics page (0: any free port, -1: none)")
+    tls_cert: str = setting("", "PEM certificate chain of this service (with --tls-key: TLS)")
+    tls_key: str = setting("", "PEM private key of this service")
+    tls_ca: str = setting("", "PEM CA that callers' certificates must be signed by (mutual TLS)")
     log_format: str = setting("json", "log lines as JSON or as text", None, ["json", "text"])
 
     def __post_init__(self) -> None:

@@ -5,6 +5,7 @@ import logging
 from prometheus_client import CollectorRegistry
 
 from imagesearch.serving import GrpcServer
+from imagesearch.tls import server_credentials
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 
 from .config import EncoderConfig
@@ -36,6 +37,8 @@ class EncoderServer:
             self.registry,
             self.config.metrics_port,
             [token for token in self.config.auth_tokens.split(",") if token],
+            (),
+            server_credentials(self.config.tls_cert, self.config.tls_key, self.config.tls_ca),
         )
         log.info("encoder listening on %s, loading %s", self.grpc.address, self.config.model)
         return self.grpc.address

@@ -24,7 +24,7 @@ class GrpcServer:
     """A started gRPC server on host:port whose services are NOT_SERVING until `set_serving(True)`.
 
     Every call is counted, timed and logged (metrics on `metrics_port`, 0: any free port, -1: none) and,
-    when `auth_tokens` are given, must carry one of them as a bearer token.
+    when `auth_tokens` are given, must carry one of them as a bearer token. With `credentials` it speaks TLS.
     """
 
     def __init__(
@@ -39,6 +39,7 @@ class GrpcServer:
         metrics_port: int,
         auth_tokens: Sequence[str] = (),
         interceptors: Sequence[grpc.ServerInterceptor] = (),
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.service_names = [*service_names]
         authentication = [BearerTokenInterceptor(auth_tokens)] if auth_tokens else []
@@ -61,7 +62,11 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        self.port = (
+            self._server.add_secure_port(f"{host}:{port}", credentials)
+            if credentials
+            else self._server.add_insecure_port(f"{host}:{port}")
+        )
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port}")
         self.address = f"{host}:{self.port}"

@@ -41,7 +41,15 @@ class SearchConfig:
         "", "comma-separated bearer tokens callers must send (empty: no authentication)"
     )
     encoder_token: str = setting("", "bearer token this service sends to the encoder")
+    encoder_tls_ca: str = setting(
+        "", "PEM CA that verifies the encoders' certificates (turns on TLS to them)"
+    )
+    encoder_tls_cert: str = setting("", "PEM client certificate this service shows the encoders (mutual TLS)")
+    encoder_tls_key: str = setting("", "PEM private key of that client certificate")
     metrics_port: int = setting(9152, "port of the Prometheus /metrics page (0: any free port, -1: none)")
+    tls_cert: str = setting("", "PEM certificate chain of this service (with --tls-key: TLS)")
+    tls_key: str = setting("", "PEM private key of this service")
+    tls_ca: str = setting("", "PEM CA that callers' certificates must be signed by (mutual TLS)")
     log_format: str = setting("json", "log lines as JSON or as text", None, ["json", "text"])
 
     def __post_init__(self) -> None:

@@ -38,6 +38,7 @@ class EncoderClient:
         timeout_s: float,
         token: str = "",
         observe: Callable[[str, float], None] = lambda method, seconds: None,
+        credentials: grpc.ChannelCredentials | None = None,
         attempts: int = 5,
     ) -> None:
         self.target = target
@@ -45,16 +46,18 @@ class EncoderClient:
         self.attempts = attempts
         self.observe = observe  # (method, seconds) of every call, retries included, for metrics
         self._token = bearer(token)
-        self._channel = grpc.insecure_channel(
-            channel_target(target),
-            options=[
-                ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
-                # A replica that comes back is used again within about a second, not after minutes of backoff.
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-                ("grpc.max_send_message_length", -1),
-                ("grpc.max_receive_message_length", -1),
-            ],
+        options = [
+            ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+            # A replica that comes back is used again within about a second, not after minutes of backoff.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", -1),
+        ]
+        self._channel = (
+            grpc.secure_channel(channel_target(target), credentials, options)
+            if credentials
+            else grpc.insecure_channel(channel_target(target), options)
         )
         self._stub = encoder_pb2_grpc.EncoderServiceStub(self._channel)
 

@@ -7,6 +7,7 @@ import threading
 from prometheus_client import CollectorRegistry
 
 from imagesearch.serving import GrpcServer
+from imagesearch.tls import channel_credentials, server_credentials
 from imagesearch.v1 import search_pb2, search_pb2_grpc
 
 from .config import SearchConfig
@@ -37,7 +38,11 @@ class SearchServer:
             self.metrics.observe_milvus,
         )
         self.encoder = EncoderClient(
-            config.encoder, config.encoder_timeout_s, config.encoder_token, self.metrics.observe_encoder
+            config.encoder,
+            config.encoder_timeout_s,
+            config.encoder_token,
+            self.metrics.observe_encoder,
+            channel_credentials(config.encoder_tls_ca, config.encoder_tls_cert, config.encoder_tls_key),
         )
         self.servicer = SearchServicer(config, self.store, self.encoder, self.metrics)
         self.grpc: GrpcServer | None = None
@@ -56,6 +61,7 @@ class SearchServer:
             self.config.metrics_port,
             [token for token in self.config.auth_tokens.split(",") if token],
             [ServiceErrorInterceptor()],
+            server_credentials(self.config.tls_cert, self.config.tls_key, self.config.tls_ca),
         )
         self.check_health()
         self._monitor.start()
