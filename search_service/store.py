@@ -4,6 +4,7 @@ Each collection is stamped (in its description) with the model that made its vec
 models never meet in one collection.
 """
 
+import contextlib
 import json
 import logging
 import threading
@@ -29,6 +30,7 @@ SCALAR_FIELDS = ["id", "uri", "model", "metadata", "ingested_at"]
 # Milvus's code for a request it refuses as malformed (a bad filter expression, say).
 _MILVUS_INVALID_PARAMETER = 1100
 _MILVUS_COLLECTION_NOT_FOUND = 100
+_MILVUS_CANNOT_CONNECT = 2
 
 
 @dataclass(frozen=True)
@@ -68,18 +70,35 @@ class Store:
         self.index_params = index_params
         self._collections: dict[str, CollectionInfo] = {}
         self._create_lock = threading.Lock()
+        self._token = token
+        self._reconnect_lock = threading.Lock()
+        self._reconnect_needed = False
+        self._client = self._connect()
+
+    def _connect(self) -> MilvusClient:
         try:
-            self._client = MilvusClient(uri=uri, token=token, timeout=timeout_s)
-        except ConnectionConfigException as error:
-            if is_milvus_lite(uri):
+            # A connection of its own, not pymilvus's shared one, so that a reconnect replaces it whole.
+            return MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout_s, dedicated=True)
+        except MilvusException as error:
+            if isinstance(error, ConnectionConfigException) and is_milvus_lite(self.uri):
                 raise ServiceError(
                     grpc.StatusCode.UNAVAILABLE,
-                    f"cannot open the Milvus Lite file {uri}: {error.message}. Only one process at a time "
-                    "may open a Milvus Lite file: stop the other one, or serve the data from a Milvus server",
+                    f"cannot open the Milvus Lite file {self.uri}: {error.message}. Only one process at a "
+                    "time may open a Milvus Lite file: stop the other one, or serve it from a Milvus server",
                 ) from None
             raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE, f"cannot reach Milvus at {uri}: {error}"
+                grpc.StatusCode.UNAVAILABLE, f"cannot reach Milvus at {self.uri}: {error.message}"
             ) from None
+
+    def _reconnect(self) -> None:
+        """After a lost connection: a fresh client, once Milvus answers again."""
+        with self._reconnect_lock:
+            if not self._reconnect_needed:
+                return
+            stale, self._client = self._client, self._connect()
+            self._reconnect_needed = False
+        with contextlib.suppress(Exception):
+            stale.close()
 
     def close(self) -> None:
         self._client.close()
@@ -87,16 +106,21 @@ class Store:
     def _call(self, operation: str, collection: str, call: Callable[[], Result]) -> Result:
         """Runs one Milvus call, timed, turning its failures into the status a caller should get."""
         what = f"{operation} {collection!r}" if collection else operation
+        if self._reconnect_needed:
+            self._reconnect()
         started = time.perf_counter()
         try:
             return call()
         except MilvusUnavailableException as error:
+            self._reconnect_needed = True
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE, f"Milvus at {self.uri} is unavailable: {error}"
             ) from None
         except MilvusException as error:
             if error.code == _MILVUS_INVALID_PARAMETER:
                 raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {error.message}") from None
+            if error.code == _MILVUS_CANNOT_CONNECT:
+                self._reconnect_needed = True
             if error.code == _MILVUS_COLLECTION_NOT_FOUND:
                 raise ServiceError(grpc.StatusCode.NOT_FOUND, f"{what}: {error.message}") from None
             raise ServiceError(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from encoder_service.checkpoints import TINY, VIT_B_32, random_clip, save_state_dict, save_torchscript
 from encoder_service.config import EncoderConfig
@@ -107,21 +108,38 @@ def search_stub(address: str) -> Iterator[search_pb2_grpc.SearchServiceStub]:
         yield search_pb2_grpc.SearchServiceStub(channel)
 
 
-def serving_address(log_line: str) -> str:
-    """The address in the JSON log line "encoder serving MODEL on HOST:PORT"."""
-    return json.loads(log_line)["message"].rsplit(" on ", 1)[1]
+def logged_address(log_line: str) -> str:
+    """The address in a JSON log line "... on HOST:PORT ..." (the services' ready lines)."""
+    return json.loads(log_line)["message"].rsplit(" on ", 1)[1].split()[0]
 
 
 @contextmanager
-def encoder_process(model: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`python -m encoder_service` on a free port, once it reports serving; killed at the end."""
-    command = [sys.executable, "-m", "encoder_service", "--model", str(model), "--device", "cpu"]
-    command += ["--port", "0", "--metrics-port", "0", *flags]
+def service_process(module: str, ready: str, *args: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`python -m module args...` on a free port, once it logs `ready`; killed at the end."""
+    command = [sys.executable, "-m", module, "--port", "0", "--metrics-port", "0", *args]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stderr is not None
-        address = next(serving_address(line) for line in process.stderr if "encoder serving" in line)
+        address = next(logged_address(line) for line in process.stderr if ready in line)
         yield process, address
     finally:
         process.kill()
         process.wait()
+
+
+def encoder_process(model: Path, *flags: str):  # type: ignore[no-untyped-def]
+    return service_process(
+        "encoder_service", "encoder serving", "--model", str(model), "--device", "cpu", *flags
+    )
+
+
+def wait_for_health(address: str, wanted: int, timeout_s: float = 60.0) -> None:
+    """Follows the health Watch stream of the server at `address` until it reports `wanted`."""
+    with grpc.insecure_channel(address) as channel:
+        updates = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(), timeout=timeout_s
+        )
+        for update in updates:
+            if update.status == wanted:
+                updates.cancel()
+                return

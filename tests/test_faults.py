@@ -1,0 +1,138 @@
+"""Faults on loopback: a killed search service, lost encoders, an unreachable Milvus server; nothing lost."""
+
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import running_encoder, running_search, search_stub, service_process, wait_for_health
+from grpc_health.v1 import health_pb2
+from milvus_lite.server import Server as MilvusLiteServer
+from test_search import PRESENT, STORED, folder, requests
+
+from encoder_service.config import EncoderConfig
+from encoder_service.server import EncoderServer
+from imagesearch.v1 import search_pb2
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_search_service_killed_mid_ingest_then_rerun_stores_each_picture_once(tiny_encoder, tmp_path) -> None:
+    milvus = str(tmp_path / "milvus.db")
+    args = ["--encoder", tiny_encoder.grpc.address, "--milvus-uri", milvus]
+    pictures = folder(60, 2000)
+    killed = threading.Event()
+
+    def stream() -> Iterator[search_pb2.IngestRequest]:
+        yield from requests(pictures[:20], metadata={"batch": "first"})
+        killed.wait(timeout=60)  # the rest is sent to a dead service
+        yield from requests(pictures[20:], metadata={"batch": "first"})
+
+    reported: list[search_pb2.IngestResponse] = []
+    with (
+        service_process("search_service", "search service listening", *args) as (process, address),
+        search_stub(address) as stub,
+    ):
+        with pytest.raises(grpc.RpcError) as broken:
+            for result in stub.Ingest(stream()):
+                reported.append(result)
+                if len(reported) == 10:
+                    process.send_signal(signal.SIGKILL)
+                    process.wait()
+                    killed.set()
+        assert broken.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(reported) >= 10 and {r.outcome for r in reported} == {STORED}
+
+    with (
+        service_process("search_service", "search service listening", *args) as (_, address),
+        search_stub(address) as stub,
+    ):
+        rerun = list(stub.Ingest(requests(pictures, metadata={"batch": "first"})))
+        ids = [r.id for r in rerun]
+        records = stub.Get(search_pb2.GetRequest(ids=ids, output_fields=["vector"])).records
+        count = stub.Stats(search_pb2.StatsRequest()).count
+    assert {r.id for r in reported if r.outcome == STORED} <= {r.id for r in rerun if r.outcome == PRESENT}
+    assert rerun[-1].totals.stored + rerun[-1].totals.present == 60 and count == 60
+    assert len(set(ids)) == 60 and len(records) == 60
+    assert all(len(r.vector) == 512 and r.metadata == {"batch": "first"} and r.uri for r in records)
+
+
+def test_queries_fail_clearly_while_every_encoder_is_down_and_recover(tiny_path, tmp_path) -> None:
+    ports = [free_port(), free_port()]
+    target = ",".join(f"127.0.0.1:{port}" for port in ports)
+    query = search_pb2.SearchTextRequest(text="a dog")
+    replicas = [
+        EncoderServer(EncoderConfig(str(tiny_path), device="cpu", port=port, metrics_port=-1))
+        for port in ports
+    ]
+    for replica in replicas:
+        replica.start()
+        replica.load()
+    with (
+        running_search(target, tmp_path / "milvus.db", encoder_timeout_s=5.0) as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        list(stub.Ingest(requests(folder(3, 2100))))
+        replicas[1].stop()
+        assert len(stub.SearchText(query).hits) == 3  # one replica is enough
+        replicas[0].stop()
+        with pytest.raises(grpc.RpcError) as down:
+            stub.SearchText(query)
+        assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert f"encoder at {target}" in down.value.details()
+        assert search.check_health() is False
+        with running_encoder(tiny_path, port=ports[1]):
+            assert search.check_health() is True
+            assert len(stub.SearchText(query).hits) == 3
+
+
+def wait_until_listening(port: int, attempts: int = 600) -> None:
+    for _ in range(attempts):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            threading.Event().wait(0.05)  # a bounded poll of a condition, not a guess at a duration
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+@contextmanager
+def milvus_on_a_port(db_file: Path, port: int) -> Iterator[str]:
+    """Milvus Lite served on a TCP port: a stand-in for a Milvus server that can be stopped and restarted."""
+    server = MilvusLiteServer(str(db_file), address=f"127.0.0.1:{port}")
+    assert server.init() and server.start()
+    wait_until_listening(port)  # start() returns before the server accepts connections
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def test_unreachable_milvus_means_not_serving_and_unavailable_then_recovery(tiny_encoder, tmp_path) -> None:
+    port, db_file = free_port(), tmp_path / "served.db"
+    query = search_pb2.SearchTextRequest(text="a dog")
+    with milvus_on_a_port(db_file, port) as uri:
+        search_context = running_search(
+            tiny_encoder.grpc.address, uri, milvus_timeout_s=3.0, health_interval_s=0.2
+        )
+        search = search_context.__enter__()
+    try:
+        with search_stub(search.grpc.address) as stub:
+            assert search.check_health() is False  # Milvus went away after the service started
+            with pytest.raises(grpc.RpcError) as down:
+                list(stub.Ingest(requests(folder(2, 2200))))
+            assert down.value.code() == grpc.StatusCode.UNAVAILABLE and "Milvus" in down.value.details()
+            with milvus_on_a_port(db_file, port):
+                wait_for_health(search.grpc.address, health_pb2.HealthCheckResponse.SERVING)
+                assert {r.outcome for r in stub.Ingest(requests(folder(2, 2200)))} == {STORED}
+                assert len(stub.SearchText(query).hits) == 2
+    finally:
+        search_context.__exit__(None, None, None)
