@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import settings
 
 from encoder_service.checkpoints import TINY, VIT_B_32, random_clip, save_state_dict, save_torchscript
 from encoder_service.config import EncoderConfig
@@ -143,3 +145,9 @@ def wait_for_health(address: str, wanted: int, timeout_s: float = 60.0) -> None:
             if update.status == wanted:
                 updates.cancel()
                 return
+
+
+# Bounded fuzzing in CI; `HYPOTHESIS_PROFILE=long` runs a thousand times more examples.
+settings.register_profile("ci", max_examples=60)
+settings.register_profile("long", max_examples=60_000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

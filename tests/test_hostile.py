@@ -1,0 +1,202 @@
+"""Hostile input through both services: each item gets a per-item error or a correct vector, nothing crashes.
+
+The fuzz tests run a bounded number of examples; `HYPOTHESIS_PROFILE=long make test` runs many more.
+"""
+
+import io
+import os
+import struct
+import zlib
+
+import grpc
+import numpy as np
+import pytest
+from conftest import encoder_stub, running_search, search_stub
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from images import encode, jpeg, png, png_with_size_header, two_tone
+from PIL import Image
+
+from encoder_service.images import ImageLimits, ImageRejected, decode_image
+from imagesearch.v1 import encoder_pb2, search_pb2
+
+STORED, FAILED = search_pb2.OUTCOME_STORED, search_pb2.OUTCOME_FAILED
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def zip_bomb_png(side: int = 10_000) -> bytes:
+    """A few hundred kilobytes that decode to side x side pixels of black."""
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)  # filter byte + one greyscale byte per pixel
+    pixels = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", pixels)
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def many_frames_gif(frames: int = 300) -> bytes:
+    images = [Image.new("P", (32, 32), index % 200) for index in range(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:])
+    return buffer.getvalue()
+
+
+def huge_exif_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 60_000  # ImageDescription: a 60 KB EXIF block
+    return jpeg(two_tone((10, 120, 200), (240, 240, 240)), exif=exif)
+
+
+def corrupted(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes(b ^ 0x5A for b in data[middle : middle + 64]) + data[middle + 64 :]
+
+
+def hostile_images() -> dict[str, bytes]:
+    picture = two_tone((200, 40, 40), (40, 40, 200), (256, 192))
+    formats = {
+        "jpeg": jpeg(picture),
+        "png": png(picture),
+        "gif": encode(picture, "GIF"),
+        "webp": encode(picture, "WEBP"),
+    }
+    corpus = {f"truncated {name}": data[: len(data) // 2] for name, data in formats.items()}
+    corpus |= {f"corrupt {name}": corrupted(data) for name, data in formats.items()}
+    return corpus | {
+        "zip bomb png": zip_bomb_png(),
+        "30000x30000 header": png_with_size_header(30_000, 30_000),
+        "zero bytes": b"",
+        "random bytes": os.urandom(4096),
+        "svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10"/></svg>',
+        "pdf": b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n",
+        "huge exif": huge_exif_jpeg(),
+        "animated gif, 300 frames": many_frames_gif(),
+        "good": formats["png"],
+    }
+
+
+MUST_FAIL = {
+    "zip bomb png",
+    "30000x30000 header",
+    "zero bytes",
+    "random bytes",
+    "svg",
+    "pdf",
+    "truncated png",
+}
+MUST_ENCODE = {"huge exif", "animated gif, 300 frames", "good"}
+
+
+def test_hostile_images_get_a_vector_or_their_own_error_from_the_encoder(tiny_encoder) -> None:
+    corpus = hostile_images()
+    with encoder_stub(tiny_encoder.grpc.address) as stub:
+        response = stub.EncodeImages(encoder_pb2.EncodeImagesRequest(images=list(corpus.values())))
+        still_up = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+    outcomes = dict(zip(corpus, response.results, strict=True))
+    for name, result in outcomes.items():
+        if result.WhichOneof("outcome") == "vector":
+            assert np.linalg.norm(result.vector.values) == pytest.approx(1.0, abs=1e-4), name
+        else:
+            assert result.error.startswith("images["), name
+    assert {n for n, r in outcomes.items() if r.WhichOneof("outcome") == "error"} >= MUST_FAIL
+    assert {n for n, r in outcomes.items() if r.WhichOneof("outcome") == "vector"} >= MUST_ENCODE
+    assert still_up.image_resolution == 32
+
+
+def test_hostile_images_fail_alone_in_an_ingest(tiny_encoder, tmp_path) -> None:
+    corpus = hostile_images()
+    with (
+        running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db") as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        results = list(
+            stub.Ingest(search_pb2.IngestRequest(image=data, uri=name) for name, data in corpus.items())
+        )
+        count = stub.Stats(search_pb2.StatsRequest()).count
+    by_name = {result.uri: result for result in results}
+    assert all(by_name[name].outcome == FAILED and by_name[name].error for name in MUST_FAIL)
+    assert all(by_name[name].outcome == STORED for name in MUST_ENCODE)
+    assert count == sum(result.outcome == STORED for result in results)
+
+
+HOSTILE_TEXTS = {
+    "100 KB": "a white dog " * 8_500,
+    "control characters": "a\x00 white\x07 dog\x1b[31m",
+    "emoji": "🐶🐕‍🦺 a white dog 🐩",
+    "right to left": "כלב לבן a white dog كلب أبيض",
+    "only punctuation": "?!…",
+}
+
+
+def test_hostile_texts_get_vectors_from_both_services(tiny_encoder, tmp_path) -> None:
+    with encoder_stub(tiny_encoder.grpc.address) as stub:
+        response = stub.EncodeText(encoder_pb2.EncodeTextRequest(texts=list(HOSTILE_TEXTS.values())))
+    vectors = np.array([result.vector.values for result in response.results])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert response.results[0].truncated
+    one_picture = search_pb2.IngestRequest(image=png(two_tone((1, 2, 3), (9, 9, 9))), uri="a")
+    with (
+        running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db") as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        list(stub.Ingest(iter([one_picture])))
+        for text in HOSTILE_TEXTS.values():
+            assert len(stub.SearchText(search_pb2.SearchTextRequest(text=text)).hits) == 1
+
+
+def test_invalid_utf8_in_a_request_is_refused_and_the_encoder_stays_up(tiny_encoder) -> None:
+    # Field 1 (texts), length 3: a lone surrogate's bytes, which no Python client would send.
+    raw = b"\x0a\x03\xed\xa0\x80"
+    with grpc.insecure_channel(tiny_encoder.grpc.address) as channel:
+        call = channel.unary_unary("/imagesearch.v1.EncoderService/EncodeText")
+        with pytest.raises(grpc.RpcError) as refused:
+            call(raw, timeout=10)
+        assert refused.value.code() in {grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT}
+    with encoder_stub(tiny_encoder.grpc.address) as stub:
+        assert len(stub.EncodeText(encoder_pb2.EncodeTextRequest(texts=["a dog"])).results) == 1
+
+
+LIMITS = ImageLimits(max_bytes=1 << 20, max_pixels=4_000_000)
+VALID = [png(two_tone((200, 0, 0), (0, 0, 200), (64, 48))), jpeg(two_tone((0, 200, 0), (9, 9, 9), (64, 48)))]
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=2048),
+        st.builds(
+            lambda base, offset, junk: base[:offset] + junk + base[offset + len(junk) :],
+            st.sampled_from(VALID),
+            st.integers(0, 400),
+            st.binary(min_size=1, max_size=64),
+        ),
+    )
+)
+def test_fuzz_decoding_gives_a_picture_or_a_rejection(data: bytes) -> None:
+    try:
+        picture = decode_image(data, LIMITS)
+    except ImageRejected as rejection:
+        assert str(rejection)
+    else:
+        assert picture.mode == "RGB" and picture.width * picture.height <= LIMITS.max_pixels
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(max_size=200), min_size=1, max_size=8))
+def test_fuzz_text_requests_give_vectors_or_invalid_argument(tiny_encoder, texts: list[str]) -> None:
+    request = encoder_pb2.EncodeTextRequest(texts=[t.encode("utf-8", "replace").decode() for t in texts])
+    with encoder_stub(tiny_encoder.grpc.address) as stub:
+        try:
+            response = stub.EncodeText(request)
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "is empty" in error.details()
+            assert any(not text.strip() for text in request.texts)
+        else:
+            assert len(response.results) == len(texts)
