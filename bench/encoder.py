@@ -82,7 +82,7 @@ def main() -> None:
         del model
         serve = ["--model", checkpoint, "--device", args.device, "--port", "0"]
         with (
-            service("encoder_service", serve, "encoder serving") as address,
+            service("encoder_service", serve, "encoder serving") as (address, _),
             grpc.insecure_channel(address) as ch,
         ):
             stub = encoder_pb2_grpc.EncoderServiceStub(ch)

@@ -4,6 +4,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +15,9 @@ from PIL import Image
 
 
 @contextmanager
-def service(module: str, args: Sequence[str], ready_line: str) -> Iterator[str]:
-    """`python -m module args...` until the block ends; yields the address from its `ready_line` log line."""
+def service(module: str, args: Sequence[str], ready_line: str) -> Iterator[tuple[str, int]]:
+    """`python -m module args...` until the block ends; yields the address from its `ready_line` log line
+    and the process id."""
     command = [sys.executable, "-m", module, *args, "--metrics-port", "-1"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
@@ -26,7 +28,9 @@ def service(module: str, args: Sequence[str], ready_line: str) -> Iterator[str]:
                 break
         else:
             raise RuntimeError(f"{module} exited with {process.wait()} before it was ready")
-        yield address
+        # Keep reading its log, so that a full pipe never blocks the service.
+        threading.Thread(target=process.stderr.read, daemon=True).start()
+        yield address, process.pid
     finally:
         process.terminate()
         process.wait(timeout=60)

@@ -98,7 +98,7 @@ def main() -> None:
         tutorial_rate = tutorial_ingest(checkpoint, images, str(Path(folder) / "tutorial.db"))
         milvus_file = str(Path(folder) / "milvus.db")
         encoder_args = ["--model", checkpoint, "--device", "cpu", "--port", "0"]
-        with service("encoder_service", encoder_args, "encoder serving") as encoder_address:
+        with service("encoder_service", encoder_args, "encoder serving") as (encoder_address, _):
             with grpc.insecure_channel(encoder_address) as channel:
                 encoder = encoder_pb2_grpc.EncoderServiceStub(channel)
                 model = encoder.GetModelInfo(encoder_pb2.GetModelInfoRequest()).model
@@ -113,7 +113,7 @@ def main() -> None:
             filler.join()
             search_args = ["--encoder", encoder_address, "--milvus-uri", milvus_file, "--port", "0"]
             with (
-                service("search_service", search_args, "search service listening") as address,
+                service("search_service", search_args, "search service listening") as (address, _),
                 grpc.insecure_channel(address) as channel,
             ):
                 stub = search_pb2_grpc.SearchServiceStub(channel)

@@ -5,7 +5,8 @@
 The model is `clip.model.CLIP` (512-d vectors, CLIP's tokenizer, 64x64 input, patch 8), so the encoder loads
 it through the same `--model PATH` code as OpenAI's checkpoints. The loss is CLIP's symmetric contrastive
 loss, except that two pairs in a batch with the same label are both counted as matches: with 48 labels, a
-batch holds many pictures of "a red circle", and calling all but one of them wrong would teach noise.
+batch holds many pictures of "a red circle", and calling all but one of them wrong would teach noise. The
+same loss between the batch's pictures teaches image -> image search.
 """
 
 import argparse
@@ -37,10 +38,21 @@ def contrastive_loss(
 ) -> torch.Tensor:
     image_features = F.normalize(model.encode_image(images), dim=-1)
     text_features = F.normalize(model.encode_text(tokens), dim=-1)
-    logits = model.logit_scale.exp() * image_features @ text_features.t()
+    scale = model.logit_scale.exp()
+    logits = scale * image_features @ text_features.t()
     same = (labels[:, None] == labels[None, :]).float()
     targets = same / same.sum(dim=1, keepdim=True)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+    text_image = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+    # Pictures of the same label should also find each other (image -> image search): the same loss
+    # between the pictures of the batch, each picture's own pair left out.
+    itself = torch.eye(len(labels), dtype=torch.bool)
+    others = same.masked_fill(itself, 0)
+    has_twin = others.sum(dim=1) > 0
+    # A large negative, not -inf: soft-target cross-entropy multiplies it by a zero target.
+    image_logits = (scale * image_features @ image_features.t()).masked_fill(itself, -1e4)
+    image_targets = others[has_twin] / others[has_twin].sum(dim=1, keepdim=True)
+    image_image = F.cross_entropy(image_logits[has_twin], image_targets)
+    return text_image + image_image
 
 
 def main() -> None:
@@ -48,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--per-class", type=int, default=300, help="training pictures of each colour x shape")
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)

@@ -195,10 +195,10 @@ class Ingestion:
                         "ingested_at": now,
                     }
                 )
-        self.store.upsert(collection.name, rows)
+        present = self.store.store_new(collection.name, rows)  # another stream may have stored some meanwhile
         for item in items:
             if item.outcome != FAILED:
-                item.outcome = STORED
+                item.outcome = PRESENT if item.id in present else STORED
 
     def _results(self, batch: list[_Item]) -> Iterator[search_pb2.IngestResponse]:
         for item in batch:

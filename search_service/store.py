@@ -70,6 +70,7 @@ class Store:
         self.index_params = index_params
         self._collections: dict[str, CollectionInfo] = {}
         self._create_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._token = token
         self._reconnect_lock = threading.Lock()
         self._reconnect_needed = False
@@ -215,6 +216,17 @@ class Store:
     def upsert(self, name: str, rows: list[dict[str, Any]]) -> None:
         if rows:
             self._call("upsert into", name, lambda: self._client.upsert(name, rows, timeout=self.timeout_s))
+
+    def store_new(self, name: str, rows: list[dict[str, Any]]) -> set[str]:
+        """Writes the rows whose id is not stored yet; returns the ids that were (and are left alone).
+
+        Concurrent upserts of one id can leave two rows in Milvus, so within this process the check and the
+        write happen under one lock: two streams ingesting the same picture store it once.
+        """
+        with self._write_lock:
+            present = self.existing_ids(name, [row["id"] for row in rows])
+            self.upsert(name, [row for row in rows if row["id"] not in present])
+        return present
 
     def search(
         self,

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -123,6 +124,8 @@ def service_process(module: str, ready: str, *args: str) -> Iterator[tuple[subpr
     try:
         assert process.stderr is not None
         address = next(logged_address(line) for line in process.stderr if ready in line)
+        # Keep reading its log, so that a full pipe never blocks the service.
+        threading.Thread(target=process.stderr.read, daemon=True).start()
         yield process, address
     finally:
         process.kill()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -96,6 +97,15 @@ def test_ingest_twice_stores_once_and_reports_present(stub, collection) -> None:
     assert {r.outcome for r in again} == {PRESENT}
     assert again[-1].totals == search_pb2.IngestTotals(received=10, present=10)
     assert stub.Stats(search_pb2.StatsRequest(collection=collection)).count == 10
+
+
+def test_concurrent_streams_of_the_same_pictures_store_each_once(stub, collection) -> None:
+    pictures = folder(20, 300)
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda _: ingest(stub, pictures, collection=collection), range(4)))
+    assert sum(run[-1].totals.stored for run in runs) == 20
+    assert all(run[-1].totals.stored + run[-1].totals.present == 20 for run in runs)
+    assert stub.Stats(search_pb2.StatsRequest(collection=collection)).count == 20
 
 
 def test_same_picture_under_two_paths_is_stored_once(stub, collection) -> None:
