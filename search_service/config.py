@@ -27,6 +27,7 @@ class SearchConfig:
     )
     index_params: str = setting("{}", 'index parameters as JSON, e.g. {"nlist": 1024} for IVF_FLAT')
     ingest_in_flight: int = setting(3, "batches of one ingest stream encoded and written at once")
+    max_concurrent_ingests: int = setting(16, "ingest streams at once; more get RESOURCE_EXHAUSTED")
     encoder_timeout_s: float = setting(60.0, "deadline of one encoder call, retries included")
     milvus_timeout_s: float = setting(10.0, "deadline of one Milvus call", env="MILVUS_TIMEOUT_S")
     max_top_k: int = setting(1000, "largest top_k a search may ask for")
@@ -53,7 +54,10 @@ class SearchConfig:
     log_format: str = setting("json", "log lines as JSON or as text", None, ["json", "text"])
 
     def __post_init__(self) -> None:
-        require_at_least_one(self, ["ingest_in_flight", "max_top_k", "max_message_bytes", "grpc_workers"])
+        require_at_least_one(
+            self,
+            ["ingest_in_flight", "max_concurrent_ingests", "max_top_k", "max_message_bytes", "grpc_workers"],
+        )
         try:
             if not isinstance(json.loads(self.index_params), dict):
                 raise ValueError

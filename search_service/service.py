@@ -1,6 +1,7 @@
 """The SearchService RPCs: request checks, queries through the encoder and the store, result mapping."""
 
 import re
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -59,6 +60,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self.store = store
         self.encoder = encoder
         self.metrics = metrics
+        self._ingest_slots = threading.BoundedSemaphore(config.max_concurrent_ingests)
 
     def _collection(self, name: str) -> CollectionInfo:
         return self.store.require(name or self.config.collection)
@@ -149,11 +151,19 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def Ingest(
         self, request_iterator: Iterator[search_pb2.IngestRequest], context: grpc.ServicerContext
     ) -> Iterator[search_pb2.IngestResponse]:
-        ingestion = Ingestion(
-            self.store,
-            self.encoder,
-            self.config.collection,
-            self.config.ingest_in_flight,
-            self.metrics.ingested,
-        )
-        return ingestion.run(request_iterator)
+        if not self._ingest_slots.acquire(blocking=False):
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.config.max_concurrent_ingests} ingest streams are running already; retry later",
+            )
+        try:
+            ingestion = Ingestion(
+                self.store,
+                self.encoder,
+                self.config.collection,
+                self.config.ingest_in_flight,
+                self.metrics.ingested,
+            )
+            yield from ingestion.run(request_iterator)
+        finally:
+            self._ingest_slots.release()

@@ -108,6 +108,27 @@ def test_concurrent_streams_of_the_same_pictures_store_each_once(stub, collectio
     assert stub.Stats(search_pb2.StatsRequest(collection=collection)).count == 20
 
 
+def test_ingest_streams_beyond_the_limit_get_resource_exhausted(tiny_encoder, tmp_path) -> None:
+    release = threading.Event()
+
+    def held_open() -> Iterator[search_pb2.IngestRequest]:
+        yield from requests(folder(1, 400))
+        release.wait(timeout=60)
+
+    with (
+        running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db", max_concurrent_ingests=1) as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        first = stub.Ingest(held_open())
+        assert next(first).outcome == STORED  # the first stream holds the only slot
+        with pytest.raises(grpc.RpcError) as refused:
+            ingest(stub, folder(1, 401))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        release.set()
+        assert list(first) == []
+        assert [r.outcome for r in ingest(stub, folder(1, 401))] == [STORED]
+
+
 def test_same_picture_under_two_paths_is_stored_once(stub, collection) -> None:
     image = picture(7)
     results = ingest(stub, [("a/7.png", image), ("b/copy-of-7.png", image)], collection=collection)
