@@ -3,12 +3,13 @@
 from dataclasses import dataclass
 
 from imagesearch.flags import parse_config, require_at_least_one, setting
+from imagesearch.serving import ServerSettings
 
 from .model import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(ServerSettings):
     model: str = setting(
         DEFAULT_MODEL, "a clip.available_models() name (downloaded once) or a TorchScript or state-dict file"
     )
@@ -16,8 +17,8 @@ class EncoderConfig:
     device: str = setting(
         "auto", "CUDA in fp16 when present (auto), or the CPU in fp32", None, ["auto", "cpu", "cuda"]
     )
-    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
     port: int = setting(50051, "port to listen on (0: any free port)")
+    grpc_workers: int = setting(64, "threads serving calls")
     max_batch_size: int = setting(32, "most items in one forward pass")
     max_batch_delay_ms: int = setting(5, "longest wait for more items before a forward pass")
     max_queue_size: int = setting(512, "items waiting per tower before calls get RESOURCE_EXHAUSTED")
@@ -28,16 +29,7 @@ class EncoderConfig:
         4096, "characters of a text that are tokenised; the rest is cut and flagged"
     )
     decode_workers: int = setting(4, "threads that decode and preprocess images")
-    grpc_workers: int = setting(64, "threads serving calls")
-    shutdown_grace_s: float = setting(30.0, "how long in-flight calls may run after SIGTERM")
-    auth_tokens: str = setting(
-        "", "comma-separated bearer tokens callers must send (empty: no authentication)"
-    )
     metrics_port: int = setting(9151, "port of the Prometheus /metrics page (0: any free port, -1: none)")
-    tls_cert: str = setting("", "PEM certificate chain of this service (with --tls-key: TLS)")
-    tls_key: str = setting("", "PEM private key of this service")
-    tls_ca: str = setting("", "PEM CA that callers' certificates must be signed by (mutual TLS)")
-    log_format: str = setting("json", "log lines as JSON or as text", None, ["json", "text"])
 
     def __post_init__(self) -> None:
         require_at_least_one(

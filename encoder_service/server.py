@@ -5,7 +5,6 @@ import logging
 from prometheus_client import CollectorRegistry
 
 from imagesearch.serving import GrpcServer
-from imagesearch.tls import server_credentials
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 
 from .config import EncoderConfig
@@ -27,18 +26,12 @@ class EncoderServer:
         self.grpc: GrpcServer | None = None
 
     def start(self) -> str:
-        self.grpc = GrpcServer(
-            self.config.host,
-            self.config.port,
-            [SERVICE_NAME],
+        self.grpc = GrpcServer.serve(
+            self.config,
+            SERVICE_NAME,
             lambda server: encoder_pb2_grpc.add_EncoderServiceServicer_to_server(self.servicer, server),
-            self.config.grpc_workers,
             self.config.max_message_bytes,
             self.registry,
-            self.config.metrics_port,
-            [token for token in self.config.auth_tokens.split(",") if token],
-            (),
-            server_credentials(self.config.tls_cert, self.config.tls_key, self.config.tls_ca),
         )
         log.info("encoder listening on %s, loading %s", self.grpc.address, self.config.model)
         return self.grpc.address

@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -83,50 +84,41 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         request_id = incoming.get(REQUEST_ID) or uuid.uuid4().hex
         short_method = method.rsplit("/", 1)[-1]
 
-        def finish(context: grpc.ServicerContext, started: float, error: BaseException | None) -> None:
-            code = context.code() if hasattr(context, "code") else None
-            if code is None:
-                code = grpc.StatusCode.UNKNOWN if error is not None else grpc.StatusCode.OK
-            seconds = time.perf_counter() - started
-            self.handled.labels(short_method, code.name).inc()
-            self.seconds.labels(short_method).observe(seconds)
-            fields = {
-                "method": short_method,
-                "code": code.name,
-                "ms": round(seconds * 1000, 1),
-                "request_id": request_id,
-            }
-            log.info("%s %s", short_method, code.name, extra={"fields": fields})
+        @contextmanager
+        def observed(context: grpc.ServicerContext) -> Iterator[None]:
+            token = _request_id.set(request_id)
+            started, error = time.perf_counter(), None
+            try:
+                yield
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                code = context.code() or (
+                    grpc.StatusCode.UNKNOWN if error is not None else grpc.StatusCode.OK
+                )
+                seconds = time.perf_counter() - started
+                self.handled.labels(short_method, code.name).inc()
+                self.seconds.labels(short_method).observe(seconds)
+                fields = {"method": short_method, "code": code.name, "ms": round(seconds * 1000, 1)}
+                log.info(
+                    "%s %s", short_method, code.name, extra={"fields": {**fields, "request_id": request_id}}
+                )
+                _request_id.reset(token)
 
         def unary(behavior: Callable) -> Callable:
-            def observed(request, context):  # type: ignore[no-untyped-def]
-                token = _request_id.set(request_id)
-                started, error = time.perf_counter(), None
-                try:
+            def observed_unary(request, context):  # type: ignore[no-untyped-def]
+                with observed(context):
                     return behavior(request, context)
-                except BaseException as raised:
-                    error = raised
-                    raise
-                finally:
-                    finish(context, started, error)
-                    _request_id.reset(token)
 
-            return observed
+            return observed_unary
 
         def streaming(behavior: Callable) -> Callable:
-            def observed(request, context) -> Iterator:  # type: ignore[no-untyped-def]
-                token = _request_id.set(request_id)
-                started, error = time.perf_counter(), None
-                try:
-                    yield from behavior(request, context)
-                except BaseException as raised:
-                    error = raised
-                    raise
-                finally:
-                    finish(context, started, error)
-                    _request_id.reset(token)
+            def observed_stream(request_iterator, context) -> Iterator:  # type: ignore[no-untyped-def]
+                with observed(context):
+                    yield from behavior(request_iterator, context)
 
-            return observed
+            return observed_stream
 
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(

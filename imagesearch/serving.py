@@ -5,6 +5,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -12,9 +13,30 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from .auth import BearerTokenInterceptor
+from .flags import setting
 from .observability import ObservabilityInterceptor, serve_metrics
+from .tls import server_credentials
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What every service's settings hold: where it listens, who may call it, how it is observed."""
+
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = setting(0, "port to listen on (0: any free port)")
+    grpc_workers: int = setting(32, "threads serving calls")
+    shutdown_grace_s: float = setting(30.0, "how long in-flight calls may run after SIGTERM")
+    auth_tokens: str = setting(
+        "", "comma-separated bearer tokens callers must send (empty: no authentication)"
+    )
+    tls_cert: str = setting("", "PEM certificate chain of this service (with --tls-key: TLS)")
+    tls_key: str = setting("", "PEM private key of this service")
+    tls_ca: str = setting("", "PEM CA that callers' certificates must be signed by (mutual TLS)")
+    metrics_port: int = setting(0, "port of the Prometheus /metrics page (0: any free port, -1: none)")
+    log_format: str = setting("json", "log lines as JSON or as text", None, ["json", "text"])
+
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -74,6 +96,31 @@ class GrpcServer:
         self.set_serving(False)
         self._server.start()
 
+    @classmethod
+    def serve(
+        cls,
+        settings: ServerSettings,
+        service_name: str,
+        register: Callable[[grpc.Server], None],
+        max_message_bytes: int,
+        registry: CollectorRegistry,
+        interceptors: Sequence[grpc.ServerInterceptor] = (),
+    ) -> "GrpcServer":
+        """A server as `settings` describe it."""
+        return cls(
+            settings.host,
+            settings.port,
+            [service_name],
+            register,
+            settings.grpc_workers,
+            max_message_bytes,
+            registry,
+            settings.metrics_port,
+            [token for token in settings.auth_tokens.split(",") if token],
+            interceptors,
+            server_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca),
+        )
+
     def set_serving(self, serving: bool) -> None:
         status = SERVING if serving else NOT_SERVING
         for name in ["", *self.service_names]:
@@ -85,6 +132,7 @@ class GrpcServer:
         self._server.stop(grace_s).wait()
         if self.metrics is not None:
             self.metrics.shutdown()
+            self.metrics.server_close()
 
     def wait(self) -> None:
         self._server.wait_for_termination()

@@ -4,10 +4,11 @@ import json
 from dataclasses import dataclass
 
 from imagesearch.flags import parse_config, require_at_least_one, setting
+from imagesearch.serving import ServerSettings
 
 
 @dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(ServerSettings):
     encoder: str = setting(
         "127.0.0.1:50051",
         "encoder replicas: HOST:PORT, IP:PORT,IP:PORT, or a gRPC target such as dns:///encoder:50051",
@@ -19,7 +20,6 @@ class SearchConfig:
         "", "token for a Milvus server or Zilliz Cloud (user:password)", env="MILVUS_TOKEN"
     )
     collection: str = setting("images", "the collection a request that names none uses")
-    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
     port: int = setting(50052, "port to listen on (0: any free port)")
     index_type: str = setting(
         "AUTOINDEX",
@@ -33,13 +33,8 @@ class SearchConfig:
     max_top_k: int = setting(1000, "largest top_k a search may ask for")
     max_offset: int = setting(10000, "largest offset a search may ask for")
     max_message_bytes: int = setting(64 * 1024 * 1024, "largest request message (one image and its metadata)")
-    grpc_workers: int = setting(32, "threads serving calls")
     health_interval_s: float = setting(
         5.0, "how often Milvus and the encoder are checked for the health status"
-    )
-    shutdown_grace_s: float = setting(30.0, "how long in-flight calls may run after SIGTERM")
-    auth_tokens: str = setting(
-        "", "comma-separated bearer tokens callers must send (empty: no authentication)"
     )
     encoder_token: str = setting("", "bearer token this service sends to the encoder")
     encoder_tls_ca: str = setting(
@@ -48,10 +43,6 @@ class SearchConfig:
     encoder_tls_cert: str = setting("", "PEM client certificate this service shows the encoders (mutual TLS)")
     encoder_tls_key: str = setting("", "PEM private key of that client certificate")
     metrics_port: int = setting(9152, "port of the Prometheus /metrics page (0: any free port, -1: none)")
-    tls_cert: str = setting("", "PEM certificate chain of this service (with --tls-key: TLS)")
-    tls_key: str = setting("", "PEM private key of this service")
-    tls_ca: str = setting("", "PEM CA that callers' certificates must be signed by (mutual TLS)")
-    log_format: str = setting("json", "log lines as JSON or as text", None, ["json", "text"])
 
     def __post_init__(self) -> None:
         require_at_least_one(

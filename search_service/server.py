@@ -7,7 +7,7 @@ import threading
 from prometheus_client import CollectorRegistry
 
 from imagesearch.serving import GrpcServer
-from imagesearch.tls import channel_credentials, server_credentials
+from imagesearch.tls import channel_credentials
 from imagesearch.v1 import search_pb2, search_pb2_grpc
 
 from .config import SearchConfig
@@ -50,18 +50,13 @@ class SearchServer:
         self._monitor = threading.Thread(target=self._watch_health, name="health-monitor", daemon=True)
 
     def start(self) -> str:
-        self.grpc = GrpcServer(
-            self.config.host,
-            self.config.port,
-            [SERVICE_NAME],
+        self.grpc = GrpcServer.serve(
+            self.config,
+            SERVICE_NAME,
             lambda server: search_pb2_grpc.add_SearchServiceServicer_to_server(self.servicer, server),
-            self.config.grpc_workers,
             self.config.max_message_bytes,
             self.registry,
-            self.config.metrics_port,
-            [token for token in self.config.auth_tokens.split(",") if token],
             [ServiceErrorInterceptor()],
-            server_credentials(self.config.tls_cert, self.config.tls_key, self.config.tls_ca),
         )
         self.check_health()
         self._monitor.start()

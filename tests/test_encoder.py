@@ -246,7 +246,7 @@ def test_full_queue_refuses_at_once_with_resource_exhausted(tiny_path) -> None:
 
 
 def test_health_is_not_serving_until_the_model_is_loaded(tiny_path) -> None:
-    server = EncoderServer(EncoderConfig(model=str(tiny_path), device="cpu", port=0))
+    server = EncoderServer(EncoderConfig(model=str(tiny_path), device="cpu", port=0, metrics_port=0))
     address = server.start()
     try:
         assert health_status(address) == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -70,7 +70,7 @@ def test_queries_fail_clearly_while_every_encoder_is_down_and_recover(tiny_path,
     target = ",".join(f"127.0.0.1:{port}" for port in ports)
     query = search_pb2.SearchTextRequest(text="a dog")
     replicas = [
-        EncoderServer(EncoderConfig(str(tiny_path), device="cpu", port=port, metrics_port=-1))
+        EncoderServer(EncoderConfig(model=str(tiny_path), device="cpu", port=port, metrics_port=-1))
         for port in ports
     ]
     for replica in replicas:

@@ -269,7 +269,7 @@ def test_encoder_lost_mid_ingest_then_back(tiny_path, tmp_path) -> None:
     pictures = folder(16)
     first_results = threading.Event()
     encoder = EncoderServer(
-        EncoderConfig(model=str(tiny_path), device="cpu", port=port, max_items_per_request=4)
+        EncoderConfig(model=str(tiny_path), device="cpu", port=port, metrics_port=0, max_items_per_request=4)
     )
     encoder.start()
     encoder.load()
