@@ -89,10 +89,18 @@ class Ingestion:
         self.in_flight = in_flight
         self._inbox: queue.Queue[object] = queue.Queue()
         self._room = threading.Semaphore(0)
+        self._finished = threading.Event()
         self._seen: dict[str, _Item] = {}
         self._totals = _Totals()
+        self.batch_size = 1
 
     def run(self, requests: Iterator[search_pb2.IngestRequest]) -> Iterator[search_pb2.IngestResponse]:
+        try:
+            yield from self._run(requests)
+        finally:
+            self._finished.set()  # lets the reader go, however the call ended
+
+    def _run(self, requests: Iterator[search_pb2.IngestRequest]) -> Iterator[search_pb2.IngestResponse]:
         info = self.encoder.info()
         self.batch_size = max(1, info.max_items_per_request)
         self._room.release(self.batch_size * (self.in_flight + 1))
@@ -130,7 +138,9 @@ class Ingestion:
     def _read(self, requests: Iterator[search_pb2.IngestRequest]) -> None:
         try:
             for request in requests:
-                self._room.acquire()
+                while not self._room.acquire(timeout=1.0):
+                    if self._finished.is_set():
+                        return
                 self._inbox.put(request)
             self._inbox.put(_END)
         except Exception as error:  # the client went away; the loop ends the call
