@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default=".work/demo", help="where pictures, the database and grids go")
     demo.add_argument("--model", default="", help="default: the small CLIP trained on synthetic pictures")
     demo.add_argument(
-        "--per-class", type=int, default=4, help="pictures of each of the 48 colour x shape pairs"
+        "--per-class", type=int, default=10, help="pictures of each of the 48 colour x shape pairs"
     )
     demo.add_argument("--pictures", help="a folder of your own pictures instead of synthetic ones")
     demo.add_argument("--query", action="append", default=[], help="a text query for --pictures (repeatable)")
