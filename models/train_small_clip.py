@@ -6,7 +6,8 @@ The model is `clip.model.CLIP` (512-d vectors, CLIP's tokenizer, 64x64 input, pa
 it through the same `--model PATH` code as OpenAI's checkpoints. The loss is CLIP's symmetric contrastive
 loss, except that two pairs in a batch with the same label are both counted as matches: with 48 labels, a
 batch holds many pictures of "a red circle", and calling all but one of them wrong would teach noise. The
-same loss between the batch's pictures teaches image -> image search.
+same loss between the batch's pictures teaches image -> image search; each batch holds 4 pictures of each of
+32 labels, so every picture has matches in it.
 """
 
 import argparse
@@ -61,7 +62,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--per-class", type=int, default=300, help="training pictures of each colour x shape")
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--labels-per-batch", type=int, default=32, help="labels in each batch")
+    parser.add_argument("--pictures-per-label", type=int, default=4, help="pictures of each label in a batch")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -73,6 +75,8 @@ def main() -> None:
     images = preprocess_all(pictures, SMALL.image_resolution)
     label_of = {pair: index for index, pair in enumerate(classes())}
     labels = torch.tensor([label_of[(p.color, p.shape)] for p in pictures])
+    # Batches of a few labels with several pictures each: every picture has matches to learn from.
+    by_label = [np.flatnonzero(labels.numpy() == label) for label in range(len(label_of))]
     print(f"rendered {len(pictures)} pictures in {time.time() - started:.0f} s", flush=True)
 
     model = CLIP(**vars(SMALL)).train()
@@ -85,7 +89,14 @@ def main() -> None:
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor)
     for step in range(args.steps):
-        batch = torch.from_numpy(rng.choice(len(pictures), args.batch_size, replace=False))
+        batch = torch.from_numpy(
+            np.concatenate(
+                [
+                    rng.choice(by_label[label], args.pictures_per_label, replace=False)
+                    for label in rng.choice(len(by_label), args.labels_per_batch, replace=False)
+                ]
+            )
+        )
         tokens = clip.tokenize([caption(pictures[i], rng) for i in batch.tolist()])
         loss = contrastive_loss(model, images[batch], tokens, labels[batch])
         optimizer.zero_grad()

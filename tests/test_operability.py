@@ -5,14 +5,14 @@ import urllib.request
 
 import grpc
 import pytest
-from conftest import running_encoder, running_search, search_stub
+from conftest import encoder_stub, running_encoder, running_search, search_stub
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from test_search import folder, requests
 
 from client import ImageSearchError, SearchClient
 from client.cli import EXIT_FAILED, main
-from imagesearch.v1 import search_pb2
+from imagesearch.v1 import encoder_pb2, search_pb2
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -76,10 +76,11 @@ def guarded(tiny_path, tmp_path_factory):
             encoder_token="encoder-secret",
         ) as search,
     ):
-        yield search.grpc.address
+        yield search.grpc.address, encoder.grpc.address
 
 
 def test_calls_without_the_right_token_are_unauthenticated_and_store_nothing(guarded) -> None:
+    guarded, _ = guarded
     for token in (None, "wrong-token"):
         with SearchClient(guarded, token=token) as client, pytest.raises(ImageSearchError) as refused:
             client.search_text("a dog")
@@ -93,6 +94,7 @@ def test_calls_without_the_right_token_are_unauthenticated_and_store_nothing(gua
 
 
 def test_the_right_token_gets_through_both_services(guarded, tmp_path) -> None:
+    guarded, _ = guarded
     (tmp_path / "a.png").write_bytes(folder(1, 980)[0][1])
     with SearchClient(guarded, token="alice-token") as client:
         assert client.ingest([tmp_path], progress=False).stored == 1
@@ -100,11 +102,26 @@ def test_the_right_token_gets_through_both_services(guarded, tmp_path) -> None:
 
 
 def test_health_stays_open_without_a_token(guarded) -> None:
-    with grpc.insecure_channel(guarded) as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
-    assert status == health_pb2.HealthCheckResponse.SERVING
+    for address in guarded:
+        with grpc.insecure_channel(address) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_encoder_encodes_nothing_without_its_token(guarded) -> None:
+    _, encoder_address = guarded
+    request = encoder_pb2.EncodeImagesRequest(images=[folder(1, 985)[0][1]])
+    service_token = [("authorization", "Bearer encoder-secret")]
+    with encoder_stub(encoder_address) as stub:
+        before = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), metadata=service_token).images_encoded
+        for metadata in ([], [("authorization", "Bearer alice-token")]):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.EncodeImages(request, metadata=metadata)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        after = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), metadata=service_token).images_encoded
+    assert after == before
 
 
 def test_cli_says_the_token_is_missing(guarded, capsys) -> None:
-    assert main(["--server", guarded, "stats"]) == EXIT_FAILED
+    assert main(["--server", guarded[0], "stats"]) == EXIT_FAILED
     assert "UNAUTHENTICATED: missing bearer token" in capsys.readouterr().err
