@@ -109,11 +109,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def Get(self, request: search_pb2.GetRequest, context: grpc.ServicerContext) -> search_pb2.GetResponse:
         ids = _checked_ids(list(request.ids))
-        fields = _output_fields(list(request.output_fields))
+        fields = _output_fields([*request.output_fields, "ingested_at", "model"])  # a record is always whole
         collection = self._collection(request.collection)
-        rows = {
-            row["id"]: row for row in self.store.get(collection.name, ids, [*fields, "ingested_at", "model"])
-        }
+        rows = {row["id"]: row for row in self.store.get(collection.name, ids, fields)}
         return search_pb2.GetResponse(
             records=[_record(rows[image_id]) for image_id in ids if image_id in rows]
         )

@@ -72,8 +72,9 @@ def test_sdk_search_get_delete_and_encode(services, photo_folder) -> None:
             filter_params={"folder": f"{photo_folder}/trips/%"},
         )
         assert [hit.uri for hit in hits] == [str(beach)]
-        [record] = client.get([best.id], output_fields=["vector"])
+        [record] = client.get([best.id], output_fields=["vector", "model"])
         assert record.vector is not None and record.vector.shape == (512,)
+        assert record.model.startswith("tiny.pt@sha256:") and record.ingested_at > 0
         assert client.delete(ids=[best.id]) == 1
         assert client.stats().count == 6
     with EncoderClient(encoder_address) as encoder:
