@@ -7,7 +7,6 @@ the small CLIP), then asks one text query ("a red circle") and one fresh picture
 """
 
 import argparse
-import socket
 import tempfile
 from pathlib import Path
 
@@ -15,16 +14,10 @@ from harness import print_table
 
 from client import SearchClient
 from client.demo import SMALL_CLIP
-from client.local import local_services
+from client.local import free_port, local_services
 from synthetic.evaluation import Quality, measure, write_pictures
 
 COLLECTION_SEED, QUERY_SEED = 7_000_001, 7_000_002  # training renders with seed 0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def main() -> None:

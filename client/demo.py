@@ -7,16 +7,16 @@ queries and an image query, prints the hits, writes one grid per query, and stop
 """
 
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from synthetic.pictures import render, render_set
+from synthetic.evaluation import label_of, write_pictures
+from synthetic.pictures import render
 
 from .grid import write_grid
-from .local import local_services
+from .local import free_port, local_services
 from .models import Hit
 from .sync import SearchClient
 
@@ -42,24 +42,10 @@ class DemoPlan:
     labelled: bool  # file names say what each picture shows, so hits can be checked
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _label(uri: str) -> str:
-    """The colour and shape of a synthetic picture, from the file name the demo gave it."""
-    color, shape, _ = Path(uri).stem.split("-")
-    return f"{color} {shape}"
-
-
 def synthetic_plan(workdir: Path, model: str, per_class: int) -> DemoPlan:
     """Renders the demo pictures (never seen in training) and the image query into the work folder."""
     pictures = workdir / "pictures"
-    pictures.mkdir(parents=True, exist_ok=True)
-    for index, picture in enumerate(render_set(per_class, DEMO_SEED)):
-        (pictures / f"{picture.color}-{picture.shape}-{index:04d}.jpg").write_bytes(picture.jpeg)
+    write_pictures(pictures, per_class, DEMO_SEED)
     query = workdir / "query-purple-cross.jpg"
     query.write_bytes(render(*SYNTHETIC_IMAGE_QUERY, np.random.default_rng(DEMO_SEED + 1)).jpeg)
     if not model and not SMALL_CLIP.is_file():
@@ -69,7 +55,7 @@ def synthetic_plan(workdir: Path, model: str, per_class: int) -> DemoPlan:
 
 def _show(title: str, hits: list[Hit], grid: Path, wanted: str | None) -> None:
     checked = (
-        f"{sum(_label(h.uri) == wanted for h in hits)} of the top {len(hits)} show a {wanted}; "
+        f"{sum(label_of(h.uri) == wanted for h in hits)} of the top {len(hits)} show a {wanted}; "
         if wanted
         else ""
     )
@@ -86,7 +72,7 @@ def run_demo(workdir: Path, plan: DemoPlan, top_k: int = 10, progress: bool = Tr
     with (
         log_path.open("w") as log,
         local_services(
-            plan.model, str(workdir / "milvus.db"), "auto", _free_port(), _free_port(), log
+            plan.model, str(workdir / "milvus.db"), "auto", free_port(), free_port(), log
         ) as local,
         SearchClient(local.search, collection=COLLECTION, timeout=600) as client,
     ):

@@ -1,6 +1,7 @@
 """Running an encoder and a search service on this machine, as child processes, until told to stop."""
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .errors import ImageSearchError
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a service started next."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @dataclass(frozen=True)

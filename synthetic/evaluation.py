@@ -37,7 +37,8 @@ def write_pictures(folder: Path, per_class: int, seed: int) -> None:
         (folder / f"{picture.color}-{picture.shape}-{index:05d}.jpg").write_bytes(picture.jpeg)
 
 
-def _label(uri: str) -> str:
+def label_of(uri: str) -> str:
+    """The colour and shape of a picture that write_pictures named."""
     color, shape, _ = Path(uri).stem.split("-")
     return f"{color} {shape}"
 
@@ -49,7 +50,9 @@ def measure(client: SearchClient, top_k: int, query_seed: int) -> Quality:
     for color, shape in classes():
         wanted = f"{color} {shape}"
         hits = client.search_text(f"a {wanted}", top_k=top_k)
-        text.append(QueryScore(f"a {wanted}", sum(_label(h.uri) == wanted for h in hits) / top_k))
+        text.append(QueryScore(f"a {wanted}", sum(label_of(h.uri) == wanted for h in hits) / top_k))
         hits = client.search_image(render(color, shape, rng).jpeg, top_k=top_k)
-        image.append(QueryScore(f"picture of a {wanted}", sum(_label(h.uri) == wanted for h in hits) / top_k))
+        image.append(
+            QueryScore(f"picture of a {wanted}", sum(label_of(h.uri) == wanted for h in hits) / top_k)
+        )
     return Quality(text, image)

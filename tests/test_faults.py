@@ -14,15 +14,10 @@ from grpc_health.v1 import health_pb2
 from milvus_lite.server import Server as MilvusLiteServer
 from test_search import PRESENT, STORED, folder, requests
 
+from client.local import free_port
 from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
 from imagesearch.v1 import search_pb2
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_search_service_killed_mid_ingest_then_rerun_stores_each_picture_once(tiny_encoder, tmp_path) -> None:

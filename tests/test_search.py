@@ -1,7 +1,6 @@
 """The search service with real encoder servers and real Milvus Lite files, over gRPC on loopback."""
 
 import hashlib
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from hypothesis import strategies as st
 from images import png
 from PIL import Image
 
+from client.local import free_port
 from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
 from imagesearch.v1 import search_pb2
@@ -50,12 +50,6 @@ def folder(count: int, first_seed: int = 0, prefix: str = "pics") -> list[tuple[
 
 def options(collection: str, **fields) -> search_pb2.SearchOptions:
     return search_pb2.SearchOptions(collection=collection, **fields)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
