@@ -17,6 +17,9 @@ class EncoderConfig(ServerSettings):
     device: str = setting(
         "auto", "CUDA in fp16 when present (auto), or the CPU in fp32", None, ["auto", "cpu", "cuda"]
     )
+    precision: str = setting(
+        "auto", "fp16 on CUDA and fp32 on the CPU (auto), or either on both", None, ["auto", "fp16", "fp32"]
+    )
     port: int = setting(50051, "port to listen on (0: any free port)")
     grpc_workers: int = setting(64, "threads serving calls")
     max_batch_size: int = setting(32, "most items in one forward pass")

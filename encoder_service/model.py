@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import clip
 import numpy as np
 import torch
-from clip.model import CLIP, build_model
+from clip.model import CLIP, build_model, convert_weights
 from clip.simple_tokenizer import SimpleTokenizer
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,12 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
     return torch.device(requested)
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
 def _file_sha256(path: str) -> str:
@@ -61,13 +67,19 @@ def _load_clip(spec: str, cache_dir: str) -> tuple[CLIP, str]:
 
 
 class ClipModel:
-    """CLIP on one device: fp16 on CUDA, fp32 on the CPU. Forward passes are serialised by a lock."""
+    """CLIP on one device, by default fp16 on CUDA and fp32 on the CPU. Forward passes are serialised by a
+    lock."""
 
-    def __init__(self, spec: str, device: str = "auto", cache_dir: str = "") -> None:
+    def __init__(self, spec: str, device: str = "auto", cache_dir: str = "", precision: str = "auto") -> None:
         self.device = resolve_device(device)
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.dtype = resolve_dtype(precision, self.device)
         model, self.name = _load_clip(spec, cache_dir)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        model = model.float().to(self.device).eval()
+        if self.dtype == torch.float16:
+            # OpenAI's own fp16 layout: matrices in fp16, LayerNorms and embeddings kept in fp32 (CLIP's
+            # LayerNorm computes in fp32 and fails on fp16 weights).
+            convert_weights(model)
+        self.model = model
         self.dimension = int(self.model.text_projection.shape[1])
         self.image_resolution = int(self.model.visual.input_resolution)
         self.context_length = int(self.model.context_length)
@@ -112,7 +124,9 @@ class ClipModel:
         model = self.model
         mask = self._causal_mask[:length, :length]
         with self._lock:
-            x = model.token_embedding(tokens) + model.positional_embedding[:length]
+            x = model.token_embedding(tokens).type(self.dtype) + model.positional_embedding[:length].type(
+                self.dtype
+            )
             x = x.permute(1, 0, 2)  # (length, n, width), as CLIP's blocks expect
             for block in model.transformer.resblocks:
                 normed = block.ln_1(x)

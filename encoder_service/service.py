@@ -40,7 +40,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
 
     def load(self) -> None:
         """Loads the model, starts the batchers, and runs one pass of each tower so the first call is warm."""
-        model = ClipModel(self.config.model, self.config.device, self.config.model_cache)
+        model = ClipModel(
+            self.config.model, self.config.device, self.config.model_cache, self.config.precision
+        )
 
         def batcher(name: str, encode: Callable[[torch.Tensor], np.ndarray]) -> DynamicBatcher:
             batcher: DynamicBatcher = DynamicBatcher(

@@ -85,6 +85,27 @@ def test_image_vectors_equal_clip_reference(vit_stub, reference_model) -> None:
     assert cosines.min() >= 0.9999, cosines
 
 
+def test_half_precision_as_on_a_gpu_equals_clip_reference(tiny_path) -> None:
+    """The fp16 layout that a GPU runs, here on the CPU; CLIP's own fp16 model (as OpenAI ships it) is the
+    standard, for both towers and for texts of different lengths in one batch."""
+    reference = build_model(torch.load(tiny_path, map_location="cpu")).eval()
+    texts = ["dog", "a photo of a red circle on a grey background"]
+    pictures = [two_tone((250, 20, 20), (20, 20, 250)), solid((10, 200, 10), (320, 240))]
+    preprocess = clip.clip._transform(reference.visual.input_resolution)
+    with torch.inference_mode():
+        expected_texts = normalised(reference.encode_text(clip.tokenize(texts)).float())
+        expected_images = normalised(
+            reference.encode_image(torch.stack([preprocess(p) for p in pictures])).float()
+        )
+    with running_encoder(tiny_path, precision="fp16") as server, encoder_stub(server.grpc.address) as stub:
+        info = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+        text_vectors = vectors_of(stub.EncodeText(encoder_pb2.EncodeTextRequest(texts=texts)))
+        image_vectors = encode_images(stub, [png(p) for p in pictures])
+    assert info.dtype == "float16"
+    assert (text_vectors * expected_texts).sum(axis=1).min() >= 0.999
+    assert (image_vectors * expected_images).sum(axis=1).min() >= 0.999
+
+
 def test_torchscript_archive_gives_same_vectors_as_state_dict(tiny_path, tiny_torchscript_path) -> None:
     picture = png(two_tone((250, 200, 20), (20, 20, 250)))
     vectors = []
