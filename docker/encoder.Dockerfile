@@ -15,11 +15,12 @@ COPY encoder_service ./encoder_service
 RUN pip install --no-deps .
 
 # Named models are downloaded once into this volume.
-ENV ENCODER_MODEL_CACHE=/models ENCODER_HOST=0.0.0.0 ENCODER_PORT=50051
+# Health checks also answer in plaintext on their own port, so probes work when the service speaks TLS.
+ENV ENCODER_MODEL_CACHE=/models ENCODER_HOST=0.0.0.0 ENCODER_PORT=50051 ENCODER_HEALTH_PORT=50061
 RUN mkdir /models && chown app /models
 VOLUME /models
 USER app
-EXPOSE 50051
+EXPOSE 50051 50061
 HEALTHCHECK --interval=15s --timeout=10s --start-period=300s --retries=3 \
-    CMD ["python", "-m", "imagesearch.healthcheck", "127.0.0.1:50051"]
+    CMD ["python", "-m", "imagesearch.healthcheck", "127.0.0.1:50061"]
 ENTRYPOINT ["python", "-m", "encoder_service"]

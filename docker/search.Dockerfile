@@ -13,11 +13,12 @@ COPY imagesearch ./imagesearch
 COPY search_service ./search_service
 RUN pip install --no-deps .
 
-ENV SEARCH_HOST=0.0.0.0 SEARCH_PORT=50052 MILVUS_URI=/data/milvus.db
+# Health checks also answer in plaintext on their own port, so probes work when the service speaks TLS.
+ENV SEARCH_HOST=0.0.0.0 SEARCH_PORT=50052 SEARCH_HEALTH_PORT=50062 MILVUS_URI=/data/milvus.db
 RUN mkdir /data && chown app /data
 VOLUME /data
 USER app
-EXPOSE 50052
+EXPOSE 50052 50062
 HEALTHCHECK --interval=15s --timeout=10s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "imagesearch.healthcheck", "127.0.0.1:50052"]
+    CMD ["python", "-m", "imagesearch.healthcheck", "127.0.0.1:50062"]
 ENTRYPOINT ["python", "-m", "search_service"]

@@ -35,6 +35,10 @@ class ServerSettings:
     tls_key: str = setting("", "PEM private key of this service")
     tls_ca: str = setting("", "PEM CA that callers' certificates must be signed by (mutual TLS)")
     metrics_port: int = setting(0, "port of the Prometheus /metrics page (0: any free port, -1: none)")
+    health_port: int = setting(
+        -1,
+        "also answer grpc.health.v1 alone, in plaintext, here: for probes that cannot speak TLS (-1: none)",
+    )
     log_format: str = setting("json", "log lines as JSON or as text", None, ["json", "text"])
 
 
@@ -46,7 +50,9 @@ class GrpcServer:
     """A started gRPC server on host:port whose services are NOT_SERVING until `set_serving(True)`.
 
     Every call is counted, timed and logged (metrics on `metrics_port`, 0: any free port, -1: none) and,
-    when `auth_tokens` are given, must carry one of them as a bearer token. With `credentials` it speaks TLS.
+    when `auth_tokens` are given, must carry one of them as a bearer token. With `credentials` it speaks TLS;
+    `health_port` (-1: none) then lets probes that cannot, such as Kubernetes' gRPC probes, reach the same
+    health statuses in plaintext, and nothing else.
     """
 
     def __init__(
@@ -62,6 +68,7 @@ class GrpcServer:
         auth_tokens: Sequence[str] = (),
         interceptors: Sequence[grpc.ServerInterceptor] = (),
         credentials: grpc.ServerCredentials | None = None,
+        health_port: int = -1,
     ) -> None:
         self.service_names = [*service_names]
         authentication = [BearerTokenInterceptor(auth_tokens)] if auth_tokens else []
@@ -93,8 +100,21 @@ class GrpcServer:
             raise OSError(f"cannot listen on {host}:{port}")
         self.address = f"{host}:{self.port}"
         self.metrics = serve_metrics(registry, host, metrics_port) if metrics_port >= 0 else None
+        self._health_server, self.health_address = (
+            self._serve_health_alone(host, health_port) if health_port >= 0 else (None, None)
+        )
         self.set_serving(False)
         self._server.start()
+
+    def _serve_health_alone(self, host: str, port: int) -> tuple[grpc.Server, str]:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-port"))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        bound = server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot listen on {host}:{port} (--health-port)")
+        server.start()
+        log.info("health checks alone, in plaintext, on %s:%d", host, bound)
+        return server, f"{host}:{bound}"
 
     @classmethod
     def serve(
@@ -119,6 +139,7 @@ class GrpcServer:
             [token for token in settings.auth_tokens.split(",") if token],
             interceptors,
             server_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca),
+            settings.health_port,
         )
 
     def set_serving(self, serving: bool) -> None:
@@ -130,6 +151,8 @@ class GrpcServer:
         """Refuses new calls, lets in-flight calls finish for up to `grace_s`, then stops."""
         self.set_serving(False)
         self._server.stop(grace_s).wait()
+        if self._health_server is not None:
+            self._health_server.stop(None)
         if self.metrics is not None:
             self.metrics.shutdown()
             self.metrics.server_close()

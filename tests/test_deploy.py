@@ -110,10 +110,27 @@ def test_kubernetes_encoder_tier_has_gpus_probes_a_headless_service_and_an_autos
     by_kind = {(m["kind"], m["metadata"]["name"]): m for m in manifests()}
     [container] = by_kind[("Deployment", "encoder")]["spec"]["template"]["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert container["readinessProbe"]["grpc"]["port"] == 50051 and container["livenessProbe"]["grpc"]
+    assert container["readinessProbe"]["grpc"] and container["livenessProbe"]["grpc"]
     assert by_kind[("Service", "encoder")]["spec"]["clusterIP"] == "None"
     assert by_kind[("HorizontalPodAutoscaler", "encoder")]["spec"]["scaleTargetRef"]["name"] == "encoder"
     [search] = by_kind[("Deployment", "search")]["spec"]["template"]["spec"]["containers"]
     assert {"name": "SEARCH_ENCODER", "value": "dns:///encoder.default.svc.cluster.local:50051"} in search[
         "env"
     ]
+
+
+def test_every_probe_asks_the_plaintext_health_port_so_that_tls_cannot_break_it() -> None:
+    """Docker's HEALTHCHECK and Kubernetes' gRPC probes cannot speak TLS: they must ask --health-port."""
+    for service, prefix in (("encoder", "ENCODER"), ("search", "SEARCH")):
+        dockerfile = (ROOT / "docker" / f"{service}.Dockerfile").read_text()
+        health_port = re.search(rf"{prefix}_HEALTH_PORT=(\d+)", dockerfile).group(1)
+        assert f'"imagesearch.healthcheck", "127.0.0.1:{health_port}"' in dockerfile
+        compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"][service]
+        assert compose["environment"][f"{prefix}_HEALTH_PORT"] == health_port
+        assert compose["healthcheck"]["test"][-1] == f"127.0.0.1:{health_port}"
+        [container] = next(
+            m for m in manifests() if m["kind"] == "Deployment" and m["metadata"]["name"] == service
+        )["spec"]["template"]["spec"]["containers"]
+        assert {"name": f"{prefix}_HEALTH_PORT", "value": health_port} in container["env"]
+        probes = [container[key] for key in container if key.endswith("Probe")]
+        assert probes and all(probe["grpc"]["port"] == int(health_port) for probe in probes)

@@ -1,5 +1,8 @@
 """TLS to both services, and mutual TLS between the search service and the encoder."""
 
+import subprocess
+import sys
+
 import grpc
 import pytest
 from certificates import CertificateAuthority
@@ -8,7 +11,10 @@ from test_search import folder
 
 from client import ImageSearchError, SearchClient
 from client.cli import EXIT_OK, main
+from encoder_service.config import EncoderConfig
+from encoder_service.server import EncoderServer
 from imagesearch.tls import channel_credentials
+from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +73,41 @@ def test_cli_over_tls(secured, authority, capsys) -> None:
     _, search = secured
     code = main(["--server", search.grpc.address, "--tls", "--tls-ca", authority.ca_file, "search", "a dog"])
     assert code == EXIT_OK and capsys.readouterr().out.splitlines()[0].split() == ["rank", "score", "path"]
+
+
+def probe(address: str) -> tuple[int, str]:
+    """What a container's HEALTHCHECK runs: the exit code and the status it printed."""
+    check = [sys.executable, "-m", "imagesearch.healthcheck", address]
+    result = subprocess.run(check, capture_output=True, text=True, timeout=60)
+    return result.returncode, (result.stdout or result.stderr).strip()
+
+
+def test_probes_that_cannot_speak_tls_reach_health_alone_on_the_health_port(authority, tiny_path) -> None:
+    identity = authority.issue("probed-encoder", server=True)
+    config = EncoderConfig(
+        model=str(tiny_path),
+        device="cpu",
+        port=0,
+        metrics_port=-1,
+        health_port=0,
+        tls_cert=identity.cert,
+        tls_key=identity.key,
+    )
+    server = EncoderServer(config)
+    server.start()
+    try:
+        assert server.grpc is not None and server.grpc.health_address is not None
+        health_address = server.grpc.health_address
+        assert probe(health_address) == (1, f"{health_address}: NOT_SERVING")
+        server.load()
+        assert probe(health_address) == (0, f"{health_address}: SERVING")
+        code, said = probe(server.grpc.address)  # the TLS port itself refuses a plaintext probe
+        assert code == 1 and "UNAVAILABLE" in said
+        with grpc.insecure_channel(health_address) as channel, pytest.raises(grpc.RpcError) as refused:
+            encoder_pb2_grpc.EncoderServiceStub(channel).EncodeText(
+                encoder_pb2.EncodeTextRequest(texts=["a dog"]), timeout=10
+            )
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop()
+    assert probe(health_address)[0] == 1
