@@ -48,6 +48,6 @@ demo-imagenet: $(INSTALLED)
 	$(VENV)/bin/imgsearch demo --workdir $(IMAGENET) --model ViT-B/32 --pictures $(IMAGENET)/train \
 		--query "a white dog" --query "a red car" --image-query "$$(ls $(IMAGENET)/test/*/*.JPEG | head -n 1)"
 
-# Retrains the small CLIP of the demo and the meaning tests (about 20 minutes on 2 CPU cores).
+# Retrains the small CLIP of the demo and the meaning tests (about 26 minutes on 2 CPU cores).
 small-clip: $(INSTALLED)
 	$(PYTHON) models/train_small_clip.py --out models/small-clip-synthetic.pt

@@ -3,7 +3,7 @@
     .venv/bin/python bench/quality.py [--per-class 10] [--model models/small-clip-synthetic.pt]
 
 Renders pictures with seeds never used in training, ingests them through the search service (encoder =
-the small CLIP), then asks one text query ("a red circle") and one fresh picture per colour x shape.
+the small CLIP), then asks one text query ("a red circle") and 5 fresh pictures per colour x shape.
 """
 
 import argparse
@@ -25,6 +25,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--per-class", type=int, default=10, help="collection pictures per colour x shape")
+    parser.add_argument(
+        "--query-pictures", type=int, default=5, help="fresh query pictures per colour x shape"
+    )
     parser.add_argument("--model", default=str(SMALL_CLIP))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder, open(Path(folder) / "services.log", "w") as log:
@@ -38,14 +41,14 @@ def main() -> None:
             SearchClient(services.search, collection="quality") as client,
         ):
             summary = client.ingest([pictures], progress=False)
-            quality = measure(client, top_k=10, query_seed=QUERY_SEED)
+            quality = measure(client, top_k=10, query_seed=QUERY_SEED, query_pictures=args.query_pictures)
     rows = [
         [text.query, f"{text.precision:.1f}", f"{image.precision:.1f}"]
         for text, image in zip(quality.text, quality.image, strict=True)
     ]
     print_table(
         f"precision@10 per colour x shape ({summary.stored} pictures, model {Path(args.model).name})",
-        ["text query", "text -> image", "fresh picture -> image"],
+        ["text query", "text -> image", f"{args.query_pictures} fresh pictures -> image (mean)"],
         rows,
     )
     worst_text, worst_image = Quality.worst(quality.text), Quality.worst(quality.image)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client import SearchClient
+from client import Hit, SearchClient
 
 from .pictures import classes, render, render_set
 
@@ -43,16 +43,20 @@ def label_of(uri: str) -> str:
     return f"{color} {shape}"
 
 
-def measure(client: SearchClient, top_k: int, query_seed: int) -> Quality:
-    """Precision@top_k of a text query and of a fresh picture per colour x shape, over the collection."""
+def _precision(hits: list[Hit], wanted: str, top_k: int) -> float:
+    return sum(label_of(hit.uri) == wanted for hit in hits) / top_k
+
+
+def measure(client: SearchClient, top_k: int, query_seed: int, query_pictures: int) -> Quality:
+    """Precision@top_k, over the collection, of a text query per colour x shape and of `query_pictures` fresh
+    pictures of it (their mean: one picture alone makes a noisy score)."""
     rng = np.random.default_rng(query_seed)
     text, image = [], []
     for color, shape in classes():
         wanted = f"{color} {shape}"
         hits = client.search_text(f"a {wanted}", top_k=top_k)
-        text.append(QueryScore(f"a {wanted}", sum(label_of(h.uri) == wanted for h in hits) / top_k))
-        hits = client.search_image(render(color, shape, rng).jpeg, top_k=top_k)
-        image.append(
-            QueryScore(f"picture of a {wanted}", sum(label_of(h.uri) == wanted for h in hits) / top_k)
-        )
+        text.append(QueryScore(f"a {wanted}", _precision(hits, wanted, top_k)))
+        pictures = [render(color, shape, rng) for _ in range(query_pictures)]
+        precisions = [_precision(client.search_image(p.jpeg, top_k=top_k), wanted, top_k) for p in pictures]
+        image.append(QueryScore(f"pictures of a {wanted}", float(np.mean(precisions))))
     return Quality(text, image)

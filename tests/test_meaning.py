@@ -23,7 +23,7 @@ def quality(tmp_path_factory) -> Quality:
         SearchClient(search.grpc.address, collection="meaning") as client,
     ):
         assert client.ingest([folder / "pictures"], progress=False).stored == 4 * 48
-        return measure(client, top_k=4, query_seed=QUERY_SEED)
+        return measure(client, top_k=4, query_seed=QUERY_SEED, query_pictures=1)
 
 
 def misses(scores: list[QueryScore]) -> list[tuple[str, float]]:
