@@ -220,8 +220,10 @@ class Store:
     def store_new(self, name: str, rows: list[dict[str, Any]]) -> set[str]:
         """Writes the rows whose id is not stored yet; returns the ids that were (and are left alone).
 
-        Concurrent upserts of one id can leave two rows in Milvus, so within this process the check and the
-        write happen under one lock: two streams ingesting the same picture store it once.
+        Concurrent upserts of one id can leave two rows in Milvus Lite, so within this process the check and
+        the write happen under one lock: two streams ingesting the same picture store it once. A Milvus server
+        keeps one row per id however many replicas upsert it at once (tested), which Lite needs no more for:
+        only one process can open its file.
         """
         with self._write_lock:
             present = self.existing_ids(name, [row["id"] for row in rows])

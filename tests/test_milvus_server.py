@@ -1,6 +1,8 @@
 """The search service against a real Milvus standalone server (the `milvus` package), not only Milvus Lite."""
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import running_search, search_stub
@@ -49,3 +51,32 @@ def test_ingest_search_and_delete_on_a_milvus_server(tiny_encoder, milvus_uri) -
         assert deleted.deleted == 2
         stats = stub.Stats(search_pb2.StatsRequest())
         assert stats.count == 4 and stats.model.startswith("tiny.pt@sha256:")
+
+
+def test_two_replicas_ingesting_the_same_pictures_at_once_store_each_once(tiny_encoder, milvus_uri) -> None:
+    """Each replica's lock covers only itself; on a Milvus server, upserts of one id by two replicas must
+    still leave one row."""
+    pictures = folder(40, 500, prefix="replicas")
+    with (
+        running_search(tiny_encoder.grpc.address, milvus_uri) as first,
+        running_search(tiny_encoder.grpc.address, milvus_uri) as second,
+        search_stub(first.grpc.address) as first_stub,
+        search_stub(second.grpc.address) as second_stub,
+    ):
+        start = threading.Barrier(4)
+
+        def run(stub) -> list[search_pb2.IngestResponse]:  # type: ignore[no-untyped-def]
+            start.wait()
+            return ingest(stub, pictures, collection="replicas")
+
+        with ThreadPoolExecutor(4) as pool:
+            runs = list(pool.map(run, [first_stub, second_stub, first_stub, second_stub]))
+        assert all(run[-1].totals.stored + run[-1].totals.present == 40 for run in runs)
+        assert first_stub.Stats(search_pb2.StatsRequest(collection="replicas")).count == 40
+        ids = [
+            hit.record.id
+            for hit in first_stub.SearchText(
+                search_pb2.SearchTextRequest(text="a picture", options=options("replicas", top_k=100))
+            ).hits
+        ]
+        assert len(ids) == len(set(ids)) == 40
