@@ -21,8 +21,10 @@ from harness import percentiles_ms, photos, print_table, run_concurrently, servi
 from PIL import Image
 
 from encoder_service.checkpoints import VIT_B_32, random_clip, save_state_dict
+from encoder_service.images import ImageLimits, decode_image
 from encoder_service.model import ClipModel
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
+from synthetic.pictures import camera_photo
 
 CONCURRENCY = (1, 8, 32)
 
@@ -98,6 +100,39 @@ def short_query_floor(model: ClipModel, repeats: int) -> list[list[str]]:
     return rows
 
 
+def camera_photo_decoding(model: ClipModel, repeats: int = 5) -> tuple[str, list[list[str]]]:
+    """One 12-megapixel JPEG to CLIP's input: full decoding (CLIP's own way) against the service's reduced
+    scale decoding, and how close their vectors are."""
+    buffer = io.BytesIO()
+    camera_photo(4000, 3000).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    limits = ImageLimits(max_bytes=len(data), max_pixels=12_000_000)
+    ways = {
+        "CLIP's way: decode every pixel, then resize": lambda: Image.open(io.BytesIO(data)).convert("RGB"),
+        "the service's way: libjpeg at 1/4 scale, then resize": lambda: decode_image(
+            data, limits, 2 * model.image_resolution
+        ),
+    }
+    rows, vectors = [], []
+    for how, decode in ways.items():
+        pixels = model.preprocess(decode())
+        started = time.perf_counter()
+        for _ in range(repeats):
+            model.preprocess(decode())
+        milliseconds = (time.perf_counter() - started) / repeats * 1000
+        vectors.append(model.encode_images(pixels[None])[0])
+        rows.append([how, f"{milliseconds:.1f}"])
+    full_ms, reduced_ms = (float(row[1]) for row in rows)
+    rows[0].append("1.00")
+    rows[1].append(f"{full_ms / reduced_ms:.2f}")
+    rows.append(["cosine between the two vectors", f"{float(vectors[0] @ vectors[1]):.5f}", ""])
+    resolution = model.image_resolution
+    return (
+        f"One 4000x3000 JPEG photo ({len(data) // 1000} KB) to CLIP's {resolution}x{resolution} input",
+        rows,
+    )
+
+
 def text_weights_floor(model: ClipModel) -> list[str]:
     text_weights = sum(
         p.numel() * p.element_size()
@@ -132,6 +167,7 @@ def main() -> None:
         model = ClipModel(checkpoint, args.device)
         in_process = in_process_rates(model, images, texts, batch=32)
         floor_rows = short_query_floor(model, args.queries)
+        decoding_title, decoding_rows = camera_photo_decoding(model)
         del model
         serve = ["--model", checkpoint, "--device", args.device, "--port", "0"]
         with (
@@ -192,6 +228,7 @@ def main() -> None:
             ]
         )
     print_table("Encoder throughput", ["what", "rate", "÷ ceiling", "÷ one-at-a-time"], rows)
+    print_table(decoding_title, ["how", "ms", "speed-up"], decoding_rows)
     p50, p99 = percentiles_ms(latencies)
     print_table("One short text query in-process ('a white dog'), p50", ["how", "ms"], floor_rows)
     print_table(

@@ -111,7 +111,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
 
     def _preprocess(self, data: bytes, model: ClipModel) -> torch.Tensor | str:
         try:
-            return model.preprocess(decode_image(data, self._limits))
+            # Twice the model's input: its bicubic resize still does the last step, as in CLIP's own pipeline.
+            return model.preprocess(decode_image(data, self._limits, 2 * model.image_resolution))
         except ImageRejected as error:
             return str(error)
 

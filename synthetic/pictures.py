@@ -119,6 +119,27 @@ def render(color: str, shape: str, rng: np.random.Generator) -> Picture:
     return Picture(buffer.getvalue(), shape, color, background)
 
 
+def camera_photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """An unlabelled picture at a camera's size with a photo's kind of detail (smooth gradients, grain,
+    discs of several colours), for measuring what large pictures cost."""
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[0:height, 0:width]
+    pixels = np.stack([columns / width, rows / height, (rows + columns) / (width + height)], -1) * 255
+    pixels += rng.normal(0, 8, (height, width, 3))
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(2))
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x, y, radius = (
+            rng.integers(0, width),
+            rng.integers(0, height),
+            rng.integers(height // 20, height // 5),
+        )
+        draw.ellipse(
+            (x - radius, y - radius, x + radius, y + radius), fill=tuple(rng.integers(0, 256, 3).tolist())
+        )
+    return image
+
+
 def render_set(per_class: int, seed: int) -> list[Picture]:
     """`per_class` pictures of every (color, shape), in a seeded order."""
     rng = np.random.default_rng(seed)

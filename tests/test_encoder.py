@@ -18,8 +18,10 @@ from images import encode, jpeg, png, png_with_size_header, solid, two_tone
 from PIL import Image
 
 from encoder_service.config import EncoderConfig
+from encoder_service.images import ImageLimits, decode_image
 from encoder_service.server import EncoderServer
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
+from synthetic.pictures import camera_photo
 
 
 def vectors_of(response: encoder_pb2.EncodeTextResponse | encoder_pb2.EncodeImagesResponse) -> np.ndarray:
@@ -104,6 +106,21 @@ def test_half_precision_as_on_a_gpu_equals_clip_reference(tiny_path) -> None:
     assert info.dtype == "float16"
     assert (text_vectors * expected_texts).sum(axis=1).min() >= 0.999
     assert (image_vectors * expected_images).sum(axis=1).min() >= 0.999
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale_and_still_encode_as_clip_does(
+    vit_stub, reference_model
+) -> None:
+    camera = camera_photo(2400, 1800)
+    limits = ImageLimits(max_bytes=20 << 20, max_pixels=64_000_000)
+    # libjpeg's 1/4 scale: the smallest that keeps both sides at 448 (twice ViT-B/32's 224) or more.
+    assert decode_image(jpeg(camera), limits, smallest_side=448).size == (600, 450)
+    assert decode_image(exif_rotated_jpeg(camera), limits, smallest_side=448).size == (600, 450)
+    assert decode_image(png(camera), limits, smallest_side=448).size == (2400, 1800)  # only JPEG can
+    with torch.inference_mode():
+        expected = normalised(reference_model.encode_image(clip.clip._transform(224)(camera)[None]))
+    cosine = float(encode_images(vit_stub, [jpeg(camera)])[0] @ expected[0])
+    assert cosine >= 0.999, cosine
 
 
 def test_torchscript_archive_gives_same_vectors_as_state_dict(tiny_path, tiny_torchscript_path) -> None:
