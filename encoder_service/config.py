@@ -14,9 +14,7 @@ class EncoderConfig(ServerSettings):
         DEFAULT_MODEL, "a clip.available_models() name (downloaded once) or a TorchScript or state-dict file"
     )
     model_cache: str = setting("", "folder where named models are downloaded (empty: clip's ~/.cache/clip)")
-    device: str = setting(
-        "auto", "CUDA in fp16 when present (auto), or the CPU in fp32", None, ["auto", "cpu", "cuda"]
-    )
+    device: str = setting("auto", "CUDA when present (auto), or the CPU", None, ["auto", "cpu", "cuda"])
     precision: str = setting(
         "auto", "fp16 on CUDA and fp32 on the CPU (auto), or either on both", None, ["auto", "fp16", "fp32"]
     )

@@ -124,9 +124,9 @@ class ClipModel:
         model = self.model
         mask = self._causal_mask[:length, :length]
         with self._lock:
-            x = model.token_embedding(tokens).type(self.dtype) + model.positional_embedding[:length].type(
-                self.dtype
-            )
+            # Embeddings stay fp32 in OpenAI's fp16 layout; the blocks take the model's dtype.
+            positions = model.positional_embedding[:length].type(self.dtype)
+            x = model.token_embedding(tokens).type(self.dtype) + positions
             x = x.permute(1, 0, 2)  # (length, n, width), as CLIP's blocks expect
             for block in model.transformer.resblocks:
                 normed = block.ln_1(x)
