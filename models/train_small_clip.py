@@ -123,7 +123,10 @@ def main() -> None:
 
     model.eval()
     convert_weights(model)  # fp16, as OpenAI ships its checkpoints
-    torch.save(model.state_dict(), args.out)
+    # Saved through a file object, the archive's inner folder is "archive" whatever --out is called, so the
+    # same weights always make the same bytes and the same sha256.
+    with open(args.out, "wb") as file:
+        torch.save(model.state_dict(), file)
     with open(args.out, "rb") as file:
         digest = hashlib.sha256(file.read()).hexdigest()
     print(f"wrote {args.out}: sha256 {digest}, {time.time() - started:.0f} s in all")
