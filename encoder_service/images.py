@@ -42,6 +42,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def smallest_useful_side(model_resolution: int) -> int:
+    """How small a large picture may be decoded for a model: twice its input, so that CLIP's own bicubic
+    resize still does the last step."""
+    return 2 * model_resolution
+
+
 def decode_image(data: bytes, limits: ImageLimits, smallest_side: int) -> Image.Image:
     """The first frame of `data`, EXIF orientation applied, as an RGB picture; ImageRejected otherwise.
 

@@ -12,7 +12,7 @@ from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 
 from .batcher import BatcherClosed, DynamicBatcher, QueueFull
 from .config import EncoderConfig
-from .images import ImageLimits, ImageRejected, decode_image
+from .images import ImageLimits, ImageRejected, decode_image, smallest_useful_side
 from .metrics import EncoderMetrics
 from .model import ClipModel
 
@@ -111,8 +111,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
 
     def _preprocess(self, data: bytes, model: ClipModel) -> torch.Tensor | str:
         try:
-            # Twice the model's input: its bicubic resize still does the last step, as in CLIP's own pipeline.
-            return model.preprocess(decode_image(data, self._limits, 2 * model.image_resolution))
+            smallest_side = smallest_useful_side(model.image_resolution)
+            return model.preprocess(decode_image(data, self._limits, smallest_side))
         except ImageRejected as error:
             return str(error)
 
