@@ -4,20 +4,24 @@ The health service stays open, so that load balancers and orchestrators can prob
 """
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import grpc
 
+from .handlers import wrap_handler
 from .headers import AUTHORIZATION
 
 _OPEN = "/grpc.health.v1.Health/"
 
 
-def _refuse(message: str) -> grpc.RpcMethodHandler:
-    def refuse(request, context):  # type: ignore[no-untyped-def]
+def _refusal(message: str) -> Callable[[grpc.ServicerContext], Iterator[None]]:
+    @contextmanager
+    def refuse(context: grpc.ServicerContext) -> Iterator[None]:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # never reached: abort raises, so the handler never runs
 
-    return grpc.unary_unary_rpc_method_handler(refuse)
+    return refuse
 
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):
@@ -31,19 +35,12 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         return any(hmac.compare_digest(offered, token) for token in self._tokens)
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        if handler_call_details.method.startswith(_OPEN):
-            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(_OPEN):
+            return handler
         header = dict(handler_call_details.invocation_metadata or ()).get(AUTHORIZATION)
         if self._allowed(header):
-            return continuation(handler_call_details)
-        handler = continuation(handler_call_details)
+            return handler
         reason = "missing bearer token" if not header else "invalid bearer token"
         message = f"{reason}: send `authorization: Bearer <token>` (imgsearch --token / IMGSEARCH_TOKEN)"
-        if handler is not None and handler.stream_stream:
-
-            def refuse_stream(request_iterator, context):  # type: ignore[no-untyped-def]
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-                yield
-
-            return grpc.stream_stream_rpc_method_handler(refuse_stream)
-        return _refuse(message)
+        return wrap_handler(handler, _refusal(message))

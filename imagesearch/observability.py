@@ -9,7 +9,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -17,6 +17,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from .handlers import wrap_handler
 from .headers import REQUEST_ID
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -106,26 +107,4 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                 )
                 _request_id.reset(token)
 
-        def unary(behavior: Callable) -> Callable:
-            def observed_unary(request, context):  # type: ignore[no-untyped-def]
-                with observed(context):
-                    return behavior(request, context)
-
-            return observed_unary
-
-        def streaming(behavior: Callable) -> Callable:
-            def observed_stream(request_iterator, context) -> Iterator:  # type: ignore[no-untyped-def]
-                with observed(context):
-                    yield from behavior(request_iterator, context)
-
-            return observed_stream
-
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                streaming(handler.stream_stream), handler.request_deserializer, handler.response_serializer
-            )
-        return handler
+        return wrap_handler(handler, observed)

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from .auth import BearerTokenInterceptor
+from .errors import ServiceErrorInterceptor
 from .flags import setting
 from .observability import ObservabilityInterceptor, serve_metrics
 from .tls import server_credentials
@@ -66,13 +67,12 @@ class GrpcServer:
         registry: CollectorRegistry,
         metrics_port: int,
         auth_tokens: Sequence[str] = (),
-        interceptors: Sequence[grpc.ServerInterceptor] = (),
         credentials: grpc.ServerCredentials | None = None,
         health_port: int = -1,
     ) -> None:
         self.service_names = [*service_names]
         authentication = [BearerTokenInterceptor(auth_tokens)] if auth_tokens else []
-        interceptors = [ObservabilityInterceptor(registry), *authentication, *interceptors]
+        interceptors = [ObservabilityInterceptor(registry), *authentication, ServiceErrorInterceptor()]
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
             options=[
@@ -124,7 +124,6 @@ class GrpcServer:
         register: Callable[[grpc.Server], None],
         max_message_bytes: int,
         registry: CollectorRegistry,
-        interceptors: Sequence[grpc.ServerInterceptor] = (),
     ) -> "GrpcServer":
         """A server as `settings` describe it."""
         return cls(
@@ -137,7 +136,6 @@ class GrpcServer:
             registry,
             settings.metrics_port,
             [token for token in settings.auth_tokens.split(",") if token],
-            interceptors,
             server_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca),
             settings.health_port,
         )
@@ -156,9 +154,6 @@ class GrpcServer:
         if self.metrics is not None:
             self.metrics.shutdown()
             self.metrics.server_close()
-
-    def wait(self) -> None:
-        self._server.wait_for_termination()
 
 
 def run_until_signalled(server: GrpcServer, shutdown: Callable[[], None]) -> None:

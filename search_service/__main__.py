@@ -2,11 +2,11 @@
 
 import sys
 
+from imagesearch.errors import ServiceError
 from imagesearch.observability import configure_logging
 from imagesearch.serving import run_until_signalled
 
 from .config import parse_args
-from .errors import ServiceError
 from .server import SearchServer
 
 

@@ -10,11 +10,10 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
+from imagesearch.errors import ServiceError
 from imagesearch.headers import REQUEST_ID, bearer
 from imagesearch.observability import current_request_id
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
-
-from .errors import ServiceError
 
 log = logging.getLogger(__name__)
 

@@ -9,17 +9,10 @@ A placeholder is only recognised outside string literals, so `uri like "{x}%"` k
 import math
 import re
 
-import grpc
-
+from imagesearch.errors import invalid_argument
 from imagesearch.v1 import search_pb2
 
-from .errors import ServiceError
-
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _invalid(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def render_value(name: str, value: search_pb2.FilterValue) -> str:
@@ -27,7 +20,7 @@ def render_value(name: str, value: search_pb2.FilterValue) -> str:
     if kind == "string_value":
         text = value.string_value
         if "\n" in text or "\r" in text:
-            raise _invalid(
+            raise invalid_argument(
                 f"filter_params[{name!r}] contains a line break, which a Milvus filter cannot express"
             )
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -35,13 +28,13 @@ def render_value(name: str, value: search_pb2.FilterValue) -> str:
         return str(value.int_value)
     if kind == "float_value":
         if not math.isfinite(value.float_value):
-            raise _invalid(f"filter_params[{name!r}] is {value.float_value}, not a finite number")
+            raise invalid_argument(f"filter_params[{name!r}] is {value.float_value}, not a finite number")
         return repr(value.float_value)
     if kind == "bool_value":
         return "true" if value.bool_value else "false"
     if kind == "list_value":
         return "[" + ", ".join(render_value(name, item) for item in value.list_value.values) + "]"
-    raise _invalid(f"filter_params[{name!r}] has no value")
+    raise invalid_argument(f"filter_params[{name!r}] has no value")
 
 
 def _string_literal_end(expression: str, start: int) -> int:
@@ -54,7 +47,9 @@ def _string_literal_end(expression: str, start: int) -> int:
             return position + 1
         else:
             position += 1
-    raise _invalid(f"filter has an unterminated string starting at character {start}: {expression[start:]!r}")
+    raise invalid_argument(
+        f"filter has an unterminated string starting at character {start}: {expression[start:]!r}"
+    )
 
 
 def render_filter(expression: str, params: dict[str, search_pb2.FilterValue]) -> str:
@@ -73,13 +68,13 @@ def render_filter(expression: str, params: dict[str, search_pb2.FilterValue]) ->
         if match:
             name = match.group(1)
             if name not in params:
-                raise _invalid(f"filter uses {{{name}}} but filter_params has no {name!r}")
+                raise invalid_argument(f"filter uses {{{name}}} but filter_params has no {name!r}")
             pieces.append(render_value(name, params[name]))
             used.add(name)
             position = match.end()
             continue
         if char in "{}":
-            raise _invalid(
+            raise invalid_argument(
                 f"filter has a stray {char!r} at character {position}: placeholders are {{name}} with a "
                 "matching filter_params entry"
             )
@@ -87,5 +82,5 @@ def render_filter(expression: str, params: dict[str, search_pb2.FilterValue]) ->
         position += 1
     unused = sorted(set(params) - used)
     if unused:
-        raise _invalid(f"filter_params {unused} are not used by the filter {expression!r}")
+        raise invalid_argument(f"filter_params {unused} are not used by the filter {expression!r}")
     return "".join(pieces)

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import grpc
 from prometheus_client import Counter
 
+from imagesearch.errors import ServiceError
 from imagesearch.v1 import search_pb2
 
 from .encoder_client import EncoderClient
-from .errors import ServiceError
 from .store import MAX_URI_LENGTH, CollectionInfo, Store
 
 STORED, PRESENT, FAILED = search_pb2.OUTCOME_STORED, search_pb2.OUTCOME_PRESENT, search_pb2.OUTCOME_FAILED

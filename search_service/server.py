@@ -6,13 +6,13 @@ import threading
 
 from prometheus_client import CollectorRegistry
 
+from imagesearch.errors import ServiceError
 from imagesearch.serving import GrpcServer
 from imagesearch.tls import channel_credentials
 from imagesearch.v1 import search_pb2, search_pb2_grpc
 
 from .config import SearchConfig
 from .encoder_client import EncoderClient
-from .errors import ServiceError, ServiceErrorInterceptor
 from .metrics import SearchMetrics
 from .service import SearchServicer
 from .store import Store
@@ -56,7 +56,6 @@ class SearchServer:
             lambda server: search_pb2_grpc.add_SearchServiceServicer_to_server(self.servicer, server),
             self.config.max_message_bytes,
             self.registry,
-            [ServiceErrorInterceptor()],
         )
         self.check_health()
         self._monitor.start()

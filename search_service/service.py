@@ -8,11 +8,11 @@ from typing import Any
 import grpc
 import numpy as np
 
+from imagesearch.errors import ServiceError, invalid_argument
 from imagesearch.v1 import search_pb2, search_pb2_grpc
 
 from .config import SearchConfig
 from .encoder_client import EncoderClient
-from .errors import ServiceError
 from .filters import render_filter, render_value
 from .ingest import Ingestion
 from .metrics import SearchMetrics
@@ -21,10 +21,6 @@ from .store import CollectionInfo, Store
 DEFAULT_TOP_K = 10
 EXTRA_OUTPUT_FIELDS = {"vector", "ingested_at", "model"}
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-def _invalid(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def _record(row: dict[str, Any]) -> search_pb2.Record:
@@ -41,14 +37,18 @@ def _record(row: dict[str, Any]) -> search_pb2.Record:
 def _output_fields(requested: list[str]) -> list[str]:
     unknown = sorted(set(requested) - EXTRA_OUTPUT_FIELDS)
     if unknown:
-        raise _invalid(f"output_fields {unknown} are not fields; choose from {sorted(EXTRA_OUTPUT_FIELDS)}")
+        raise invalid_argument(
+            f"output_fields {unknown} are not fields; choose from {sorted(EXTRA_OUTPUT_FIELDS)}"
+        )
     return ["id", "uri", "metadata", *sorted(set(requested))]
 
 
 def _checked_ids(ids: list[str]) -> list[str]:
     for index, image_id in enumerate(ids):
         if not _SHA256_HEX.fullmatch(image_id):
-            raise _invalid(f"ids[{index}] = {image_id!r} is not an id (64 lowercase hex digits, a sha256)")
+            raise invalid_argument(
+                f"ids[{index}] = {image_id!r} is not an id (64 lowercase hex digits, a sha256)"
+            )
     return list(ids)
 
 
@@ -70,9 +70,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     ) -> tuple[list[search_pb2.Hit], str]:
         top_k = options.top_k or DEFAULT_TOP_K
         if not 1 <= top_k <= self.config.max_top_k:
-            raise _invalid(f"top_k = {top_k} is outside 1..{self.config.max_top_k}")
+            raise invalid_argument(f"top_k = {top_k} is outside 1..{self.config.max_top_k}")
         if not 0 <= options.offset <= self.config.max_offset:
-            raise _invalid(f"offset = {options.offset} is outside 0..{self.config.max_offset}")
+            raise invalid_argument(f"offset = {options.offset} is outside 0..{self.config.max_offset}")
         fields = _output_fields(list(options.output_fields))
         expression = render_filter(options.filter, dict(options.filter_params))
         collection = self._collection(options.collection)
@@ -89,21 +89,21 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self, request: search_pb2.SearchTextRequest, context: grpc.ServicerContext
     ) -> search_pb2.SearchTextResponse:
         if not request.text.strip():
-            raise _invalid("text is empty")
+            raise invalid_argument("text is empty")
         hits, model = self._search(request.options, lambda: self.encoder.encode_text(request.text))
         return search_pb2.SearchTextResponse(hits=hits, model=model)
 
     def _encode_query_image(self, image: bytes) -> tuple[str, np.ndarray]:
         model, [result] = self.encoder.encode_images([image])
         if isinstance(result, str):
-            raise _invalid(f"image: {result}")
+            raise invalid_argument(f"image: {result}")
         return model, result
 
     def SearchImage(
         self, request: search_pb2.SearchImageRequest, context: grpc.ServicerContext
     ) -> search_pb2.SearchImageResponse:
         if not request.image:
-            raise _invalid("image is empty (0 bytes)")
+            raise invalid_argument("image is empty (0 bytes)")
         hits, model = self._search(request.options, lambda: self._encode_query_image(request.image))
         return search_pb2.SearchImageResponse(hits=hits, model=model)
 
@@ -120,7 +120,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self, request: search_pb2.DeleteRequest, context: grpc.ServicerContext
     ) -> search_pb2.DeleteResponse:
         if bool(request.ids) == bool(request.filter):
-            raise _invalid("give either ids or a filter to delete by, not both and not neither")
+            raise invalid_argument("give either ids or a filter to delete by, not both and not neither")
         if request.ids:
             ids = search_pb2.FilterValue(
                 list_value=search_pb2.FilterValueList(

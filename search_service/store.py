@@ -17,7 +17,7 @@ import grpc
 from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.exceptions import ConnectionConfigException, MilvusUnavailableException
 
-from .errors import ServiceError
+from imagesearch.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
