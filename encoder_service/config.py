@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from imagesearch.defaults import ENCODER_METRICS_PORT, ENCODER_PORT
 from imagesearch.flags import parse_config, require_at_least_one, setting
 from imagesearch.serving import ServerSettings
 
@@ -18,7 +19,7 @@ class EncoderConfig(ServerSettings):
     precision: str = setting(
         "auto", "fp16 on CUDA and fp32 on the CPU (auto), or either on both", None, ["auto", "fp16", "fp32"]
     )
-    port: int = setting(50051, "port to listen on (0: any free port)")
+    port: int = setting(ENCODER_PORT, "port to listen on (0: any free port)")
     grpc_workers: int = setting(64, "threads serving calls")
     max_batch_size: int = setting(32, "most items in one forward pass")
     max_batch_delay_ms: int = setting(5, "longest wait for more items before a forward pass")
@@ -30,7 +31,9 @@ class EncoderConfig(ServerSettings):
         4096, "characters of a text that are tokenised; the rest is cut and flagged"
     )
     decode_workers: int = setting(4, "threads that decode and preprocess images")
-    metrics_port: int = setting(9151, "port of the Prometheus /metrics page (0: any free port, -1: none)")
+    metrics_port: int = setting(
+        ENCODER_METRICS_PORT, "port of the Prometheus /metrics page (0: any free port, -1: none)"
+    )
 
     def __post_init__(self) -> None:
         require_at_least_one(

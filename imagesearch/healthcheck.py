@@ -8,9 +8,11 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .defaults import ENCODER_PORT
+
 
 def main() -> int:
-    address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
+    address = sys.argv[1] if len(sys.argv) > 1 else f"127.0.0.1:{ENCODER_PORT}"
     try:
         with grpc.insecure_channel(address) as channel:
             status = (

@@ -3,6 +3,7 @@
 import json
 from dataclasses import dataclass
 
+from imagesearch.defaults import ENCODER_PORT, SEARCH_METRICS_PORT, SEARCH_PORT
 from imagesearch.flags import parse_config, require_at_least_one, setting
 from imagesearch.serving import ServerSettings
 
@@ -10,7 +11,7 @@ from imagesearch.serving import ServerSettings
 @dataclass(frozen=True)
 class SearchConfig(ServerSettings):
     encoder: str = setting(
-        "127.0.0.1:50051",
+        f"127.0.0.1:{ENCODER_PORT}",
         "encoder replicas: HOST:PORT, IP:PORT,IP:PORT, or a gRPC target such as dns:///encoder:50051",
     )
     milvus_uri: str = setting(
@@ -20,7 +21,7 @@ class SearchConfig(ServerSettings):
         "", "token for a Milvus server or Zilliz Cloud (user:password)", env="MILVUS_TOKEN"
     )
     collection: str = setting("images", "the collection a request that names none uses")
-    port: int = setting(50052, "port to listen on (0: any free port)")
+    port: int = setting(SEARCH_PORT, "port to listen on (0: any free port)")
     index_type: str = setting(
         "AUTOINDEX",
         "vector index of new collections: AUTOINDEX, FLAT, IVF_FLAT; a server also takes HNSW and more",
@@ -42,7 +43,9 @@ class SearchConfig(ServerSettings):
     )
     encoder_tls_cert: str = setting("", "PEM client certificate this service shows the encoders (mutual TLS)")
     encoder_tls_key: str = setting("", "PEM private key of that client certificate")
-    metrics_port: int = setting(9152, "port of the Prometheus /metrics page (0: any free port, -1: none)")
+    metrics_port: int = setting(
+        SEARCH_METRICS_PORT, "port of the Prometheus /metrics page (0: any free port, -1: none)"
+    )
 
     def __post_init__(self) -> None:
         require_at_least_one(

@@ -1,0 +1,10 @@
+"""Where each part listens unless told otherwise: the one place these numbers are written."""
+
+ENCODER_PORT = 50051
+SEARCH_PORT = 50052
+WEB_PORT = 8080
+ENCODER_METRICS_PORT = 9151
+SEARCH_METRICS_PORT = 9152
+
+ENCODER_ADDRESS = f"localhost:{ENCODER_PORT}"
+SEARCH_ADDRESS = f"localhost:{SEARCH_PORT}"
