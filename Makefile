@@ -19,6 +19,7 @@ install: $(INSTALLED)
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # pytest exits 5 when it collected no test; make fails on that like on any other non-zero code.
 test: lint
@@ -26,7 +27,8 @@ test: lint
 
 # Regenerates the gRPC code in imagesearch/v1 from protos/ (CI checks that the result is committed).
 protos: $(INSTALLED)
-	$(PYTHON) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	$(PYTHON) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=. $(PROTOS)
 
 # Benchmarks print tables; they are not tests (see README, "Benchmarks").
 bench: $(INSTALLED)
@@ -50,4 +52,4 @@ demo-imagenet: $(INSTALLED)
 
 # Retrains the small CLIP of the demo and the meaning tests (about 26 minutes on 2 CPU cores).
 small-clip: $(INSTALLED)
-	$(PYTHON) models/train_small_clip.py --out models/small-clip-synthetic.pt
+	$(PYTHON) models/train_small_clip.py --out demo/small-clip-synthetic.pt

@@ -13,8 +13,8 @@ from pathlib import Path
 from harness import print_table
 
 from client import SearchClient
-from client.demo import SMALL_CLIP
 from client.local import free_port, local_services
+from demo.run import SMALL_CLIP
 from synthetic.evaluation import Quality, measure, write_pictures
 
 COLLECTION_SEED, QUERY_SEED = 7_000_001, 7_000_002  # training renders with seed 0
@@ -40,7 +40,7 @@ def main() -> None:
             ) as services,
             SearchClient(services.search, collection="quality") as client,
         ):
-            summary = client.ingest([pictures], progress=False)
+            summary = client.ingest([pictures])
             quality = measure(client, top_k=10, query_seed=QUERY_SEED, query_pictures=args.query_pictures)
     rows = [
         [text.query, f"{text.precision:.1f}", f"{image.precision:.1f}"]

@@ -8,8 +8,8 @@ with SearchClient("localhost:50052") as search:
 """
 
 from .aio import AsyncEncoderClient, AsyncSearchClient
-from .errors import ImageSearchError
-from .models import Hit, ImageVector, IngestItem, IngestSummary, Record, Stats
+from .errors import ImageSearchError, IngestInterrupted
+from .models import Hit, ImageVector, IngestItem, IngestSummary, Limits, MetadataValue, Record, Stats
 from .sync import EncoderClient, SearchClient
 
 __all__ = [
@@ -19,8 +19,11 @@ __all__ = [
     "Hit",
     "ImageSearchError",
     "ImageVector",
+    "IngestInterrupted",
     "IngestItem",
     "IngestSummary",
+    "Limits",
+    "MetadataValue",
     "Record",
     "SearchClient",
     "Stats",

@@ -1,45 +1,185 @@
-"""The asyncio clients: AsyncEncoderClient and AsyncSearchClient, the same calls awaited."""
+"""The asyncio clients: AsyncSearchClient and AsyncEncoderClient, each method awaited. Every failure raises
+ImageSearchError; files are read in worker threads, never on the event loop."""
 
-from collections.abc import Callable
-from typing import Any
+import asyncio
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
 
 import grpc
+import grpc.aio
+import numpy as np
 
-from .calls import EncoderCalls, SearchCalls
-from .models import IngestSummary
-from .protocol import Connection, IngestRun
+from imagesearch.defaults import ENCODER_ADDRESS, MAX_MESSAGE_BYTES, SEARCH_ADDRESS
+from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
+
+from . import messages
+from .channel import Connection
+from .errors import IngestInterrupted
+from .files import picture_bytes
+from .ingest import Ingestion, Progress
+from .messages import FilterParam
+from .models import Hit, ImageVector, IngestSummary, Limits, MetadataValue, Record, Stats
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
 
 
 class _Awaitable(Connection):
-    channel_api = grpc.aio
+    channel: grpc.aio.Channel
 
-    async def _run(self, method: str, request: object, parse: Callable[[Any], Any]) -> Any:
+    async def call(
+        self, method: grpc.aio.UnaryUnaryMultiCallable[Request, Response], request: Request
+    ) -> Response:
         try:
-            return parse(
-                await getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
-            )
+            return await method(request, timeout=self.timeout, metadata=self.metadata())
         except grpc.RpcError as error:
             raise self.error(error) from None
 
-    async def _stream(self, run: IngestRun) -> IngestSummary:
-        with run:
-            async for response in self.stub.Ingest(run.requests(), metadata=self.metadata):
-                run.record(response)
-        return run.summary
+
+class AsyncSearchClient:
+    """AsyncSearchClient("localhost:50052", collection="", timeout=60, credentials=None, token=None)
+
+    `collection` empty means the service's default; `credentials` (grpc.ssl_channel_credentials) turn on
+    TLS; `token` is sent as `authorization: Bearer <token>`.
+    """
+
+    def __init__(
+        self,
+        target: str = SEARCH_ADDRESS,
+        collection: str = "",
+        timeout: float | None = 60.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+    ) -> None:
+        self.collection = collection
+        self._connection = _Awaitable(grpc.aio, "search service", target, timeout, credentials, token)
+        self._stub = search_pb2_grpc.SearchServiceStub(self._connection.channel)
+
+    async def ingest(
+        self,
+        paths: Sequence[str | Path],
+        metadata: Mapping[str, MetadataValue] | None = None,
+        recursive: bool = True,
+        progress: Progress | None = None,
+    ) -> IngestSummary:
+        """Streams every picture under `paths` and says what happened to each file; `progress` is called
+        with each item as it finishes. A stream that breaks raises IngestInterrupted, with the results
+        received until then."""
+        limits = await self.limits()
+        ingestion = await asyncio.to_thread(
+            Ingestion, paths, recursive, self.collection, metadata, limits, progress
+        )
+        call = self._stub.Ingest(ingestion.async_requests(), metadata=self._connection.metadata())
+        try:
+            async for response in call:
+                ingestion.record(response)
+        except grpc.RpcError as error:
+            raise IngestInterrupted(self._connection.error(error), ingestion.summary) from None
+        return ingestion.summary
+
+    async def search_text(
+        self,
+        text: str,
+        top_k: int = 10,
+        filter: str | None = None,
+        filter_params: Mapping[str, FilterParam] | None = None,
+        offset: int = 0,
+        output_fields: Sequence[str] = (),
+    ) -> list[Hit]:
+        options = messages.search_options(
+            self.collection, top_k, offset, filter, filter_params, output_fields
+        )
+        request = search_pb2.SearchTextRequest(text=text, options=options)
+        response = await self._connection.call(self._stub.SearchText, request)
+        return messages.hits(response, output_fields)
+
+    async def search_image(
+        self,
+        image: bytes | str | Path,
+        top_k: int = 10,
+        filter: str | None = None,
+        filter_params: Mapping[str, FilterParam] | None = None,
+        offset: int = 0,
+        output_fields: Sequence[str] = (),
+    ) -> list[Hit]:
+        """Pictures like `image`: its bytes, or the path of a picture file."""
+        options = messages.search_options(
+            self.collection, top_k, offset, filter, filter_params, output_fields
+        )
+        picture = await asyncio.to_thread(picture_bytes, image, MAX_MESSAGE_BYTES)
+        request = search_pb2.SearchImageRequest(image=picture, options=options)
+        response = await self._connection.call(self._stub.SearchImage, request)
+        return messages.hits(response, output_fields)
+
+    async def get(self, ids: Sequence[str], output_fields: Sequence[str] = ()) -> list[Record]:
+        request = search_pb2.GetRequest(
+            collection=self.collection, ids=list(ids), output_fields=list(output_fields)
+        )
+        return messages.records(await self._connection.call(self._stub.Get, request), output_fields)
+
+    async def delete(
+        self,
+        ids: Sequence[str] | None = None,
+        filter: str | None = None,
+        filter_params: Mapping[str, FilterParam] | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """How many pictures were deleted (with `dry_run`, would be): by id, or every one a filter matches."""
+        request = messages.delete_request(self.collection, ids, filter, filter_params, dry_run)
+        return (await self._connection.call(self._stub.Delete, request)).deleted
+
+    async def stats(self) -> Stats:
+        request = search_pb2.StatsRequest(collection=self.collection)
+        return messages.stats(await self._connection.call(self._stub.Stats, request))
+
+    async def limits(self) -> Limits:
+        return messages.limits(
+            await self._connection.call(self._stub.GetLimits, search_pb2.GetLimitsRequest())
+        )
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self._connection.channel.close()
 
-    async def __aenter__(self):  # type: ignore[no-untyped-def]
+    async def __aenter__(self) -> "AsyncSearchClient":
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
 
-class AsyncEncoderClient(EncoderCalls, _Awaitable):
+class AsyncEncoderClient:
     """AsyncEncoderClient("localhost:50051", timeout=60, credentials=None, token=None), used with await."""
 
+    def __init__(
+        self,
+        target: str = ENCODER_ADDRESS,
+        timeout: float | None = 60.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+    ) -> None:
+        self._connection = _Awaitable(grpc.aio, "encoder service", target, timeout, credentials, token)
+        self._stub = encoder_pb2_grpc.EncoderServiceStub(self._connection.channel)
 
-class AsyncSearchClient(SearchCalls, _Awaitable):
-    """AsyncSearchClient("localhost:50052", collection="", timeout=60, ...), used with await."""
+    async def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), 512) float32 unit vectors."""
+        request = encoder_pb2.EncodeTextRequest(texts=list(texts))
+        return messages.text_vectors(await self._connection.call(self._stub.EncodeText, request))
+
+    async def encode_images(self, images: Sequence[bytes | str | Path]) -> list[ImageVector]:
+        """One result per image (its bytes, or a picture file's path), in order: `.vector`, or `.error`."""
+        pictures = [await asyncio.to_thread(picture_bytes, image, MAX_MESSAGE_BYTES) for image in images]
+        request = encoder_pb2.EncodeImagesRequest(images=pictures)
+        return messages.image_vectors(await self._connection.call(self._stub.EncodeImages, request))
+
+    async def info(self) -> encoder_pb2.GetModelInfoResponse:
+        return await self._connection.call(self._stub.GetModelInfo, encoder_pb2.GetModelInfoRequest())
+
+    async def close(self) -> None:
+        await self._connection.channel.close()
+
+    async def __aenter__(self) -> "AsyncEncoderClient":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

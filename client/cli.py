@@ -1,204 +1,130 @@
-"""`imgsearch`: the command line of the product. See `imgsearch --help`."""
+"""`imgsearch`: the command line of the product. See `imgsearch --help`.
+
+Every failure is one message on stderr and an exit code, never a traceback. Packages above the client (the
+demo) add their own commands through the `imgsearch.commands` entry point group.
+"""
 
 import argparse
-import json
 import os
-import signal
 import sys
-import threading
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from importlib.metadata import entry_points
 
-import grpc
+from imagesearch.defaults import (
+    ENCODER_ADDRESS,
+    ENCODER_METRICS_PORT,
+    ENCODER_PORT,
+    SEARCH_ADDRESS,
+    SEARCH_METRICS_PORT,
+    SEARCH_PORT,
+)
 
-from imagesearch.tls import channel_credentials
-
-from . import protocol
+from .commands import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    UsageError,
+    cmd_delete,
+    cmd_encode,
+    cmd_get,
+    cmd_ingest,
+    cmd_search,
+    cmd_stats,
+    cmd_up,
+)
 from .errors import ImageSearchError
-from .grid import write_grid
-from .local import local_services
-from .models import Hit
-from .sync import EncoderClient, SearchClient
+from .local import StartFailed
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "build_parser", "main"]
+
 EPILOG = """exit codes:
   0  all done
   1  failed (the message says why and what to do)
-  2  usage error
+  2  usage error, or a request refused for its arguments before it was sent
   3  some items failed, the rest were done (ingest)
 
 environment: IMGSEARCH_SERVER, IMGSEARCH_ENCODER, IMGSEARCH_COLLECTION, IMGSEARCH_TOKEN,
   IMGSEARCH_TLS, IMGSEARCH_TLS_CA, IMGSEARCH_TLS_CERT, IMGSEARCH_TLS_KEY"""
 
 
-class UsageError(Exception):
-    pass
-
-
-def key_values(pairs: Sequence[str], flag: str, parse: Any = str) -> dict[str, Any]:
-    result = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{flag} takes KEY=VALUE, not {pair!r}")
-        try:
-            result[key] = parse(value)
-        except ValueError as error:
-            raise UsageError(f"{flag} {pair!r}: {error}") from None
-    return result
-
-
-def filter_params(args: argparse.Namespace) -> dict[str, Any]:
-    return {**key_values(args.param, "--param"), **key_values(args.param_json, "--param-json", json.loads)}
-
-
-def print_json(value: Any) -> None:
-    print(json.dumps(protocol.as_dict(value), indent=2, ensure_ascii=False))
-
-
-def print_hits(hits: Sequence[Hit]) -> None:
-    if not hits:
-        print("no hits")
-        return
-    print(f"{'rank':>4}  {'score':>7}  path")
-    for rank, hit in enumerate(hits, start=1):
-        print(f"{rank:>4}  {hit.score:7.4f}  {hit.uri}")
-
-
-def connection_options(args: argparse.Namespace) -> dict[str, Any]:
-    credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key) if args.tls else None
-    return {"timeout": args.timeout, "token": args.token or None, "credentials": credentials}
-
-
-def search_client(args: argparse.Namespace) -> SearchClient:
-    return SearchClient(args.server, collection=args.collection, **connection_options(args))
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    print(
-        f"starting the encoder ({args.model} on {args.device}) and the search service ({args.milvus_uri})..."
+def _add_filter_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--filter", help="a Milvus filter, e.g. 'metadata[\"album\"] == {album}'")
+    command.add_argument(
+        "--param", action="append", default=[], metavar="NAME=TEXT", help="a text parameter of the filter"
     )
-    with local_services(
-        args.model, args.milvus_uri, args.device, args.encoder_port, args.server_port
-    ) as services:
-        print(f"encoder service: {services.encoder}")
-        print(f"search service:  {services.search}")
-        print(
-            f"metrics:         http://127.0.0.1:{services.metrics_ports[0]}/metrics (encoder), "
-            f"http://127.0.0.1:{services.metrics_ports[1]}/metrics (search)"
-        )
-        print("ready; Ctrl-C stops both")
-        stop.wait()
-        print("stopping...")
-    return EXIT_OK
+    command.add_argument(
+        "--param-json",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a typed parameter: a number, true/false, or a list (--param-json years=[2023,2024])",
+    )
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    metadata = key_values(args.tag, "--tag")
-    with search_client(args) as client:
-        summary = client.ingest(
-            args.paths, metadata, recursive=not args.no_recursive, progress=not args.no_progress
-        )
-    if args.json:
-        print_json(summary)
-    else:
-        for item in summary.items:
-            if item.outcome == "failed":
-                print(f"FAILED  {item.uri}: {item.error}")
-        print(
-            f"stored {summary.stored}, already present {summary.present}, failed {summary.failed}, "
-            f"skipped {len(summary.skipped)} (not images)"
-        )
-    return EXIT_PARTIAL if summary.failed else EXIT_OK
+def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = commands.add_parser("up", help="run an encoder and a search service here until Ctrl-C")
+    up.add_argument(
+        "--model", default="ViT-B/32", help="a CLIP model name (downloaded once) or a checkpoint file"
+    )
+    up.add_argument("--milvus-uri", default="./milvus.db", help="a Milvus Lite file or http://host:19530")
+    up.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    up.add_argument("--encoder-port", type=int, default=ENCODER_PORT, help="0: any free port")
+    up.add_argument("--server-port", type=int, default=SEARCH_PORT, help="0: any free port")
+    up.add_argument(
+        "--encoder-metrics-port", type=int, default=ENCODER_METRICS_PORT, help="0: any free port, -1: none"
+    )
+    up.add_argument(
+        "--search-metrics-port", type=int, default=SEARCH_METRICS_PORT, help="0: any free port, -1: none"
+    )
+    up.set_defaults(run=cmd_up)
 
+    ingest = commands.add_parser("ingest", help="store the pictures in files and folders")
+    ingest.add_argument("paths", nargs="+", metavar="PATH")
+    ingest.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE", help="text metadata for every picture"
+    )
+    ingest.add_argument(
+        "--tag-json",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="typed metadata, so that filters compare numbers as numbers (--tag-json year=2024)",
+    )
+    ingest.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
+    ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ingest.add_argument("--json", action="store_true", help="the totals and per-item results as JSON")
+    ingest.set_defaults(run=cmd_ingest)
 
-def cmd_search(args: argparse.Namespace) -> int:
-    if bool(args.text) == bool(args.image):
-        raise UsageError("search takes a TEXT or --image PATH (one of them)")
-    options = {
-        "top_k": args.top_k,
-        "offset": args.offset,
-        "filter": args.filter,
-        "filter_params": filter_params(args),
-    }
-    with search_client(args) as client:
-        hits = (
-            client.search_image(args.image, **options)
-            if args.image
-            else client.search_text(args.text, **options)
-        )
-    if args.json:
-        print_json(hits)
-    else:
-        print_hits(hits)
-    if args.grid:
-        title = f"image: {Path(args.image).name}" if args.image else f"text: {args.text}"
-        print(f"grid: {write_grid(hits, args.grid, title)}", file=sys.stderr)
-    return EXIT_OK
+    search = commands.add_parser("search", help='find pictures by text ("a white dog") or by --image')
+    search.add_argument("text", nargs="?", default="")
+    search.add_argument("--image", help="find pictures like this one")
+    search.add_argument("--top-k", type=int, default=10, help="how many hits (1 or more)")
+    search.add_argument("--offset", type=int, default=0, help="skip this many hits (pagination)")
+    _add_filter_arguments(search)
+    search.add_argument("--json", action="store_true")
+    search.add_argument("--grid", metavar="PNG", help="also write a contact sheet of the hits")
+    search.set_defaults(run=cmd_search)
 
+    stats = commands.add_parser("stats", help="how many pictures, which model")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(run=cmd_stats)
 
-def cmd_stats(args: argparse.Namespace) -> int:
-    with search_client(args) as client:
-        stats = client.stats()
-    if args.json:
-        print_json(stats)
-    else:
-        print(
-            f"collection {stats.collection}: {stats.count} pictures, model {stats.model}, "
-            f"{stats.dimension}-d {stats.metric_type}, index {stats.index_type}"
-        )
-    return EXIT_OK
+    get = commands.add_parser("get", help="the stored records of ids")
+    get.add_argument("ids", nargs="+", metavar="ID")
+    get.set_defaults(run=cmd_get)
 
+    delete = commands.add_parser("delete", help="delete pictures by id or by filter")
+    delete.add_argument("--id", action="append", default=[], metavar="ID")
+    _add_filter_arguments(delete)
+    delete.add_argument("--yes", action="store_true", help="do not ask before deleting what a filter matches")
+    delete.set_defaults(run=cmd_delete)
 
-def cmd_get(args: argparse.Namespace) -> int:
-    with search_client(args) as client:
-        print_json(client.get(args.ids))
-    return EXIT_OK
-
-
-def cmd_delete(args: argparse.Namespace) -> int:
-    if bool(args.id) == bool(args.filter):
-        raise UsageError("delete takes --id ID... or --filter EXPR (one of them)")
-    with search_client(args) as client:
-        deleted = client.delete(ids=args.id or None, filter=args.filter, filter_params=filter_params(args))
-    print(f"deleted {deleted}")
-    return EXIT_OK
-
-
-def cmd_encode(args: argparse.Namespace) -> int:
-    if bool(args.text) == bool(args.image):
-        raise UsageError("encode takes a TEXT or --image PATH (one of them)")
-    with EncoderClient(args.encoder, **connection_options(args)) as client:
-        if args.text:
-            vector = client.encode_texts([args.text])[0]
-        else:
-            [result] = client.encode_images([args.image])
-            if result.vector is None:
-                raise ImageSearchError(grpc.StatusCode.INVALID_ARGUMENT, f"{args.image}: {result.error}")
-            vector = result.vector
-    if args.json:
-        print(json.dumps(vector.tolist()))
-    else:
-        print(f"{len(vector)}-d vector: [{', '.join(f'{v:.4f}' for v in vector[:6])}, ...]")
-    return EXIT_OK
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoPlan, run_demo, synthetic_plan  # only the demo needs the synthetic package
-
-    workdir = Path(args.workdir)
-    if args.pictures:
-        pictures = Path(args.pictures)
-        if not args.query or not args.image_query:
-            raise UsageError("demo --pictures also needs --query TEXT and --image-query PATH")
-        plan = DemoPlan(pictures, args.model or "ViT-B/32", tuple(args.query), Path(args.image_query), False)
-    else:
-        plan = synthetic_plan(workdir, args.model, args.per_class)
-    return run_demo(workdir, plan, args.top_k, progress=not args.no_progress)
+    encode = commands.add_parser("encode", help="the vector of a text or an image")
+    encode.add_argument("text", nargs="?", default="")
+    encode.add_argument("--image")
+    encode.add_argument("--json", action="store_true")
+    encode.set_defaults(run=cmd_encode)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,9 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     env = os.environ.get
-    parser.add_argument("--server", default=env("IMGSEARCH_SERVER", "localhost:50052"), help="search service")
+    parser.add_argument("--server", default=env("IMGSEARCH_SERVER", SEARCH_ADDRESS), help="search service")
     parser.add_argument(
-        "--encoder", default=env("IMGSEARCH_ENCODER", "localhost:50051"), help="encoder service"
+        "--encoder", default=env("IMGSEARCH_ENCODER", ENCODER_ADDRESS), help="encoder service"
     )
     parser.add_argument(
         "--collection", default=env("IMGSEARCH_COLLECTION", ""), help="default: the service's"
@@ -229,100 +155,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tls-key", default=env("IMGSEARCH_TLS_KEY", ""), help="PEM client key (mTLS)")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    up = commands.add_parser("up", help="run an encoder and a search service here until Ctrl-C")
-    up.add_argument(
-        "--model", default="ViT-B/32", help="a CLIP model name (downloaded once) or a checkpoint file"
-    )
-    up.add_argument("--milvus-uri", default="./milvus.db", help="a Milvus Lite file or http://host:19530")
-    up.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    up.add_argument("--encoder-port", type=int, default=50051)
-    up.add_argument("--server-port", type=int, default=50052)
-    up.set_defaults(run=cmd_up)
-
-    ingest = commands.add_parser("ingest", help="store the pictures in files and folders")
-    ingest.add_argument("paths", nargs="+", metavar="PATH")
-    ingest.add_argument(
-        "--tag", action="append", default=[], metavar="KEY=VALUE", help="metadata for every picture"
-    )
-    ingest.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
-    ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ingest.add_argument("--json", action="store_true", help="the per-item results as JSON")
-    ingest.set_defaults(run=cmd_ingest)
-
-    search = commands.add_parser("search", help='find pictures by text ("a white dog") or by --image')
-    search.add_argument("text", nargs="?", default="")
-    search.add_argument("--image", help="find pictures like this one")
-    search.add_argument("--top-k", type=int, default=10)
-    search.add_argument("--offset", type=int, default=0, help="skip this many hits (pagination)")
-    search.add_argument("--filter", help="a Milvus filter, e.g. 'metadata[\"album\"] == {album}'")
-    search.add_argument(
-        "--param", action="append", default=[], metavar="NAME=TEXT", help="a string parameter"
-    )
-    search.add_argument(
-        "--param-json", action="append", default=[], metavar="NAME=JSON", help="a typed parameter"
-    )
-    search.add_argument("--json", action="store_true")
-    search.add_argument("--grid", metavar="PNG", help="also write a contact sheet of the hits")
-    search.set_defaults(run=cmd_search)
-
-    commands.add_parser("stats", help="how many pictures, which model").set_defaults(run=cmd_stats)
-    commands.choices["stats"].add_argument("--json", action="store_true")
-
-    get = commands.add_parser("get", help="the stored records of ids")
-    get.add_argument("ids", nargs="+", metavar="ID")
-    get.set_defaults(run=cmd_get)
-
-    delete = commands.add_parser("delete", help="delete pictures by id or by filter")
-    delete.add_argument("--id", action="append", default=[], metavar="ID")
-    delete.add_argument("--filter")
-    delete.add_argument("--param", action="append", default=[], metavar="NAME=TEXT")
-    delete.add_argument("--param-json", action="append", default=[], metavar="NAME=JSON")
-    delete.set_defaults(run=cmd_delete)
-
-    encode = commands.add_parser("encode", help="the vector of a text or an image")
-    encode.add_argument("text", nargs="?", default="")
-    encode.add_argument("--image")
-    encode.add_argument("--json", action="store_true")
-    encode.set_defaults(run=cmd_encode)
-
-    demo = commands.add_parser(
-        "demo", help="the whole product on synthetic pictures, offline, in one command"
-    )
-    demo.add_argument("--workdir", default=".work/demo", help="where pictures, the database and grids go")
-    demo.add_argument("--model", default="", help="default: the small CLIP trained on synthetic pictures")
-    demo.add_argument(
-        "--per-class", type=int, default=10, help="pictures of each of the 48 colour x shape pairs"
-    )
-    demo.add_argument("--pictures", help="a folder of your own pictures instead of synthetic ones")
-    demo.add_argument("--query", action="append", default=[], help="a text query for --pictures (repeatable)")
-    demo.add_argument("--image-query", help="a picture to search by, for --pictures")
-    demo.add_argument("--top-k", type=int, default=10)
-    demo.add_argument("--no-progress", action="store_true")
-    demo.set_defaults(run=cmd_demo)
+    _add_commands(commands)
+    for command in entry_points(group="imgsearch.commands"):
+        command.load()(commands)
     return parser
+
+
+def _report(error: ImageSearchError) -> int:
+    """One message for a failed call, and what to do about it; the exit code."""
+    if not error.target:
+        print(f"imgsearch: {error.message}", file=sys.stderr)
+        return EXIT_USAGE
+    if not error.reached:
+        print(f"imgsearch: {error}", file=sys.stderr)
+        print(
+            f"  is the {error.service} running at {error.target}? Start one with `imgsearch up`.",
+            file=sys.stderr,
+        )
+    else:
+        print(f"imgsearch: the {error.service} at {error.target} says: {error}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        return int(args.run(args))
     except UsageError as error:
         parser.error(str(error))
     except ImageSearchError as error:
+        return _report(error)
+    except StartFailed as error:
         print(f"imgsearch: {error}", file=sys.stderr)
-        if error.code == grpc.StatusCode.UNAVAILABLE and error.target == args.server:
-            print(
-                f"  is the search service running at {args.server}? Start one with `imgsearch up`.",
-                file=sys.stderr,
-            )
-        elif error.code == grpc.StatusCode.UNAVAILABLE and error.target == args.encoder:
-            print(
-                f"  is the encoder running at {args.encoder}? Start one with `imgsearch up`.", file=sys.stderr
-            )
         return EXIT_FAILED
-    except (FileNotFoundError, ValueError) as error:
+    except OSError as error:  # a path that does not exist, a grid that cannot be written, ...
         print(f"imgsearch: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -1,24 +1,39 @@
-"""The SDK's one exception type: every failure carries the gRPC status and the server's message."""
+"""The SDK's exception types: every failure carries the gRPC status and the words of whoever refused."""
 
 import grpc
 
+from .models import IngestSummary
+
 
 class ImageSearchError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str, target: str = "") -> None:
+    """A call that failed, or a request the SDK refused before sending it (then `target` is empty).
+
+    `reached` is False when no service answered at all (nothing listens at `target`, or the network is
+    down); then `code` is UNAVAILABLE or DEADLINE_EXCEEDED and the message says whom the SDK could not reach.
+    """
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, target: str = "", service: str = "", reached: bool = True
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.target = target
+        self.service = service
+        self.reached = reached
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
 
-    @classmethod
-    def from_rpc(cls, error: grpc.RpcError, service: str, target: str) -> "ImageSearchError":
-        code = error.code()
-        message = error.details() or ""
-        if code == grpc.StatusCode.UNAVAILABLE and (
-            "connect" in message.lower() or "unavailable" in message.lower()
-        ):
-            message = f"cannot reach the {service} at {target}: {message}"
-        return cls(code, message, target)
+
+class IngestInterrupted(ImageSearchError):
+    """An ingestion that ended early; `summary` holds every result received before it did."""
+
+    def __init__(self, error: ImageSearchError, summary: IngestSummary) -> None:
+        super().__init__(error.code, error.message, error.target, error.service, error.reached)
+        self.summary = summary
+
+
+def refused(message: str) -> ImageSearchError:
+    """A request the SDK will not send, as the service would have refused it."""
+    return ImageSearchError(grpc.StatusCode.INVALID_ARGUMENT, message)

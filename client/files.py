@@ -1,29 +1,131 @@
-"""Finding the pictures in what the user names: files and folders, judged by content, not by name."""
+"""The user's files: finding them under the paths named, and reading one picture without hanging.
 
+Only regular files are read: a named pipe, a device or a socket could block a reader forever or never end,
+so each is refused from its file status before a byte is read. Every entry that cannot be ingested is
+reported with the reason, never left out in silence.
+"""
+
+import os
+import stat
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import refused
 
 # The first bytes of each format the encoder reads (JPEG, PNG, GIF, WebP, BMP, TIFF).
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 HEAD_BYTES = 12
+_READ_CHUNK = 1 << 20
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+class Unreadable(Exception):
+    """A file that cannot be read as a picture; the message says why."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """An entry under the paths: a file to read, or one that cannot be ingested, with the reason."""
+
+    path: Path
+    failure: str = ""
 
 
 def looks_like_image(head: bytes) -> bool:
     return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
-def walk(paths: Iterable[str | Path], recursive: bool = True) -> Iterator[Path]:
-    """Every file under `paths`, folders in sorted order; a missing path raises FileNotFoundError."""
-    for path in map(Path, paths):
-        if path.is_file():
-            yield path
-        elif path.is_dir():
-            pattern = path.rglob("*") if recursive else path.glob("*")
-            yield from sorted(child for child in pattern if child.is_file())
-        else:
+def uri_of(path: Path) -> str:
+    """The absolute path, as stored: a file name's bytes that are not UTF-8 become `\\xNN` (a URI is text)."""
+    return os.path.abspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def walk(paths: Iterable[str | Path], recursive: bool = True) -> Iterator[Found]:
+    """Every entry under `paths`, folders in sorted order; a path that does not exist raises
+    FileNotFoundError before anything is found. Links to files are read; links to folders are not
+    followed (no loops) but reported, like every entry that cannot be read."""
+    named = [Path(path) for path in paths]
+    for path in named:
+        if not os.path.lexists(path):
             raise FileNotFoundError(f"no such file or folder: {path}")
+    for path in named:
+        if path.is_dir():
+            yield from _walk_folder(path, recursive)
+        else:
+            yield _classify(path)
 
 
-def read_image(image: bytes | str | Path) -> bytes:
-    """The bytes of an image given as bytes or as a path."""
-    return image if isinstance(image, bytes) else Path(image).read_bytes()
+def _walk_folder(folder: Path, recursive: bool) -> Iterator[Found]:
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+    except OSError as error:
+        yield Found(folder, failure=f"cannot list this folder: {error.strerror}")
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            if recursive:
+                yield from _walk_folder(path, recursive)
+        elif entry.is_symlink() and entry.is_dir():
+            yield Found(path, failure="a link to a folder, not followed: name the folder itself to ingest it")
+        else:
+            yield _classify(path)
+
+
+def _classify(path: Path) -> Found:
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        reason = "a broken link" if path.is_symlink() else error.strerror
+        return Found(path, failure=f"cannot read: {reason}")
+    if stat.S_ISREG(mode):
+        return Found(path)
+    return Found(path, failure=f"not a regular file ({_kind(mode)})")
+
+
+def read_picture(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file at `path`, at most `max_bytes` of them; Unreadable otherwise."""
+    try:
+        # Non-blocking, so that opening a named pipe cannot wait for a writer; its status refuses it below.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise Unreadable(f"cannot open: {error.strerror}") from None
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise Unreadable(f"not a regular file ({_kind(status.st_mode)})")
+        if status.st_size > max_bytes:
+            raise Unreadable(f"{status.st_size} bytes is over the limit of {max_bytes} bytes")
+        chunks, size = [], 0
+        while chunk := os.read(descriptor, _READ_CHUNK):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                raise Unreadable(f"grew past the limit of {max_bytes} bytes while it was read")
+        return b"".join(chunks)
+    except OSError as error:
+        raise Unreadable(f"cannot read: {error.strerror}") from None
+    finally:
+        os.close(descriptor)
+
+
+def picture_bytes(image: bytes | str | Path, max_bytes: int) -> bytes:
+    """A picture given as its bytes or as the path of a regular file; refused (INVALID_ARGUMENT) otherwise."""
+    if isinstance(image, bytes):
+        return image
+    try:
+        return read_picture(image, max_bytes)
+    except Unreadable as problem:
+        raise refused(f"{image}: {problem}") from None

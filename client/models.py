@@ -1,57 +1,38 @@
 """The SDK's result types: small typed objects, no protobuf in sight."""
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from imagesearch.v1 import encoder_pb2, search_pb2
-
-Outcome = Literal["stored", "present", "failed"]
-OUTCOMES: dict[int, Outcome] = {
-    search_pb2.OUTCOME_STORED: "stored",
-    search_pb2.OUTCOME_PRESENT: "present",
-    search_pb2.OUTCOME_FAILED: "failed",
-}
+# A metadata value as stored: text, a number, a truth value, or a list of those.
+MetadataValue = str | int | float | bool | list[str | int | float | bool]
+Outcome = Literal["stored", "present", "failed", "skipped"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Record:
+    """A stored picture. `model`, `ingested_at` and `vector` are None unless they were asked for."""
+
     id: str
     uri: str
-    metadata: dict[str, str]
-    model: str = ""
-    ingested_at: int = 0
+    metadata: dict[str, MetadataValue]
+    model: str | None = None
+    ingested_at: int | None = None
     vector: np.ndarray | None = None
 
-    @classmethod
-    def from_proto(cls, record: search_pb2.Record) -> "Record":
-        return cls(
-            id=record.id,
-            uri=record.uri,
-            metadata=dict(record.metadata),
-            model=record.model,
-            ingested_at=record.ingested_at,
-            vector=np.asarray(record.vector, dtype=np.float32) if record.vector else None,
-        )
 
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    score: float
-    uri: str
-    metadata: dict[str, str]
-    record: Record
-
-    @classmethod
-    def from_proto(cls, hit: search_pb2.Hit) -> "Hit":
-        record = Record.from_proto(hit.record)
-        return cls(id=record.id, score=hit.score, uri=record.uri, metadata=record.metadata, record=record)
+@dataclass(frozen=True, kw_only=True)
+class Hit(Record):
+    score: float  # cosine similarity to the query, -1..1
 
 
 @dataclass(frozen=True)
 class IngestItem:
+    """What happened to one file: stored now, present already, failed, or skipped as not a picture (by
+    its content); `error` says why for the last two."""
+
     uri: str
     id: str
     outcome: Outcome
@@ -60,27 +41,32 @@ class IngestItem:
 
 @dataclass
 class IngestSummary:
-    """What happened to every file: stored now, present already, failed (with why), or skipped as no image."""
+    """Every entry found under the paths (`total`) and what happened to each (`items`, as they finish)."""
 
+    total: int = 0
     items: list[IngestItem] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    _counts: dict[Outcome, int] = field(default_factory=lambda: {"stored": 0, "present": 0, "failed": 0})
+    counts: Counter[Outcome] = field(default_factory=Counter)
 
     def add(self, item: IngestItem) -> None:
         self.items.append(item)
-        self._counts[item.outcome] += 1
+        self.counts[item.outcome] += 1
 
     @property
     def stored(self) -> int:
-        return self._counts["stored"]
+        return self.counts["stored"]
 
     @property
     def present(self) -> int:
-        return self._counts["present"]
+        return self.counts["present"]
 
     @property
     def failed(self) -> int:
-        return self._counts["failed"]
+        return self.counts["failed"]
+
+    @property
+    def skipped(self) -> list[str]:
+        """The files that are not pictures, by their content."""
+        return [item.uri for item in self.items if item.outcome == "skipped"]
 
 
 @dataclass(frozen=True)
@@ -89,12 +75,6 @@ class ImageVector:
 
     vector: np.ndarray | None
     error: str | None
-
-    @classmethod
-    def from_proto(cls, result: encoder_pb2.ImageResult) -> "ImageVector":
-        if result.WhichOneof("outcome") == "vector":
-            return cls(np.asarray(result.vector.values, dtype=np.float32), None)
-        return cls(None, result.error)
 
 
 @dataclass(frozen=True)
@@ -106,8 +86,12 @@ class Stats:
     index_type: str
     metric_type: str
 
-    @classmethod
-    def from_proto(cls, stats: search_pb2.StatsResponse) -> "Stats":
-        return cls(
-            stats.collection, stats.count, stats.model, stats.dimension, stats.index_type, stats.metric_type
-        )
+
+@dataclass(frozen=True)
+class Limits:
+    """The search service's bounds: what it would refuse, the SDK refuses before sending."""
+
+    max_message_bytes: int
+    max_image_bytes: int
+    max_top_k: int
+    max_offset: int

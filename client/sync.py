@@ -1,43 +1,173 @@
-"""The blocking clients: EncoderClient and SearchClient."""
+"""The blocking clients: SearchClient and EncoderClient. Every failure raises ImageSearchError."""
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
 
 import grpc
+import numpy as np
 
-from .calls import EncoderCalls, SearchCalls
-from .models import IngestSummary
-from .protocol import Connection, IngestRun
+from imagesearch.defaults import ENCODER_ADDRESS, MAX_MESSAGE_BYTES, SEARCH_ADDRESS
+from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
+
+from . import messages
+from .channel import Connection
+from .errors import IngestInterrupted
+from .files import picture_bytes
+from .ingest import Ingestion, Progress
+from .messages import FilterParam
+from .models import Hit, ImageVector, IngestSummary, Limits, MetadataValue, Record, Stats
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
 
 
 class _Blocking(Connection):
-    channel_api = grpc
+    channel: grpc.Channel
 
-    def _run(self, method: str, request: object, parse: Callable[[Any], Any]) -> Any:
+    def call(self, method: grpc.UnaryUnaryMultiCallable[Request, Response], request: Request) -> Response:
         try:
-            return parse(getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata))
+            return method(request, timeout=self.timeout, metadata=self.metadata())
         except grpc.RpcError as error:
             raise self.error(error) from None
 
-    def _stream(self, run: IngestRun) -> IngestSummary:
-        with run:
-            for response in self.stub.Ingest(run.requests(), metadata=self.metadata):
-                run.record(response)
-        return run.summary
+
+class SearchClient:
+    """SearchClient("localhost:50052", collection="", timeout=60, credentials=None, token=None)
+
+    `collection` empty means the service's default; `credentials` (grpc.ssl_channel_credentials) turn on
+    TLS; `token` is sent as `authorization: Bearer <token>`.
+    """
+
+    def __init__(
+        self,
+        target: str = SEARCH_ADDRESS,
+        collection: str = "",
+        timeout: float | None = 60.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+    ) -> None:
+        self.collection = collection
+        self._connection = _Blocking(grpc, "search service", target, timeout, credentials, token)
+        self._stub = search_pb2_grpc.SearchServiceStub(self._connection.channel)
+
+    def ingest(
+        self,
+        paths: Sequence[str | Path],
+        metadata: Mapping[str, MetadataValue] | None = None,
+        recursive: bool = True,
+        progress: Progress | None = None,
+    ) -> IngestSummary:
+        """Streams every picture under `paths` and says what happened to each file; `progress` is called
+        with each item as it finishes. A stream that breaks raises IngestInterrupted, with the results
+        received until then."""
+        ingestion = Ingestion(paths, recursive, self.collection, metadata, self.limits(), progress)
+        try:
+            for response in self._stub.Ingest(ingestion.requests(), metadata=self._connection.metadata()):
+                ingestion.record(response)
+        except grpc.RpcError as error:
+            raise IngestInterrupted(self._connection.error(error), ingestion.summary) from None
+        return ingestion.summary
+
+    def search_text(
+        self,
+        text: str,
+        top_k: int = 10,
+        filter: str | None = None,
+        filter_params: Mapping[str, FilterParam] | None = None,
+        offset: int = 0,
+        output_fields: Sequence[str] = (),
+    ) -> list[Hit]:
+        options = messages.search_options(
+            self.collection, top_k, offset, filter, filter_params, output_fields
+        )
+        request = search_pb2.SearchTextRequest(text=text, options=options)
+        return messages.hits(self._connection.call(self._stub.SearchText, request), output_fields)
+
+    def search_image(
+        self,
+        image: bytes | str | Path,
+        top_k: int = 10,
+        filter: str | None = None,
+        filter_params: Mapping[str, FilterParam] | None = None,
+        offset: int = 0,
+        output_fields: Sequence[str] = (),
+    ) -> list[Hit]:
+        """Pictures like `image`: its bytes, or the path of a picture file."""
+        options = messages.search_options(
+            self.collection, top_k, offset, filter, filter_params, output_fields
+        )
+        request = search_pb2.SearchImageRequest(
+            image=picture_bytes(image, MAX_MESSAGE_BYTES), options=options
+        )
+        return messages.hits(self._connection.call(self._stub.SearchImage, request), output_fields)
+
+    def get(self, ids: Sequence[str], output_fields: Sequence[str] = ()) -> list[Record]:
+        request = search_pb2.GetRequest(
+            collection=self.collection, ids=list(ids), output_fields=list(output_fields)
+        )
+        return messages.records(self._connection.call(self._stub.Get, request), output_fields)
+
+    def delete(
+        self,
+        ids: Sequence[str] | None = None,
+        filter: str | None = None,
+        filter_params: Mapping[str, FilterParam] | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """How many pictures were deleted (with `dry_run`, would be): by id, or every one a filter matches."""
+        request = messages.delete_request(self.collection, ids, filter, filter_params, dry_run)
+        return self._connection.call(self._stub.Delete, request).deleted
+
+    def stats(self) -> Stats:
+        request = search_pb2.StatsRequest(collection=self.collection)
+        return messages.stats(self._connection.call(self._stub.Stats, request))
+
+    def limits(self) -> Limits:
+        return messages.limits(self._connection.call(self._stub.GetLimits, search_pb2.GetLimitsRequest()))
 
     def close(self) -> None:
-        self.channel.close()
+        self._connection.channel.close()
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self) -> "SearchClient":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
-class EncoderClient(EncoderCalls, _Blocking):
-    """EncoderClient("localhost:50051", timeout=60, credentials=None, token=None)"""
+class EncoderClient:
+    """EncoderClient("localhost:50051", timeout=60, credentials=None, token=None): the encoder directly."""
 
+    def __init__(
+        self,
+        target: str = ENCODER_ADDRESS,
+        timeout: float | None = 60.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+    ) -> None:
+        self._connection = _Blocking(grpc, "encoder service", target, timeout, credentials, token)
+        self._stub = encoder_pb2_grpc.EncoderServiceStub(self._connection.channel)
 
-class SearchClient(SearchCalls, _Blocking):
-    """SearchClient("localhost:50052", collection="", timeout=60, credentials=None, token=None)"""
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), 512) float32 unit vectors."""
+        request = encoder_pb2.EncodeTextRequest(texts=list(texts))
+        return messages.text_vectors(self._connection.call(self._stub.EncodeText, request))
+
+    def encode_images(self, images: Sequence[bytes | str | Path]) -> list[ImageVector]:
+        """One result per image (its bytes, or a picture file's path), in order: `.vector`, or `.error`."""
+        pictures = [picture_bytes(image, MAX_MESSAGE_BYTES) for image in images]
+        request = encoder_pb2.EncodeImagesRequest(images=pictures)
+        return messages.image_vectors(self._connection.call(self._stub.EncodeImages, request))
+
+    def info(self) -> encoder_pb2.GetModelInfoResponse:
+        return self._connection.call(self._stub.GetModelInfo, encoder_pb2.GetModelInfoRequest())
+
+    def close(self) -> None:
+        self._connection.channel.close()
+
+    def __enter__(self) -> "EncoderClient":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

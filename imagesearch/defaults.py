@@ -8,3 +8,6 @@ SEARCH_METRICS_PORT = 9152
 
 ENCODER_ADDRESS = f"localhost:{ENCODER_PORT}"
 SEARCH_ADDRESS = f"localhost:{SEARCH_PORT}"
+
+# The largest request a search service accepts by default: one picture and its metadata.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024

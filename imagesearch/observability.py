@@ -1,5 +1,7 @@
 """What operators see: Prometheus metrics, one JSON log line per call, and a request id across services.
 
+Every answer also names the service that gave it in its trailing metadata (`x-served-by`).
+
 A caller may send `x-request-id`; otherwise the first service makes one. It is kept in a context variable
 for the call, sent on to the encoder by the search service, and written in every log line of the call.
 """
@@ -18,7 +20,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from .handlers import wrap_handler
-from .headers import REQUEST_ID
+from .headers import REQUEST_ID, SERVED_BY
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 _QUIET_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -83,10 +85,11 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
             return handler
         incoming = dict(handler_call_details.invocation_metadata or ())
         request_id = incoming.get(REQUEST_ID) or uuid.uuid4().hex
-        short_method = method.rsplit("/", 1)[-1]
+        service, short_method = method.strip("/").split("/", 1)
 
         @contextmanager
         def observed(context: grpc.ServicerContext) -> Iterator[None]:
+            context.set_trailing_metadata([(SERVED_BY, service)])
             token = _request_id.set(request_id)
             started, error = time.perf_counter(), None
             try:

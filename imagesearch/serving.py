@@ -2,9 +2,11 @@
 
 import logging
 import signal
+import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -13,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from .auth import BearerTokenInterceptor
-from .errors import ServiceErrorInterceptor
+from .errors import ServiceError, ServiceErrorInterceptor
 from .flags import setting
 from .observability import ObservabilityInterceptor, serve_metrics
 from .tls import server_credentials
@@ -45,6 +47,28 @@ class ServerSettings:
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# gRPC shares a port that another server holds by default (SO_REUSEPORT): a second service on the same port
+# would start and take half of the calls. Without it, the second one fails to bind and says so.
+_EXCLUSIVE_PORT = [("grpc.so_reuseport", 0)]
+
+
+def _bind(
+    server: grpc.Server, host: str, port: int, flag: str, credentials: grpc.ServerCredentials | None = None
+) -> int:
+    """The port `server` listens on at host:port; OSError naming the flag when another process holds it."""
+    address = f"{host}:{port}"
+    try:
+        bound = (
+            server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        )
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise OSError(
+            f"cannot listen on {address} ({flag}): another process holds that port, or the address is not "
+            "one of this machine's"
+        )
+    return bound
 
 
 class GrpcServer:
@@ -78,6 +102,7 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
+                *_EXCLUSIVE_PORT,
             ],
             interceptors=interceptors,
         )
@@ -91,15 +116,14 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
-        self.port = (
-            self._server.add_secure_port(f"{host}:{port}", credentials)
-            if credentials
-            else self._server.add_insecure_port(f"{host}:{port}")
-        )
-        if self.port == 0:
-            raise OSError(f"cannot listen on {host}:{port}")
+        self.port = _bind(self._server, host, port, "--port", credentials)
         self.address = f"{host}:{self.port}"
-        self.metrics = serve_metrics(registry, host, metrics_port) if metrics_port >= 0 else None
+        try:
+            self.metrics = serve_metrics(registry, host, metrics_port) if metrics_port >= 0 else None
+        except OSError as error:
+            raise OSError(
+                f"cannot serve metrics on {host}:{metrics_port} (--metrics-port): {error}"
+            ) from None
         self._health_server, self.health_address = (
             self._serve_health_alone(host, health_port) if health_port >= 0 else (None, None)
         )
@@ -107,11 +131,12 @@ class GrpcServer:
         self._server.start()
 
     def _serve_health_alone(self, host: str, port: int) -> tuple[grpc.Server, str]:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-port"))
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-port"),
+            options=_EXCLUSIVE_PORT,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        bound = server.add_insecure_port(f"{host}:{port}")
-        if bound == 0:
-            raise OSError(f"cannot listen on {host}:{port} (--health-port)")
+        bound = _bind(server, host, port, "--health-port")
         server.start()
         log.info("health checks alone, in plaintext, on %s:%d", host, bound)
         return server, f"{host}:{bound}"
@@ -154,6 +179,18 @@ class GrpcServer:
         if self.metrics is not None:
             self.metrics.shutdown()
             self.metrics.server_close()
+
+
+@contextmanager
+def reported_startup(program: str) -> Iterator[None]:
+    """Ends the process with one line naming what stopped it from starting (a port in use, an unreadable
+    file, an unreachable store) instead of a traceback."""
+    try:
+        yield
+    except ServiceError as error:
+        sys.exit(f"{program}: {error.message}")
+    except OSError as error:
+        sys.exit(f"{program}: {error}")
 
 
 def run_until_signalled(server: GrpcServer, shutdown: Callable[[], None]) -> None:

@@ -9,6 +9,10 @@ def _read(path: str) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
+def _required(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
 def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCredentials | None:
     """None for plaintext; with `client_ca`, callers must present a certificate that CA signed."""
     if not cert and not key:
@@ -18,7 +22,9 @@ def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCreden
     if not (cert and key):
         raise ValueError("--tls-cert and --tls-key go together")
     return grpc.ssl_server_credentials(
-        [(_read(key), _read(cert))], root_certificates=_read(client_ca), require_client_auth=bool(client_ca)
+        [(_required(key), _required(cert))],
+        root_certificates=_read(client_ca),
+        require_client_auth=bool(client_ca),
     )
 
 

@@ -1,6 +1,6 @@
 """Trains the small CLIP on synthetic pictures, on the CPU, reproducibly from its seed.
 
-    .venv/bin/python models/train_small_clip.py --out models/small-clip-synthetic.pt
+    .venv/bin/python models/train_small_clip.py --out demo/small-clip-synthetic.pt
 
 The model is `clip.model.CLIP` (512-d vectors, CLIP's tokenizer, 64x64 input, patch 8), so the encoder loads
 it through the same `--model PATH` code as OpenAI's checkpoints. The loss is CLIP's symmetric contrastive

@@ -3,7 +3,7 @@
 import json
 from dataclasses import dataclass
 
-from imagesearch.defaults import ENCODER_PORT, SEARCH_METRICS_PORT, SEARCH_PORT
+from imagesearch.defaults import ENCODER_PORT, MAX_MESSAGE_BYTES, SEARCH_METRICS_PORT, SEARCH_PORT
 from imagesearch.flags import parse_config, require_at_least_one, setting
 from imagesearch.serving import ServerSettings
 
@@ -33,7 +33,9 @@ class SearchConfig(ServerSettings):
     milvus_timeout_s: float = setting(10.0, "deadline of one Milvus call", env="MILVUS_TIMEOUT_S")
     max_top_k: int = setting(1000, "largest top_k a search may ask for")
     max_offset: int = setting(10000, "largest offset a search may ask for")
-    max_message_bytes: int = setting(64 * 1024 * 1024, "largest request message (one image and its metadata)")
+    max_message_bytes: int = setting(
+        MAX_MESSAGE_BYTES, "largest request message (one image and its metadata)"
+    )
     health_interval_s: float = setting(
         5.0, "how often Milvus and the encoder are checked for the health status"
     )

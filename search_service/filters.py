@@ -4,15 +4,35 @@ Milvus's own templates (`expr_params`) are not understood by Milvus Lite 2.5.1, 
 value itself, for Lite and servers alike. A rendered string literal escapes `\\` and `"`, the only two
 characters with meaning inside one; line breaks cannot be expressed in a Milvus string at all and are refused.
 A placeholder is only recognised outside string literals, so `uri like "{x}%"` keeps its braces.
+
+What Milvus would evaluate differently on Lite and on a server, or not survive, is refused here: unbalanced
+parentheses (Lite accepts them), an empty list or a list of mixed types (Lite fails while running it), more
+than MAX_OPERATORS `and`/`or` (Lite fails past about 50, a server parses for seconds past a few hundred), and
+a `like` pattern of wildcards alone (Lite matches nothing with `%`).
 """
 
 import math
 import re
+from collections.abc import Iterator
 
 from imagesearch.errors import invalid_argument
 from imagesearch.v1 import search_pb2
 
+MAX_OPERATORS = 32
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_OPERATOR = re.compile(r"&&|\|\||\b(?:and|or)\b", re.IGNORECASE)
+_ENDS_WITH_LIKE = re.compile(r"\blike\s*$", re.IGNORECASE)
+_WILDCARDS_ONLY = re.compile(r"([\"'])[%_]+\1")
+_QUOTE = re.compile(r"[\"']")
+_CLOSING = {")": "(", "]": "["}
+# A list holds values of one type: numbers may mix, other kinds may not.
+_TYPE_OF_KIND = {
+    "string_value": "text",
+    "int_value": "number",
+    "float_value": "number",
+    "bool_value": "true/false",
+    "list_value": "list",
+}
 
 
 def render_value(name: str, value: search_pb2.FilterValue) -> str:
@@ -33,8 +53,23 @@ def render_value(name: str, value: search_pb2.FilterValue) -> str:
     if kind == "bool_value":
         return "true" if value.bool_value else "false"
     if kind == "list_value":
-        return "[" + ", ".join(render_value(name, item) for item in value.list_value.values) + "]"
+        return _render_list(name, list(value.list_value.values))
     raise invalid_argument(f"filter_params[{name!r}] has no value")
+
+
+def _render_list(name: str, values: list[search_pb2.FilterValue]) -> str:
+    if not values:
+        raise invalid_argument(
+            f"filter_params[{name!r}] is an empty list, which Milvus Lite cannot evaluate: leave out the "
+            "condition that uses it"
+        )
+    types = sorted({_TYPE_OF_KIND.get(item.WhichOneof("kind") or "", "nothing") for item in values})
+    if len(types) > 1:
+        raise invalid_argument(
+            f"filter_params[{name!r}] mixes {' and '.join(types)}: a field is compared with values of one "
+            "type"
+        )
+    return "[" + ", ".join(render_value(name, item) for item in values) + "]"
 
 
 def _string_literal_end(expression: str, start: int) -> int:
@@ -52,35 +87,83 @@ def _string_literal_end(expression: str, start: int) -> int:
     )
 
 
-def render_filter(expression: str, params: dict[str, search_pb2.FilterValue]) -> str:
-    """`expression` with every `{name}` outside string literals replaced by the rendered `params[name]`."""
-    pieces: list[str] = []
-    used: set[str] = set()
+def _pieces(expression: str) -> Iterator[tuple[int, str, bool]]:
+    """The expression as (start, text, is a string literal) pieces, in order."""
     position = 0
     while position < len(expression):
-        char = expression[position]
-        if char in "\"'":
+        if expression[position] in "\"'":
             end = _string_literal_end(expression, position)
-            pieces.append(expression[position:end])
-            position = end
+            yield position, expression[position:end], True
+        else:
+            quote = _QUOTE.search(expression, position)
+            end = quote.start() if quote else len(expression)
+            yield position, expression[position:end], False
+        position = end
+
+
+def _substitute(expression: str, params: dict[str, search_pb2.FilterValue]) -> str:
+    pieces: list[str] = []
+    used: set[str] = set()
+    for start, text, literal in _pieces(expression):
+        if literal:
+            pieces.append(text)
             continue
-        match = _PLACEHOLDER.match(expression, position)
-        if match:
-            name = match.group(1)
-            if name not in params:
-                raise invalid_argument(f"filter uses {{{name}}} but filter_params has no {name!r}")
-            pieces.append(render_value(name, params[name]))
-            used.add(name)
-            position = match.end()
-            continue
-        if char in "{}":
-            raise invalid_argument(
-                f"filter has a stray {char!r} at character {position}: placeholders are {{name}} with a "
-                "matching filter_params entry"
-            )
-        pieces.append(char)
-        position += 1
+        position = 0
+        while position < len(text):
+            match = _PLACEHOLDER.match(text, position)
+            if match:
+                name = match.group(1)
+                if name not in params:
+                    raise invalid_argument(f"filter uses {{{name}}} but filter_params has no {name!r}")
+                pieces.append(render_value(name, params[name]))
+                used.add(name)
+                position = match.end()
+                continue
+            if text[position] in "{}":
+                raise invalid_argument(
+                    f"filter has a stray {text[position]!r} at character {start + position}: placeholders "
+                    "are {name} with a matching filter_params entry"
+                )
+            pieces.append(text[position])
+            position += 1
     unused = sorted(set(params) - used)
     if unused:
         raise invalid_argument(f"filter_params {unused} are not used by the filter {expression!r}")
     return "".join(pieces)
+
+
+def _check_structure(expression: str) -> None:
+    """Refuses what Milvus Lite and a Milvus server would evaluate differently, or not survive."""
+    open_brackets: list[str] = []
+    operators = 0
+    follows_like = False
+    for _, text, literal in _pieces(expression):
+        if literal:
+            if follows_like and _WILDCARDS_ONLY.fullmatch(text):
+                raise invalid_argument(
+                    f"filter has the pattern like {text}, which matches every value (and none on Milvus "
+                    "Lite): leave out the condition"
+                )
+            follows_like = False
+            continue
+        operators += len(_OPERATOR.findall(text))
+        follows_like = bool(_ENDS_WITH_LIKE.search(text))
+        for char in text:
+            if char in "([":
+                open_brackets.append(char)
+            elif char in _CLOSING and (not open_brackets or open_brackets.pop() != _CLOSING[char]):
+                raise invalid_argument(f"filter has an unmatched {char!r}: {expression!r}")
+    if open_brackets:
+        raise invalid_argument(f"filter has an unclosed {open_brackets[-1]!r}: {expression!r}")
+    if operators > MAX_OPERATORS:
+        raise invalid_argument(
+            f"filter has {operators} and/or operators, over the limit of {MAX_OPERATORS}: compare with a "
+            "list instead (`uri in {uris}`)"
+        )
+
+
+def render_filter(expression: str, params: dict[str, search_pb2.FilterValue]) -> str:
+    """`expression` with every `{name}` outside string literals replaced by the rendered `params[name]`."""
+    rendered = _substitute(expression, params)
+    _check_structure(rendered)
+    return rendered

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from prometheus_client import Counter
@@ -24,6 +25,7 @@ from imagesearch.errors import ServiceError
 from imagesearch.v1 import search_pb2
 
 from .encoder_client import EncoderClient
+from .metadata import BadMetadata, stored_metadata
 from .store import MAX_URI_LENGTH, CollectionInfo, Store
 
 STORED, PRESENT, FAILED = search_pb2.OUTCOME_STORED, search_pb2.OUTCOME_PRESENT, search_pb2.OUTCOME_FAILED
@@ -34,8 +36,10 @@ MAX_METADATA_BYTES = 65536
 class _Item:
     index: int
     uri: str
-    metadata: dict[str, str]
     image: bytes
+    text_metadata: dict[str, str]
+    typed_metadata: dict[str, search_pb2.FilterValue]
+    metadata: dict[str, Any] = field(default_factory=dict)  # as stored, once checked
     id: str = ""
     outcome: int = search_pb2.OUTCOME_UNSPECIFIED
     error: str = ""
@@ -61,17 +65,25 @@ _END = object()  # the client closed its side of the stream
 _BATCH_DONE = object()  # a batch finished: wake the loop to send its results
 
 
+def _problem(item: _Item) -> str:
+    """Why the item cannot be stored whatever the encoder says, or "" (then its metadata is as stored)."""
+    if not item.image:
+        return "empty image (0 bytes)"
+    if len(item.uri) > MAX_URI_LENGTH:
+        return f"uri is {len(item.uri)} characters, over the limit of {MAX_URI_LENGTH}"
+    try:
+        item.metadata = stored_metadata(item.text_metadata, item.typed_metadata)
+    except BadMetadata as problem:
+        return str(problem)
+    if len(json.dumps(item.metadata).encode()) > MAX_METADATA_BYTES:
+        return f"metadata is over the limit of {MAX_METADATA_BYTES} bytes as JSON"
+    return ""
+
+
 def _check(item: _Item) -> None:
     """Fills in the item's id, or its failure when it cannot be stored whatever the encoder says."""
-    if not item.image:
-        item.outcome, item.error = FAILED, "empty image (0 bytes)"
-    elif len(item.uri) > MAX_URI_LENGTH:
-        item.outcome, item.error = (
-            FAILED,
-            f"uri is {len(item.uri)} characters, over the limit of {MAX_URI_LENGTH}",
-        )
-    elif len(json.dumps(item.metadata).encode()) > MAX_METADATA_BYTES:
-        item.outcome, item.error = FAILED, f"metadata is over the limit of {MAX_METADATA_BYTES} bytes as JSON"
+    if problem := _problem(item):
+        item.outcome, item.error = FAILED, problem
     else:
         item.id = hashlib.sha256(item.image).hexdigest()
 
@@ -157,7 +169,15 @@ class Ingestion:
                 raise ServiceError(grpc.StatusCode.CANCELLED, f"the ingest stream broke: {message}")
             if isinstance(message, search_pb2.IngestRequest):
                 self._room.release()
-                batch.append(_Item(self._totals.received, message.uri, dict(message.metadata), message.image))
+                batch.append(
+                    _Item(
+                        self._totals.received,
+                        message.uri,
+                        message.image,
+                        dict(message.metadata),
+                        dict(message.typed_metadata),
+                    )
+                )
                 self._totals.received += 1
             if len(batch) >= self.batch_size:
                 return batch, False

@@ -15,6 +15,7 @@ from .config import SearchConfig
 from .encoder_client import EncoderClient
 from .filters import render_filter, render_value
 from .ingest import Ingestion
+from .metadata import record_metadata
 from .metrics import SearchMetrics
 from .store import CollectionInfo, Store
 
@@ -24,10 +25,12 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def _record(row: dict[str, Any]) -> search_pb2.Record:
+    text, typed = record_metadata(row.get("metadata") or {})
     return search_pb2.Record(
         id=row["id"],
         uri=row.get("uri", ""),
-        metadata={key: str(value) for key, value in (row.get("metadata") or {}).items()},
+        metadata=text,
+        typed_metadata=typed,
         model=row.get("model", ""),
         ingested_at=row.get("ingested_at", 0),
         vector=row.get("vector", []),
@@ -131,6 +134,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         else:
             expression = render_filter(request.filter, dict(request.filter_params))
         collection = self._collection(request.collection)
+        if request.dry_run:
+            return search_pb2.DeleteResponse(deleted=self.store.count(collection.name, expression))
         return search_pb2.DeleteResponse(deleted=self.store.delete(collection.name, expression))
 
     def Stats(
@@ -144,6 +149,16 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             dimension=collection.dimension,
             index_type=self.store.describe_index(collection.name),
             metric_type="COSINE",
+        )
+
+    def GetLimits(
+        self, request: search_pb2.GetLimitsRequest, context: grpc.ServicerContext
+    ) -> search_pb2.GetLimitsResponse:
+        return search_pb2.GetLimitsResponse(
+            max_message_bytes=self.config.max_message_bytes,
+            max_image_bytes=self.encoder.info().max_image_bytes,
+            max_top_k=self.config.max_top_k,
+            max_offset=self.config.max_offset,
         )
 
     def Ingest(

@@ -26,7 +26,6 @@ Result = TypeVar("Result")
 ID_LENGTH = 64  # sha256 hex
 MAX_URI_LENGTH = 4096
 MAX_MODEL_LENGTH = 512
-SCALAR_FIELDS = ["id", "uri", "model", "metadata", "ingested_at"]
 # Milvus's code for a request it refuses as malformed (a bad filter expression, say).
 _MILVUS_INVALID_PARAMETER = 1100
 _MILVUS_COLLECTION_NOT_FOUND = 100
@@ -104,8 +103,12 @@ class Store:
     def close(self) -> None:
         self._client.close()
 
-    def _call(self, operation: str, collection: str, call: Callable[[], Result]) -> Result:
-        """Runs one Milvus call, timed, turning its failures into the status a caller should get."""
+    def _call(
+        self, operation: str, collection: str, call: Callable[[], Result], expression: str = ""
+    ) -> Result:
+        """Runs one Milvus call, timed, turning its failures into the status a caller should get. A call with
+        a filter `expression` that Milvus fails, and not for want of a connection, failed for its filter:
+        Milvus Lite checks some filters only while it runs them."""
         what = f"{operation} {collection!r}" if collection else operation
         if self._reconnect_needed:
             self._reconnect()
@@ -118,14 +121,26 @@ class Store:
                 grpc.StatusCode.UNAVAILABLE, f"Milvus at {self.uri} is unavailable: {error}"
             ) from None
         except MilvusException as error:
-            if error.code == _MILVUS_INVALID_PARAMETER:
-                raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {error.message}") from None
             if error.code == _MILVUS_CANNOT_CONNECT:
                 self._reconnect_needed = True
-            if error.code == _MILVUS_COLLECTION_NOT_FOUND:
+            elif error.code == _MILVUS_COLLECTION_NOT_FOUND:
                 raise ServiceError(grpc.StatusCode.NOT_FOUND, f"{what}: {error.message}") from None
+            elif error.code == _MILVUS_INVALID_PARAMETER or expression:
+                raise ServiceError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"{what}: Milvus refused the filter: {error.message}"
+                ) from None
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE, f"{what} failed in Milvus: {error.message}"
+            ) from None
+        except grpc.RpcError as error:  # pymilvus lets a server's deadline through as it is
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ServiceError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"{what}: Milvus at {self.uri} did not answer within {self.timeout_s} s",
+                ) from None
+            self._reconnect_needed = True
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE, f"{what}: Milvus at {self.uri}: {error.details()}"
             ) from None
         finally:
             self.observe(operation, time.perf_counter() - started)
@@ -133,8 +148,8 @@ class Store:
     def ping(self) -> None:
         self._call("list collections", "", lambda: self._client.list_collections(timeout=self.timeout_s))
 
-    def collection(self, name: str) -> CollectionInfo | None:
-        """The collection's stamp, or None when it does not exist."""
+    def open_collection(self, name: str) -> CollectionInfo | None:
+        """The collection's stamp, once it is loaded into memory for searches; None when it does not exist."""
         if name in self._collections:
             return self._collections[name]
         if not self._call(
@@ -161,7 +176,7 @@ class Store:
         return info
 
     def require(self, name: str) -> CollectionInfo:
-        info = self.collection(name)
+        info = self.open_collection(name)
         if info is None:
             raise ServiceError(
                 grpc.StatusCode.NOT_FOUND, f"collection {name!r} does not exist: ingest into it first"
@@ -171,7 +186,7 @@ class Store:
     def create(self, name: str, model: str, dimension: int) -> CollectionInfo:
         """The collection `name`, made for `model` if it does not exist yet."""
         with self._create_lock:
-            existing = self.collection(name)
+            existing = self.open_collection(name)
             if existing is not None:
                 return existing
             schema = MilvusClient.create_schema(
@@ -253,6 +268,7 @@ class Store:
                 search_params={"metric_type": "COSINE", "params": {}},
                 timeout=self.timeout_s,
             ),
+            expression,
         )
         return list(results[0])
 
@@ -270,6 +286,7 @@ class Store:
             lambda: self._client.query(
                 name, filter=expression, output_fields=["count(*)"], timeout=self.timeout_s
             ),
+            expression,
         )
         return int(rows[0]["count(*)"])
 
@@ -281,6 +298,7 @@ class Store:
                 "delete from",
                 name,
                 lambda: self._client.delete(name, filter=expression, timeout=self.timeout_s),
+                expression,
             )
         return matching
 

@@ -46,8 +46,8 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_sdk_ingest_reports_every_file(services, photo_folder) -> None:
     with SearchClient(services[1], collection="sdk_ingest") as client:
-        summary = client.ingest([photo_folder], metadata={"album": "summer"}, progress=False)
-        again = client.ingest([photo_folder], progress=False)
+        summary = client.ingest([photo_folder], metadata={"album": "summer"})
+        again = client.ingest([photo_folder])
         stats = client.stats()
     assert (summary.stored, summary.present, summary.failed) == (7, 0, 1)
     assert sorted(Path(p).name for p in summary.skipped) == ["fake.jpg", "notes.txt"]
@@ -60,7 +60,7 @@ def test_sdk_ingest_reports_every_file(services, photo_folder) -> None:
 def test_sdk_search_get_delete_and_encode(services, photo_folder) -> None:
     encoder_address, search_address = services
     with SearchClient(search_address, collection="sdk_search") as client:
-        client.ingest([photo_folder], metadata={"album": "summer"}, progress=False)
+        client.ingest([photo_folder], metadata={"album": "summer"})
         beach = photo_folder / "trips" / "beach.jpg"
         [best, *_] = client.search_image(beach, top_k=3)
         assert best.uri == str(beach) and best.score == pytest.approx(1.0, abs=1e-4)
@@ -88,7 +88,7 @@ def test_sdk_search_get_delete_and_encode(services, photo_folder) -> None:
 def test_async_client_against_the_same_servers(services, photo_folder) -> None:
     async def scenario() -> tuple:
         async with AsyncSearchClient(services[1], collection="sdk_async") as client:
-            summary = await client.ingest([photo_folder], progress=False)
+            summary = await client.ingest([photo_folder])
             hits, stats = await asyncio.gather(client.search_text("a red picture", top_k=5), client.stats())
             return summary, hits, stats
 

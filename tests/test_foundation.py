@@ -10,7 +10,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 def test_search_service_and_client_never_import_torch() -> None:
     probe = (
-        "import sys, search_service.server, search_service.__main__, client, client.cli, client.demo; "
+        "import sys, search_service.server, search_service.__main__, client, client.cli, demo.command; "
         "heavy = sorted(name for name in ('torch', 'clip', 'torchvision') if name in sys.modules); "
         "print(','.join(heavy))"
     )

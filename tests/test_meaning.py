@@ -7,7 +7,7 @@ import pytest
 from conftest import running_encoder, running_search
 
 from client import SearchClient
-from client.demo import SMALL_CLIP
+from demo.run import SMALL_CLIP
 from synthetic.evaluation import Quality, QueryScore, measure, write_pictures
 
 COLLECTION_SEED, QUERY_SEED = 9_000_001, 9_000_002  # training renders with seed 0
@@ -22,7 +22,7 @@ def quality(tmp_path_factory) -> Quality:
         running_search(encoder.grpc.address, folder / "milvus.db") as search,
         SearchClient(search.grpc.address, collection="meaning") as client,
     ):
-        assert client.ingest([folder / "pictures"], progress=False).stored == 4 * 48
+        assert client.ingest([folder / "pictures"]).stored == 4 * 48
         return measure(client, top_k=4, query_seed=QUERY_SEED, query_pictures=1)
 
 

@@ -97,7 +97,7 @@ def test_the_right_token_gets_through_both_services(guarded, tmp_path) -> None:
     guarded, _ = guarded
     (tmp_path / "a.png").write_bytes(folder(1, 980)[0][1])
     with SearchClient(guarded, token="alice-token") as client:
-        assert client.ingest([tmp_path], progress=False).stored == 1
+        assert client.ingest([tmp_path]).stored == 1
         assert len(client.search_text("a dog", top_k=1)) == 1
 
 

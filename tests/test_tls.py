@@ -50,7 +50,7 @@ def test_search_over_tls_reaches_the_encoder_over_mutual_tls(secured, authority,
     (tmp_path / "a.png").write_bytes(folder(1, 990)[0][1])
     assert search.check_health() is True
     with SearchClient(search.grpc.address, credentials=channel_credentials(authority.ca_file)) as client:
-        assert client.ingest([tmp_path], progress=False).stored == 1
+        assert client.ingest([tmp_path]).stored == 1
         assert len(client.search_text("a dog")) == 1
 
 

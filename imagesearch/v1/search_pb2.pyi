@@ -19,7 +19,7 @@ OUTCOME_PRESENT: Outcome
 OUTCOME_FAILED: Outcome
 
 class IngestRequest(_message.Message):
-    __slots__ = ("collection", "image", "uri", "metadata")
+    __slots__ = ("collection", "image", "uri", "metadata", "typed_metadata")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,15 +27,24 @@ class IngestRequest(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TypedMetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: FilterValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FilterValue, _Mapping]] = ...) -> None: ...
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    TYPED_METADATA_FIELD_NUMBER: _ClassVar[int]
     collection: str
     image: bytes
     uri: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    typed_metadata: _containers.MessageMap[str, FilterValue]
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., typed_metadata: _Optional[_Mapping[str, FilterValue]] = ...) -> None: ...
 
 class IngestTotals(_message.Message):
     __slots__ = ("received", "stored", "present", "failed")
@@ -109,7 +118,7 @@ class SearchOptions(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., top_k: _Optional[int] = ..., offset: _Optional[int] = ..., filter: _Optional[str] = ..., filter_params: _Optional[_Mapping[str, FilterValue]] = ..., output_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Record(_message.Message):
-    __slots__ = ("id", "uri", "metadata", "model", "ingested_at", "vector")
+    __slots__ = ("id", "uri", "metadata", "model", "ingested_at", "vector", "typed_metadata")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -117,19 +126,28 @@ class Record(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TypedMetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: FilterValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FilterValue, _Mapping]] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INGESTED_AT_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    TYPED_METADATA_FIELD_NUMBER: _ClassVar[int]
     id: str
     uri: str
     metadata: _containers.ScalarMap[str, str]
     model: str
     ingested_at: int
     vector: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, id: _Optional[str] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., model: _Optional[str] = ..., ingested_at: _Optional[int] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+    typed_metadata: _containers.MessageMap[str, FilterValue]
+    def __init__(self, id: _Optional[str] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., model: _Optional[str] = ..., ingested_at: _Optional[int] = ..., vector: _Optional[_Iterable[float]] = ..., typed_metadata: _Optional[_Mapping[str, FilterValue]] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("record", "score")
@@ -188,7 +206,7 @@ class GetResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("collection", "ids", "filter", "filter_params")
+    __slots__ = ("collection", "ids", "filter", "filter_params", "dry_run")
     class FilterParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -200,11 +218,13 @@ class DeleteRequest(_message.Message):
     IDS_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     FILTER_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     filter: str
     filter_params: _containers.MessageMap[str, FilterValue]
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., filter: _Optional[str] = ..., filter_params: _Optional[_Mapping[str, FilterValue]] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., filter: _Optional[str] = ..., filter_params: _Optional[_Mapping[str, FilterValue]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
     __slots__ = ("deleted",)
@@ -233,3 +253,19 @@ class StatsResponse(_message.Message):
     index_type: str
     metric_type: str
     def __init__(self, collection: _Optional[str] = ..., count: _Optional[int] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., index_type: _Optional[str] = ..., metric_type: _Optional[str] = ...) -> None: ...
+
+class GetLimitsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetLimitsResponse(_message.Message):
+    __slots__ = ("max_message_bytes", "max_image_bytes", "max_top_k", "max_offset")
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MAX_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    max_message_bytes: int
+    max_image_bytes: int
+    max_top_k: int
+    max_offset: int
+    def __init__(self, max_message_bytes: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_offset: _Optional[int] = ...) -> None: ...

@@ -74,6 +74,11 @@ class SearchServiceStub:
                 request_serializer=imagesearch_dot_v1_dot_search__pb2.StatsRequest.SerializeToString,
                 response_deserializer=imagesearch_dot_v1_dot_search__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.GetLimits = channel.unary_unary(
+                '/imagesearch.v1.SearchService/GetLimits',
+                request_serializer=imagesearch_dot_v1_dot_search__pb2.GetLimitsRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_search__pb2.GetLimitsResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -127,6 +132,13 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLimits(self, request, context):
+        """The service's bounds, so that a caller can refuse what would be refused before sending it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +171,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=imagesearch_dot_v1_dot_search__pb2.StatsRequest.FromString,
                     response_serializer=imagesearch_dot_v1_dot_search__pb2.StatsResponse.SerializeToString,
+            ),
+            'GetLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLimits,
+                    request_deserializer=imagesearch_dot_v1_dot_search__pb2.GetLimitsRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_search__pb2.GetLimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -333,6 +350,33 @@ class SearchService:
             '/imagesearch.v1.SearchService/Stats',
             imagesearch_dot_v1_dot_search__pb2.StatsRequest.SerializeToString,
             imagesearch_dot_v1_dot_search__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagesearch.v1.SearchService/GetLimits',
+            imagesearch_dot_v1_dot_search__pb2.GetLimitsRequest.SerializeToString,
+            imagesearch_dot_v1_dot_search__pb2.GetLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,4 +1,4 @@
-"""`imgsearch demo`: the product's main job in one command.
+"""The product's main job in one command, through the SDK and two local services.
 
 By default, offline: renders labelled synthetic pictures, starts an encoder (the small CLIP trained on such
 pictures) and a search service on a Milvus Lite file in the work folder, ingests the pictures, runs text
@@ -12,15 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+from client import Hit, SearchClient
+from client.grid import write_grid
+from client.local import local_services
+from client.output import progress_bar
 from synthetic.evaluation import label_of, write_pictures
 from synthetic.pictures import render
 
-from .grid import write_grid
-from .local import free_port, local_services
-from .models import Hit
-from .sync import SearchClient
-
-SMALL_CLIP = Path(__file__).resolve().parent.parent / "models" / "small-clip-synthetic.pt"
+# Package data, so that it is found wherever the project is installed from.
+SMALL_CLIP = Path(__file__).resolve().parent / "small-clip-synthetic.pt"
 DEMO_SEED = 20261126  # not a training seed: the demo shows pictures the model has never seen
 SYNTHETIC_QUERIES = (
     "a red circle",
@@ -71,12 +71,14 @@ def run_demo(workdir: Path, plan: DemoPlan, top_k: int = 10, progress: bool = Tr
     print(f"demo in {workdir}: model {plan.model}, pictures in {plan.pictures}; service logs in {log_path}")
     with (
         log_path.open("w") as log,
+        # Any free ports, and no metrics pages: the demo runs beside whatever else runs here.
         local_services(
-            plan.model, str(workdir / "milvus.db"), "auto", free_port(), free_port(), log
+            plan.model, str(workdir / "milvus.db"), "auto", 0, 0, log, metrics_ports=(-1, -1)
         ) as local,
         SearchClient(local.search, collection=COLLECTION, timeout=600) as client,
     ):
-        summary = client.ingest([plan.pictures], progress=progress)
+        with progress_bar(progress) as bar:
+            summary = client.ingest([plan.pictures], progress=bar)
         print(
             f"ingested: stored {summary.stored}, already present {summary.present}, failed {summary.failed}"
         )

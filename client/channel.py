@@ -1,0 +1,80 @@
+"""What every client shares about reaching a service: the channel, each call's metadata, and its errors."""
+
+import json
+import uuid
+from collections.abc import Iterable
+from types import ModuleType
+from typing import Any
+
+import grpc
+
+from imagesearch.headers import REQUEST_ID, SERVED_BY, bearer
+
+from .errors import ImageSearchError
+
+# Unary calls are retried by gRPC itself when no server answered or a service said UNAVAILABLE (its encoder
+# or Milvus is restarting, say): what can succeed on retry. Ingest streams are not retried.
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "imagesearch.v1.SearchService"},
+                    {"service": "imagesearch.v1.EncoderService"},
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+_CHANNEL_OPTIONS = [
+    ("grpc.service_config", _SERVICE_CONFIG),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+]
+
+
+class Connection:
+    """A channel to one service, made with `api` (grpc, or grpc.aio for the asyncio clients)."""
+
+    def __init__(
+        self,
+        api: ModuleType,
+        service: str,
+        target: str,
+        timeout: float | None,
+        credentials: grpc.ChannelCredentials | None,
+        token: str | None,
+    ) -> None:
+        self.service = service
+        self.target = target
+        self.timeout = timeout
+        self._token = token or ""
+        self.channel: Any = (
+            api.secure_channel(target, credentials, _CHANNEL_OPTIONS)
+            if credentials
+            else api.insecure_channel(target, _CHANNEL_OPTIONS)
+        )
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """A call's metadata: the token, and a fresh request id that the services log and pass on."""
+        return (*bearer(self._token), (REQUEST_ID, uuid.uuid4().hex))
+
+    def error(self, error: grpc.RpcError) -> ImageSearchError:
+        """The failure as the SDK reports it; a service that never answered is named as unreachable."""
+        code: grpc.StatusCode = error.code()
+        message: str = error.details() or ""
+        # (key, value) pairs, whether grpc or grpc.aio made them.
+        trailing: Iterable[Any] = error.trailing_metadata() or ()
+        reached = SERVED_BY in {key for key, _ in trailing}
+        if not reached and code == grpc.StatusCode.UNAVAILABLE:
+            message = f"cannot reach the {self.service} at {self.target}: {message}"
+        elif not reached and code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            message = f"the {self.service} at {self.target} did not answer within {self.timeout} s"
+        return ImageSearchError(code, message, self.target, self.service, reached)

@@ -1,0 +1,218 @@
+"""What each `imgsearch` command does, given its parsed arguments; each returns the exit code."""
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from imagesearch.tls import channel_credentials
+
+from .errors import ImageSearchError, IngestInterrupted
+from .grid import write_grid
+from .local import local_services
+from .models import IngestSummary, MetadataValue
+from .output import print_hits, print_json, print_summary, print_summary_json, progress_bar, shown
+from .sync import EncoderClient, SearchClient
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    pass
+
+
+def key_values(pairs: Sequence[str], flag: str, parse: Any = str) -> dict[str, Any]:
+    """`KEY=VALUE` arguments as a mapping; a key given twice is a usage error, not a silent overwrite."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{flag} takes KEY=VALUE, not {pair!r}")
+        if key in result:
+            raise UsageError(f"{flag} {key}=... is given twice")
+        try:
+            result[key] = parse(value)
+        except ValueError as error:
+            raise UsageError(f"{flag} {pair!r}: {error}") from None
+    return result
+
+
+def _merged(*groups: tuple[dict[str, Any], str]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for values, flag in groups:
+        for key in values.keys() & merged.keys():
+            raise UsageError(f"{key!r} is given both as text and as JSON ({flag})")
+        merged.update(values)
+    return merged
+
+
+def filter_params(args: argparse.Namespace) -> dict[str, Any]:
+    return _merged(
+        (key_values(args.param, "--param"), "--param"),
+        (key_values(args.param_json, "--param-json", json.loads), "--param-json"),
+    )
+
+
+def tags(args: argparse.Namespace) -> dict[str, MetadataValue]:
+    return _merged(
+        (key_values(args.tag, "--tag"), "--tag"),
+        (key_values(args.tag_json, "--tag-json", json.loads), "--tag-json"),
+    )
+
+
+def _connection_options(args: argparse.Namespace) -> dict[str, Any]:
+    credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key) if args.tls else None
+    return {"timeout": args.timeout, "token": args.token or None, "credentials": credentials}
+
+
+def _search_client(args: argparse.Namespace) -> SearchClient:
+    return SearchClient(args.server, collection=args.collection, **_connection_options(args))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(
+        f"starting the encoder ({args.model} on {args.device}) and the search service ({args.milvus_uri})..."
+    )
+    with local_services(
+        args.model,
+        args.milvus_uri,
+        args.device,
+        args.encoder_port,
+        args.server_port,
+        metrics_ports=(args.encoder_metrics_port, args.search_metrics_port),
+    ) as services:
+        print(f"encoder service: {services.encoder}")
+        print(f"search service:  {services.search}")
+        for name, port in zip(("encoder", "search"), services.metrics_ports, strict=True):
+            if port >= 0:
+                print(f"metrics ({name}): http://127.0.0.1:{port}/metrics")
+        print("ready; Ctrl-C stops both")
+        exited = services.wait_for_exit(stop)
+        print("stopping...")
+    if exited is not None:
+        name, code = exited
+        print(f"imgsearch: the {name} exited with code {code}; stopped the rest", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _report(summary: IngestSummary, as_json: bool, interrupted: str = "") -> None:
+    if as_json:
+        print_summary_json(summary, interrupted)
+    else:
+        print_summary(summary)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    metadata = tags(args)
+    with _search_client(args) as client:
+        try:
+            with progress_bar(not args.no_progress) as progress:
+                summary = client.ingest(
+                    args.paths, metadata, recursive=not args.no_recursive, progress=progress
+                )
+        except IngestInterrupted as interrupted:
+            _report(interrupted.summary, args.json, str(interrupted))
+            raise
+    _report(summary, args.json)
+    return EXIT_PARTIAL if summary.failed else EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    if bool(args.text) == bool(args.image):
+        raise UsageError("search takes a TEXT or --image PATH (one of them)")
+    options = {
+        "top_k": args.top_k,
+        "offset": args.offset,
+        "filter": args.filter,
+        "filter_params": filter_params(args),
+    }
+    with _search_client(args) as client:
+        hits = (
+            client.search_image(args.image, **options)
+            if args.image
+            else client.search_text(args.text, **options)
+        )
+    if args.json:
+        print_json(hits)
+    else:
+        print_hits(hits)
+    if args.grid:
+        title = f"image: {Path(args.image).name}" if args.image else f"text: {args.text}"
+        print(f"grid: {write_grid(hits, args.grid, title)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _search_client(args) as client:
+        stats = client.stats()
+    if args.json:
+        print_json(stats)
+    else:
+        print(
+            f"collection {stats.collection}: {stats.count} pictures, model {stats.model}, "
+            f"{stats.dimension}-d {stats.metric_type}, index {stats.index_type}"
+        )
+    return EXIT_OK
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with _search_client(args) as client:
+        print_json(client.get(args.ids))
+    return EXIT_OK
+
+
+def _confirmed(client: SearchClient, args: argparse.Namespace, params: dict[str, Any]) -> bool:
+    """On a terminal, says how many pictures a filter would delete and asks first."""
+    if args.yes or not args.filter or not sys.stdin.isatty():
+        return True
+    matching = client.delete(filter=args.filter, filter_params=params, dry_run=True)
+    if matching == 0:
+        return True
+    answer = input(f"delete {matching} pictures that match {shown(args.filter)}? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    if bool(args.id) == bool(args.filter):
+        raise UsageError("delete takes --id ID... or --filter EXPR (one of them)")
+    params = filter_params(args)
+    with _search_client(args) as client:
+        if not _confirmed(client, args, params):
+            print("nothing deleted")
+            return EXIT_FAILED
+        deleted = client.delete(ids=args.id or None, filter=args.filter, filter_params=params)
+    print(f"deleted {deleted}")
+    return EXIT_OK
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    if bool(args.text) == bool(args.image):
+        raise UsageError("encode takes a TEXT or --image PATH (one of them)")
+    with EncoderClient(args.encoder, **_connection_options(args)) as client:
+        if args.text:
+            vector = client.encode_texts([args.text])[0]
+        else:
+            [result] = client.encode_images([args.image])
+            if result.vector is None:
+                raise ImageSearchError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{args.image}: {result.error}",
+                    args.encoder,
+                    "encoder service",
+                )
+            vector = result.vector
+    if args.json:
+        print(json.dumps(vector.tolist()))
+    else:
+        print(f"{len(vector)}-d vector: [{', '.join(f'{v:.4f}' for v in vector[:6])}, ...]")
+    return EXIT_OK

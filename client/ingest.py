@@ -1,0 +1,83 @@
+"""One ingestion on the client's side: the files to send, their requests, and the summary of the answers.
+
+Nothing a single file is or does can end the stream: a file that cannot be read, is no regular file, or is
+too large for the service is its own FAILED item, decided here before anything is sent. The blocking and
+the asyncio clients drive the same `Ingestion`, the latter reading files off the event loop.
+"""
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+
+from imagesearch.v1 import search_pb2
+
+from . import messages
+from .files import HEAD_BYTES, Found, Unreadable, looks_like_image, read_picture, uri_of, walk
+from .models import IngestItem, IngestSummary, Limits, MetadataValue
+
+Progress = Callable[[IngestItem, IngestSummary], None]
+# Room in a request for what comes beside the image: its uri, metadata and the message's framing.
+_ENVELOPE_BYTES = 256 * 1024
+
+
+class Ingestion:
+    """The files under `paths`, streamed as IngestRequests; `record` takes the service's answers."""
+
+    def __init__(
+        self,
+        paths: Iterable[str | Path],
+        recursive: bool,
+        collection: str,
+        metadata: Mapping[str, MetadataValue] | None,
+        limits: Limits,
+        progress: Progress | None,
+    ) -> None:
+        self._found = list(walk(paths, recursive))
+        self._strings, self._typed = messages.metadata_maps(metadata or {})
+        self._collection = collection
+        self._max_bytes = min(limits.max_image_bytes, limits.max_message_bytes - _ENVELOPE_BYTES)
+        self._progress = progress
+        self._lock = threading.Lock()  # the blocking client records answers while another thread sends
+        self.summary = IngestSummary(total=len(self._found))
+
+    def _request(self, found: Found) -> search_pb2.IngestRequest | IngestItem:
+        """The request for one entry, or its outcome when it is settled here."""
+        uri = uri_of(found.path)
+        if found.failure:
+            return IngestItem(uri, "", "failed", found.failure)
+        try:
+            image = read_picture(found.path, self._max_bytes)
+        except Unreadable as problem:
+            return IngestItem(uri, "", "failed", str(problem))
+        if not looks_like_image(image[:HEAD_BYTES]):
+            return IngestItem(uri, "", "skipped", "not a picture (by its content)")
+        return messages.ingest_request(self._collection, image, uri, self._strings, self._typed)
+
+    def _send(self, settled: search_pb2.IngestRequest | IngestItem) -> search_pb2.IngestRequest | None:
+        if isinstance(settled, IngestItem):
+            self._finish(settled)
+            return None
+        return settled
+
+    def requests(self) -> Iterator[search_pb2.IngestRequest]:
+        """The requests, each file read as it is sent, so memory stays flat however many there are."""
+        for found in self._found:
+            if (request := self._send(self._request(found))) is not None:
+                yield request
+
+    async def async_requests(self) -> AsyncIterator[search_pb2.IngestRequest]:
+        """The same, each file read in a worker thread so that the event loop never waits on a disk."""
+        for found in self._found:
+            if (request := self._send(await asyncio.to_thread(self._request, found))) is not None:
+                yield request
+
+    def record(self, response: search_pb2.IngestResponse) -> None:
+        outcome = messages.OUTCOMES[response.outcome]
+        self._finish(IngestItem(response.uri, response.id, outcome, response.error))
+
+    def _finish(self, item: IngestItem) -> None:
+        with self._lock:
+            self.summary.add(item)
+        if self._progress is not None:
+            self._progress(item, self.summary)

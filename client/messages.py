@@ -1,0 +1,182 @@
+"""Requests built and responses read: the one module that both the blocking and the asyncio clients use.
+
+What a service would refuse for its shape alone (a filter parameter of a type no filter can hold, a number
+outside its field's range) is refused here, as ImageSearchError, before anything is sent.
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from imagesearch.v1 import encoder_pb2, search_pb2
+
+from .errors import refused
+from .models import Hit, ImageVector, Limits, MetadataValue, Outcome, Record, Stats
+
+FilterParam = str | int | float | bool | Sequence[str | int | float | bool]
+OUTCOMES: dict[int, Outcome] = {
+    search_pb2.OUTCOME_STORED: "stored",
+    search_pb2.OUTCOME_PRESENT: "present",
+    search_pb2.OUTCOME_FAILED: "failed",
+}
+_INT32_MAX = 2**31 - 1
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _scalar(name: str, value: object) -> search_pb2.FilterValue:
+    if isinstance(value, bool):
+        return search_pb2.FilterValue(bool_value=value)
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise refused(f"{name} = {value} does not fit in a 64-bit integer")
+        return search_pb2.FilterValue(int_value=value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise refused(f"{name} = {value} is not a finite number")
+        return search_pb2.FilterValue(float_value=value)
+    if isinstance(value, str):
+        return search_pb2.FilterValue(string_value=value)
+    raise refused(
+        f"{name} is {type(value).__name__} {value!r}; use text, a number, true/false, or a list of those"
+    )
+
+
+def typed_value(name: str, value: object) -> search_pb2.FilterValue:
+    """A filter parameter or metadata value: a scalar, or a list of scalars."""
+    if isinstance(value, list | tuple):
+        items = [_scalar(f"{name}[{index}]", item) for index, item in enumerate(value)]
+        return search_pb2.FilterValue(list_value=search_pb2.FilterValueList(values=items))
+    return _scalar(name, value)
+
+
+def value_of(value: search_pb2.FilterValue) -> MetadataValue:
+    kind = value.WhichOneof("kind")
+    if kind == "list_value":
+        return [value_of(item) for item in value.list_value.values]  # type: ignore[misc]
+    return getattr(value, kind) if kind else ""
+
+
+def filter_params(params: Mapping[str, FilterParam] | None) -> dict[str, search_pb2.FilterValue]:
+    return {name: typed_value(f"filter parameter {name!r}", value) for name, value in (params or {}).items()}
+
+
+def metadata_maps(
+    metadata: Mapping[str, MetadataValue],
+) -> tuple[dict[str, str], dict[str, search_pb2.FilterValue]]:
+    """Text values as they are, others with their type (so that filters compare numbers as numbers)."""
+    for key in metadata:
+        if not isinstance(key, str) or not key:
+            raise refused(f"metadata key {key!r} is not a non-empty text")
+    strings = {key: value for key, value in metadata.items() if isinstance(value, str)}
+    typed = {
+        key: typed_value(f"metadata[{key!r}]", value)
+        for key, value in metadata.items()
+        if not isinstance(value, str)
+    }
+    return strings, typed
+
+
+def _bounded(name: str, value: int, lowest: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= _INT32_MAX:
+        raise refused(f"{name} = {value!r} is not a whole number from {lowest} to {_INT32_MAX}")
+    return value
+
+
+def search_options(
+    collection: str,
+    top_k: int,
+    offset: int,
+    filter: str | None,
+    params: Mapping[str, FilterParam] | None,
+    output_fields: Sequence[str],
+) -> search_pb2.SearchOptions:
+    return search_pb2.SearchOptions(
+        collection=collection,
+        top_k=_bounded("top_k", top_k, 1),
+        offset=_bounded("offset", offset, 0),
+        filter=filter or "",
+        filter_params=filter_params(params),
+        output_fields=list(output_fields),
+    )
+
+
+def _record(record: search_pb2.Record, asked: Sequence[str]) -> Record:
+    return Record(
+        id=record.id,
+        uri=record.uri,
+        metadata={key: value_of(value) for key, value in record.typed_metadata.items()}
+        or dict(record.metadata),
+        model=record.model if "model" in asked else None,
+        ingested_at=record.ingested_at if "ingested_at" in asked else None,
+        vector=np.asarray(record.vector, dtype=np.float32) if "vector" in asked else None,
+    )
+
+
+def hits(
+    response: search_pb2.SearchTextResponse | search_pb2.SearchImageResponse, output_fields: Sequence[str]
+) -> list[Hit]:
+    return [Hit(score=hit.score, **vars(_record(hit.record, output_fields))) for hit in response.hits]
+
+
+def records(response: search_pb2.GetResponse, output_fields: Sequence[str]) -> list[Record]:
+    """Records as Get returns them: with their model and time of ingestion, and what else was asked for."""
+    asked = [*output_fields, "model", "ingested_at"]
+    return [_record(record, asked) for record in response.records]
+
+
+def delete_request(
+    collection: str,
+    ids: Sequence[str] | None,
+    filter: str | None,
+    params: Mapping[str, FilterParam] | None,
+    dry_run: bool,
+) -> search_pb2.DeleteRequest:
+    if bool(ids) == bool(filter):
+        raise refused("delete needs either ids or a filter, not both and not neither")
+    return search_pb2.DeleteRequest(
+        collection=collection,
+        ids=list(ids or []),
+        filter=filter or "",
+        filter_params=filter_params(params),
+        dry_run=dry_run,
+    )
+
+
+def ingest_request(
+    collection: str, image: bytes, uri: str, strings: dict[str, str], typed: dict[str, search_pb2.FilterValue]
+) -> search_pb2.IngestRequest:
+    return search_pb2.IngestRequest(
+        collection=collection, image=image, uri=uri, metadata=strings, typed_metadata=typed
+    )
+
+
+def stats(response: search_pb2.StatsResponse) -> Stats:
+    return Stats(
+        response.collection,
+        response.count,
+        response.model,
+        response.dimension,
+        response.index_type,
+        response.metric_type,
+    )
+
+
+def limits(response: search_pb2.GetLimitsResponse) -> Limits:
+    return Limits(
+        response.max_message_bytes, response.max_image_bytes, response.max_top_k, response.max_offset
+    )
+
+
+def text_vectors(response: encoder_pb2.EncodeTextResponse) -> np.ndarray:
+    """(texts, dimension) float32 unit vectors."""
+    return np.asarray([result.vector.values for result in response.results], dtype=np.float32)
+
+
+def image_vectors(response: encoder_pb2.EncodeImagesResponse) -> list[ImageVector]:
+    return [
+        ImageVector(np.asarray(result.vector.values, dtype=np.float32), None)
+        if result.WhichOneof("outcome") == "vector"
+        else ImageVector(None, result.error)
+        for result in response.results
+    ]

@@ -1,0 +1,182 @@
+"""The command line and the SDK say what went wrong, with the right code, and never print a lie or a trace."""
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import running_search
+from test_operability import scrape
+from test_search import picture
+
+from client import ImageSearchError, SearchClient
+from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+
+NOWHERE = "127.0.0.1:1"  # refused before any connection is tried
+
+
+@pytest.fixture(scope="module")
+def search(tiny_encoder, tmp_path_factory):
+    with running_search(tiny_encoder.grpc.address, tmp_path_factory.mktemp("cli") / "milvus.db") as server:
+        yield server
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(args))
+    except SystemExit as usage:  # argparse's own usage errors
+        code = int(usage.code or 0)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--param-json", 'a={"x":1}'], "filter parameter 'a' is dict {'x': 1}; use text, a number"),
+        (["--param-json", "a=null"], "filter parameter 'a' is NoneType None"),
+        (["--param-json", "a=99999999999999999999999"], "= 99999999999999999999999 does not fit in a 64-bit"),
+        (["--param-json", "a=[1, {}]"], "filter parameter 'a'[1] is dict {}"),
+        (["--param-json", "a=[1,"], "--param-json 'a=[1,': Expecting value"),
+        (["--param", "a=1", "--param", "a=2"], "--param a=... is given twice"),
+        (["--param", "a=1", "--param-json", "a=2"], "'a' is given both as text and as JSON"),
+        (["--top-k", "0"], "top_k = 0 is not a whole number from 1 to 2147483647"),
+        (["--offset", "-1"], "offset = -1 is not a whole number from 0"),
+    ],
+)
+def test_bad_arguments_are_usage_errors_with_a_message(capsys, arguments, message) -> None:
+    code, out, err = cli(capsys, "--server", NOWHERE, "search", "a dog", "--filter", "{a}", *arguments)
+    assert (code, out) == (EXIT_USAGE, "") and message in err
+
+
+def test_the_sdk_refuses_what_it_cannot_send_with_its_own_error() -> None:
+    with SearchClient(NOWHERE) as client:
+        for call, message in (
+            (lambda: client.search_text("a", top_k=2**40), "top_k = 1099511627776 is not a whole number"),
+            (lambda: client.search_text("a", filter="{p}", filter_params={"p": {"x": 1}}), "is dict"),
+            (lambda: client.delete(), "delete needs either ids or a filter"),
+        ):
+            with pytest.raises(ImageSearchError) as refused:
+                call()
+            assert refused.value.code.name == "INVALID_ARGUMENT" and message in refused.value.message
+
+
+def test_image_given_as_a_folder_is_a_message(capsys, tmp_path) -> None:
+    code, _, err = cli(capsys, "--server", NOWHERE, "search", "--image", str(tmp_path))
+    assert code == EXIT_USAGE and f"{tmp_path}: not a regular file (a folder)" in err
+
+
+def test_typed_tags_filter_as_numbers_and_a_tag_given_twice_is_refused(search, capsys, tmp_path) -> None:
+    (tmp_path / "old.png").write_bytes(picture(100))
+    (tmp_path / "new.png").write_bytes(picture(101))
+    server = ["--server", search.grpc.address, "--collection", "typed"]
+    for name, year in (("old.png", 2019), ("new.png", 2024)):
+        tags = ["--tag", "album=trip", "--tag-json", f"year={year}", "--tag-json", "keep=true"]
+        assert cli(capsys, *server, "ingest", str(tmp_path / name), *tags, "--no-progress")[0] == EXIT_OK
+    code, out, _ = cli(
+        capsys,
+        *server,
+        "search",
+        "x",
+        "--filter",
+        'metadata["year"] > {y}',
+        "--param-json",
+        "y=2020",
+        "--json",
+    )
+    [hit] = json.loads(out)
+    assert code == EXIT_OK and hit["uri"].endswith("new.png")
+    assert hit["metadata"] == {"album": "trip", "year": 2024, "keep": True}
+    code, _, err = cli(capsys, *server, "ingest", str(tmp_path), "--tag", "a=1", "--tag", "a=2")
+    assert code == EXIT_USAGE and "--tag a=... is given twice" in err
+
+
+def test_json_output_has_totals_and_no_empty_fields(search, capsys, tmp_path) -> None:
+    (tmp_path / "p.png").write_bytes(picture(110))
+    (tmp_path / "notes.txt").write_text("words")
+    server = ["--server", search.grpc.address, "--collection", "json"]
+    code, out, _ = cli(capsys, *server, "ingest", str(tmp_path), "--json", "--no-progress")
+    report = json.loads(out)
+    assert code == EXIT_OK
+    assert {key: report[key] for key in ("total", "stored", "present", "failed", "skipped")} == {
+        "total": 2,
+        "stored": 1,
+        "present": 0,
+        "failed": 0,
+        "skipped": 1,
+    }
+    [hit] = json.loads(cli(capsys, *server, "search", "x", "--json")[1])
+    assert set(hit) == {"id", "uri", "metadata", "score"}
+
+
+def test_names_with_control_characters_cannot_fake_rows(search, capsys, tmp_path) -> None:
+    fake = "a\n   2   0.9999  fake\x1b[2K.png"
+    (tmp_path / fake).write_bytes(picture(120))
+    server = ["--server", search.grpc.address, "--collection", "names"]
+    assert cli(capsys, *server, "ingest", str(tmp_path), "--no-progress")[0] == EXIT_OK
+    code, out, _ = cli(capsys, *server, "search", "x")
+    assert code == EXIT_OK and len(out.splitlines()) == 2
+    assert "a\\n   2   0.9999  fake\\x1b[2K.png" in out
+
+
+def test_filters_milvus_refuses_are_invalid_argument_and_asked_once(search, capsys) -> None:
+    server = ["--server", search.grpc.address, "--collection", "filters"]
+    (Path(search.config.milvus_uri).parent / "f.png").write_bytes(picture(130))
+    assert cli(capsys, *server, "ingest", str(Path(search.config.milvus_uri).parent / "f.png"))[0] == EXIT_OK
+    before = scrape(search.grpc.metrics.server_port)
+    refused = {
+        "is an empty list": ["search", "x", "--filter", "uri in {u}", "--param-json", "u=[]"],
+        "mixes number and text": ["search", "x", "--filter", "uri in {u}", "--param-json", 'u=[1, "a"]'],
+        "Milvus refused the filter": ["delete", "--filter", "true", "--yes"],
+        "over the limit of 32": ["search", "x", "--filter", " or ".join(['uri == "a"'] * 40)],
+        "unclosed '('": ["search", "x", "--filter", '(uri == "a"'],
+        "matches every value": ["search", "x", "--filter", 'uri like "%"'],
+    }
+    for message, command in refused.items():
+        code, _, err = cli(capsys, *server, *command)
+        assert code == EXIT_FAILED and "INVALID_ARGUMENT: " in err and message in err, (message, err)
+    after = scrape(search.grpc.metrics.server_port)
+    for method, calls in (("SearchText", 5), ("Delete", 1)):
+        key = ("grpc_server_handled_total", (("code", "INVALID_ARGUMENT"), ("method", method)))
+        assert after[key] - before.get(key, 0) == calls, method  # none retried
+
+
+def test_delete_by_filter_on_a_terminal_asks_first(search, capsys, tmp_path) -> None:
+    for index in range(3):
+        (tmp_path / f"{index}.png").write_bytes(picture(140 + index))
+    server = ["--server", search.grpc.address, "--collection", "asking"]
+    assert cli(capsys, *server, "ingest", str(tmp_path), "--no-progress")[0] == EXIT_OK
+    delete = [*server, "delete", "--filter", "uri like {p}", "--param", f"p={tmp_path}/%"]
+    code, said, left = _on_a_terminal(delete, answer="n")
+    assert (code, left) == (EXIT_FAILED, 3)
+    assert "delete 3 pictures that match uri like {p}? [y/N]" in said and "nothing deleted" in said
+    code, said, left = _on_a_terminal(delete, answer="y")
+    assert (code, left) == (EXIT_OK, 0) and "deleted 3" in said
+
+
+def _on_a_terminal(args: list[str], answer: str) -> tuple[int, str, int]:
+    """Runs `imgsearch ARGS` on a terminal and answers its question: the exit code, what it wrote, and how
+    many pictures are left in the collection."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", *args], stdin=follower, stdout=follower, stderr=follower
+    )
+    os.close(follower)
+    os.write(leader, f"{answer}\n".encode())
+    code = process.wait(timeout=60)
+    said = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closes with the process
+            break
+        if not chunk:
+            break
+        said += chunk
+    os.close(leader)
+    with SearchClient(args[1], collection=args[3]) as client:
+        return code, said.decode(), client.stats().count

@@ -1,0 +1,101 @@
+"""Filter rendering without Milvus: placeholders, literals, and what is refused before Milvus sees it."""
+
+import pytest
+
+from imagesearch.errors import ServiceError
+from imagesearch.v1.search_pb2 import FilterValue, FilterValueList
+from search_service.filters import MAX_OPERATORS, render_filter
+
+
+def text(value: str) -> FilterValue:
+    return FilterValue(string_value=value)
+
+
+def listed(*values: FilterValue) -> FilterValue:
+    return FilterValue(list_value=FilterValueList(values=values))
+
+
+def refusal(expression: str, **params: FilterValue) -> str:
+    with pytest.raises(ServiceError) as refused:
+        render_filter(expression, params)
+    assert refused.value.code.name == "INVALID_ARGUMENT"
+    return refused.value.message
+
+
+def test_placeholders_become_escaped_literals_of_their_type() -> None:
+    rendered = render_filter(
+        'uri like {prefix} and metadata["year"] in {years} and metadata["ok"] == {ok} or x > {f}',
+        {
+            "prefix": text('a "quoted" \\ path/%'),
+            "years": listed(FilterValue(int_value=2023), FilterValue(float_value=2024.5)),
+            "ok": FilterValue(bool_value=True),
+            "f": FilterValue(float_value=0.25),
+        },
+    )
+    assert rendered == (
+        'uri like "a \\"quoted\\" \\\\ path/%" and metadata["year"] in [2023, 2024.5] and '
+        'metadata["ok"] == true or x > 0.25'
+    )
+
+
+def test_braces_inside_string_literals_are_text_not_placeholders() -> None:
+    assert render_filter("uri like \"{x}%\" or uri == '{y}'", {}) == "uri like \"{x}%\" or uri == '{y}'"
+
+
+@pytest.mark.parametrize(
+    ("expression", "params", "message"),
+    [
+        ("uri == {tag}", {}, "filter uses {tag} but filter_params has no 'tag'"),
+        ("uri == 'x'", {"tag": text("x")}, "filter_params ['tag'] are not used"),
+        ("uri == {", {}, "filter has a stray '{' at character 7"),
+        ('uri == "open', {}, "filter has an unterminated string starting at character 7"),
+        ("uri == {v}", {"v": text("two\nlines")}, "contains a line break"),
+        ("x == {v}", {"v": FilterValue(float_value=float("nan"))}, "is nan, not a finite number"),
+        ("x == {v}", {"v": FilterValue()}, "filter_params['v'] has no value"),
+    ],
+)
+def test_malformed_placeholders_and_values_are_named(
+    expression: str, params: dict[str, FilterValue], message: str
+) -> None:
+    assert message in refusal(expression, **params)
+
+
+def test_an_empty_list_is_refused_rather_than_left_to_milvus_lite() -> None:
+    assert "is an empty list" in refusal("uri in {uris}", uris=listed())
+
+
+def test_a_list_of_mixed_types_is_refused_but_numbers_mix() -> None:
+    assert "mixes number and text" in refusal("uri in {v}", v=listed(FilterValue(int_value=1), text("a")))
+    assert render_filter("x in {v}", {"v": listed(FilterValue(int_value=1), FilterValue(float_value=2.5))})
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ('(uri == "a"', "filter has an unclosed '('"),
+        ('uri == "a")', "filter has an unmatched ')'"),
+        ("x in [1, 2", "filter has an unclosed '['"),
+        ("(x in [1, 2)]", "filter has an unmatched ')'"),
+    ],
+)
+def test_unbalanced_brackets_are_refused(expression: str, message: str) -> None:
+    assert message in refusal(expression)
+
+
+def test_brackets_inside_literals_do_not_count() -> None:
+    assert render_filter('uri == "(" or uri == {v}', {"v": text(")]")}) == 'uri == "(" or uri == ")]"'
+
+
+def test_at_most_max_operators_and_or_outside_literals() -> None:
+    allowed = " or ".join(f"x == {n}" for n in range(MAX_OPERATORS + 1))
+    assert render_filter(allowed, {}) == allowed
+    assert render_filter('uri == "a and b or c"', {})
+    over = " && ".join(f"x == {n}" for n in range(MAX_OPERATORS + 2))
+    assert f"{MAX_OPERATORS + 1} and/or operators, over the limit of {MAX_OPERATORS}" in refusal(over)
+
+
+def test_a_like_pattern_of_wildcards_alone_is_refused_however_it_is_written() -> None:
+    for written in ('uri like "%"', "uri LIKE '%%'", "uri like {p}"):
+        assert "matches every value" in refusal(written, **({"p": text("_")} if "{p}" in written else {}))
+    assert render_filter("uri like {p}", {"p": text("%.jpg")}) == 'uri like "%.jpg"'
+    assert render_filter('uri == "%"', {}) == 'uri == "%"'

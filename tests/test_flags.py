@@ -1,0 +1,46 @@
+"""Flags with environment twins, without starting a service: which value wins, and how bad ones are said."""
+
+import pytest
+
+from encoder_service.config import parse_args as encoder_flags
+from search_service.config import parse_args as search_flags
+
+
+def test_a_flag_wins_over_its_environment_twin_which_wins_over_the_default(monkeypatch) -> None:
+    assert search_flags([]).max_top_k == 1000
+    monkeypatch.setenv("SEARCH_MAX_TOP_K", "50")
+    assert search_flags([]).max_top_k == 50
+    assert search_flags(["--max-top-k", "20"]).max_top_k == 20
+
+
+def test_a_twin_may_have_its_own_name(monkeypatch) -> None:
+    monkeypatch.setenv("MILVUS_URI", "http://milvus:19530")
+    assert search_flags([]).milvus_uri == "http://milvus:19530"
+
+
+def test_a_bad_environment_value_is_a_usage_error_naming_the_variable(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("ENCODER_MAX_BATCH_SIZE", "many")
+    with pytest.raises(SystemExit) as usage:
+        encoder_flags([])
+    assert usage.value.code == 2
+    assert "environment variable ENCODER_MAX_BATCH_SIZE='many'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-top-k", "0"], "max_top_k must be at least 1, not 0"),
+        (["--index-params", "[1, 2]"], "index_params must be a JSON object"),
+        (["--log-format", "xml"], "invalid choice: 'xml'"),
+    ],
+)
+def test_values_the_service_cannot_run_with_are_refused_at_start(flags, message, capsys) -> None:
+    with pytest.raises(SystemExit) as usage:
+        search_flags(flags)
+    assert usage.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_settings_that_contradict_each_other_are_refused(capsys) -> None:
+    with pytest.raises(SystemExit):
+        encoder_flags(["--max-items-per-request", "600", "--max-queue-size", "512"])
+    assert "could never be queued" in capsys.readouterr().err

@@ -1,0 +1,95 @@
+"""What one process owns, a second never silently shares: ports of the services, and of `imgsearch up`."""
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import running_encoder, running_search
+
+from client import SearchClient
+from client.local import free_port
+
+
+def test_a_second_server_on_a_taken_port_fails_and_names_the_flag(tiny_encoder, tmp_path) -> None:
+    port = int(tiny_encoder.grpc.address.rsplit(":", 1)[1])
+    taken = rf"cannot listen on 127.0.0.1:{port} \(--port\): another process"
+    with pytest.raises(OSError, match=taken), running_encoder(Path(tiny_encoder.config.model), port=port):
+        pass
+    held = free_port()
+    with running_search(tiny_encoder.grpc.address, tmp_path / "a.db", metrics_port=held) as first:
+        assert first.grpc.metrics is not None
+        taken = rf"cannot serve metrics on 127.0.0.1:{held} \(--metrics-port\)"
+        with (
+            pytest.raises(OSError, match=taken),
+            running_search(tiny_encoder.grpc.address, tmp_path / "b.db", metrics_port=held),
+        ):
+            pass
+
+
+def test_a_search_service_on_a_taken_port_exits_with_one_line(tiny_encoder, tmp_path) -> None:
+    port = tiny_encoder.grpc.address.rsplit(":", 1)[1]
+    command = [sys.executable, "-m", "search_service", "--port", port, "--metrics-port", "-1"]
+    done = subprocess.run(
+        [*command, "--milvus-uri", str(tmp_path / "m.db")], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"search_service: cannot listen on 127.0.0.1:{port} (--port): another process holds" in done.stderr
+
+
+@contextmanager
+def up(model: Path, folder: Path) -> Iterator[tuple[subprocess.Popen, dict[str, str]]]:
+    """`imgsearch up` on any free ports until it says it is ready: the process, and what it printed."""
+    command = [sys.executable, "-m", "client.cli", "up", "--model", str(model), "--device", "cpu"]
+    ports = ["--encoder-port", "0", "--server-port", "0", "--encoder-metrics-port", "0"]
+    ports += ["--search-metrics-port", "0", "--milvus-uri", str(folder / "milvus.db")]
+    with (folder / "up.log").open("w") as log:  # its own words and its children's logs
+        process = subprocess.Popen(
+            [*command, *ports], stdout=subprocess.PIPE, stderr=log, text=True, cwd=folder
+        )
+    try:
+        assert process.stdout is not None
+        said = {}
+        for line in process.stdout:
+            if ":" in line:
+                name, _, value = line.partition(":")
+                said[name.strip()] = value.strip()
+            if line.startswith("ready"):
+                break
+        yield process, said
+    finally:
+        process.kill()
+        process.wait()
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_two_ups_run_side_by_side_and_a_child_that_dies_stops_its_up(tiny_path, tmp_path) -> None:
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    with (
+        up(tiny_path, tmp_path / "one") as (first, said_first),
+        up(tiny_path, tmp_path / "two") as (second, said),
+    ):
+        assert said_first["search service"] != said["search service"]
+        assert said_first["metrics (encoder)"] != said["metrics (encoder)"]
+        for address in (said_first["search service"], said["search service"]):
+            with SearchClient(address) as client:
+                assert client.limits().max_top_k == 1000
+        encoder, _ = children(first.pid)
+        os.kill(encoder, signal.SIGKILL)
+        assert first.wait(timeout=120) == 1
+        assert (
+            "imgsearch: the encoder service exited with code -9; stopped the rest"
+            in (tmp_path / "one" / "up.log").read_text()
+        )
+        with SearchClient(said["search service"]) as client:
+            assert client.limits().max_offset == 10000  # the other one serves on
+        second.send_signal(signal.SIGINT)
+        assert second.wait(timeout=120) == 0
