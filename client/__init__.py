@@ -9,7 +9,7 @@ with SearchClient("localhost:50052") as search:
 
 from .aio import AsyncEncoderClient, AsyncSearchClient
 from .errors import ImageSearchError
-from .models import Hit, ImageVector, IngestItem, IngestSummary, Record, Stats
+from .models import Hit, ImageVector, IngestItem, IngestSummary, QueryPart, Record, Stats
 from .sync import EncoderClient, SearchClient
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "ImageVector",
     "IngestItem",
     "IngestSummary",
+    "QueryPart",
     "Record",
     "SearchClient",
     "Stats",

@@ -13,7 +13,7 @@ from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2
 
 from . import protocol
 from .files import read_image
-from .models import Hit, ImageVector, IngestSummary, Record, Stats
+from .models import Hit, ImageVector, IngestSummary, QueryPart, Record, Stats
 
 Params = Mapping[str, protocol.FilterParam] | None
 
@@ -77,9 +77,10 @@ class SearchCalls(_Calls):
         filter_params: Params = None,
         offset: int = 0,
         output_fields: Sequence[str] = (),
+        min_score: float | None = None,
     ) -> list[Hit]:
         options = protocol.search_options(
-            self.collection, top_k, offset, filter, filter_params, output_fields
+            self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
         return self._run(
             "SearchText", search_pb2.SearchTextRequest(text=text, options=options), protocol.hits
@@ -93,12 +94,50 @@ class SearchCalls(_Calls):
         filter_params: Params = None,
         offset: int = 0,
         output_fields: Sequence[str] = (),
+        min_score: float | None = None,
     ) -> list[Hit]:
         options = protocol.search_options(
-            self.collection, top_k, offset, filter, filter_params, output_fields
+            self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
         request = search_pb2.SearchImageRequest(image=read_image(image), options=options)
         return self._run("SearchImage", request, protocol.hits)
+
+    def search_similar(
+        self,
+        id: str,
+        top_k: int = 10,
+        filter: str | None = None,
+        filter_params: Params = None,
+        offset: int = 0,
+        output_fields: Sequence[str] = (),
+        min_score: float | None = None,
+    ) -> list[Hit]:
+        """More like the stored picture `id`: its stored vector is the query; NOT_FOUND when not stored."""
+        return self.search([QueryPart(id=id)], top_k, filter, filter_params, offset, output_fields, min_score)
+
+    def search(
+        self,
+        parts: Sequence[QueryPart],
+        top_k: int = 10,
+        filter: str | None = None,
+        filter_params: Params = None,
+        offset: int = 0,
+        output_fields: Sequence[str] = (),
+        min_score: float | None = None,
+    ) -> list[Hit]:
+        """The parts' vectors added up by weight (negative: away from it), as one query."""
+        options = protocol.search_options(
+            self.collection, top_k, offset, filter, filter_params, output_fields, min_score
+        )
+        request = search_pb2.SearchRequest(
+            parts=[protocol.query_part(part) for part in parts], options=options
+        )
+        return self._run("Search", request, protocol.hits)
+
+    def thumbnail(self, id: str) -> bytes:
+        """The stored picture's JPEG thumbnail (longest side 256 px); NOT_FOUND when it has none."""
+        request = search_pb2.GetThumbnailRequest(collection=self.collection, id=id)
+        return self._run("GetThumbnail", request, lambda response: response.jpeg)
 
     def get(self, ids: Sequence[str], output_fields: Sequence[str] = ()) -> list[Record]:
         request = search_pb2.GetRequest(

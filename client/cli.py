@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -12,13 +13,14 @@ from typing import Any
 
 import grpc
 
+from imagesearch.defaults import WEB_PORT
 from imagesearch.tls import channel_credentials
 
 from . import protocol
 from .errors import ImageSearchError
 from .grid import write_grid
 from .local import local_services
-from .models import Hit
+from .models import Hit, QueryPart
 from .sync import EncoderClient, SearchClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
@@ -30,10 +32,51 @@ EPILOG = """exit codes:
 
 environment: IMGSEARCH_SERVER, IMGSEARCH_ENCODER, IMGSEARCH_COLLECTION, IMGSEARCH_TOKEN,
   IMGSEARCH_TLS, IMGSEARCH_TLS_CA, IMGSEARCH_TLS_CERT, IMGSEARCH_TLS_KEY"""
+SEARCH_EPILOG = """a query is one or more parts, added up by weight (negative: away from it):
+  imgsearch search "a white dog"                          a text
+  imgsearch search --image rex.jpg                        a picture
+  imgsearch search --like 3f2a...e9                       more like a stored picture (its id)
+  imgsearch search "a dog on a beach" --text people -0.5  a text, minus another
+  imgsearch search --like 3f2a...e9 --text "in the snow" 2 --image cat.jpg -1
+each --text, --image and --like may repeat and takes an optional WEIGHT (default 1)."""
 
 
 class UsageError(Exception):
     pass
+
+
+class AddQueryPart(argparse.Action):
+    """--text / --image / --like VALUE [WEIGHT]: one more QueryPart in `parts`, of the kind in `const`."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[object] | None,
+        option_string: str | None = None,
+    ) -> None:
+        value, *weight = [str(item) for item in values or []]
+        if len(weight) > 1:
+            parser.error(f"{option_string} takes {self.metavar[0]} and an optional WEIGHT, not {values}")
+        try:
+            number = float(weight[0]) if weight else 1.0
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            parser.error(f"{option_string} {value}: WEIGHT {weight[0]!r} is not a finite number")
+        part = QueryPart(**{self.const: value}, weight=number)
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), part])
+
+
+def describe(part: QueryPart) -> str:
+    """A part as a grid's title shows it: `text: a dog`, `image: rex.jpg`, `like: 3f2a9c…`, `(weight 2)`."""
+    if part.text is not None:
+        what = f"text: {part.text}"
+    elif part.image is not None:
+        what = f"image: {Path(str(part.image)).name}"
+    else:
+        what = f"like: {str(part.id)[:12]}…"
+    return what if part.weight == 1 else f"{what} (weight {part.weight:g})"
 
 
 def key_values(pairs: Sequence[str], flag: str, parse: Any = str) -> dict[str, Any]:
@@ -75,23 +118,31 @@ def search_client(args: argparse.Namespace) -> SearchClient:
     return SearchClient(args.server, collection=args.collection, **connection_options(args))
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+def stop_on_signal() -> threading.Event:
+    """An event set by Ctrl-C or SIGTERM, so that services started next are stopped in order."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    stop = stop_on_signal()
     print(
-        f"starting the encoder ({args.model} on {args.device}) and the search service ({args.milvus_uri})..."
+        f"starting the encoder ({args.model} on {args.device}), the search service ({args.milvus_uri}) "
+        "and the search page..."
     )
     with local_services(
-        args.model, args.milvus_uri, args.device, args.encoder_port, args.server_port
+        args.model, args.milvus_uri, args.device, args.encoder_port, args.server_port, web_port=args.web_port
     ) as services:
         print(f"encoder service: {services.encoder}")
         print(f"search service:  {services.search}")
+        print(f"search page:     {services.web}/")
         print(
             f"metrics:         http://127.0.0.1:{services.metrics_ports[0]}/metrics (encoder), "
             f"http://127.0.0.1:{services.metrics_ports[1]}/metrics (search)"
         )
-        print("ready; Ctrl-C stops both")
+        print("ready; Ctrl-C stops them all")
         stop.wait()
         print("stopping...")
     return EXIT_OK
@@ -117,26 +168,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    if bool(args.text) == bool(args.image):
-        raise UsageError("search takes a TEXT or --image PATH (one of them)")
-    options = {
-        "top_k": args.top_k,
-        "offset": args.offset,
-        "filter": args.filter,
-        "filter_params": filter_params(args),
-    }
+    parts = [QueryPart(text=args.text), *args.parts] if args.text else args.parts
+    if not parts:
+        raise UsageError("search takes a TEXT or --image PATH, --like ID, --text TEXT (see search --help)")
     with search_client(args) as client:
-        hits = (
-            client.search_image(args.image, **options)
-            if args.image
-            else client.search_text(args.text, **options)
+        hits = client.search(
+            parts,
+            top_k=args.top_k,
+            offset=args.offset,
+            filter=args.filter,
+            filter_params=filter_params(args),
+            min_score=args.min_score,
         )
     if args.json:
         print_json(hits)
     else:
         print_hits(hits)
     if args.grid:
-        title = f"image: {Path(args.image).name}" if args.image else f"text: {args.text}"
+        title = ", ".join(describe(part) for part in parts)
         print(f"grid: {write_grid(hits, args.grid, title)}", file=sys.stderr)
     return EXIT_OK
 
@@ -188,7 +237,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoPlan, run_demo, synthetic_plan  # only the demo needs the synthetic package
+    from .demo import DemoPlan, run_demo, serve_page, synthetic_plan  # only the demo needs synthetic/
 
     workdir = Path(args.workdir)
     if args.pictures:
@@ -198,6 +247,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         plan = DemoPlan(pictures, args.model or "ViT-B/32", tuple(args.query), Path(args.image_query), False)
     else:
         plan = synthetic_plan(workdir, args.model, args.per_class)
+    if args.web:
+        return serve_page(workdir, plan, args.web_port, stop_on_signal(), progress=not args.no_progress)
     return run_demo(workdir, plan, args.top_k, progress=not args.no_progress)
 
 
@@ -230,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-key", default=env("IMGSEARCH_TLS_KEY", ""), help="PEM client key (mTLS)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("up", help="run an encoder and a search service here until Ctrl-C")
+    up = commands.add_parser(
+        "up", help="run an encoder, a search service and the search page here until Ctrl-C"
+    )
     up.add_argument(
         "--model", default="ViT-B/32", help="a CLIP model name (downloaded once) or a checkpoint file"
     )
@@ -238,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     up.add_argument("--encoder-port", type=int, default=50051)
     up.add_argument("--server-port", type=int, default=50052)
+    up.add_argument("--web-port", type=int, default=WEB_PORT, help="the search page's port")
     up.set_defaults(run=cmd_up)
 
     ingest = commands.add_parser("ingest", help="store the pictures in files and folders")
@@ -250,11 +304,31 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--json", action="store_true", help="the per-item results as JSON")
     ingest.set_defaults(run=cmd_ingest)
 
-    search = commands.add_parser("search", help='find pictures by text ("a white dog") or by --image')
+    search = commands.add_parser(
+        "search",
+        help='find pictures by text ("a white dog"), by --image, by --like ID, or by weighted parts',
+        epilog=SEARCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     search.add_argument("text", nargs="?", default="")
-    search.add_argument("--image", help="find pictures like this one")
+    for flag, kind, metavar, what in (
+        ("--text", "text", "TEXT", "a text"),
+        ("--image", "image", "PATH", "find pictures like this one"),
+        ("--like", "id", "ID", "more like the stored picture ID (its stored vector, nothing re-encoded)"),
+    ):
+        search.add_argument(
+            flag,
+            dest="parts",
+            action=AddQueryPart,
+            const=kind,
+            nargs="+",
+            default=[],
+            metavar=(metavar, "WEIGHT"),
+            help=f"{what}; an optional WEIGHT (default 1; negative: away from it)",
+        )
     search.add_argument("--top-k", type=int, default=10)
     search.add_argument("--offset", type=int, default=0, help="skip this many hits (pagination)")
+    search.add_argument("--min-score", type=float, help="leave out hits that score below this (-1..1)")
     search.add_argument("--filter", help="a Milvus filter, e.g. 'metadata[\"album\"] == {album}'")
     search.add_argument(
         "--param", action="append", default=[], metavar="NAME=TEXT", help="a string parameter"
@@ -299,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--image-query", help="a picture to search by, for --pictures")
     demo.add_argument("--top-k", type=int, default=10)
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument(
+        "--web", action="store_true", help="serve the search page on the collection until Ctrl-C (make web)"
+    )
+    demo.add_argument("--web-port", type=int, default=WEB_PORT, help="the search page's port (with --web)")
     demo.set_defaults(run=cmd_demo)
     return parser
 

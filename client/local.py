@@ -1,10 +1,12 @@
-"""Running an encoder and a search service on this machine, as child processes, until told to stop."""
+"""Running an encoder, a search service and the search page on this machine, as child processes."""
 
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -28,6 +30,26 @@ class LocalServices:
     encoder: str
     search: str
     metrics_ports: tuple[int, int]
+    web: str = ""  # the search page's URL, when it runs
+
+
+def wait_until_page_answers(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    """Asks the web tier's /healthz until it answers; fails if the process dies first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ImageSearchError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the search page exited with code {process.returncode} while starting",
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1.0):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    raise ImageSearchError(
+        grpc.StatusCode.DEADLINE_EXCEEDED, f"the search page at {url} did not start in {timeout_s} s"
+    )
 
 
 def wait_until_serving(address: str, name: str, process: subprocess.Popen, timeout_s: float) -> None:
@@ -79,8 +101,12 @@ def local_services(
     log: IO[str] | None = None,
     start_timeout_s: float = 900.0,
     metrics_ports: tuple[int, int] = (9151, 9152),
+    web_port: int | None = None,
+    web_collection: str = "",
 ) -> Iterator[LocalServices]:
-    """Starts both services (the encoder first), waits until each is SERVING, and stops both at the end."""
+    """Starts both services (the encoder first), waits until each is SERVING, and stops both at the end.
+
+    With a `web_port`, the search page too (searching `web_collection`, empty: the service's default)."""
     encoder = f"127.0.0.1:{encoder_port}"
     search = f"127.0.0.1:{search_port}"
     with ExitStack() as stack:
@@ -100,4 +126,19 @@ def local_services(
         search_args += ["--port", str(search_port), "--metrics-port", str(metrics_ports[1])]
         search_process = stack.enter_context(_child(search_args, log))
         wait_until_serving(search, "search service", search_process, start_timeout_s)
-        yield LocalServices(encoder, search, metrics_ports)
+        web = ""
+        if web_port is not None:
+            web = f"http://127.0.0.1:{web_port}"
+            web_args = [
+                "-m",
+                "web",
+                "--search",
+                search,
+                "--port",
+                str(web_port),
+                "--collection",
+                web_collection,
+            ]
+            web_process = stack.enter_context(_child(web_args, log))
+            wait_until_page_answers(web, web_process, start_timeout_s)
+        yield LocalServices(encoder, search, metrics_ports, web)

@@ -1,6 +1,7 @@
 """The SDK's result types: small typed objects, no protobuf in sight."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -48,6 +49,25 @@ class Hit:
     def from_proto(cls, hit: search_pb2.Hit) -> "Hit":
         record = Record.from_proto(hit.record)
         return cls(id=record.id, score=hit.score, uri=record.uri, metadata=record.metadata, record=record)
+
+
+@dataclass(frozen=True)
+class QueryPart:
+    """One part of a mixed query: a text, a picture (bytes or a path) or a stored picture's id, weighted.
+
+    The parts' vectors are added up by weight; a negative weight moves the results away from the part
+    (QueryPart(text="a dog on a beach"), QueryPart(text="people", weight=-0.5)).
+    """
+
+    text: str | None = None
+    image: bytes | str | Path | None = None
+    id: str | None = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("text", "image", "id") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a QueryPart holds exactly one of text, image or id, not {given or 'none'}")
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from imagesearch.headers import REQUEST_ID, bearer
 from imagesearch.v1 import search_pb2
 
 from .errors import ImageSearchError
-from .files import HEAD_BYTES, looks_like_image, walk
-from .models import OUTCOMES, Hit, IngestItem, IngestSummary
+from .files import HEAD_BYTES, looks_like_image, read_image, walk
+from .models import OUTCOMES, Hit, IngestItem, IngestSummary, QueryPart
 
 FilterParam = str | int | float | bool | Sequence[str | int | float | bool]
 
@@ -74,6 +74,7 @@ def search_options(
     filter: str | None,
     params: Mapping[str, FilterParam] | None,
     output_fields: Sequence[str],
+    min_score: float | None = None,
 ) -> search_pb2.SearchOptions:
     return search_pb2.SearchOptions(
         collection=collection,
@@ -82,10 +83,21 @@ def search_options(
         filter=filter or "",
         filter_params=filter_params(params),
         output_fields=list(output_fields),
+        min_score=min_score,  # None leaves it unset: no cut-off
     )
 
 
-def hits(response: search_pb2.SearchTextResponse | search_pb2.SearchImageResponse) -> list[Hit]:
+def query_part(part: QueryPart) -> search_pb2.QueryPart:
+    if part.text is not None:
+        return search_pb2.QueryPart(text=part.text, weight=part.weight)
+    if part.image is not None:
+        return search_pb2.QueryPart(image=read_image(part.image), weight=part.weight)
+    return search_pb2.QueryPart(id=part.id, weight=part.weight)
+
+
+def hits(
+    response: search_pb2.SearchTextResponse | search_pb2.SearchImageResponse | search_pb2.SearchResponse,
+) -> list[Hit]:
     return [Hit.from_proto(hit) for hit in response.hits]
 
 

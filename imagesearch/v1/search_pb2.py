@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bimagesearch/v1/search.proto\x12\x0eimagesearch.v1\"\xaf\x01\n\rIngestRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12=\n\x08metadata\x18\x04 \x03(\x0b\x32+.imagesearch.v1.IngestRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x0cIngestTotals\x12\x10\n\x08received\x18\x01 \x01(\x03\x12\x0e\n\x06stored\x18\x02 \x01(\x03\x12\x0f\n\x07present\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\"\x9f\x01\n\x0eIngestResponse\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12(\n\x07outcome\x18\x04 \x01(\x0e\x32\x17.imagesearch.v1.Outcome\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12,\n\x06totals\x18\x06 \x01(\x0b\x32\x1c.imagesearch.v1.IngestTotals\"\xa6\x01\n\x0b\x46ilterValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x15\n\x0b\x66loat_value\x18\x03 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12\x35\n\nlist_value\x18\x05 \x01(\x0b\x32\x1f.imagesearch.v1.FilterValueListH\x00\x42\x06\n\x04kind\">\n\x0f\x46ilterValueList\x12+\n\x06values\x18\x01 \x03(\x0b\x32\x1b.imagesearch.v1.FilterValue\"\x83\x02\n\rSearchOptions\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x05\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x46\n\rfilter_params\x18\x05 \x03(\x0b\x32/.imagesearch.v1.SearchOptions.FilterParamsEntry\x12\x15\n\routput_fields\x18\x06 \x03(\t\x1aP\n\x11\x46ilterParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.imagesearch.v1.FilterValue:\x02\x38\x01\"\xbe\x01\n\x06Record\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x36\n\x08metadata\x18\x03 \x03(\x0b\x32$.imagesearch.v1.Record.MetadataEntry\x12\r\n\x05model\x18\x04 \x01(\t\x12\x13\n\x0bingested_at\x18\x05 \x01(\x03\x12\x0e\n\x06vector\x18\x06 \x03(\x02\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x03Hit\x12&\n\x06record\x18\x01 \x01(\x0b\x32\x16.imagesearch.v1.Record\x12\r\n\x05score\x18\x02 \x01(\x02\"Q\n\x11SearchTextRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12.\n\x07options\x18\x02 \x01(\x0b\x32\x1d.imagesearch.v1.SearchOptions\"F\n\x12SearchTextResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.imagesearch.v1.Hit\x12\r\n\x05model\x18\x02 \x01(\t\"S\n\x12SearchImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12.\n\x07options\x18\x02 \x01(\x0b\x32\x1d.imagesearch.v1.SearchOptions\"G\n\x13SearchImageResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.imagesearch.v1.Hit\x12\r\n\x05model\x18\x02 \x01(\t\"D\n\nGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x15\n\routput_fields\x18\x03 \x03(\t\"6\n\x0bGetResponse\x12\'\n\x07records\x18\x01 \x03(\x0b\x32\x16.imagesearch.v1.Record\"\xda\x01\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x46\n\rfilter_params\x18\x04 \x03(\x0b\x32/.imagesearch.v1.DeleteRequest.FilterParamsEntry\x1aP\n\x11\x46ilterParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.imagesearch.v1.FilterValue:\x02\x38\x01\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"\"\n\x0cStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"}\n\rStatsResponse\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\r\n\x05model\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\x05\x12\x12\n\nindex_type\x18\x05 \x01(\t\x12\x13\n\x0bmetric_type\x18\x06 \x01(\t*_\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x12\n\x0eOUTCOME_STORED\x10\x01\x12\x13\n\x0fOUTCOME_PRESENT\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\x32\xd8\x03\n\rSearchService\x12K\n\x06Ingest\x12\x1d.imagesearch.v1.IngestRequest\x1a\x1e.imagesearch.v1.IngestResponse(\x01\x30\x01\x12S\n\nSearchText\x12!.imagesearch.v1.SearchTextRequest\x1a\".imagesearch.v1.SearchTextResponse\x12V\n\x0bSearchImage\x12\".imagesearch.v1.SearchImageRequest\x1a#.imagesearch.v1.SearchImageResponse\x12>\n\x03Get\x12\x1a.imagesearch.v1.GetRequest\x1a\x1b.imagesearch.v1.GetResponse\x12G\n\x06\x44\x65lete\x12\x1d.imagesearch.v1.DeleteRequest\x1a\x1e.imagesearch.v1.DeleteResponse\x12\x44\n\x05Stats\x12\x1c.imagesearch.v1.StatsRequest\x1a\x1d.imagesearch.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bimagesearch/v1/search.proto\x12\x0eimagesearch.v1\"\xaf\x01\n\rIngestRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12=\n\x08metadata\x18\x04 \x03(\x0b\x32+.imagesearch.v1.IngestRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x0cIngestTotals\x12\x10\n\x08received\x18\x01 \x01(\x03\x12\x0e\n\x06stored\x18\x02 \x01(\x03\x12\x0f\n\x07present\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\"\x9f\x01\n\x0eIngestResponse\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12(\n\x07outcome\x18\x04 \x01(\x0e\x32\x17.imagesearch.v1.Outcome\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12,\n\x06totals\x18\x06 \x01(\x0b\x32\x1c.imagesearch.v1.IngestTotals\"\xa6\x01\n\x0b\x46ilterValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x15\n\x0b\x66loat_value\x18\x03 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12\x35\n\nlist_value\x18\x05 \x01(\x0b\x32\x1f.imagesearch.v1.FilterValueListH\x00\x42\x06\n\x04kind\">\n\x0f\x46ilterValueList\x12+\n\x06values\x18\x01 \x03(\x0b\x32\x1b.imagesearch.v1.FilterValue\"\xa9\x02\n\rSearchOptions\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x05\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x46\n\rfilter_params\x18\x05 \x03(\x0b\x32/.imagesearch.v1.SearchOptions.FilterParamsEntry\x12\x15\n\routput_fields\x18\x06 \x03(\t\x12\x16\n\tmin_score\x18\x07 \x01(\x02H\x00\x88\x01\x01\x1aP\n\x11\x46ilterParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.imagesearch.v1.FilterValue:\x02\x38\x01\x42\x0c\n\n_min_score\"\xbe\x01\n\x06Record\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x36\n\x08metadata\x18\x03 \x03(\x0b\x32$.imagesearch.v1.Record.MetadataEntry\x12\r\n\x05model\x18\x04 \x01(\t\x12\x13\n\x0bingested_at\x18\x05 \x01(\x03\x12\x0e\n\x06vector\x18\x06 \x03(\x02\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x03Hit\x12&\n\x06record\x18\x01 \x01(\x0b\x32\x16.imagesearch.v1.Record\x12\r\n\x05score\x18\x02 \x01(\x02\"Q\n\x11SearchTextRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12.\n\x07options\x18\x02 \x01(\x0b\x32\x1d.imagesearch.v1.SearchOptions\"F\n\x12SearchTextResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.imagesearch.v1.Hit\x12\r\n\x05model\x18\x02 \x01(\t\"S\n\x12SearchImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12.\n\x07options\x18\x02 \x01(\x0b\x32\x1d.imagesearch.v1.SearchOptions\"G\n\x13SearchImageResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.imagesearch.v1.Hit\x12\r\n\x05model\x18\x02 \x01(\t\"b\n\tQueryPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\x0c\n\x02id\x18\x03 \x01(\tH\x00\x12\x13\n\x06weight\x18\x04 \x01(\x02H\x01\x88\x01\x01\x42\x06\n\x04kindB\t\n\x07_weight\"i\n\rSearchRequest\x12(\n\x05parts\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.QueryPart\x12.\n\x07options\x18\x02 \x01(\x0b\x32\x1d.imagesearch.v1.SearchOptions\"B\n\x0eSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.imagesearch.v1.Hit\x12\r\n\x05model\x18\x02 \x01(\t\"5\n\x13GetThumbnailRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"$\n\x14GetThumbnailResponse\x12\x0c\n\x04jpeg\x18\x01 \x01(\x0c\"D\n\nGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x15\n\routput_fields\x18\x03 \x03(\t\"6\n\x0bGetResponse\x12\'\n\x07records\x18\x01 \x03(\x0b\x32\x16.imagesearch.v1.Record\"\xda\x01\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x46\n\rfilter_params\x18\x04 \x03(\x0b\x32/.imagesearch.v1.DeleteRequest.FilterParamsEntry\x1aP\n\x11\x46ilterParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.imagesearch.v1.FilterValue:\x02\x38\x01\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"\"\n\x0cStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"}\n\rStatsResponse\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\r\n\x05model\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\x05\x12\x12\n\nindex_type\x18\x05 \x01(\t\x12\x13\n\x0bmetric_type\x18\x06 \x01(\t*_\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x12\n\x0eOUTCOME_STORED\x10\x01\x12\x13\n\x0fOUTCOME_PRESENT\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\x32\xfc\x04\n\rSearchService\x12K\n\x06Ingest\x12\x1d.imagesearch.v1.IngestRequest\x1a\x1e.imagesearch.v1.IngestResponse(\x01\x30\x01\x12S\n\nSearchText\x12!.imagesearch.v1.SearchTextRequest\x1a\".imagesearch.v1.SearchTextResponse\x12V\n\x0bSearchImage\x12\".imagesearch.v1.SearchImageRequest\x1a#.imagesearch.v1.SearchImageResponse\x12G\n\x06Search\x12\x1d.imagesearch.v1.SearchRequest\x1a\x1e.imagesearch.v1.SearchResponse\x12Y\n\x0cGetThumbnail\x12#.imagesearch.v1.GetThumbnailRequest\x1a$.imagesearch.v1.GetThumbnailResponse\x12>\n\x03Get\x12\x1a.imagesearch.v1.GetRequest\x1a\x1b.imagesearch.v1.GetResponse\x12G\n\x06\x44\x65lete\x12\x1d.imagesearch.v1.DeleteRequest\x1a\x1e.imagesearch.v1.DeleteResponse\x12\x44\n\x05Stats\x12\x1c.imagesearch.v1.StatsRequest\x1a\x1d.imagesearch.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORD_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_DELETEREQUEST_FILTERPARAMSENTRY']._loaded_options = None
   _globals['_DELETEREQUEST_FILTERPARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_OUTCOME']._serialized_start=2078
-  _globals['_OUTCOME']._serialized_end=2173
+  _globals['_OUTCOME']._serialized_start=2484
+  _globals['_OUTCOME']._serialized_end=2579
   _globals['_INGESTREQUEST']._serialized_start=48
   _globals['_INGESTREQUEST']._serialized_end=223
   _globals['_INGESTREQUEST_METADATAENTRY']._serialized_start=176
@@ -54,37 +54,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FILTERVALUELIST']._serialized_start=639
   _globals['_FILTERVALUELIST']._serialized_end=701
   _globals['_SEARCHOPTIONS']._serialized_start=704
-  _globals['_SEARCHOPTIONS']._serialized_end=963
-  _globals['_SEARCHOPTIONS_FILTERPARAMSENTRY']._serialized_start=883
-  _globals['_SEARCHOPTIONS_FILTERPARAMSENTRY']._serialized_end=963
-  _globals['_RECORD']._serialized_start=966
-  _globals['_RECORD']._serialized_end=1156
+  _globals['_SEARCHOPTIONS']._serialized_end=1001
+  _globals['_SEARCHOPTIONS_FILTERPARAMSENTRY']._serialized_start=907
+  _globals['_SEARCHOPTIONS_FILTERPARAMSENTRY']._serialized_end=987
+  _globals['_RECORD']._serialized_start=1004
+  _globals['_RECORD']._serialized_end=1194
   _globals['_RECORD_METADATAENTRY']._serialized_start=176
   _globals['_RECORD_METADATAENTRY']._serialized_end=223
-  _globals['_HIT']._serialized_start=1158
-  _globals['_HIT']._serialized_end=1218
-  _globals['_SEARCHTEXTREQUEST']._serialized_start=1220
-  _globals['_SEARCHTEXTREQUEST']._serialized_end=1301
-  _globals['_SEARCHTEXTRESPONSE']._serialized_start=1303
-  _globals['_SEARCHTEXTRESPONSE']._serialized_end=1373
-  _globals['_SEARCHIMAGEREQUEST']._serialized_start=1375
-  _globals['_SEARCHIMAGEREQUEST']._serialized_end=1458
-  _globals['_SEARCHIMAGERESPONSE']._serialized_start=1460
-  _globals['_SEARCHIMAGERESPONSE']._serialized_end=1531
-  _globals['_GETREQUEST']._serialized_start=1533
-  _globals['_GETREQUEST']._serialized_end=1601
-  _globals['_GETRESPONSE']._serialized_start=1603
-  _globals['_GETRESPONSE']._serialized_end=1657
-  _globals['_DELETEREQUEST']._serialized_start=1660
-  _globals['_DELETEREQUEST']._serialized_end=1878
-  _globals['_DELETEREQUEST_FILTERPARAMSENTRY']._serialized_start=883
-  _globals['_DELETEREQUEST_FILTERPARAMSENTRY']._serialized_end=963
-  _globals['_DELETERESPONSE']._serialized_start=1880
-  _globals['_DELETERESPONSE']._serialized_end=1913
-  _globals['_STATSREQUEST']._serialized_start=1915
-  _globals['_STATSREQUEST']._serialized_end=1949
-  _globals['_STATSRESPONSE']._serialized_start=1951
-  _globals['_STATSRESPONSE']._serialized_end=2076
-  _globals['_SEARCHSERVICE']._serialized_start=2176
-  _globals['_SEARCHSERVICE']._serialized_end=2648
+  _globals['_HIT']._serialized_start=1196
+  _globals['_HIT']._serialized_end=1256
+  _globals['_SEARCHTEXTREQUEST']._serialized_start=1258
+  _globals['_SEARCHTEXTREQUEST']._serialized_end=1339
+  _globals['_SEARCHTEXTRESPONSE']._serialized_start=1341
+  _globals['_SEARCHTEXTRESPONSE']._serialized_end=1411
+  _globals['_SEARCHIMAGEREQUEST']._serialized_start=1413
+  _globals['_SEARCHIMAGEREQUEST']._serialized_end=1496
+  _globals['_SEARCHIMAGERESPONSE']._serialized_start=1498
+  _globals['_SEARCHIMAGERESPONSE']._serialized_end=1569
+  _globals['_QUERYPART']._serialized_start=1571
+  _globals['_QUERYPART']._serialized_end=1669
+  _globals['_SEARCHREQUEST']._serialized_start=1671
+  _globals['_SEARCHREQUEST']._serialized_end=1776
+  _globals['_SEARCHRESPONSE']._serialized_start=1778
+  _globals['_SEARCHRESPONSE']._serialized_end=1844
+  _globals['_GETTHUMBNAILREQUEST']._serialized_start=1846
+  _globals['_GETTHUMBNAILREQUEST']._serialized_end=1899
+  _globals['_GETTHUMBNAILRESPONSE']._serialized_start=1901
+  _globals['_GETTHUMBNAILRESPONSE']._serialized_end=1937
+  _globals['_GETREQUEST']._serialized_start=1939
+  _globals['_GETREQUEST']._serialized_end=2007
+  _globals['_GETRESPONSE']._serialized_start=2009
+  _globals['_GETRESPONSE']._serialized_end=2063
+  _globals['_DELETEREQUEST']._serialized_start=2066
+  _globals['_DELETEREQUEST']._serialized_end=2284
+  _globals['_DELETEREQUEST_FILTERPARAMSENTRY']._serialized_start=907
+  _globals['_DELETEREQUEST_FILTERPARAMSENTRY']._serialized_end=987
+  _globals['_DELETERESPONSE']._serialized_start=2286
+  _globals['_DELETERESPONSE']._serialized_end=2319
+  _globals['_STATSREQUEST']._serialized_start=2321
+  _globals['_STATSREQUEST']._serialized_end=2355
+  _globals['_STATSRESPONSE']._serialized_start=2357
+  _globals['_STATSRESPONSE']._serialized_end=2482
+  _globals['_SEARCHSERVICE']._serialized_start=2582
+  _globals['_SEARCHSERVICE']._serialized_end=3218
 # @@protoc_insertion_point(module_scope)
