@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PROTOS := $(wildcard protos/imagesearch/v1/*.proto)
 
-.PHONY: install test lint protos bench demo demo-imagenet small-clip
+.PHONY: install test lint protos bench demo web demo-imagenet small-clip
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -39,6 +39,11 @@ bench: $(INSTALLED)
 # The whole product offline: synthetic pictures, the small CLIP, both services, queries, grids.
 demo: $(INSTALLED)
 	$(VENV)/bin/imgsearch demo
+
+# The demo's pictures behind the search page (http://127.0.0.1:8080/) until Ctrl-C; WEB_PORT=N moves it.
+WEB_PORT ?= 8080
+web: $(INSTALLED)
+	$(VENV)/bin/imgsearch demo --web --web-port $(WEB_PORT)
 
 # The Milvus tutorial end to end with the real ViT-B/32 and its ImageNet sample. Needs internet.
 IMAGENET := .work/imagenet

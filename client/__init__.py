@@ -9,7 +9,17 @@ with SearchClient("localhost:50052") as search:
 
 from .aio import AsyncEncoderClient, AsyncSearchClient
 from .errors import ImageSearchError, IngestInterrupted
-from .models import Hit, ImageVector, IngestItem, IngestSummary, Limits, MetadataValue, Record, Stats
+from .models import (
+    Hit,
+    ImageVector,
+    IngestItem,
+    IngestSummary,
+    Limits,
+    MetadataValue,
+    QueryPart,
+    Record,
+    Stats,
+)
 from .sync import EncoderClient, SearchClient
 
 __all__ = [
@@ -24,6 +34,7 @@ __all__ = [
     "IngestSummary",
     "Limits",
     "MetadataValue",
+    "QueryPart",
     "Record",
     "SearchClient",
     "Stats",

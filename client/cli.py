@@ -5,6 +5,7 @@ demo) add their own commands through the `imgsearch.commands` entry point group.
 """
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from imagesearch.defaults import (
     SEARCH_ADDRESS,
     SEARCH_METRICS_PORT,
     SEARCH_PORT,
+    WEB_PORT,
 )
 
 from .commands import (
@@ -35,6 +37,7 @@ from .commands import (
 )
 from .errors import ImageSearchError
 from .local import StartFailed
+from .models import QueryPart
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "build_parser", "main"]
 
@@ -46,6 +49,36 @@ EPILOG = """exit codes:
 
 environment: IMGSEARCH_SERVER, IMGSEARCH_ENCODER, IMGSEARCH_COLLECTION, IMGSEARCH_TOKEN,
   IMGSEARCH_TLS, IMGSEARCH_TLS_CA, IMGSEARCH_TLS_CERT, IMGSEARCH_TLS_KEY"""
+SEARCH_EPILOG = """a query is one or more parts, added up by weight (negative: away from it):
+  imgsearch search "a white dog"                          a text
+  imgsearch search --image rex.jpg                        a picture
+  imgsearch search --like 3f2a...e9                       more like a stored picture (its id)
+  imgsearch search "a dog on a beach" --text people -0.5  a text, minus another
+  imgsearch search --like 3f2a...e9 --text "in the snow" 2 --image cat.jpg -1
+each --text, --image and --like may repeat and takes an optional WEIGHT (default 1)."""
+
+
+class AddQueryPart(argparse.Action):
+    """--text / --image / --like VALUE [WEIGHT]: one more QueryPart in `parts`, of the kind in `const`."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[object] | None,
+        option_string: str | None = None,
+    ) -> None:
+        value, *weight = [str(item) for item in values or []]
+        if len(weight) > 1:
+            parser.error(f"{option_string} takes {value!r} and an optional WEIGHT, not {values}")
+        try:
+            number = float(weight[0]) if weight else 1.0
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            parser.error(f"{option_string} {value}: WEIGHT {weight[0]!r} is not a finite number")
+        part = QueryPart(**{self.const: value}, weight=number)
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), part])
 
 
 def _add_filter_arguments(command: argparse.ArgumentParser) -> None:
@@ -63,7 +96,9 @@ def _add_filter_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    up = commands.add_parser("up", help="run an encoder and a search service here until Ctrl-C")
+    up = commands.add_parser(
+        "up", help="run an encoder, a search service and the search page here until Ctrl-C"
+    )
     up.add_argument(
         "--model", default="ViT-B/32", help="a CLIP model name (downloaded once) or a checkpoint file"
     )
@@ -76,6 +111,9 @@ def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     up.add_argument(
         "--search-metrics-port", type=int, default=SEARCH_METRICS_PORT, help="0: any free port, -1: none"
+    )
+    up.add_argument(
+        "--web-port", type=int, default=WEB_PORT, help="the search page's port (0: any free port)"
     )
     up.set_defaults(run=cmd_up)
 
@@ -96,11 +134,31 @@ def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     ingest.add_argument("--json", action="store_true", help="the totals and per-item results as JSON")
     ingest.set_defaults(run=cmd_ingest)
 
-    search = commands.add_parser("search", help='find pictures by text ("a white dog") or by --image')
+    search = commands.add_parser(
+        "search",
+        help='find pictures by text ("a white dog"), by --image, by --like ID, or by weighted parts',
+        epilog=SEARCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     search.add_argument("text", nargs="?", default="")
-    search.add_argument("--image", help="find pictures like this one")
+    for flag, kind, metavar, what in (
+        ("--text", "text", "TEXT", "a text"),
+        ("--image", "image", "PATH", "find pictures like this one"),
+        ("--like", "id", "ID", "more like the stored picture ID (its stored vector, nothing re-encoded)"),
+    ):
+        search.add_argument(
+            flag,
+            dest="parts",
+            action=AddQueryPart,
+            const=kind,
+            nargs="+",
+            default=[],
+            metavar=(metavar, "WEIGHT"),
+            help=f"{what}; an optional WEIGHT (default 1; negative: away from it)",
+        )
     search.add_argument("--top-k", type=int, default=10, help="how many hits (1 or more)")
     search.add_argument("--offset", type=int, default=0, help="skip this many hits (pagination)")
+    search.add_argument("--min-score", type=float, help="leave out hits that score below this (-1..1)")
     _add_filter_arguments(search)
     search.add_argument("--json", action="store_true")
     search.add_argument("--grid", metavar="PNG", help="also write a contact sheet of the hits")

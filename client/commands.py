@@ -16,7 +16,7 @@ from imagesearch.tls import channel_credentials
 from .errors import ImageSearchError, IngestInterrupted
 from .grid import write_grid
 from .local import local_services
-from .models import IngestSummary, MetadataValue
+from .models import IngestSummary, MetadataValue, QueryPart
 from .output import print_hits, print_json, print_summary, print_summary_json, progress_bar, shown
 from .sync import EncoderClient, SearchClient
 
@@ -75,12 +75,19 @@ def _search_client(args: argparse.Namespace) -> SearchClient:
     return SearchClient(args.server, collection=args.collection, **_connection_options(args))
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+def stop_on_signal() -> threading.Event:
+    """An event set by Ctrl-C or SIGTERM, so that the services started next are stopped in order."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    stop = stop_on_signal()
     print(
-        f"starting the encoder ({args.model} on {args.device}) and the search service ({args.milvus_uri})..."
+        f"starting the encoder ({args.model} on {args.device}), the search service ({args.milvus_uri}) "
+        "and the search page..."
     )
     with local_services(
         args.model,
@@ -89,13 +96,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         args.encoder_port,
         args.server_port,
         metrics_ports=(args.encoder_metrics_port, args.search_metrics_port),
+        web_port=args.web_port,
     ) as services:
         print(f"encoder service: {services.encoder}")
         print(f"search service:  {services.search}")
+        print(f"search page:     {services.web}/")
         for name, port in zip(("encoder", "search"), services.metrics_ports, strict=True):
             if port >= 0:
                 print(f"metrics ({name}): http://127.0.0.1:{port}/metrics")
-        print("ready; Ctrl-C stops both")
+        print("ready; Ctrl-C stops them all")
         exited = services.wait_for_exit(stop)
         print("stopping...")
     if exited is not None:
@@ -127,27 +136,36 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if summary.failed else EXIT_OK
 
 
+def _described(part: QueryPart) -> str:
+    """A part as a grid's title shows it: `text: a dog`, `image: rex.jpg`, `like: 3f2a9c…`, `(weight 2)`."""
+    if part.text is not None:
+        what = f"text: {part.text}"
+    elif part.image is not None:
+        what = f"image: {Path(str(part.image)).name}"
+    else:
+        what = f"like: {str(part.id)[:12]}…"
+    return what if part.weight == 1 else f"{what} (weight {part.weight:g})"
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    if bool(args.text) == bool(args.image):
-        raise UsageError("search takes a TEXT or --image PATH (one of them)")
-    options = {
-        "top_k": args.top_k,
-        "offset": args.offset,
-        "filter": args.filter,
-        "filter_params": filter_params(args),
-    }
+    parts = [QueryPart(text=args.text), *args.parts] if args.text else args.parts
+    if not parts:
+        raise UsageError("search takes a TEXT or --image PATH, --like ID, --text TEXT (see search --help)")
     with _search_client(args) as client:
-        hits = (
-            client.search_image(args.image, **options)
-            if args.image
-            else client.search_text(args.text, **options)
+        hits = client.search(
+            parts,
+            top_k=args.top_k,
+            offset=args.offset,
+            filter=args.filter,
+            filter_params=filter_params(args),
+            min_score=args.min_score,
         )
     if args.json:
         print_json(hits)
     else:
         print_hits(hits)
     if args.grid:
-        title = f"image: {Path(args.image).name}" if args.image else f"text: {args.text}"
+        title = ", ".join(_described(part) for part in parts)
         print(f"grid: {write_grid(hits, args.grid, title)}", file=sys.stderr)
     return EXIT_OK
 

@@ -1,8 +1,11 @@
 """The SDK's exception types: every failure carries the gRPC status and the words of whoever refused."""
 
+from typing import TYPE_CHECKING
+
 import grpc
 
-from .models import IngestSummary
+if TYPE_CHECKING:  # the results import this module for `refused`
+    from .models import IngestSummary
 
 
 class ImageSearchError(Exception):
@@ -29,7 +32,7 @@ class ImageSearchError(Exception):
 class IngestInterrupted(ImageSearchError):
     """An ingestion that ended early; `summary` holds every result received before it did."""
 
-    def __init__(self, error: ImageSearchError, summary: IngestSummary) -> None:
+    def __init__(self, error: ImageSearchError, summary: "IngestSummary") -> None:
         super().__init__(error.code, error.message, error.target, error.service, error.reached)
         self.summary = summary
 

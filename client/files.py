@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import refused
+from .models import QueryPart
 
 # The first bytes of each format the encoder reads (JPEG, PNG, GIF, WebP, BMP, TIFF).
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
@@ -129,3 +130,8 @@ def picture_bytes(image: bytes | str | Path, max_bytes: int) -> bytes:
         return read_picture(image, max_bytes)
     except Unreadable as problem:
         raise refused(f"{image}: {problem}") from None
+
+
+def part_picture(part: QueryPart, max_bytes: int) -> bytes | None:
+    """The bytes of a query part's picture; None for a part without one."""
+    return None if part.image is None else picture_bytes(part.image, max_bytes)

@@ -6,7 +6,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import IO
@@ -40,6 +41,7 @@ class LocalServices:
     search: str
     metrics_ports: tuple[int, int]
     children: dict[str, subprocess.Popen[bytes]]
+    web: str  # the search page's address ("" when it was not started)
 
     def wait_for_exit(self, stop: threading.Event) -> tuple[str, int] | None:
         """Blocks until `stop` is set (None) or a child exits: then its name and exit code."""
@@ -50,28 +52,45 @@ class LocalServices:
         return None
 
 
-def wait_until_serving(address: str, name: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """Follows the service's health status until it is SERVING; fails if the process dies first."""
+def _wait_until(
+    ready: Callable[[], bool], what: str, process: subprocess.Popen[bytes], timeout_s: float
+) -> None:
+    """Asks `ready` until it says yes; StartFailed if the process exits first or time runs out."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise StartFailed(
-                    f"the {name} exited with code {process.returncode} while starting (its log says why)"
-                )
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        try:
+            code = process.wait(timeout=0.1)  # between two questions, see whether it died
+        except subprocess.TimeoutExpired:
+            continue
+        raise StartFailed(f"the {what} exited with code {code} while starting (its log says why)")
+    raise StartFailed(f"the {what} did not start in {timeout_s} s")
+
+
+def _serving(address: str) -> Callable[[], bool]:
+    def ask() -> bool:
+        with grpc.insecure_channel(address) as channel:
             try:
-                # Watch is missing from types-grpcio-health-checking.
-                updates = health.Watch(  # type: ignore[attr-defined]
+                answer = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=1.0, wait_for_ready=True
                 )
-                for update in updates:
-                    if update.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-            except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise StartFailed(f"the {name} at {address}: {error.details()}") from None
-    raise StartFailed(f"the {name} at {address} did not start in {timeout_s} s")
+            except grpc.RpcError:
+                return False
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+    return ask
+
+
+def _answering(url: str) -> Callable[[], bool]:
+    def ask() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1.0):
+                return True
+        except OSError:  # URLError is one
+            return False
+
+    return ask
 
 
 @contextmanager
@@ -98,8 +117,11 @@ def local_services(
     log: IO[str] | None = None,
     start_timeout_s: float = 900.0,
     metrics_ports: tuple[int, int] = (ENCODER_METRICS_PORT, SEARCH_METRICS_PORT),
+    web_port: int | None = None,
+    web_collection: str = "",
 ) -> Iterator[LocalServices]:
-    """Starts both services (the encoder first), waits until each is SERVING, and stops both at the end.
+    """Starts both services (the encoder first), waits until each is SERVING, and stops both at the end;
+    with a `web_port`, the search page too (searching `web_collection`, empty: the service's default).
     A port of 0 is any free one; -1 for a metrics port turns that page off."""
     encoder_port, search_port = chosen_port(encoder_port), chosen_port(search_port)
     metrics_ports = (chosen_port(metrics_ports[0]), chosen_port(metrics_ports[1]))
@@ -109,10 +131,17 @@ def local_services(
         encoder_args = ["-m", "encoder_service", "--model", model, "--device", device]
         encoder_args += ["--port", str(encoder_port), "--metrics-port", str(metrics_ports[0])]
         encoder_process = stack.enter_context(_child(encoder_args, log))
-        wait_until_serving(encoder, "encoder service", encoder_process, start_timeout_s)
+        _wait_until(_serving(encoder), f"encoder service at {encoder}", encoder_process, start_timeout_s)
         search_args = ["-m", "search_service", "--encoder", encoder, "--milvus-uri", milvus_uri]
         search_args += ["--port", str(search_port), "--metrics-port", str(metrics_ports[1])]
         search_process = stack.enter_context(_child(search_args, log))
-        wait_until_serving(search, "search service", search_process, start_timeout_s)
+        _wait_until(_serving(search), f"search service at {search}", search_process, start_timeout_s)
         children = {"encoder service": encoder_process, "search service": search_process}
-        yield LocalServices(encoder, search, metrics_ports, children)
+        web = ""
+        if web_port is not None:
+            web = f"http://127.0.0.1:{chosen_port(web_port)}"
+            web_args = ["-m", "web", "--search", search, "--port", web.rsplit(":", 1)[1]]
+            web_process = stack.enter_context(_child([*web_args, "--collection", web_collection], log))
+            _wait_until(_answering(web), f"search page at {web}", web_process, start_timeout_s)
+            children["search page"] = web_process
+        yield LocalServices(encoder, search, metrics_ports, children, web)

@@ -12,7 +12,7 @@ import numpy as np
 from imagesearch.v1 import encoder_pb2, search_pb2
 
 from .errors import refused
-from .models import Hit, ImageVector, Limits, MetadataValue, Outcome, Record, Stats
+from .models import Hit, ImageVector, Limits, MetadataValue, Outcome, QueryPart, Record, Stats
 
 FilterParam = str | int | float | bool | Sequence[str | int | float | bool]
 OUTCOMES: dict[int, Outcome] = {
@@ -90,6 +90,7 @@ def search_options(
     filter: str | None,
     params: Mapping[str, FilterParam] | None,
     output_fields: Sequence[str],
+    min_score: float | None,
 ) -> search_pb2.SearchOptions:
     return search_pb2.SearchOptions(
         collection=collection,
@@ -98,7 +99,17 @@ def search_options(
         filter=filter or "",
         filter_params=filter_params(params),
         output_fields=list(output_fields),
+        min_score=min_score,  # None leaves it unset: no cut-off
     )
+
+
+def query_part(part: QueryPart, picture: bytes | None) -> search_pb2.QueryPart:
+    """The part as sent; `picture` holds the bytes of an image part, read by the client."""
+    if part.text is not None:
+        return search_pb2.QueryPart(text=part.text, weight=part.weight)
+    if picture is not None:
+        return search_pb2.QueryPart(image=picture, weight=part.weight)
+    return search_pb2.QueryPart(id=part.id, weight=part.weight)
 
 
 def _record(record: search_pb2.Record, asked: Sequence[str]) -> Record:
@@ -114,7 +125,8 @@ def _record(record: search_pb2.Record, asked: Sequence[str]) -> Record:
 
 
 def hits(
-    response: search_pb2.SearchTextResponse | search_pb2.SearchImageResponse, output_fields: Sequence[str]
+    response: search_pb2.SearchTextResponse | search_pb2.SearchImageResponse | search_pb2.SearchResponse,
+    output_fields: Sequence[str],
 ) -> list[Hit]:
     return [Hit(score=hit.score, **vars(_record(hit.record, output_fields))) for hit in response.hits]
 

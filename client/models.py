@@ -2,9 +2,12 @@
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from .errors import refused
 
 # A metadata value as stored: text, a number, a truth value, or a list of those.
 MetadataValue = str | int | float | bool | list[str | int | float | bool]
@@ -26,6 +29,25 @@ class Record:
 @dataclass(frozen=True, kw_only=True)
 class Hit(Record):
     score: float  # cosine similarity to the query, -1..1
+
+
+@dataclass(frozen=True)
+class QueryPart:
+    """One part of a mixed query: a text, a picture (bytes or a path) or a stored picture's id, weighted.
+
+    The parts' vectors are added up by weight; a negative weight moves the results away from the part
+    (QueryPart(text="a dog on a beach"), QueryPart(text="people", weight=-0.5)).
+    """
+
+    text: str | None = None
+    image: bytes | str | Path | None = None
+    id: str | None = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("text", "image", "id") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise refused(f"a QueryPart holds exactly one of text, image or id, not {given or 'none'}")
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2
 from . import messages
 from .channel import Connection
 from .errors import IngestInterrupted
-from .files import picture_bytes
+from .files import part_picture, picture_bytes
 from .ingest import Ingestion, Progress
 from .messages import FilterParam
-from .models import Hit, ImageVector, IngestSummary, Limits, MetadataValue, Record, Stats
+from .models import Hit, ImageVector, IngestSummary, Limits, MetadataValue, QueryPart, Record, Stats
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -77,9 +77,10 @@ class SearchClient:
         filter_params: Mapping[str, FilterParam] | None = None,
         offset: int = 0,
         output_fields: Sequence[str] = (),
+        min_score: float | None = None,
     ) -> list[Hit]:
         options = messages.search_options(
-            self.collection, top_k, offset, filter, filter_params, output_fields
+            self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
         request = search_pb2.SearchTextRequest(text=text, options=options)
         return messages.hits(self._connection.call(self._stub.SearchText, request), output_fields)
@@ -92,15 +93,55 @@ class SearchClient:
         filter_params: Mapping[str, FilterParam] | None = None,
         offset: int = 0,
         output_fields: Sequence[str] = (),
+        min_score: float | None = None,
     ) -> list[Hit]:
         """Pictures like `image`: its bytes, or the path of a picture file."""
         options = messages.search_options(
-            self.collection, top_k, offset, filter, filter_params, output_fields
+            self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
         request = search_pb2.SearchImageRequest(
             image=picture_bytes(image, MAX_MESSAGE_BYTES), options=options
         )
         return messages.hits(self._connection.call(self._stub.SearchImage, request), output_fields)
+
+    def search_similar(
+        self,
+        id: str,
+        top_k: int = 10,
+        filter: str | None = None,
+        filter_params: Mapping[str, FilterParam] | None = None,
+        offset: int = 0,
+        output_fields: Sequence[str] = (),
+        min_score: float | None = None,
+    ) -> list[Hit]:
+        """More like the stored picture `id`: its stored vector is the query; NOT_FOUND when not stored."""
+        parts = [QueryPart(id=id)]
+        return self.search(parts, top_k, filter, filter_params, offset, output_fields, min_score)
+
+    def search(
+        self,
+        parts: Sequence[QueryPart],
+        top_k: int = 10,
+        filter: str | None = None,
+        filter_params: Mapping[str, FilterParam] | None = None,
+        offset: int = 0,
+        output_fields: Sequence[str] = (),
+        min_score: float | None = None,
+    ) -> list[Hit]:
+        """The parts' vectors added up by weight (negative: away from it), as one query."""
+        options = messages.search_options(
+            self.collection, top_k, offset, filter, filter_params, output_fields, min_score
+        )
+        pictures = [part_picture(part, MAX_MESSAGE_BYTES) for part in parts]
+        sent = [messages.query_part(part, picture) for part, picture in zip(parts, pictures, strict=True)]
+        request = search_pb2.SearchRequest(parts=sent, options=options)
+        response = self._connection.call(self._stub.Search, request)
+        return messages.hits(response, output_fields)
+
+    def thumbnail(self, id: str) -> bytes:
+        """The stored picture's JPEG thumbnail (longest side 256 px); NOT_FOUND when it has none."""
+        request = search_pb2.GetThumbnailRequest(collection=self.collection, id=id)
+        return (self._connection.call(self._stub.GetThumbnail, request)).jpeg
 
     def get(self, ids: Sequence[str], output_fields: Sequence[str] = ()) -> list[Record]:
         request = search_pb2.GetRequest(

@@ -3,9 +3,10 @@
 import argparse
 from pathlib import Path
 
-from client.commands import UsageError
+from client.commands import UsageError, stop_on_signal
+from imagesearch.defaults import WEB_PORT
 
-from .run import DemoPlan, run_demo, synthetic_plan
+from .run import DemoPlan, run_demo, serve_page, synthetic_plan
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -18,6 +19,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     else:
         plan = synthetic_plan(workdir, args.model, args.per_class)
+    if args.web:
+        return serve_page(workdir, plan, args.web_port, stop_on_signal(), progress=not args.no_progress)
     return run_demo(workdir, plan, args.top_k, progress=not args.no_progress)
 
 
@@ -35,4 +38,8 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     demo.add_argument("--image-query", help="a picture to search by, for --pictures")
     demo.add_argument("--top-k", type=int, default=10)
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument(
+        "--web", action="store_true", help="serve the search page on the collection until Ctrl-C (make web)"
+    )
+    demo.add_argument("--web-port", type=int, default=WEB_PORT, help="the search page's port (with --web)")
     demo.set_defaults(run=cmd_demo)

@@ -4,9 +4,13 @@ By default, offline: renders labelled synthetic pictures, starts an encoder (the
 pictures) and a search service on a Milvus Lite file in the work folder, ingests the pictures, runs text
 queries and an image query, prints the hits, writes one grid per query, and stops the services. With
 `--pictures DIR --model ViT-B/32 --query "a white dog"` it does the same for a folder of real photos.
+With `--web` (`make web`) it starts the search page too and keeps everything running until Ctrl-C.
 """
 
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import numpy as np
 
 from client import Hit, SearchClient
 from client.grid import write_grid
-from client.local import local_services
+from client.local import LocalServices, local_services
 from client.output import progress_bar
 from synthetic.evaluation import label_of, write_pictures
 from synthetic.pictures import render
@@ -64,16 +68,27 @@ def _show(title: str, hits: list[Hit], grid: Path, wanted: str | None) -> None:
         print(f"  {rank}. {hit.score:.3f}  {hit.uri}")
 
 
-def run_demo(workdir: Path, plan: DemoPlan, top_k: int = 10, progress: bool = True) -> int:
+@contextmanager
+def _ingested(
+    workdir: Path, plan: DemoPlan, progress: bool, web_port: int | None = None
+) -> Iterator[tuple[LocalServices, SearchClient]]:
+    """The services on a Milvus Lite file in `workdir`, the plan's pictures ingested; stopped at the end."""
     workdir.mkdir(parents=True, exist_ok=True)
-    grids = workdir / "grids"
     log_path = workdir / "services.log"
     print(f"demo in {workdir}: model {plan.model}, pictures in {plan.pictures}; service logs in {log_path}")
     with (
         log_path.open("w") as log,
         # Any free ports, and no metrics pages: the demo runs beside whatever else runs here.
         local_services(
-            plan.model, str(workdir / "milvus.db"), "auto", 0, 0, log, metrics_ports=(-1, -1)
+            plan.model,
+            str(workdir / "milvus.db"),
+            "auto",
+            0,
+            0,
+            log,
+            metrics_ports=(-1, -1),
+            web_port=web_port,
+            web_collection=COLLECTION,
         ) as local,
         SearchClient(local.search, collection=COLLECTION, timeout=600) as client,
     ):
@@ -82,6 +97,13 @@ def run_demo(workdir: Path, plan: DemoPlan, top_k: int = 10, progress: bool = Tr
         print(
             f"ingested: stored {summary.stored}, already present {summary.present}, failed {summary.failed}"
         )
+        yield local, client
+    print("services stopped")
+
+
+def run_demo(workdir: Path, plan: DemoPlan, top_k: int = 10, progress: bool = True) -> int:
+    grids = workdir / "grids"
+    with _ingested(workdir, plan, progress) as (_, client):
         for query in plan.queries:
             hits = client.search_text(query, top_k=top_k)
             grid = write_grid(
@@ -98,5 +120,15 @@ def run_demo(workdir: Path, plan: DemoPlan, top_k: int = 10, progress: bool = Tr
         )
         stats = client.stats()
         print(f"\ncollection {stats.collection!r}: {stats.count} pictures, model {stats.model}")
-    print("services stopped")
+    return 0
+
+
+def serve_page(
+    workdir: Path, plan: DemoPlan, web_port: int, stop: threading.Event, progress: bool = True
+) -> int:
+    """`make web`: the demo's collection behind the search page, until `stop` is set (Ctrl-C)."""
+    with _ingested(workdir, plan, progress, web_port) as (local, _):
+        print(f"\nsearch page: {local.web}/?q=a+red+circle\nCtrl-C stops everything")
+        stop.wait()
+        print("stopping...")
     return 0

@@ -14,8 +14,10 @@ COPY search_service ./search_service
 RUN pip install --no-deps .
 
 # Health checks also answer in plaintext on their own port, so probes work when the service speaks TLS.
-ENV SEARCH_HOST=0.0.0.0 SEARCH_PORT=50052 SEARCH_HEALTH_PORT=50062 MILVUS_URI=/data/milvus.db
-RUN mkdir /data && chown app /data
+# Thumbnails of the stored pictures: one folder that every replica shares (a volume).
+ENV SEARCH_HOST=0.0.0.0 SEARCH_PORT=50052 SEARCH_HEALTH_PORT=50062 MILVUS_URI=/data/milvus.db \
+    SEARCH_THUMBNAIL_DIR=/data/thumbnails
+RUN mkdir -p /data/thumbnails && chown -R app /data
 VOLUME /data
 USER app
 EXPOSE 50052 50062

@@ -33,6 +33,16 @@ class SearchConfig(ServerSettings):
     milvus_timeout_s: float = setting(10.0, "deadline of one Milvus call", env="MILVUS_TIMEOUT_S")
     max_top_k: int = setting(1000, "largest top_k a search may ask for")
     max_offset: int = setting(10000, "largest offset a search may ask for")
+    max_query_parts: int = setting(16, "most parts (texts, pictures, ids) one Search query may combine")
+    thumbnail_dir: str = setting(
+        "",
+        "folder of the stored pictures' thumbnails (JPEG, named by id, served by GetThumbnail); empty: "
+        "beside the Milvus Lite file (<file>.thumbnails), or ./thumbnails with a Milvus server, where every "
+        "replica must share one folder (a shared volume)",
+    )
+    thumbnail_max_pixels: int = setting(
+        64_000_000, "largest width x height decoded to make a thumbnail (decompression bombs)"
+    )
     max_message_bytes: int = setting(
         MAX_MESSAGE_BYTES, "largest request message (one image and its metadata)"
     )
@@ -52,7 +62,15 @@ class SearchConfig(ServerSettings):
     def __post_init__(self) -> None:
         require_at_least_one(
             self,
-            ["ingest_in_flight", "max_concurrent_ingests", "max_top_k", "max_message_bytes", "grpc_workers"],
+            [
+                "ingest_in_flight",
+                "max_concurrent_ingests",
+                "max_top_k",
+                "max_message_bytes",
+                "grpc_workers",
+                "max_query_parts",
+                "thumbnail_max_pixels",
+            ],
         )
         try:
             if not isinstance(json.loads(self.index_params), dict):

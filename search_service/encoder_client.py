@@ -90,8 +90,15 @@ class EncoderClient:
 
     def encode_text(self, text: str) -> tuple[str, np.ndarray]:
         """The model's name and the text's vector."""
-        response = self._call(self._stub.EncodeText, encoder_pb2.EncodeTextRequest(texts=[text]))
-        return response.model, np.asarray(response.results[0].vector.values, dtype=np.float32)
+        model, [vector] = self.encode_texts([text])
+        return model, vector
+
+    def encode_texts(self, texts: list[str]) -> tuple[str, list[np.ndarray]]:
+        """The model's name and each text's vector, in order, from one call."""
+        response = self._call(self._stub.EncodeText, encoder_pb2.EncodeTextRequest(texts=texts))
+        return response.model, [
+            np.asarray(result.vector.values, dtype=np.float32) for result in response.results
+        ]
 
     def encode_images(self, images: list[bytes]) -> tuple[str, list[np.ndarray | str]]:
         """The model's name and, for each image in order, its vector or the reason it has none."""

@@ -27,6 +27,7 @@ from imagesearch.v1 import search_pb2
 from .encoder_client import EncoderClient
 from .metadata import BadMetadata, stored_metadata
 from .store import MAX_URI_LENGTH, CollectionInfo, Store
+from .thumbnails import Thumbnails
 
 STORED, PRESENT, FAILED = search_pb2.OUTCOME_STORED, search_pb2.OUTCOME_PRESENT, search_pb2.OUTCOME_FAILED
 MAX_METADATA_BYTES = 65536
@@ -92,9 +93,16 @@ class Ingestion:
     """One Ingest stream."""
 
     def __init__(
-        self, store: Store, encoder: EncoderClient, default_collection: str, in_flight: int, outcomes: Counter
+        self,
+        store: Store,
+        encoder: EncoderClient,
+        default_collection: str,
+        in_flight: int,
+        outcomes: Counter,
+        thumbnails: Thumbnails,
     ) -> None:
         self.outcomes = outcomes  # a metric, by outcome name
+        self.thumbnails = thumbnails
         self.store = store
         self.encoder = encoder
         self.default_collection = default_collection
@@ -229,6 +237,9 @@ class Ingestion:
         for item in items:
             if item.outcome != FAILED:
                 item.outcome = PRESENT if item.id in present else STORED
+        self.thumbnails.save(
+            collection.name, [(item.id, item.image) for item in items if item.outcome == STORED]
+        )
 
     def _results(self, batch: list[_Item]) -> Iterator[search_pb2.IngestResponse]:
         for item in batch:

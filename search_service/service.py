@@ -1,8 +1,9 @@
 """The SearchService RPCs: request checks, queries through the encoder and the store, result mapping."""
 
+import math
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -18,6 +19,7 @@ from .ingest import Ingestion
 from .metadata import record_metadata
 from .metrics import SearchMetrics
 from .store import CollectionInfo, Store
+from .thumbnails import Thumbnails, folder_for
 
 DEFAULT_TOP_K = 10
 EXTRA_OUTPUT_FIELDS = {"vector", "ingested_at", "model"}
@@ -46,13 +48,52 @@ def _output_fields(requested: list[str]) -> list[str]:
     return ["id", "uri", "metadata", *sorted(set(requested))]
 
 
+def _checked_id(image_id: str, name: str) -> str:
+    if not _SHA256_HEX.fullmatch(image_id):
+        raise invalid_argument(f"{name} = {image_id!r} is not an id (64 lowercase hex digits, a sha256)")
+    return image_id
+
+
 def _checked_ids(ids: list[str]) -> list[str]:
-    for index, image_id in enumerate(ids):
-        if not _SHA256_HEX.fullmatch(image_id):
-            raise invalid_argument(
-                f"ids[{index}] = {image_id!r} is not an id (64 lowercase hex digits, a sha256)"
-            )
-    return list(ids)
+    return [_checked_id(image_id, f"ids[{index}]") for index, image_id in enumerate(ids)]
+
+
+def _min_score(options: search_pb2.SearchOptions) -> float | None:
+    if not options.HasField("min_score"):
+        return None
+    if not -1.0 <= options.min_score <= 1.0:  # also refuses NaN
+        raise invalid_argument(f"min_score = {options.min_score} is outside -1..1")
+    return options.min_score
+
+
+def _checked_weights(parts: Sequence[search_pb2.QueryPart], max_parts: int) -> list[float]:
+    """Each part's weight (1 when unset), once every part is known to hold something to search by."""
+    if not parts:
+        raise invalid_argument("parts is empty: give at least one text, image or id")
+    if len(parts) > max_parts:
+        raise invalid_argument(f"{len(parts)} parts is over the limit of {max_parts} (--max-query-parts)")
+    weights = []
+    for index, part in enumerate(parts):
+        kind = part.WhichOneof("kind")
+        if kind is None:
+            raise invalid_argument(f"parts[{index}] has no text, image or id")
+        if kind == "text" and not part.text.strip():
+            raise invalid_argument(f"parts[{index}].text is empty")
+        if kind == "image" and not part.image:
+            raise invalid_argument(f"parts[{index}].image is empty (0 bytes)")
+        if kind == "id":
+            _checked_id(part.id, f"parts[{index}].id")
+        weight = part.weight if part.HasField("weight") else 1.0
+        if not math.isfinite(weight):
+            raise invalid_argument(f"parts[{index}].weight = {weight} is not a finite number")
+        weights.append(weight)
+    if not any(weights):
+        raise invalid_argument(f"all {len(parts)} weights are 0: nothing to search for")
+    return weights
+
+
+def _indices(parts: Sequence[search_pb2.QueryPart], kind: str) -> list[int]:
+    return [index for index, part in enumerate(parts) if part.WhichOneof("kind") == kind]
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
@@ -63,28 +104,37 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self.store = store
         self.encoder = encoder
         self.metrics = metrics
+        self.thumbnails = Thumbnails(
+            folder_for(config.thumbnail_dir, config.milvus_uri), config.thumbnail_max_pixels
+        )
         self._ingest_slots = threading.BoundedSemaphore(config.max_concurrent_ingests)
 
     def _collection(self, name: str) -> CollectionInfo:
         return self.store.require(name or self.config.collection)
 
     def _search(
-        self, options: search_pb2.SearchOptions, encode: Callable[[], tuple[str, np.ndarray]]
+        self,
+        options: search_pb2.SearchOptions,
+        encode: Callable[[CollectionInfo], tuple[str, np.ndarray]],
     ) -> tuple[list[search_pb2.Hit], str]:
+        """The hits for the query vector that `encode` makes, best first, none below min_score."""
         top_k = options.top_k or DEFAULT_TOP_K
         if not 1 <= top_k <= self.config.max_top_k:
             raise invalid_argument(f"top_k = {top_k} is outside 1..{self.config.max_top_k}")
         if not 0 <= options.offset <= self.config.max_offset:
             raise invalid_argument(f"offset = {options.offset} is outside 0..{self.config.max_offset}")
+        min_score = _min_score(options)
         fields = _output_fields(list(options.output_fields))
         expression = render_filter(options.filter, dict(options.filter_params))
         collection = self._collection(options.collection)
-        model, vector = encode()
+        model, vector = encode(collection)
         collection.require_model(model)
         rows = self.store.search(collection.name, vector.tolist(), top_k, options.offset, expression, fields)
+        # Rows come best first, so the cut-off only trims the tail: pagination stays consistent.
         hits = [
             search_pb2.Hit(record=_record({**row["entity"], "id": row["id"]}), score=row["distance"])
             for row in rows
+            if min_score is None or row["distance"] >= min_score
         ]
         return hits, model
 
@@ -93,7 +143,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     ) -> search_pb2.SearchTextResponse:
         if not request.text.strip():
             raise invalid_argument("text is empty")
-        hits, model = self._search(request.options, lambda: self.encoder.encode_text(request.text))
+        hits, model = self._search(request.options, lambda _: self.encoder.encode_text(request.text))
         return search_pb2.SearchTextResponse(hits=hits, model=model)
 
     def _encode_query_image(self, image: bytes) -> tuple[str, np.ndarray]:
@@ -107,8 +157,70 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     ) -> search_pb2.SearchImageResponse:
         if not request.image:
             raise invalid_argument("image is empty (0 bytes)")
-        hits, model = self._search(request.options, lambda: self._encode_query_image(request.image))
+        hits, model = self._search(request.options, lambda _: self._encode_query_image(request.image))
         return search_pb2.SearchImageResponse(hits=hits, model=model)
+
+    def Search(
+        self, request: search_pb2.SearchRequest, context: grpc.ServicerContext
+    ) -> search_pb2.SearchResponse:
+        parts = list(request.parts)
+        weights = _checked_weights(parts, self.config.max_query_parts)
+        hits, model = self._search(
+            request.options, lambda collection: self._combined_vector(parts, weights, collection)
+        )
+        return search_pb2.SearchResponse(hits=hits, model=model)
+
+    def _combined_vector(
+        self, parts: list[search_pb2.QueryPart], weights: list[float], collection: CollectionInfo
+    ) -> tuple[str, np.ndarray]:
+        """sum(weight * vector) over the parts, unit length: texts in one encoder call, pictures in another,
+        ids from their stored vectors."""
+        vectors: dict[int, np.ndarray] = {}
+        texts, images, ids = (_indices(parts, kind) for kind in ("text", "image", "id"))
+        if texts:
+            model, encoded = self.encoder.encode_texts([parts[index].text for index in texts])
+            collection.require_model(model)
+            vectors.update(zip(texts, encoded, strict=True))
+        if images:
+            model, results = self.encoder.encode_images([parts[index].image for index in images])
+            collection.require_model(model)
+            for index, result in zip(images, results, strict=True):
+                if isinstance(result, str):
+                    raise invalid_argument(f"parts[{index}].image: {result}")
+                vectors[index] = result
+        if ids:
+            wanted = [parts[index].id for index in ids]
+            stored = {
+                row["id"]: row["vector"] for row in self.store.get(collection.name, wanted, ["id", "vector"])
+            }
+            for index in ids:
+                if parts[index].id not in stored:
+                    raise ServiceError(
+                        grpc.StatusCode.NOT_FOUND,
+                        f"parts[{index}].id = {parts[index].id} is not stored in {collection.name!r}",
+                    )
+                vectors[index] = np.asarray(stored[parts[index].id], dtype=np.float32)
+        combined = sum(weight * vectors[index].astype(np.float64) for index, weight in enumerate(weights))
+        length = float(np.linalg.norm(combined))
+        # Unit vectors: a sum this much shorter than its weights is the parts cancelling out.
+        if not math.isfinite(length) or length <= 1e-6 * sum(abs(weight) for weight in weights):
+            raise invalid_argument(
+                f"the weighted sum of parts[0..{len(parts) - 1}] has no direction (the parts cancel out): "
+                "nothing to search for"
+            )
+        return collection.model, (combined / length).astype(np.float32)
+
+    def GetThumbnail(
+        self, request: search_pb2.GetThumbnailRequest, context: grpc.ServicerContext
+    ) -> search_pb2.GetThumbnailResponse:
+        image_id = _checked_id(request.id, "id")
+        collection = self._collection(request.collection)
+        jpeg = self.thumbnails.read(collection.name, image_id)
+        if jpeg is None:
+            raise ServiceError(
+                grpc.StatusCode.NOT_FOUND, f"no thumbnail of {image_id} in collection {collection.name!r}"
+            )
+        return search_pb2.GetThumbnailResponse(jpeg=jpeg)
 
     def Get(self, request: search_pb2.GetRequest, context: grpc.ServicerContext) -> search_pb2.GetResponse:
         ids = _checked_ids(list(request.ids))
@@ -136,7 +248,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         collection = self._collection(request.collection)
         if request.dry_run:
             return search_pb2.DeleteResponse(deleted=self.store.count(collection.name, expression))
-        return search_pb2.DeleteResponse(deleted=self.store.delete(collection.name, expression))
+        deleted = self.store.delete(collection.name, expression)
+        self.thumbnails.remove(collection.name, deleted)
+        return search_pb2.DeleteResponse(deleted=len(deleted))
 
     def Stats(
         self, request: search_pb2.StatsRequest, context: grpc.ServicerContext
@@ -176,6 +290,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 self.config.collection,
                 self.config.ingest_in_flight,
                 self.metrics.ingested,
+                self.thumbnails,
             )
             yield from ingestion.run(request_iterator)
         finally:

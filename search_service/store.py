@@ -30,6 +30,7 @@ MAX_MODEL_LENGTH = 512
 _MILVUS_INVALID_PARAMETER = 1100
 _MILVUS_COLLECTION_NOT_FOUND = 100
 _MILVUS_CANNOT_CONNECT = 2
+DELETE_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -290,17 +291,31 @@ class Store:
         )
         return int(rows[0]["count(*)"])
 
-    def delete(self, name: str, expression: str) -> int:
-        """Deletes the rows that match `expression` and says how many there were."""
-        matching = self.count(name, expression)
-        if matching:
-            self._call(
-                "delete from",
-                name,
-                lambda: self._client.delete(name, filter=expression, timeout=self.timeout_s),
-                expression,
-            )
-        return matching
+    def delete(self, name: str, expression: str) -> set[str]:
+        """Deletes the rows that match `expression` and returns their ids, found first, a batch at a time."""
+        deleted: set[str] = set()
+        while batch := self._ids_matching(name, expression, DELETE_BATCH):
+            if not deleted.isdisjoint(batch):  # never loop forever on rows Milvus did not delete
+                raise ServiceError(
+                    grpc.StatusCode.UNAVAILABLE, f"delete from {name!r}: Milvus still holds rows it deleted"
+                )
+            self._delete_ids(name, batch)
+            deleted.update(batch)
+        return deleted
+
+    def _ids_matching(self, name: str, expression: str, limit: int) -> list[str]:
+        rows = self._call(
+            "find ids in",
+            name,
+            lambda: self._client.query(
+                name, filter=expression, output_fields=["id"], limit=limit, timeout=self.timeout_s
+            ),
+            expression,
+        )
+        return [row["id"] for row in rows]
+
+    def _delete_ids(self, name: str, ids: list[str]) -> None:
+        self._call("delete from", name, lambda: self._client.delete(name, ids=ids, timeout=self.timeout_s))
 
     def describe_index(self, name: str) -> str:
         index = self._call(

@@ -55,7 +55,7 @@ def test_compose_runs_a_gpu_encoder_tier_behind_a_healthy_search_service() -> No
         "encoder": {"condition": "service_healthy"},
     }
     assert all("healthcheck" in service for service in services.values())
-    assert [name for name, service in services.items() if "ports" in service] == ["search"]
+    assert [name for name, service in services.items() if "ports" in service] == ["search", "web"]
     cpu = compose("docker-compose.cpu.yml")["services"]["encoder"]
     assert cpu["environment"]["ENCODER_DEVICE"] == "cpu" and cpu["deploy"] == {}
 
@@ -68,9 +68,8 @@ def test_env_example_names_every_setting_of_the_compose_file() -> None:
     assert used <= defined, sorted(used - defined)
 
 
-def test_the_search_image_installs_neither_torch_nor_cuda() -> None:
-    dockerfile = (ROOT / "docker" / "search.Dockerfile").read_text()
-    assert "pip install '.[search]'" in dockerfile and "encoder" not in dockerfile.lower()
+def install_set(extra: str) -> set[str]:
+    """The distributions `pip install '.[extra]'` would install."""
     report = subprocess.run(
         [
             sys.executable,
@@ -82,22 +81,63 @@ def test_the_search_image_installs_neither_torch_nor_cuda() -> None:
             "--quiet",
             "--report",
             "-",
-            ".[search]",
+            f".[{extra}]",
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
     )
-    names = {item["metadata"]["name"].lower() for item in json.loads(report.stdout)["install"]}
+    return {item["metadata"]["name"].lower() for item in json.loads(report.stdout)["install"]}
+
+
+HEAVY = {"torch", "torchvision", "openai-clip"}
+
+
+def test_the_search_image_installs_neither_torch_nor_cuda() -> None:
+    dockerfile = (ROOT / "docker" / "search.Dockerfile").read_text()
+    assert "pip install '.[search]'" in dockerfile and "encoder" not in dockerfile.lower()
+    names = install_set("search")
     assert {"pymilvus", "milvus-lite", "grpcio"} <= names
-    heavy = {"torch", "torchvision", "openai-clip"}
+    assert sorted(name for name in names if name in HEAVY or name.startswith("nvidia")) == []
+
+
+def test_the_web_image_installs_neither_torch_nor_milvus() -> None:
+    dockerfile = (ROOT / "docker" / "web.Dockerfile").read_text()
+    assert "pip install '.[web]'" in dockerfile and "encoder" not in dockerfile.lower()
+    names = install_set("web")
+    assert {"starlette", "uvicorn", "grpcio"} <= names
+    heavy = HEAVY | {"pymilvus", "milvus-lite"}
     assert sorted(name for name in names if name in heavy or name.startswith("nvidia")) == []
+
+
+def test_the_web_tier_reaches_search_and_search_shares_its_thumbnails() -> None:
+    services = compose("docker-compose.yml")["services"]
+    web, search = services["web"], services["search"]
+    assert web["environment"]["WEB_SEARCH"] == "search:50052"
+    assert web["depends_on"] == {"search": {"condition": "service_healthy"}}
+    assert web["ports"] == ["${WEB_PORT:-8080}:8080"]
+    assert "/healthz" in web["healthcheck"]["test"][-1]
+    assert search["environment"]["SEARCH_THUMBNAIL_DIR"] == "/data/thumbnails"
+    assert "thumbnails:/data/thumbnails" in search["volumes"]
+    by_kind = {(m["kind"], m["metadata"]["name"]): m for m in manifests()}
+    [container] = by_kind[("Deployment", "web")]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "WEB_SEARCH", "value": "search.default.svc.cluster.local:50052"} in container["env"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert by_kind[("Service", "web")]["spec"]["ports"][0]["targetPort"] == "http"
+    assert by_kind[("PersistentVolumeClaim", "thumbnails")]["spec"]["accessModes"] == ["ReadWriteMany"]
+    search_pod = by_kind[("Deployment", "search")]["spec"]["template"]["spec"]
+    assert search_pod["volumes"] == [
+        {"name": "thumbnails", "persistentVolumeClaim": {"claimName": "thumbnails"}}
+    ]
+    resources = yaml.safe_load((ROOT / "deploy" / "k8s" / "kustomization.yaml").read_text())["resources"]
+    assert resources == ["encoder.yaml", "search.yaml", "web.yaml"]
 
 
 def manifests() -> list[dict]:
     """The Kubernetes objects of deploy/k8s (the Helm values and the kustomization are not objects)."""
-    paths = [ROOT / "deploy" / "k8s" / name for name in ("encoder.yaml", "search.yaml")]
+    paths = [ROOT / "deploy" / "k8s" / name for name in ("encoder.yaml", "search.yaml", "web.yaml")]
     return [document for path in paths for document in yaml.safe_load_all(path.read_text())]
 
 

@@ -8,9 +8,10 @@ from conftest import running_search
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 
-def test_search_service_and_client_never_import_torch() -> None:
+def test_search_service_client_and_web_never_import_torch() -> None:
     probe = (
-        "import sys, search_service.server, search_service.__main__, client, client.cli, demo.command; "
+        "import sys, search_service.server, search_service.__main__, client, client.cli, demo.command, "
+        "web.server, web.__main__; "
         "heavy = sorted(name for name in ('torch', 'clip', 'torchvision') if name in sys.modules); "
         "print(','.join(heavy))"
     )

@@ -23,9 +23,9 @@ def milvus_uri(tmp_path_factory) -> Iterator[str]:
         server.stop()  # SIGTERM, then SIGKILL after a grace period: it can hang on SIGTERM alone
 
 
-def test_ingest_search_and_delete_on_a_milvus_server(tiny_encoder, milvus_uri) -> None:
+def test_ingest_search_and_delete_on_a_milvus_server(tiny_encoder, milvus_uri, tmp_path) -> None:
     with (
-        running_search(tiny_encoder.grpc.address, milvus_uri) as server,
+        running_search(tiny_encoder.grpc.address, milvus_uri, thumbnail_dir=str(tmp_path)) as server,
         search_stub(server.grpc.address) as stub,
     ):
         assert server.check_health() is True
@@ -53,13 +53,15 @@ def test_ingest_search_and_delete_on_a_milvus_server(tiny_encoder, milvus_uri) -
         assert stats.count == 4 and stats.model.startswith("tiny.pt@sha256:")
 
 
-def test_two_replicas_ingesting_the_same_pictures_at_once_store_each_once(tiny_encoder, milvus_uri) -> None:
+def test_two_replicas_ingesting_the_same_pictures_at_once_store_each_once(
+    tiny_encoder, milvus_uri, tmp_path
+) -> None:
     """Each replica's lock covers only itself; on a Milvus server, upserts of one id by two replicas must
     still leave one row."""
     pictures = folder(40, 500, prefix="replicas")
     with (
-        running_search(tiny_encoder.grpc.address, milvus_uri) as first,
-        running_search(tiny_encoder.grpc.address, milvus_uri) as second,
+        running_search(tiny_encoder.grpc.address, milvus_uri, thumbnail_dir=str(tmp_path)) as first,
+        running_search(tiny_encoder.grpc.address, milvus_uri, thumbnail_dir=str(tmp_path)) as second,
         search_stub(first.grpc.address) as first_stub,
         search_stub(second.grpc.address) as second_stub,
     ):

@@ -95,7 +95,7 @@ class FilterValueList(_message.Message):
     def __init__(self, values: _Optional[_Iterable[_Union[FilterValue, _Mapping]]] = ...) -> None: ...
 
 class SearchOptions(_message.Message):
-    __slots__ = ("collection", "top_k", "offset", "filter", "filter_params", "output_fields")
+    __slots__ = ("collection", "top_k", "offset", "filter", "filter_params", "output_fields", "min_score")
     class FilterParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -109,13 +109,15 @@ class SearchOptions(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     FILTER_PARAMS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     top_k: int
     offset: int
     filter: str
     filter_params: _containers.MessageMap[str, FilterValue]
     output_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, collection: _Optional[str] = ..., top_k: _Optional[int] = ..., offset: _Optional[int] = ..., filter: _Optional[str] = ..., filter_params: _Optional[_Mapping[str, FilterValue]] = ..., output_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    min_score: float
+    def __init__(self, collection: _Optional[str] = ..., top_k: _Optional[int] = ..., offset: _Optional[int] = ..., filter: _Optional[str] = ..., filter_params: _Optional[_Mapping[str, FilterValue]] = ..., output_fields: _Optional[_Iterable[str]] = ..., min_score: _Optional[float] = ...) -> None: ...
 
 class Record(_message.Message):
     __slots__ = ("id", "uri", "metadata", "model", "ingested_at", "vector", "typed_metadata")
@@ -188,6 +190,48 @@ class SearchImageResponse(_message.Message):
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     model: str
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class QueryPart(_message.Message):
+    __slots__ = ("text", "image", "id", "weight")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    image: bytes
+    id: str
+    weight: float
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("parts", "options")
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    parts: _containers.RepeatedCompositeFieldContainer[QueryPart]
+    options: SearchOptions
+    def __init__(self, parts: _Optional[_Iterable[_Union[QueryPart, _Mapping]]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("hits", "model")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    model: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class GetThumbnailRequest(_message.Message):
+    __slots__ = ("collection", "id")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    id: str
+    def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class GetThumbnailResponse(_message.Message):
+    __slots__ = ("jpeg",)
+    JPEG_FIELD_NUMBER: _ClassVar[int]
+    jpeg: bytes
+    def __init__(self, jpeg: _Optional[bytes] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("collection", "ids", "output_fields")

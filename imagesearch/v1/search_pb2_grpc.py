@@ -26,12 +26,15 @@ if _version_not_supported:
 
 
 class SearchServiceStub:
-    """Owns the Milvus collections: ingestion through the encoder, text and image search, get, delete, stats.
-    Every request may name a collection; empty means the service's default (--collection).
+    """Owns the Milvus collections: ingestion through the encoder, text, image and mixed search, get, delete,
+    stats, and a thumbnail of each stored picture. Every request may name a collection; empty means the
+    service's default (--collection).
 
     Status codes:
-    INVALID_ARGUMENT     a bad filter, filter parameter, top_k, offset, id or output field (the message names it).
-    NOT_FOUND            the collection does not exist.
+    INVALID_ARGUMENT     a bad filter, filter parameter, top_k, offset, min_score, id, output field or query
+    part (the message names it).
+    NOT_FOUND            the collection does not exist; Search: a part's id is not stored; GetThumbnail: the
+    picture has no thumbnail.
     FAILED_PRECONDITION  the collection was made with another model than the encoder serves (both are named).
     RESOURCE_EXHAUSTED   the encoder's queue is full.
     UNAVAILABLE          the encoder or Milvus cannot be reached; what was reported stored stays stored.
@@ -59,6 +62,16 @@ class SearchServiceStub:
                 request_serializer=imagesearch_dot_v1_dot_search__pb2.SearchImageRequest.SerializeToString,
                 response_deserializer=imagesearch_dot_v1_dot_search__pb2.SearchImageResponse.FromString,
                 _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/imagesearch.v1.SearchService/Search',
+                request_serializer=imagesearch_dot_v1_dot_search__pb2.SearchRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
+                _registered_method=True)
+        self.GetThumbnail = channel.unary_unary(
+                '/imagesearch.v1.SearchService/GetThumbnail',
+                request_serializer=imagesearch_dot_v1_dot_search__pb2.GetThumbnailRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_search__pb2.GetThumbnailResponse.FromString,
+                _registered_method=True)
         self.Get = channel.unary_unary(
                 '/imagesearch.v1.SearchService/Get',
                 request_serializer=imagesearch_dot_v1_dot_search__pb2.GetRequest.SerializeToString,
@@ -82,12 +95,15 @@ class SearchServiceStub:
 
 
 class SearchServiceServicer:
-    """Owns the Milvus collections: ingestion through the encoder, text and image search, get, delete, stats.
-    Every request may name a collection; empty means the service's default (--collection).
+    """Owns the Milvus collections: ingestion through the encoder, text, image and mixed search, get, delete,
+    stats, and a thumbnail of each stored picture. Every request may name a collection; empty means the
+    service's default (--collection).
 
     Status codes:
-    INVALID_ARGUMENT     a bad filter, filter parameter, top_k, offset, id or output field (the message names it).
-    NOT_FOUND            the collection does not exist.
+    INVALID_ARGUMENT     a bad filter, filter parameter, top_k, offset, min_score, id, output field or query
+    part (the message names it).
+    NOT_FOUND            the collection does not exist; Search: a part's id is not stored; GetThumbnail: the
+    picture has no thumbnail.
     FAILED_PRECONDITION  the collection was made with another model than the encoder serves (both are named).
     RESOURCE_EXHAUSTED   the encoder's queue is full.
     UNAVAILABLE          the encoder or Milvus cannot be reached; what was reported stored stays stored.
@@ -110,6 +126,26 @@ class SearchServiceServicer:
 
     def SearchImage(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Search(self, request, context):
+        """A query of weighted parts (texts, pictures, stored pictures' ids), combined into one unit vector:
+        sum(weight * vector), normalised. An id part uses the stored vector, no re-encoding ("more like this").
+        INVALID_ARGUMENT for no parts, more than the service's --max-query-parts, a part with nothing in it, a
+        weight that is NaN or infinite, all weights 0, parts that cancel out, or a picture that cannot be
+        encoded; NOT_FOUND for an id that is not stored. The message names the part ("parts[2].weight").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetThumbnail(self, request, context):
+        """The JPEG thumbnail (longest side 256 px) made when the picture was ingested. NOT_FOUND when there is
+        none: an unknown id, or a picture ingested before thumbnails existed or whose thumbnail could not be
+        made. INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -157,6 +193,16 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     request_deserializer=imagesearch_dot_v1_dot_search__pb2.SearchImageRequest.FromString,
                     response_serializer=imagesearch_dot_v1_dot_search__pb2.SearchImageResponse.SerializeToString,
             ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=imagesearch_dot_v1_dot_search__pb2.SearchRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_search__pb2.SearchResponse.SerializeToString,
+            ),
+            'GetThumbnail': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThumbnail,
+                    request_deserializer=imagesearch_dot_v1_dot_search__pb2.GetThumbnailRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_search__pb2.GetThumbnailResponse.SerializeToString,
+            ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
                     request_deserializer=imagesearch_dot_v1_dot_search__pb2.GetRequest.FromString,
@@ -186,12 +232,15 @@ def add_SearchServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SearchService:
-    """Owns the Milvus collections: ingestion through the encoder, text and image search, get, delete, stats.
-    Every request may name a collection; empty means the service's default (--collection).
+    """Owns the Milvus collections: ingestion through the encoder, text, image and mixed search, get, delete,
+    stats, and a thumbnail of each stored picture. Every request may name a collection; empty means the
+    service's default (--collection).
 
     Status codes:
-    INVALID_ARGUMENT     a bad filter, filter parameter, top_k, offset, id or output field (the message names it).
-    NOT_FOUND            the collection does not exist.
+    INVALID_ARGUMENT     a bad filter, filter parameter, top_k, offset, min_score, id, output field or query
+    part (the message names it).
+    NOT_FOUND            the collection does not exist; Search: a part's id is not stored; GetThumbnail: the
+    picture has no thumbnail.
     FAILED_PRECONDITION  the collection was made with another model than the encoder serves (both are named).
     RESOURCE_EXHAUSTED   the encoder's queue is full.
     UNAVAILABLE          the encoder or Milvus cannot be reached; what was reported stored stays stored.
@@ -269,6 +318,60 @@ class SearchService:
             '/imagesearch.v1.SearchService/SearchImage',
             imagesearch_dot_v1_dot_search__pb2.SearchImageRequest.SerializeToString,
             imagesearch_dot_v1_dot_search__pb2.SearchImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagesearch.v1.SearchService/Search',
+            imagesearch_dot_v1_dot_search__pb2.SearchRequest.SerializeToString,
+            imagesearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThumbnail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagesearch.v1.SearchService/GetThumbnail',
+            imagesearch_dot_v1_dot_search__pb2.GetThumbnailRequest.SerializeToString,
+            imagesearch_dot_v1_dot_search__pb2.GetThumbnailResponse.FromString,
             options,
             channel_credentials,
             insecure,

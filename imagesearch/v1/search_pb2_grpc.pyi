@@ -27,12 +27,15 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SearchServiceStub:
-    """Owns the Milvus collections: ingestion through the encoder, text and image search, get, delete, stats.
-    Every request may name a collection; empty means the service's default (--collection).
+    """Owns the Milvus collections: ingestion through the encoder, text, image and mixed search, get, delete,
+    stats, and a thumbnail of each stored picture. Every request may name a collection; empty means the
+    service's default (--collection).
 
     Status codes:
-      INVALID_ARGUMENT     a bad filter, filter parameter, top_k, offset, id or output field (the message names it).
-      NOT_FOUND            the collection does not exist.
+      INVALID_ARGUMENT     a bad filter, filter parameter, top_k, offset, min_score, id, output field or query
+                           part (the message names it).
+      NOT_FOUND            the collection does not exist; Search: a part's id is not stored; GetThumbnail: the
+                           picture has no thumbnail.
       FAILED_PRECONDITION  the collection was made with another model than the encoder serves (both are named).
       RESOURCE_EXHAUSTED   the encoder's queue is full.
       UNAVAILABLE          the encoder or Milvus cannot be reached; what was reported stored stays stored.
@@ -49,6 +52,18 @@ class SearchServiceStub:
     """
     SearchText: _grpc.UnaryUnaryMultiCallable[_search_pb2.SearchTextRequest, _search_pb2.SearchTextResponse]
     SearchImage: _grpc.UnaryUnaryMultiCallable[_search_pb2.SearchImageRequest, _search_pb2.SearchImageResponse]
+    Search: _grpc.UnaryUnaryMultiCallable[_search_pb2.SearchRequest, _search_pb2.SearchResponse]
+    """A query of weighted parts (texts, pictures, stored pictures' ids), combined into one unit vector:
+    sum(weight * vector), normalised. An id part uses the stored vector, no re-encoding ("more like this").
+    INVALID_ARGUMENT for no parts, more than the service's --max-query-parts, a part with nothing in it, a
+    weight that is NaN or infinite, all weights 0, parts that cancel out, or a picture that cannot be
+    encoded; NOT_FOUND for an id that is not stored. The message names the part ("parts[2].weight").
+    """
+    GetThumbnail: _grpc.UnaryUnaryMultiCallable[_search_pb2.GetThumbnailRequest, _search_pb2.GetThumbnailResponse]
+    """The JPEG thumbnail (longest side 256 px) made when the picture was ingested. NOT_FOUND when there is
+    none: an unknown id, or a picture ingested before thumbnails existed or whose thumbnail could not be
+    made. INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
+    """
     Get: _grpc.UnaryUnaryMultiCallable[_search_pb2.GetRequest, _search_pb2.GetResponse]
     Delete: _grpc.UnaryUnaryMultiCallable[_search_pb2.DeleteRequest, _search_pb2.DeleteResponse]
     Stats: _grpc.UnaryUnaryMultiCallable[_search_pb2.StatsRequest, _search_pb2.StatsResponse]
@@ -57,12 +72,15 @@ class SearchServiceStub:
 
 @_typing.type_check_only
 class SearchServiceAsyncStub(SearchServiceStub):
-    """Owns the Milvus collections: ingestion through the encoder, text and image search, get, delete, stats.
-    Every request may name a collection; empty means the service's default (--collection).
+    """Owns the Milvus collections: ingestion through the encoder, text, image and mixed search, get, delete,
+    stats, and a thumbnail of each stored picture. Every request may name a collection; empty means the
+    service's default (--collection).
 
     Status codes:
-      INVALID_ARGUMENT     a bad filter, filter parameter, top_k, offset, id or output field (the message names it).
-      NOT_FOUND            the collection does not exist.
+      INVALID_ARGUMENT     a bad filter, filter parameter, top_k, offset, min_score, id, output field or query
+                           part (the message names it).
+      NOT_FOUND            the collection does not exist; Search: a part's id is not stored; GetThumbnail: the
+                           picture has no thumbnail.
       FAILED_PRECONDITION  the collection was made with another model than the encoder serves (both are named).
       RESOURCE_EXHAUSTED   the encoder's queue is full.
       UNAVAILABLE          the encoder or Milvus cannot be reached; what was reported stored stays stored.
@@ -76,6 +94,18 @@ class SearchServiceAsyncStub(SearchServiceStub):
     """
     SearchText: _aio.UnaryUnaryMultiCallable[_search_pb2.SearchTextRequest, _search_pb2.SearchTextResponse]  # type: ignore[assignment]
     SearchImage: _aio.UnaryUnaryMultiCallable[_search_pb2.SearchImageRequest, _search_pb2.SearchImageResponse]  # type: ignore[assignment]
+    Search: _aio.UnaryUnaryMultiCallable[_search_pb2.SearchRequest, _search_pb2.SearchResponse]  # type: ignore[assignment]
+    """A query of weighted parts (texts, pictures, stored pictures' ids), combined into one unit vector:
+    sum(weight * vector), normalised. An id part uses the stored vector, no re-encoding ("more like this").
+    INVALID_ARGUMENT for no parts, more than the service's --max-query-parts, a part with nothing in it, a
+    weight that is NaN or infinite, all weights 0, parts that cancel out, or a picture that cannot be
+    encoded; NOT_FOUND for an id that is not stored. The message names the part ("parts[2].weight").
+    """
+    GetThumbnail: _aio.UnaryUnaryMultiCallable[_search_pb2.GetThumbnailRequest, _search_pb2.GetThumbnailResponse]  # type: ignore[assignment]
+    """The JPEG thumbnail (longest side 256 px) made when the picture was ingested. NOT_FOUND when there is
+    none: an unknown id, or a picture ingested before thumbnails existed or whose thumbnail could not be
+    made. INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
+    """
     Get: _aio.UnaryUnaryMultiCallable[_search_pb2.GetRequest, _search_pb2.GetResponse]  # type: ignore[assignment]
     Delete: _aio.UnaryUnaryMultiCallable[_search_pb2.DeleteRequest, _search_pb2.DeleteResponse]  # type: ignore[assignment]
     Stats: _aio.UnaryUnaryMultiCallable[_search_pb2.StatsRequest, _search_pb2.StatsResponse]  # type: ignore[assignment]
@@ -83,12 +113,15 @@ class SearchServiceAsyncStub(SearchServiceStub):
     """The service's bounds, so that a caller can refuse what would be refused before sending it."""
 
 class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Owns the Milvus collections: ingestion through the encoder, text and image search, get, delete, stats.
-    Every request may name a collection; empty means the service's default (--collection).
+    """Owns the Milvus collections: ingestion through the encoder, text, image and mixed search, get, delete,
+    stats, and a thumbnail of each stored picture. Every request may name a collection; empty means the
+    service's default (--collection).
 
     Status codes:
-      INVALID_ARGUMENT     a bad filter, filter parameter, top_k, offset, id or output field (the message names it).
-      NOT_FOUND            the collection does not exist.
+      INVALID_ARGUMENT     a bad filter, filter parameter, top_k, offset, min_score, id, output field or query
+                           part (the message names it).
+      NOT_FOUND            the collection does not exist; Search: a part's id is not stored; GetThumbnail: the
+                           picture has no thumbnail.
       FAILED_PRECONDITION  the collection was made with another model than the encoder serves (both are named).
       RESOURCE_EXHAUSTED   the encoder's queue is full.
       UNAVAILABLE          the encoder or Milvus cannot be reached; what was reported stored stays stored.
@@ -118,6 +151,30 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _search_pb2.SearchImageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_search_pb2.SearchImageResponse, _abc.Awaitable[_search_pb2.SearchImageResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Search(
+        self,
+        request: _search_pb2.SearchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_pb2.SearchResponse, _abc.Awaitable[_search_pb2.SearchResponse]]:
+        """A query of weighted parts (texts, pictures, stored pictures' ids), combined into one unit vector:
+        sum(weight * vector), normalised. An id part uses the stored vector, no re-encoding ("more like this").
+        INVALID_ARGUMENT for no parts, more than the service's --max-query-parts, a part with nothing in it, a
+        weight that is NaN or infinite, all weights 0, parts that cancel out, or a picture that cannot be
+        encoded; NOT_FOUND for an id that is not stored. The message names the part ("parts[2].weight").
+        """
+
+    @_abc_1.abstractmethod
+    def GetThumbnail(
+        self,
+        request: _search_pb2.GetThumbnailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_pb2.GetThumbnailResponse, _abc.Awaitable[_search_pb2.GetThumbnailResponse]]:
+        """The JPEG thumbnail (longest side 256 px) made when the picture was ingested. NOT_FOUND when there is
+        none: an unknown id, or a picture ingested before thumbnails existed or whose thumbnail could not be
+        made. INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
+        """
 
     @_abc_1.abstractmethod
     def Get(

@@ -1,0 +1,296 @@
+"""The web tier's JSON API over HTTP, in front of a real search service and encoder on loopback.
+
+The small CLIP searches the demo's synthetic pictures, so that text queries have a meaning to check.
+"""
+
+import dataclasses
+import hashlib
+import http.client
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+from conftest import running_encoder, running_search
+from PIL import Image
+
+from client import SearchClient
+from client.local import free_port
+from demo.run import DEMO_SEED, SMALL_CLIP
+from synthetic.evaluation import label_of, write_pictures
+from web.config import WebConfig
+from web.server import WebServer
+
+MAX_UPLOAD = 200_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> dict:
+        assert self.headers["content-type"] == "application/json", self.body[:200]
+        return json.loads(self.body)
+
+
+def request(base: str, method: str, target: str, body: bytes | None = None) -> Answer:
+    """`target` is sent exactly as written (no normalising of `..` or of escapes), as an attacker would."""
+    connection = http.client.HTTPConnection(urlsplit(base).netloc, timeout=60)
+    try:
+        connection.request(method, target, body=body)
+        response = connection.getresponse()
+        return Answer(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+
+
+def get(base: str, path: str, **params: object) -> Answer:
+    query = urlencode([(k, v) for k, values in params.items() for v in _listed(values)])
+    return request(base, "GET", f"{path}?{query}" if query else path)
+
+
+def _listed(value: object) -> list[object]:
+    return value if isinstance(value, list) else [value]
+
+
+@contextmanager
+def running_web(search_address: str, **settings: object) -> Iterator[str]:
+    config = WebConfig(search=search_address, port=0, log_level="warning", timeout_s=20.0)
+    server = WebServer(dataclasses.replace(config, **settings))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@dataclasses.dataclass(frozen=True)
+class Demo:
+    url: str
+    pictures: Path
+    ids: dict[str, str]  # file name -> id
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Iterator[Demo]:
+    folder = tmp_path_factory.mktemp("web-api")
+    write_pictures(folder / "pictures", per_class=1, seed=DEMO_SEED)
+    with (
+        running_encoder(SMALL_CLIP) as encoder,
+        running_search(encoder.grpc.address, folder / "milvus.db") as search,
+        SearchClient(search.grpc.address) as client,
+    ):
+        summary = client.ingest([folder / "pictures"])
+        assert summary.stored == 48
+        ids = {Path(item.uri).name: item.id for item in summary.items}
+        with running_web(search.grpc.address, max_upload_bytes=MAX_UPLOAD) as url:
+            yield Demo(url, folder / "pictures", ids)
+
+
+def picture_of(demo: Demo, label: str) -> str:
+    """The file name of the demo's picture of `label` ("red circle")."""
+    return next(name for name in sorted(demo.ids) if label_of(name) == label)
+
+
+def names(answer: Answer) -> list[str]:
+    assert answer.status == 200, answer.body
+    return [hit["name"] for hit in answer.json()["hits"]]
+
+
+def test_status_says_how_many_pictures_and_which_model(demo) -> None:
+    status = get(demo.url, "/api/status").json()
+    assert status["count"] == 48 and status["model"].startswith("small-clip-synthetic.pt@sha256:")
+
+
+def test_text_search_finds_the_described_pictures(demo) -> None:
+    answer = get(demo.url, "/api/search", q="a red circle", top_k=5)
+    body = answer.json()
+    assert label_of(body["hits"][0]["name"]) == "red circle"
+    scores = [hit["score"] for hit in body["hits"]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    first = body["hits"][0]
+    assert first["uri"] == str(demo.pictures / first["name"]) and first["id"] == demo.ids[first["name"]]
+    assert first["thumbnail"] == f"/thumbnails/{first['id']}"
+    assert body["top_k"] == 5 and body["offset"] == 0 and body["took_ms"] > 0
+
+
+def test_a_picture_upload_finds_itself_first(demo) -> None:
+    name = picture_of(demo, "blue square")
+    picture = (demo.pictures / name).read_bytes()
+    body = request(demo.url, "POST", "/api/search?top_k=3", picture).json()
+    assert body["hits"][0]["id"] == hashlib.sha256(picture).hexdigest()
+    assert body["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_uploads_are_limited_and_checked_like_any_picture(demo) -> None:
+    too_large = request(demo.url, "POST", "/api/search", b"\xff\xd8\xff" + bytes(MAX_UPLOAD))
+    assert too_large.status == 413
+    assert f"over the limit of {MAX_UPLOAD} bytes" in too_large.json()["error"]
+    not_a_picture = request(demo.url, "POST", "/api/search", b"just some text")
+    assert not_a_picture.status == 400
+    assert "image: not a recognised image format" in not_a_picture.json()["error"]
+    empty = request(demo.url, "POST", "/api/search", b"")
+    assert empty.status == 400 and "no picture" in empty.json()["error"]
+
+
+def test_more_like_this_uses_the_stored_picture(demo) -> None:
+    name = picture_of(demo, "green star")
+    body = get(demo.url, "/api/search", like=demo.ids[name], top_k=4).json()
+    assert body["hits"][0]["name"] == name
+    assert body["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert [label_of(hit["name"]) for hit in body["hits"]].count("green star") >= 1
+    unknown = get(demo.url, "/api/search", like="0" * 64)
+    assert unknown.status == 404 and "is not stored" in unknown.json()["error"]
+    malformed = get(demo.url, "/api/search", like="../../etc/passwd")
+    assert malformed.status == 400 and "is not an id" in malformed.json()["error"]
+
+
+def test_mixed_queries_combine_weighted_parts(demo) -> None:
+    alone = get(demo.url, "/api/search", q="a red circle", top_k=8).json()["hits"]
+    doubled = get(demo.url, "/api/search", q="a red circle", part="text:1:a red circle", top_k=8).json()
+    assert [hit["id"] for hit in doubled["hits"]] == [hit["id"] for hit in alone]
+    assert [hit["score"] for hit in doubled["hits"]] == pytest.approx(
+        [hit["score"] for hit in alone], abs=1e-5
+    )
+
+    red_circle = demo.ids[picture_of(demo, "red circle")]
+    like = names(get(demo.url, "/api/search", like=red_circle, top_k=5))
+    away_from_red = names(
+        get(demo.url, "/api/search", like=red_circle, part="text:-1:a red picture", top_k=5)
+    )
+    assert sum(name.startswith("red-") for name in away_from_red) < sum(
+        name.startswith("red-") for name in like
+    )
+
+    cancelled = get(demo.url, "/api/search", q="a dog", part="text:-1:a dog")
+    assert cancelled.status == 400 and "cancel out" in cancelled.json()["error"]
+    for spec, complaint in (
+        ("text:nan:a dog", "parts[0].weight = nan is not a finite number"),
+        ("text:two:a dog", "part[0] weight = 'two' is not a number"),
+        ("image:1:/etc/passwd", "is not KIND:WEIGHT:VALUE with KIND text or id"),
+    ):
+        refused = get(demo.url, "/api/search", part=spec)
+        assert refused.status == 400 and complaint in refused.json()["error"], spec
+    nothing = get(demo.url, "/api/search")
+    assert nothing.status == 400 and "nothing to search for" in nothing.json()["error"]
+
+
+def test_min_score_leaves_out_weaker_hits(demo) -> None:
+    everything = get(demo.url, "/api/search", q="a yellow triangle", top_k=20).json()["hits"]
+    cut = everything[3]["score"]
+    kept = get(demo.url, "/api/search", q="a yellow triangle", top_k=20, min_score=cut).json()["hits"]
+    assert [hit["id"] for hit in kept] == [hit["id"] for hit in everything if hit["score"] >= cut]
+    assert 4 <= len(kept) < 20
+    for bad, complaint in (("2", "min_score = 2.0 is outside -1..1"), ("high", "min_score = 'high' is not")):
+        refused = get(demo.url, "/api/search", q="a dog", min_score=bad)
+        assert refused.status == 400 and complaint in refused.json()["error"]
+
+
+def test_offset_and_top_k_page_through_the_same_ranking(demo) -> None:
+    def page(offset: int) -> list[str]:
+        return [
+            hit["id"]
+            for hit in get(demo.url, "/api/search", q="a shape", top_k=5, offset=offset).json()["hits"]
+        ]
+
+    whole = [hit["id"] for hit in get(demo.url, "/api/search", q="a shape", top_k=15).json()["hits"]]
+    assert page(0) + page(5) + page(10) == whole
+    assert get(demo.url, "/api/search", q="a shape", top_k=-1).status == 400
+
+
+def test_thumbnails_are_small_jpegs_of_stored_pictures(demo) -> None:
+    name = picture_of(demo, "orange hexagon")
+    answer = get(demo.url, f"/thumbnails/{demo.ids[name]}")
+    assert answer.status == 200 and answer.headers["content-type"] == "image/jpeg"
+    thumbnail = Image.open(io.BytesIO(answer.body))
+    original = Image.open(demo.pictures / name)
+    assert thumbnail.format == "JPEG" and max(thumbnail.size) == min(256, max(original.size))
+    unknown = get(demo.url, f"/thumbnails/{'a' * 64}")
+    assert unknown.status == 404 and "no thumbnail" in unknown.json()["error"]
+
+
+NOT_IDS = [
+    "A" * 64,
+    "a" * 63,
+    "a" * 65,
+    "g" * 64,
+    "..%2F..%2F..%2Fetc%2Fpasswd",
+    "..%2f" + "a" * 64,
+    "%2e%2e",
+    "../../../etc/passwd",
+    "..\\..\\windows",
+    "a" * 64 + "%00",
+    "a" * 64 + ".jpg",
+]
+
+
+@pytest.mark.parametrize("not_an_id", NOT_IDS)
+def test_anything_but_an_id_is_404_without_asking_the_service(not_an_id: str) -> None:
+    # No search service listens: an id would get 503. A 404 shows that the service was never asked.
+    with running_web(f"127.0.0.1:{free_port()}", timeout_s=5.0) as url:
+        answer = request(url, "GET", f"/thumbnails/{not_an_id}")
+        assert answer.status == 404
+        assert set(answer.json()) == {"error"}
+
+
+def test_a_well_formed_id_does_reach_the_service() -> None:
+    with running_web(f"127.0.0.1:{free_port()}", timeout_s=5.0) as url:
+        assert request(url, "GET", f"/thumbnails/{'a' * 64}").status == 503
+
+
+def test_an_unreachable_search_service_is_503_with_its_words() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    with running_web(address, timeout_s=5.0) as url:
+        for answer in (get(url, "/api/status"), get(url, "/api/search", q="a dog")):
+            assert answer.status == 503
+            assert f"cannot reach the search service at {address}" in answer.json()["error"]
+
+
+def test_an_unreachable_encoder_is_503_naming_the_encoder(tiny_path, tmp_path) -> None:
+    encoder = f"127.0.0.1:{free_port()}"
+    picture = tmp_path / "one.png"
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(picture)
+    with (
+        running_search(encoder, tmp_path / "milvus.db", encoder_timeout_s=1.0) as search,
+        running_web(search.grpc.address) as url,
+    ):
+        with (
+            running_encoder(tiny_path, port=int(encoder.rsplit(":", 1)[1])),
+            SearchClient(search.grpc.address) as client,
+        ):
+            client.ingest([picture])
+        answer = get(url, "/api/search", q="a dog")
+    assert answer.status == 503
+    assert f"encoder at {encoder}" in answer.json()["error"]
+
+
+def test_the_tier_is_read_only_and_keeps_the_page_to_its_own_origin(demo) -> None:
+    for method, path in (("POST", "/api/status"), ("DELETE", "/api/search"), ("POST", "/api/ingest")):
+        answer = request(demo.url, method, path, b"")
+        assert answer.status in (404, 405) and "error" in answer.json()
+    page = request(demo.url, "GET", "/")
+    assert page.status == 200 and b'id="results"' in page.body
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    static = Path(__file__).resolve().parent.parent / "web" / "static"
+    for path in static.iterdir():
+        text = path.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, path.name
+        assert request(demo.url, "GET", f"/static/{path.name}").status == 200
+
+
+def test_the_tier_sends_its_bearer_token_to_the_search_service(tiny_encoder, tmp_path) -> None:
+    picture = tmp_path / "one.png"
+    Image.new("RGB", (32, 24), (30, 30, 200)).save(picture)
+    with running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db", auth_tokens="s3cret") as search:
+        with SearchClient(search.grpc.address, token="s3cret") as client:
+            client.ingest([picture])
+        with running_web(search.grpc.address, search_token="s3cret") as url:
+            assert get(url, "/api/status").json()["count"] == 1
+        with running_web(search.grpc.address) as url:
+            refused = get(url, "/api/status")
+    assert refused.status == 502 and "token" in refused.json()["error"].lower()

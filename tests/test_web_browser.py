@@ -1,0 +1,262 @@
+"""The search page in a real headless Chromium (Debian's, driven by Playwright) on the demo collection.
+
+Skips where no Chromium is found; fails instead when CI is set, since .ci/run installs one.
+"""
+
+import base64
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from conftest import running_encoder, running_search
+from test_web_api import running_web
+
+from client import SearchClient
+from client.local import free_port
+from demo.run import COLLECTION, DEMO_SEED, SMALL_CLIP
+from synthetic.evaluation import label_of, write_pictures
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "docs" / "web.png"
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+# Without the background-networking flags Chromium's own connections are refused on a closed network.
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[test]')"
+    if not CHROMIUM:
+        return "no Chromium found: apt-get install chromium, or set CHROMIUM=/path/to/chromium"
+    return None
+
+
+if (_reason := _missing()) is not None:
+    if os.environ.get("CI"):
+        pytest.fail(f"the browser tests must run in CI: {_reason}", pytrace=False)
+    pytest.skip(_reason, allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("web-browser") / "pictures"
+    write_pictures(folder, per_class=2, seed=DEMO_SEED)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def site(pictures: Path) -> Iterator[str]:
+    """The demo collection (small CLIP, unseen synthetic pictures) behind the web tier."""
+    with (
+        running_encoder(SMALL_CLIP) as encoder,
+        running_search(encoder.grpc.address, pictures.parent / "milvus.db") as search,
+        SearchClient(search.grpc.address, collection=COLLECTION) as client,
+    ):
+        assert client.ingest([pictures]).stored == 96
+        with running_web(search.grpc.address, collection=COLLECTION) as url:
+            yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Playwright gives each launch a fresh temporary profile."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def search_for(page: Page, text: str) -> None:
+    box = page.get_by_label("Describe the pictures to find")
+    box.fill(text)
+    box.press("Enter")
+    expect(page).to_have_url(re.compile(r"\?q="))
+    expect(page.locator(".hit").first).to_be_visible()
+
+
+def shown(page: Page) -> list[tuple[str, str, float]]:
+    """(id, file name, score) of each result, in order."""
+    cards = page.locator(".hit")
+    return [
+        (
+            card.get_attribute("data-id") or "",
+            card.locator(".name").inner_text(),
+            float(card.locator(".score").inner_text()),
+        )
+        for card in cards.all()
+    ]
+
+
+def url_query(page: Page) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(page.url).query)
+
+
+def wait_for_thumbnails(page: Page, count: int) -> None:
+    """A bounded poll until the first `count` thumbnails have loaded (the screenshot shows them)."""
+    loaded = (
+        "(images, count) => images.slice(0, count).every(image => image.complete && image.naturalWidth > 0)"
+    )
+    for _ in range(200):
+        if page.locator(".hit img").evaluate_all(loaded, count):
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError(f"the first {count} thumbnails did not load")
+
+
+def test_a_text_query_shows_a_grid_of_thumbnails_and_loads_more(site: str, page: Page) -> None:
+    page.goto(site)
+    expect(page.locator("#status")).to_contain_text("96 pictures in “demo”")
+    search_for(page, "a red circle")
+    expect(page.locator(".hit")).to_have_count(24)
+    results = shown(page)
+    assert [label_of(name) for _, name, _ in results[:2]] == ["red circle", "red circle"]
+    assert [score for _, _, score in results] == sorted((score for _, _, score in results), reverse=True)
+    assert url_query(page) == {"q": ["a red circle"]}
+    expect(page.locator("#status")).to_contain_text(re.compile(r"24 hits · [\d.]+ ms"))
+    wait_for_thumbnails(page, 12)
+    page.get_by_label("Describe the pictures to find").blur()
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+
+    page.get_by_role("button", name="Load more").click()
+    expect(page.locator(".hit")).to_have_count(48)
+    assert [item[0] for item in shown(page)[:24]] == [item[0] for item in results]
+
+
+def test_more_like_this_then_back_then_reload(site: str, page: Page) -> None:
+    page.goto(site)
+    search_for(page, "a blue square")
+    text_results = shown(page)
+    first_id, first_name, _ = text_results[0]
+    page.get_by_role("button", name=f"More like {first_name}").click()
+    expect(page).to_have_url(re.compile(f"like={first_id}"))
+    expect(page.locator(".hit").first).to_have_attribute("data-id", first_id)
+    assert shown(page)[0][2] == pytest.approx(1.0, abs=1e-3)
+    similar = shown(page)
+    expect(page.locator("#query-parts")).to_be_visible()
+
+    page.reload()
+    expect(page.locator(".hit").first).to_have_attribute("data-id", first_id)
+    assert shown(page) == similar
+
+    page.go_back()
+    expect(page).to_have_url(re.compile(r"\?q=a\+blue\+square$"))
+    expect(page.get_by_label("Describe the pictures to find")).to_have_value("a blue square")
+    expect(page.locator(".hit").first).to_have_attribute("data-id", first_id)
+    assert [item[0] for item in shown(page)] == [item[0] for item in text_results]
+
+
+def test_the_minimum_score_slider_cuts_weak_hits_and_stays_in_the_link(site: str, page: Page) -> None:
+    page.goto(site)
+    search_for(page, "a yellow star")
+    scores = [score for _, _, score in shown(page)]
+    cut = round(scores[5] - 0.005, 2)
+    page.get_by_label("Minimum score").fill(str(cut))
+    expect(page).to_have_url(re.compile(f"min_score={cut:.2f}"))
+    expect(page.locator(".hit")).to_have_count(sum(score >= cut for score in scores))
+    kept = shown(page)
+    assert 6 <= len(kept) < 24 and all(score >= cut for _, _, score in kept)
+    expect(page.locator("#min-score-value")).to_have_text(f"{cut:.2f}")
+
+    page.reload()
+    expect(page.get_by_label("Minimum score")).to_have_value(str(cut))
+    expect(page.locator(".hit")).to_have_count(len(kept))
+    assert shown(page) == kept
+
+
+def test_subtracting_a_text_makes_a_mixed_query(site: str, page: Page) -> None:
+    def red(results: list[tuple[str, str, float]]) -> int:
+        return sum(name.startswith("red-") for _, name, _ in results)
+
+    page.goto(site)
+    search_for(page, "a red circle")
+    before = shown(page)
+    page.get_by_label("Describe the pictures to find").fill("red")
+    page.get_by_role("button", name="Subtract").click()
+    expect(page).to_have_url(re.compile(r"part=text%3A-1%3Ared"))
+    expect(page.locator("#parts li")).to_have_count(2)
+    expect(page.get_by_label("Weight of red (negative: away from it)")).to_have_value("-1")
+    expect(page.locator(".hit").first).not_to_have_attribute("data-id", before[0][0])
+    assert red(shown(page)) < red(before)
+
+
+def test_search_by_an_uploaded_dropped_or_pasted_picture(site: str, pictures: Path, page: Page) -> None:
+    path = next(path for path in sorted(pictures.iterdir()) if label_of(path.name) == "green triangle")
+    picture_id = hashlib.sha256(path.read_bytes()).hexdigest()
+    page.goto(site)
+    page.set_input_files("#picture-input", str(path))
+    expect(page.locator(".hit").first).to_have_attribute("data-id", picture_id)
+    expect(page.locator("#parts")).to_contain_text(path.name)
+    page.reload()  # the picture stays with the tab, so its link still works here
+    expect(page.locator(".hit").first).to_have_attribute("data-id", picture_id)
+
+    other = next(path for path in sorted(pictures.iterdir()) if label_of(path.name) == "purple cross")
+    other_id = hashlib.sha256(other.read_bytes()).hexdigest()
+    transfer = page.evaluate_handle(
+        """([data, name]) => {
+            const transfer = new DataTransfer();
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+            return transfer;
+        }""",
+        [base64.b64encode(other.read_bytes()).decode(), other.name],
+    )
+    page.dispatch_event("main", "drop", {"dataTransfer": transfer})
+    expect(page.locator(".hit").first).to_have_attribute("data-id", other_id)
+
+    page.go_back()
+    expect(page.locator(".hit").first).to_have_attribute("data-id", picture_id)
+    page.evaluate(
+        "(transfer) => document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: transfer }))",
+        transfer,
+    )
+    expect(page.locator(".hit").first).to_have_attribute("data-id", other_id)
+
+
+def test_a_banner_says_when_the_search_service_cannot_be_reached(page: Page) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    with running_web(address, timeout_s=5.0) as url:
+        page.goto(f"{url}/?q=a+red+circle")
+        banner = page.get_by_role("alert")
+        expect(banner).to_be_visible()
+        expect(banner).to_contain_text("cannot answer")
+        expect(banner).to_contain_text(f"cannot reach the search service at {address}")
+        expect(page.locator(".hit")).to_have_count(0)
+
+
+def test_a_picture_without_a_thumbnail_gets_a_placeholder(site: str, pictures: Path, page: Page) -> None:
+    path = next(path for path in sorted(pictures.iterdir()) if label_of(path.name) == "black cross")
+    picture_id = hashlib.sha256(path.read_bytes()).hexdigest()
+    # As for a picture ingested before thumbnails existed: the default folder is beside the Milvus Lite file.
+    (pictures.parent / "milvus.db.thumbnails" / COLLECTION / f"{picture_id}.jpg").unlink()
+    page.goto(f"{site}/?like={picture_id}")
+    first = page.locator(".hit").first
+    expect(first).to_have_attribute("data-id", picture_id)
+    expect(first.get_by_role("img", name="no thumbnail")).to_be_visible()
+    expect(first.locator(".name")).to_have_text(path.name)
+    expect(page.locator(".hit").nth(1).locator("img.thumb")).to_be_visible()

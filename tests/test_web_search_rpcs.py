@@ -1,0 +1,247 @@
+"""The search service's features behind the page, over gRPC: min_score, Search of weighted parts ("more like
+this" by id included) and thumbnails made at ingestion, served, and removed with their pictures."""
+
+import hashlib
+import io
+import logging
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from conftest import encoder_stub, running_search, search_stub
+from images import jpeg, png, two_tone
+from PIL import Image
+
+from imagesearch.v1 import encoder_pb2, search_pb2
+from search_service.server import SearchServer
+
+STORED = search_pb2.OUTCOME_STORED
+
+
+def picture(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    return png(Image.fromarray(pixels))
+
+
+def ingest(stub, pictures: list[tuple[str, bytes]], collection: str) -> list[search_pb2.IngestResponse]:
+    return list(
+        stub.Ingest(
+            search_pb2.IngestRequest(collection=collection, image=image, uri=uri) for uri, image in pictures
+        )
+    )
+
+
+def folder(count: int, first_seed: int = 0, prefix: str = "pics") -> list[tuple[str, bytes]]:
+    return [(f"{prefix}/{seed}.png", picture(seed)) for seed in range(first_seed, first_seed + count)]
+
+
+def part(weight: float | None = None, **kind: object) -> search_pb2.QueryPart:
+    return search_pb2.QueryPart(**kind) if weight is None else search_pb2.QueryPart(**kind, weight=weight)
+
+
+@pytest.fixture(scope="module")
+def search(tiny_encoder, tmp_path_factory) -> Iterator[SearchServer]:
+    with running_search(tiny_encoder.grpc.address, tmp_path_factory.mktemp("milvus") / "milvus.db") as server:
+        yield server
+
+
+@pytest.fixture
+def stub(search):
+    with search_stub(search.grpc.address) as stub:
+        yield stub
+
+
+@pytest.fixture
+def collection(request) -> str:
+    return request.node.name.replace("[", "_").replace("]", "").replace("-", "_")[:200]
+
+
+def searched(stub, collection: str, *parts: search_pb2.QueryPart, **options) -> list[search_pb2.Hit]:
+    request = search_pb2.SearchRequest(
+        parts=parts, options=search_pb2.SearchOptions(collection=collection, **options)
+    )
+    return list(stub.Search(request).hits)
+
+
+def refused(call) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as error:
+        call()
+    return error.value
+
+
+def test_min_score_returns_exactly_the_hits_at_or_above_it(stub, collection) -> None:
+    pictures = folder(12)
+    ingest(stub, pictures, collection)
+    query = pictures[0][1]
+
+    def hits(**options) -> list[search_pb2.Hit]:
+        request = search_pb2.SearchImageRequest(
+            image=query, options=search_pb2.SearchOptions(collection=collection, top_k=12, **options)
+        )
+        return list(stub.SearchImage(request).hits)
+
+    everything = hits()
+    cut = everything[4].score
+    assert [h.record.id for h in hits(min_score=cut)] == [h.record.id for h in everything if h.score >= cut]
+    assert len(hits(min_score=0.9999)) == 1  # only the picture itself
+    assert len(hits(min_score=-1.0)) == 12  # set, but nothing is below it
+    text = search_pb2.SearchTextRequest(
+        text="noise", options=search_pb2.SearchOptions(collection=collection, top_k=12, min_score=1.0)
+    )
+    assert all(hit.score >= 1.0 for hit in stub.SearchText(text).hits)
+    for bad in (1.5, float("nan")):
+        error = refused(lambda bad=bad: hits(min_score=bad))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "min_score" in error.details()
+
+
+def test_search_by_id_uses_the_stored_vector(stub, collection) -> None:
+    pictures = folder(8, 100)
+    ids = [result.id for result in ingest(stub, pictures, collection)]
+    by_id = searched(stub, collection, part(id=ids[2]), top_k=8)
+    by_image = stub.SearchImage(
+        search_pb2.SearchImageRequest(
+            image=pictures[2][1], options=search_pb2.SearchOptions(collection=collection, top_k=8)
+        )
+    ).hits
+    assert by_id[0].record.id == ids[2] and by_id[0].score == pytest.approx(1.0, abs=1e-5)
+    assert [h.record.id for h in by_id] == [h.record.id for h in by_image]
+    assert [h.score for h in by_id] == pytest.approx([h.score for h in by_image], abs=1e-5)
+
+    unknown = refused(lambda: searched(stub, collection, part(id="0" * 64)))
+    assert unknown.code() == grpc.StatusCode.NOT_FOUND
+    assert f"parts[0].id = {'0' * 64} is not stored" in unknown.details()
+    malformed = refused(lambda: searched(stub, collection, part(id="../x")))
+    assert malformed.code() == grpc.StatusCode.INVALID_ARGUMENT and "parts[0].id = '../x' is not an id" in (
+        malformed.details()
+    )
+
+
+def test_weighted_parts_add_up_to_one_unit_vector(stub, collection, tiny_encoder) -> None:
+    pictures = folder(10, 200)
+    ids = [result.id for result in ingest(stub, pictures, collection)]
+    with encoder_stub(tiny_encoder.grpc.address) as encoder:
+        text = np.asarray(
+            encoder.EncodeText(encoder_pb2.EncodeTextRequest(texts=["a red ball"])).results[0].vector.values
+        )
+    stored = {
+        record.id: np.asarray(record.vector)
+        for record in stub.Get(
+            search_pb2.GetRequest(collection=collection, ids=ids, output_fields=["vector"])
+        ).records
+    }
+    hits = searched(
+        stub, collection, part(text="a red ball", weight=2.0), part(id=ids[3], weight=-0.5), top_k=10
+    )
+    combined = 2.0 * text - 0.5 * stored[ids[3]]
+    combined /= np.linalg.norm(combined)
+    expected = sorted(((float(v @ combined), i) for i, v in stored.items()), reverse=True)
+    assert [hit.record.id for hit in hits] == [i for _, i in expected]
+    assert [hit.score for hit in hits] == pytest.approx([score for score, _ in expected], abs=1e-4)
+
+    alone = stub.SearchText(
+        search_pb2.SearchTextRequest(
+            text="a red ball", options=search_pb2.SearchOptions(collection=collection)
+        )
+    ).hits
+    doubled = searched(stub, collection, part(text="a red ball", weight=2.0))
+    assert [h.record.id for h in doubled] == [h.record.id for h in alone]
+    assert [h.score for h in doubled] == pytest.approx([h.score for h in alone], abs=1e-5)
+    unweighted = searched(stub, collection, part(text="a red ball"))  # weight unset: 1
+    assert [h.record.id for h in unweighted] == [h.record.id for h in alone]
+
+
+def test_bad_parts_are_invalid_argument_naming_the_part(stub, collection) -> None:
+    ingest(stub, folder(2, 300), collection)
+    image = jpeg(two_tone((200, 30, 30), (30, 30, 200)))
+    cases = {
+        "parts is empty": [],
+        "17 parts is over the limit of 16": [part(text=f"t{i}") for i in range(17)],
+        "parts[1] has no text, image or id": [part(text="a"), part(weight=1.0)],
+        "parts[0].text is empty": [part(text="  ")],
+        "parts[1].image is empty (0 bytes)": [part(text="a"), part(image=b"")],
+        "parts[1].weight = nan is not a finite number": [part(text="a"), part(text="b", weight=float("nan"))],
+        "parts[0].weight = inf is not a finite number": [part(text="a", weight=float("inf"))],
+        "all 2 weights are 0": [part(text="a", weight=0.0), part(image=image, weight=0.0)],
+        "the parts cancel out": [part(text="a dog"), part(text="a dog", weight=-1.0)],
+        "parts[1].image: not a recognised image format": [part(image=image), part(image=b"not a picture")],
+    }
+    for message, parts in cases.items():
+        error = refused(lambda parts=parts: searched(stub, collection, *parts))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, message
+        assert message in error.details(), (message, error.details())
+    assert searched(stub, collection, part(image=image), part(text="a dog", weight=0.0))
+
+
+def thumbnail(stub, collection: str, image_id: str) -> bytes:
+    request = search_pb2.GetThumbnailRequest(collection=collection, id=image_id)
+    return stub.GetThumbnail(request).jpeg
+
+
+def test_ingest_makes_a_thumbnail_of_each_stored_picture(search, stub, collection) -> None:
+    large = jpeg(two_tone((250, 200, 20), (20, 60, 200), (1200, 900)))
+    tall = png(two_tone((10, 150, 10), (240, 240, 240), (90, 400)))
+    transparent = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    results = ingest(
+        stub, [("large.jpg", large), ("tall.png", tall), ("clear.png", png(transparent))], collection
+    )
+    assert {result.outcome for result in results} == {STORED}
+    sizes = {}
+    for result in results:
+        made = Image.open(io.BytesIO(thumbnail(stub, collection, result.id)))
+        assert made.format == "JPEG" and made.mode == "RGB"
+        sizes[result.uri] = made.size
+        if result.uri == "clear.png":
+            assert made.getpixel((10, 10)) == pytest.approx((255, 255, 255), abs=2)  # transparent shown white
+    assert sizes == {"large.jpg": (256, 192), "tall.png": (58, 256), "clear.png": (64, 64)}
+    files = sorted(path.name for path in (search.servicer.thumbnails.folder / collection).iterdir())
+    assert files == sorted(f"{result.id}.jpg" for result in results)  # no temporary file left behind
+
+
+def test_thumbnails_go_when_their_pictures_are_deleted(search, stub, collection) -> None:
+    cats = ingest(stub, folder(3, 400, prefix="cats"), collection)
+    dogs = ingest(stub, folder(3, 410, prefix="dogs"), collection)
+    stub.Delete(search_pb2.DeleteRequest(collection=collection, ids=[cats[0].id]))
+    by_filter = stub.Delete(
+        search_pb2.DeleteRequest(
+            collection=collection,
+            filter="uri like {prefix}",
+            filter_params={"prefix": search_pb2.FilterValue(string_value="dogs/%")},
+        )
+    )
+    assert by_filter.deleted == 3
+    for gone in [cats[0], *dogs]:
+        error = refused(lambda gone=gone: thumbnail(stub, collection, gone.id))
+        assert error.code() == grpc.StatusCode.NOT_FOUND and "no thumbnail" in error.details()
+    assert all(thumbnail(stub, collection, kept.id) for kept in cats[1:])
+    left = sorted(path.stem for path in (search.servicer.thumbnails.folder / collection).iterdir())
+    assert left == sorted(kept.id for kept in cats[1:])
+
+
+def test_a_picture_whose_thumbnail_cannot_be_made_is_stored_without_one(
+    tiny_encoder, tmp_path, caplog
+) -> None:
+    image = picture(500)  # 56 x 40 = 2240 pixels, over the thumbnail limit below
+    with (
+        running_search(
+            tiny_encoder.grpc.address, tmp_path / "milvus.db", thumbnail_max_pixels=1000
+        ) as server,
+        search_stub(server.grpc.address) as stub,
+        caplog.at_level(logging.WARNING, logger="search_service.thumbnails"),
+    ):
+        [result] = ingest(stub, [("big.png", image)], "")
+        assert result.outcome == STORED and result.id == hashlib.sha256(image).hexdigest()
+        assert stub.Stats(search_pb2.StatsRequest()).count == 1
+        error = refused(lambda: thumbnail(stub, "", result.id))
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert [hit.record.id for hit in searched(stub, "", part(id=result.id))] == [result.id]
+    assert "56x40 pixels is over the limit of 1000 pixels" in caplog.text
+
+
+def test_thumbnail_requests_are_checked(stub, collection) -> None:
+    [result] = ingest(stub, folder(1, 600), collection)
+    for bad in ("A" * 64, "../" + result.id, result.id[:63]):
+        error = refused(lambda bad=bad: thumbnail(stub, collection, bad))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "is not an id" in error.details()
+    missing = refused(lambda: thumbnail(stub, "no_such_collection", result.id))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND and "does not exist" in missing.details()

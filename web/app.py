@@ -1,0 +1,148 @@
+"""The page and its JSON API: read-only, every answer JSON (or a JPEG thumbnail), every error {"error": ...}.
+
+GET  /                      the page (web/static)
+GET  /api/status            the collection: pictures, model
+GET  /api/search?...        hits for texts and stored ids (web/query.py has the parameters)
+POST /api/search?...        the same with a picture as the body (at most --max-upload-bytes)
+GET  /thumbnails/<id>       a stored picture's JPEG thumbnail; only 64 lowercase hex digits reach the service
+GET  /healthz               the process answers
+"""
+
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from client import AsyncSearchClient, Hit
+from imagesearch.tls import channel_credentials
+
+from .config import WebConfig
+from .errors import HANDLERS, ApiError
+from .headers import SecurityHeaders
+from .query import parse_query
+
+STATIC = Path(__file__).resolve().parent / "static"
+PICTURE_ID = re.compile(r"[0-9a-f]{64}")
+_PATH_SEPARATORS = re.compile(r"[\\/]")
+
+
+def hit_json(hit: Hit) -> dict[str, object]:
+    return {
+        "id": hit.id,
+        "score": hit.score,
+        "uri": hit.uri,
+        "name": _PATH_SEPARATORS.split(hit.uri)[-1],
+        "metadata": hit.metadata,
+        "thumbnail": f"/thumbnails/{hit.id}",
+    }
+
+
+async def read_picture(request: Request, limit: int) -> bytes:
+    """The request's body, refused with 413 as soon as it is known to be over `limit` bytes."""
+    too_large = f"the picture is over the limit of {limit} bytes"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"{too_large} ({declared} bytes)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, too_large)
+    if not body:
+        raise ApiError(400, "no picture: POST the picture's bytes as the request body")
+    return bytes(body)
+
+
+class SearchPage:
+    """The routes, around one async SDK client opened for the app's lifetime."""
+
+    def __init__(self, config: WebConfig) -> None:
+        self.config = config
+        self._client: AsyncSearchClient | None = None
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        credentials = channel_credentials(
+            self.config.search_tls_ca, self.config.search_tls_cert, self.config.search_tls_key
+        )
+        async with AsyncSearchClient(
+            self.config.search,
+            collection=self.config.collection,
+            timeout=self.config.timeout_s,
+            credentials=credentials,
+            token=self.config.search_token or None,
+        ) as client:
+            self._client = client
+            yield
+
+    @property
+    def client(self) -> AsyncSearchClient:
+        assert self._client is not None, "the app's lifespan opens the client"
+        return self._client
+
+    async def page(self, request: Request) -> Response:
+        return FileResponse(STATIC / "index.html")
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def status(self, request: Request) -> Response:
+        stats = await self.client.stats()
+        return JSONResponse(
+            {
+                "collection": stats.collection,
+                "count": stats.count,
+                "model": stats.model,
+                "dimension": stats.dimension,
+            }
+        )
+
+    async def search(self, request: Request) -> Response:
+        picture = (
+            await read_picture(request, self.config.max_upload_bytes) if request.method == "POST" else None
+        )
+        query = parse_query(request.query_params, picture, self.config.page_size)
+        started = time.perf_counter()
+        hits = await self.client.search(
+            query.parts, top_k=query.top_k, offset=query.offset, min_score=query.min_score
+        )
+        return JSONResponse(
+            {
+                "hits": [hit_json(hit) for hit in hits],
+                "took_ms": round((time.perf_counter() - started) * 1000, 1),
+                "top_k": query.top_k,
+                "offset": query.offset,
+            }
+        )
+
+    async def thumbnail(self, request: Request) -> Response:
+        image_id = request.path_params["id"]
+        if not PICTURE_ID.fullmatch(image_id):
+            raise ApiError(404, "no such thumbnail: an id is 64 lowercase hexadecimal digits")
+        jpeg = await self.client.thumbnail(image_id)
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+def create_app(config: WebConfig) -> Starlette:
+    page = SearchPage(config)
+    return Starlette(
+        routes=[
+            Route("/", page.page),
+            Route("/healthz", page.healthz),
+            Route("/api/status", page.status),
+            Route("/api/search", page.search, methods=["GET", "POST"]),
+            Route("/thumbnails/{id}", page.thumbnail),
+            Mount("/static", StaticFiles(directory=STATIC)),
+        ],
+        middleware=[Middleware(SecurityHeaders)],
+        exception_handlers=HANDLERS,
+        lifespan=page.lifespan,
+    )

@@ -1,0 +1,43 @@
+"""The web tier's settings, from flags with environment-variable twins (WEB_*)."""
+
+from dataclasses import dataclass
+
+from imagesearch.defaults import SEARCH_ADDRESS, WEB_PORT
+from imagesearch.flags import parse_config, require_at_least_one, setting
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = setting(WEB_PORT, "port to listen on (0: any free port)")
+    search: str = setting(SEARCH_ADDRESS, "the search service: HOST:PORT or any gRPC target")
+    collection: str = setting("", "the collection to search (empty: the search service's default)")
+    search_token: str = setting("", "bearer token sent to the search service (the SDK's token=)")
+    search_tls_ca: str = setting(
+        "", "PEM CA that verifies the search service's certificate (turns on TLS to it)"
+    )
+    search_tls_cert: str = setting("", "PEM client certificate shown to the search service (mutual TLS)")
+    search_tls_key: str = setting("", "PEM private key of that client certificate")
+    timeout_s: float = setting(30.0, "deadline of one call to the search service")
+    max_upload_bytes: int = setting(
+        20 * 1024 * 1024, "largest picture a search by picture may upload (larger: 413)"
+    )
+    page_size: int = setting(24, "hits per page when a search names no top_k")
+    log_level: str = setting(
+        "info", "uvicorn's log level", None, ["critical", "error", "warning", "info", "debug"]
+    )
+
+    def __post_init__(self) -> None:
+        require_at_least_one(self, ["max_upload_bytes", "page_size"])
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be above 0, not {self.timeout_s}")
+
+
+def parse_args(argv: list[str] | None = None) -> WebConfig:
+    return parse_config(
+        WebConfig,
+        "python -m web",
+        "The search page and its JSON API (read-only), in front of the search service.",
+        "WEB_",
+        argv,
+    )

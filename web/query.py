@@ -1,0 +1,77 @@
+"""A search request's query string (and uploaded picture) as SDK query parts and options.
+
+    q=TEXT                 a text, weight 1                      (repeatable)
+    like=ID                a stored picture's id, weight 1       (repeatable)
+    part=KIND:WEIGHT:VALUE a weighted text or id, KIND text|id   (repeatable), e.g. part=text:-0.5:people
+    picture_weight=W       the weight of the picture POSTed as the request's body (default 1)
+    top_k=N  offset=N  min_score=S
+
+Values are only ever parts of a gRPC request: the search service checks them (ranges, ids, weights) and
+its refusal comes back as a 400 that names the item.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from starlette.datastructures import QueryParams
+
+from client import QueryPart
+
+from .errors import ApiError
+
+Number = TypeVar("Number", int, float)
+PART_KINDS = ("text", "id")
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    parts: list[QueryPart]
+    top_k: int
+    offset: int
+    min_score: float | None
+
+
+def _number(text: str, name: str, kind: Callable[[str], Number]) -> Number:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ApiError(
+            400, f"{name} = {text!r} is not {'an integer' if kind is int else 'a number'}"
+        ) from None
+
+
+def _weighted_part(spec: str, index: int) -> QueryPart:
+    kind, _, rest = spec.partition(":")
+    weight, _, value = rest.partition(":")
+    if kind not in PART_KINDS or not value:
+        raise ApiError(
+            400,
+            f"part[{index}] = {spec!r} is not KIND:WEIGHT:VALUE with KIND text or id (e.g. text:-1:people)",
+        )
+    return QueryPart(**{kind: value}, weight=_number(weight, f"part[{index}] weight", float))
+
+
+def parse_query(params: QueryParams, picture: bytes | None, default_top_k: int) -> SearchQuery:
+    parts = [
+        *(QueryPart(text=text) for text in params.getlist("q")),
+        *(QueryPart(id=image_id) for image_id in params.getlist("like")),
+        *(_weighted_part(spec, index) for index, spec in enumerate(params.getlist("part"))),
+    ]
+    if picture is not None:
+        parts.append(
+            QueryPart(
+                image=picture, weight=_number(params.get("picture_weight", "1"), "picture_weight", float)
+            )
+        )
+    if not parts:
+        raise ApiError(
+            400, "nothing to search for: give q=TEXT, like=ID or part=KIND:WEIGHT:VALUE, or POST a picture"
+        )
+    min_score = params.get("min_score", "")
+    return SearchQuery(
+        parts,
+        _number(params.get("top_k", str(default_top_k)), "top_k", int),
+        _number(params.get("offset", "0"), "offset", int),
+        _number(min_score, "min_score", float) if min_score else None,
+    )

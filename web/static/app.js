@@ -1,0 +1,361 @@
+// The search page: the query lives in the URL (a link reproduces it; back and forward replay it), results
+// come from /api/search, thumbnails from /thumbnails/<id>. Nothing is loaded from any other host.
+"use strict";
+
+const PAGE_SIZE = 24;
+const $ = (id) => document.getElementById(id);
+
+// A query is a list of parts {kind: "text" | "id" | "picture", value, weight}. A picture part's value is a
+// key into `pictures` (kept in sessionStorage too, so that a reload of the same tab still has it).
+let query = { parts: [], minScore: 0 };
+let shown = 0;
+let latest = 0; // the newest request; answers to older ones are dropped
+const pictures = new Map();
+
+// ---- URL <-> query ----------------------------------------------------------------------------------------
+
+function toParams(q) {
+  const params = new URLSearchParams();
+  for (const part of q.parts) {
+    if (part.kind === "picture") params.append("picture", `${part.weight}:${part.value}`);
+    else if (part.weight === 1) params.append(part.kind === "text" ? "q" : "like", part.value);
+    else params.append("part", `${part.kind}:${part.weight}:${part.value}`);
+  }
+  if (q.minScore > 0) params.set("min_score", q.minScore.toFixed(2));
+  return params;
+}
+
+function fromParams(params) {
+  const parts = [
+    ...params.getAll("q").map((value) => ({ kind: "text", value, weight: 1 })),
+    ...params.getAll("like").map((value) => ({ kind: "id", value, weight: 1 })),
+  ];
+  for (const spec of params.getAll("part")) {
+    const [kind, weight, ...rest] = spec.split(":");
+    if ((kind === "text" || kind === "id") && rest.length) parts.push({ kind, value: rest.join(":"), weight: Number(weight) });
+  }
+  for (const spec of params.getAll("picture")) {
+    const [weight, key] = spec.split(":");
+    parts.push({ kind: "picture", value: key, weight: Number(weight) });
+  }
+  return { parts, minScore: Number(params.get("min_score")) || 0 };
+}
+
+function apiParams(q, offset) {
+  const params = toParams(q);
+  params.delete("picture");
+  const picture = q.parts.find((part) => part.kind === "picture");
+  if (picture) params.set("picture_weight", String(picture.weight));
+  params.set("top_k", String(PAGE_SIZE));
+  params.set("offset", String(offset));
+  return params;
+}
+
+// ---- pictures uploaded, dropped or pasted -----------------------------------------------------------------
+
+function rememberPicture(key, blob, name) {
+  pictures.set(key, { blob, name, url: URL.createObjectURL(blob) });
+  const reader = new FileReader();
+  reader.onload = () => {
+    try {
+      sessionStorage.setItem(`picture:${key}`, JSON.stringify({ name, data: reader.result }));
+    } catch {
+      // Too large for this tab's storage: the picture stays usable until the page is reloaded.
+    }
+  };
+  reader.readAsDataURL(blob);
+}
+
+function recallPicture(key) {
+  if (pictures.has(key)) return pictures.get(key);
+  const saved = sessionStorage.getItem(`picture:${key}`);
+  if (!saved) return null;
+  const { name, data } = JSON.parse(saved);
+  const [header, base64] = data.split(",");
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  const blob = new Blob([bytes], { type: header.slice(5).split(";")[0] });
+  pictures.set(key, { blob, name, url: URL.createObjectURL(blob) });
+  return pictures.get(key);
+}
+
+function searchByPicture(file) {
+  if (!file || !file.type.startsWith("image/")) {
+    showMessage("That is not a picture: choose a JPEG, PNG, GIF, WebP, BMP or TIFF file.");
+    return;
+  }
+  const key = Math.random().toString(16).slice(2, 10);
+  rememberPicture(key, file, file.name || "pasted picture");
+  navigate({ parts: [{ kind: "picture", value: key, weight: 1 }], minScore: query.minScore });
+}
+
+// ---- searching ----------------------------------------------------------------------------------------------
+
+function navigate(next) {
+  history.pushState(null, "", `?${toParams(next)}`);
+  show(next);
+}
+
+function show(next) {
+  query = next;
+  const single = query.parts.length === 1 && query.parts[0].kind === "text" ? query.parts[0].value : null;
+  if (single !== null) $("query").value = single;
+  $("min-score").value = String(query.minScore);
+  $("min-score-value").textContent = query.minScore > 0 ? query.minScore.toFixed(2) : "off";
+  renderParts();
+  shown = 0;
+  if (query.parts.length) search(false);
+  else clearResults();
+}
+
+function clearResults() {
+  $("results").replaceChildren();
+  $("more").hidden = true;
+  $("message").hidden = true;
+  $("status").textContent = "";
+  loadStatus();
+}
+
+async function search(append) {
+  const request = ++latest;
+  const picture = query.parts.find((part) => part.kind === "picture");
+  let init = { headers: { Accept: "application/json" } };
+  if (picture) {
+    const stored = recallPicture(picture.value);
+    if (!stored) {
+      showMessage("The picture of this link is not in this browser any more: search by picture again.");
+      return;
+    }
+    init = { method: "POST", body: stored.blob, headers: { "Content-Type": stored.blob.type || "application/octet-stream" } };
+  }
+  document.body.setAttribute("aria-busy", "true");
+  try {
+    const response = await fetch(`/api/search?${apiParams(query, append ? shown : 0)}`, init);
+    const body = await response.json().catch(() => ({ error: `HTTP ${response.status} ${response.statusText}` }));
+    if (request !== latest) return;
+    if (!response.ok) {
+      failed(response.status, body.error);
+      return;
+    }
+    hideBanner();
+    renderHits(body.hits, append);
+    const stats = await loadStatus();
+    if (request === latest) describe(body, stats);
+  } catch (error) {
+    if (request === latest) failed(0, `the web tier did not answer (${error.message})`);
+  } finally {
+    if (request === latest) document.body.removeAttribute("aria-busy");
+  }
+}
+
+async function loadStatus() {
+  try {
+    const response = await fetch("/api/status", { headers: { Accept: "application/json" } });
+    const body = await response.json();
+    if (!response.ok) {
+      failed(response.status, body.error);
+      return null;
+    }
+    hideBanner();
+    if (!query.parts.length) $("status").textContent = collectionLine(body);
+    return body;
+  } catch (error) {
+    failed(0, `the web tier did not answer (${error.message})`);
+    return null;
+  }
+}
+
+function collectionLine(stats) {
+  return `${stats.count.toLocaleString()} pictures in “${stats.collection}” · model ${stats.model}`;
+}
+
+function describe(body, stats) {
+  const hits = shown === 1 ? "1 hit" : `${shown} hits`;
+  const cut = query.minScore > 0 ? ` scoring at least ${query.minScore.toFixed(2)}` : "";
+  const collection = stats ? `${collectionLine(stats)} · ` : "";
+  $("status").textContent = `${collection}${hits}${cut} · ${body.took_ms} ms`;
+  $("message").hidden = shown > 0;
+  if (shown === 0) showMessage(query.minScore > 0 ? "No picture scores that high: lower the minimum score." : "No pictures found.");
+}
+
+function failed(status, error) {
+  if (status === 0 || status >= 500) {
+    $("banner-title").textContent =
+      status === 0 ? "The page cannot reach its server." : "The search service or its encoder cannot answer right now.";
+    $("banner-detail").textContent = error || "";
+    $("banner").hidden = false;
+    $("status").textContent = "";
+  } else {
+    showMessage(error || `HTTP ${status}`);
+  }
+  if (!shown) $("results").replaceChildren();
+  $("more").hidden = true;
+}
+
+function hideBanner() {
+  $("banner").hidden = true;
+}
+
+function showMessage(text) {
+  $("message").textContent = text;
+  $("message").hidden = false;
+}
+
+// ---- rendering ----------------------------------------------------------------------------------------------
+
+function renderHits(hits, append) {
+  const list = $("results");
+  if (!append) list.replaceChildren();
+  $("message").hidden = true;
+  const template = $("hit-template").content.firstElementChild;
+  for (const hit of hits) {
+    const card = template.cloneNode(true);
+    card.dataset.id = hit.id;
+    const image = card.querySelector(".thumb");
+    image.alt = hit.name;
+    image.addEventListener("error", () => image.replaceWith(placeholder()), { once: true });
+    image.src = hit.thumbnail;
+    const name = card.querySelector(".name");
+    name.textContent = hit.name;
+    name.title = hit.uri;
+    const score = card.querySelector(".score");
+    score.textContent = hit.score.toFixed(3);
+    score.setAttribute("aria-label", `score ${hit.score.toFixed(3)}`);
+    const like = card.querySelector(".like");
+    like.setAttribute("aria-label", `More like ${hit.name}`);
+    like.addEventListener("click", () => navigate({ parts: [{ kind: "id", value: hit.id, weight: 1 }], minScore: query.minScore }));
+    const unlike = card.querySelector(".unlike");
+    unlike.setAttribute("aria-label", `Less like ${hit.name}: move the results away from it`);
+    unlike.addEventListener("click", () => addPart({ kind: "id", value: hit.id, weight: -1 }));
+    list.append(card);
+  }
+  shown = list.children.length;
+  $("more").hidden = hits.length < PAGE_SIZE;
+}
+
+function placeholder() {
+  const box = document.createElement("div");
+  box.className = "placeholder";
+  box.setAttribute("role", "img");
+  box.setAttribute("aria-label", "no thumbnail");
+  box.textContent = "no thumbnail";
+  return box;
+}
+
+function partLabel(part) {
+  if (part.kind === "text") return part.value;
+  if (part.kind === "picture") return recallPicture(part.value)?.name ?? "your picture";
+  return `picture ${part.value.slice(0, 10)}…`;
+}
+
+function renderParts() {
+  const mixed = query.parts.length > 1 || (query.parts.length === 1 && query.parts[0].kind !== "text");
+  $("query-parts").hidden = !mixed;
+  const list = $("parts");
+  list.replaceChildren();
+  query.parts.forEach((part, index) => {
+    const item = document.createElement("li");
+    item.className = part.weight < 0 ? "part negative" : "part";
+    const kind = document.createElement("span");
+    kind.className = "kind";
+    kind.textContent = { text: "text", id: "like", picture: "picture" }[part.kind];
+    item.append(kind);
+    if (part.kind === "picture" && recallPicture(part.value)) {
+      const preview = document.createElement("img");
+      preview.src = recallPicture(part.value).url;
+      preview.alt = "";
+      item.append(preview);
+    }
+    const label = document.createElement("span");
+    label.textContent = partLabel(part);
+    const weight = document.createElement("input");
+    weight.type = "number";
+    weight.step = "0.5";
+    weight.value = String(part.weight);
+    weight.setAttribute("aria-label", `Weight of ${partLabel(part)} (negative: away from it)`);
+    weight.addEventListener("change", () => {
+      const parts = query.parts.map((p, i) => (i === index ? { ...p, weight: Number(weight.value) } : p));
+      navigate({ ...query, parts });
+    });
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.textContent = "×";
+    remove.setAttribute("aria-label", `Remove ${partLabel(part)} from the query`);
+    remove.addEventListener("click", () => navigate({ ...query, parts: query.parts.filter((_, i) => i !== index) }));
+    item.append(label, weight, remove);
+    list.append(item);
+  });
+}
+
+function addPart(part) {
+  navigate({ ...query, parts: [...query.parts, part] });
+}
+
+// ---- wiring -------------------------------------------------------------------------------------------------
+
+function textFromBox() {
+  const text = $("query").value.trim();
+  if (!text) $("query").focus();
+  return text;
+}
+
+$("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = textFromBox();
+  if (text) navigate({ parts: [{ kind: "text", value: text, weight: 1 }], minScore: query.minScore });
+});
+for (const [id, weight] of [["add-text", 1], ["subtract-text", -1]]) {
+  $(id).addEventListener("click", () => {
+    const text = textFromBox();
+    if (!text) return;
+    $("query").value = "";
+    addPart({ kind: "text", value: text, weight });
+  });
+}
+for (const example of document.querySelectorAll(".example")) {
+  example.addEventListener("click", () => {
+    $("query").value = example.textContent;
+    navigate({ parts: [{ kind: "text", value: example.textContent, weight: 1 }], minScore: query.minScore });
+  });
+}
+$("min-score").addEventListener("input", (event) => {
+  const value = Number(event.target.value);
+  $("min-score-value").textContent = value > 0 ? value.toFixed(2) : "off";
+});
+$("min-score").addEventListener("change", (event) => navigate({ ...query, minScore: Number(event.target.value) }));
+$("more").addEventListener("click", () => search(true));
+$("pick-picture").addEventListener("click", () => $("picture-input").click());
+$("picture-input").addEventListener("change", (event) => {
+  searchByPicture(event.target.files[0]);
+  event.target.value = "";
+});
+
+let dragDepth = 0;
+const carriesFiles = (event) => [...(event.dataTransfer?.types ?? [])].includes("Files");
+document.addEventListener("dragenter", (event) => {
+  if (!carriesFiles(event)) return;
+  dragDepth += 1;
+  $("drop-zone").hidden = false;
+});
+document.addEventListener("dragleave", () => {
+  dragDepth = Math.max(0, dragDepth - 1);
+  if (!dragDepth) $("drop-zone").hidden = true;
+});
+document.addEventListener("dragover", (event) => {
+  if (carriesFiles(event)) event.preventDefault();
+});
+document.addEventListener("drop", (event) => {
+  if (!carriesFiles(event)) return;
+  event.preventDefault();
+  dragDepth = 0;
+  $("drop-zone").hidden = true;
+  searchByPicture(event.dataTransfer.files[0]);
+});
+document.addEventListener("paste", (event) => {
+  const file = [...(event.clipboardData?.files ?? [])].find((f) => f.type.startsWith("image/"));
+  if (!file) return; // text pastes into the query box as usual
+  event.preventDefault();
+  searchByPicture(file);
+});
+
+window.addEventListener("popstate", () => show(fromParams(new URLSearchParams(location.search))));
+show(fromParams(new URLSearchParams(location.search)));
