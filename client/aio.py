@@ -1,6 +1,8 @@
 """The asyncio clients: AsyncSearchClient and AsyncEncoderClient, each method awaited. Every failure raises
 ImageSearchError; files are read in worker threads, never on the event loop."""
 
+from __future__ import annotations  # grpc's call types are generic to type checkers only
+
 import asyncio
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -182,7 +184,7 @@ class AsyncSearchClient:
     async def close(self) -> None:
         await self._connection.channel.close()
 
-    async def __aenter__(self) -> "AsyncSearchClient":
+    async def __aenter__(self) -> AsyncSearchClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -219,7 +221,7 @@ class AsyncEncoderClient:
     async def close(self) -> None:
         await self._connection.channel.close()
 
-    async def __aenter__(self) -> "AsyncEncoderClient":
+    async def __aenter__(self) -> AsyncEncoderClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

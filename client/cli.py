@@ -4,6 +4,8 @@ Every failure is one message on stderr and an exit code, never a traceback. Pack
 demo) add their own commands through the `imgsearch.commands` entry point group.
 """
 
+from __future__ import annotations  # argparse's sub-parser type is generic to type checkers only
+
 import argparse
 import math
 import os
@@ -70,7 +72,8 @@ class AddQueryPart(argparse.Action):
     ) -> None:
         value, *weight = [str(item) for item in values or []]
         if len(weight) > 1:
-            parser.error(f"{option_string} takes {value!r} and an optional WEIGHT, not {values}")
+            named = self.metavar[0] if isinstance(self.metavar, tuple) else self.metavar
+            parser.error(f"{option_string} takes {named} and an optional WEIGHT, not {values}")
         try:
             number = float(weight[0]) if weight else 1.0
         except ValueError:

@@ -30,9 +30,19 @@ def free_port() -> int:
         return port
 
 
-def chosen_port(port: int) -> int:
-    """`port`, or a free one when it is 0 (any free port); -1 (none) stays as it is."""
-    return free_port() if port == 0 else port
+def chosen_port(port: int, flag: str) -> int:
+    """`port` once it is known to be free, or a free one when it is 0; -1 (none) stays as it is.
+
+    A service refuses a taken port, but only once it is up: meanwhile, whoever holds the port would answer
+    the questions that tell whether it started."""
+    if port <= 0:
+        return free_port() if port == 0 else port
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise StartFailed(f"port {port} is taken: another process listens there ({flag})") from None
+    return port
 
 
 @dataclass(frozen=True)
@@ -123,8 +133,15 @@ def local_services(
     """Starts both services (the encoder first), waits until each is SERVING, and stops both at the end;
     with a `web_port`, the search page too (searching `web_collection`, empty: the service's default).
     A port of 0 is any free one; -1 for a metrics port turns that page off."""
-    encoder_port, search_port = chosen_port(encoder_port), chosen_port(search_port)
-    metrics_ports = (chosen_port(metrics_ports[0]), chosen_port(metrics_ports[1]))
+    encoder_port, search_port = (
+        chosen_port(encoder_port, "--encoder-port"),
+        chosen_port(search_port, "--server-port"),
+    )
+    metrics_ports = (
+        chosen_port(metrics_ports[0], "--encoder-metrics-port"),
+        chosen_port(metrics_ports[1], "--search-metrics-port"),
+    )
+    web_port = None if web_port is None else chosen_port(web_port, "--web-port")
     encoder = f"127.0.0.1:{encoder_port}"
     search = f"127.0.0.1:{search_port}"
     with ExitStack() as stack:
@@ -139,8 +156,8 @@ def local_services(
         children = {"encoder service": encoder_process, "search service": search_process}
         web = ""
         if web_port is not None:
-            web = f"http://127.0.0.1:{chosen_port(web_port)}"
-            web_args = ["-m", "web", "--search", search, "--port", web.rsplit(":", 1)[1]]
+            web = f"http://127.0.0.1:{web_port}"
+            web_args = ["-m", "web", "--search", search, "--port", str(web_port)]
             web_process = stack.enter_context(_child([*web_args, "--collection", web_collection], log))
             _wait_until(_answering(web), f"search page at {web}", web_process, start_timeout_s)
             children["search page"] = web_process

@@ -1,5 +1,7 @@
 """The blocking clients: SearchClient and EncoderClient. Every failure raises ImageSearchError."""
 
+from __future__ import annotations  # grpc's call types are generic to type checkers only
+
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -170,7 +172,7 @@ class SearchClient:
     def close(self) -> None:
         self._connection.channel.close()
 
-    def __enter__(self) -> "SearchClient":
+    def __enter__(self) -> SearchClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -207,7 +209,7 @@ class EncoderClient:
     def close(self) -> None:
         self._connection.channel.close()
 
-    def __enter__(self) -> "EncoderClient":
+    def __enter__(self) -> EncoderClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

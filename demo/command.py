@@ -1,5 +1,7 @@
 """`imgsearch demo`: added to the command line through the `imgsearch.commands` entry point."""
 
+from __future__ import annotations  # argparse's sub-parser type is generic to type checkers only
+
 import argparse
 from pathlib import Path
 

@@ -140,7 +140,7 @@ def test_filters_milvus_refuses_are_invalid_argument_and_asked_once(search, caps
         code, _, err = cli(capsys, *server, *command)
         assert code == EXIT_FAILED and "INVALID_ARGUMENT: " in err and message in err, (message, err)
     after = scrape(search.grpc.metrics.server_port)
-    for method, calls in (("SearchText", 5), ("Delete", 1)):
+    for method, calls in (("Search", 5), ("Delete", 1)):
         key = ("grpc_server_handled_total", (("code", "INVALID_ARGUMENT"), ("method", method)))
         assert after[key] - before.get(key, 0) == calls, method  # none retried
 

@@ -46,7 +46,7 @@ def up(model: Path, folder: Path) -> Iterator[tuple[subprocess.Popen, dict[str, 
     """`imgsearch up` on any free ports until it says it is ready: the process, and what it printed."""
     command = [sys.executable, "-m", "client.cli", "up", "--model", str(model), "--device", "cpu"]
     ports = ["--encoder-port", "0", "--server-port", "0", "--encoder-metrics-port", "0"]
-    ports += ["--search-metrics-port", "0", "--milvus-uri", str(folder / "milvus.db")]
+    ports += ["--search-metrics-port", "0", "--web-port", "0", "--milvus-uri", str(folder / "milvus.db")]
     with (folder / "up.log").open("w") as log:  # its own words and its children's logs
         process = subprocess.Popen(
             [*command, *ports], stdout=subprocess.PIPE, stderr=log, text=True, cwd=folder
@@ -82,7 +82,7 @@ def test_two_ups_run_side_by_side_and_a_child_that_dies_stops_its_up(tiny_path, 
         for address in (said_first["search service"], said["search service"]):
             with SearchClient(address) as client:
                 assert client.limits().max_top_k == 1000
-        encoder, _ = children(first.pid)
+        encoder, *_ = children(first.pid)  # started first: the search service and the page follow
         os.kill(encoder, signal.SIGKILL)
         assert first.wait(timeout=120) == 1
         assert (
@@ -93,3 +93,18 @@ def test_two_ups_run_side_by_side_and_a_child_that_dies_stops_its_up(tiny_path, 
             assert client.limits().max_offset == 10000  # the other one serves on
         second.send_signal(signal.SIGINT)
         assert second.wait(timeout=120) == 0
+
+
+def test_up_on_a_taken_port_says_which_before_starting_anything(tiny_encoder, tiny_path, tmp_path) -> None:
+    """Otherwise whoever holds the port would answer `up`'s questions, and it would report ready."""
+    held = tiny_encoder.grpc.address.rsplit(":", 1)[1]
+    for flag in ("--encoder-port", "--server-port", "--web-port", "--search-metrics-port"):
+        done = subprocess.run(
+            [sys.executable, "-m", "client.cli", "up", "--model", str(tiny_path), flag, held],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 1 and "ready" not in done.stdout, done.stdout
+        assert f"imgsearch: port {held} is taken: another process listens there ({flag})" in done.stderr
