@@ -40,10 +40,6 @@ class Picture:
     color: str
     background: str
 
-    @property
-    def label(self) -> str:
-        return f"{self.color} {self.shape}"
-
 
 def classes() -> list[tuple[str, str]]:
     """Every (color, shape) pair, colour-major."""
