@@ -105,6 +105,28 @@ def running_search(encoder_target: str, milvus_uri: Path | str, **settings: obje
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def search(tiny_encoder: EncoderServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchServer]:
+    """A search service on the tiny encoder, with a Milvus Lite file of the test module's own."""
+    assert tiny_encoder.grpc is not None
+    milvus = tmp_path_factory.mktemp("milvus") / "milvus.db"
+    with running_search(tiny_encoder.grpc.address, milvus) as server:
+        yield server
+
+
+@pytest.fixture
+def stub(search: SearchServer) -> Iterator[search_pb2_grpc.SearchServiceStub]:
+    assert search.grpc is not None
+    with search_stub(search.grpc.address) as stub:
+        yield stub
+
+
+@pytest.fixture
+def collection(request: pytest.FixtureRequest) -> str:
+    """A collection of the test's own in the module's Milvus Lite file."""
+    return request.node.name.replace("[", "_").replace("]", "").replace("-", "_")[:200]
+
+
 @contextmanager
 def search_stub(address: str) -> Iterator[search_pb2_grpc.SearchServiceStub]:
     with grpc.insecure_channel(address) as channel:

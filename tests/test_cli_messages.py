@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import running_search
 from test_operability import scrape
 from test_search import picture
 
@@ -16,12 +15,6 @@ from client import ImageSearchError, SearchClient
 from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 
 NOWHERE = "127.0.0.1:1"  # refused before any connection is tried
-
-
-@pytest.fixture(scope="module")
-def search(tiny_encoder, tmp_path_factory):
-    with running_search(tiny_encoder.grpc.address, tmp_path_factory.mktemp("cli") / "milvus.db") as server:
-        yield server
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:

@@ -22,7 +22,6 @@ from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
 from imagesearch.v1 import search_pb2
 from search_service.filters import render_filter
-from search_service.server import SearchServer
 
 STORED, PRESENT, FAILED = search_pb2.OUTCOME_STORED, search_pb2.OUTCOME_PRESENT, search_pb2.OUTCOME_FAILED
 
@@ -50,25 +49,6 @@ def folder(count: int, first_seed: int = 0, prefix: str = "pics") -> list[tuple[
 
 def options(collection: str, **fields) -> search_pb2.SearchOptions:
     return search_pb2.SearchOptions(collection=collection, **fields)
-
-
-@pytest.fixture(scope="module")
-def search(tiny_encoder, tmp_path_factory) -> Iterator[SearchServer]:
-    milvus = tmp_path_factory.mktemp("milvus") / "milvus.db"
-    with running_search(tiny_encoder.grpc.address, milvus) as server:
-        yield server
-
-
-@pytest.fixture
-def stub(search):
-    with search_stub(search.grpc.address) as stub:
-        yield stub
-
-
-@pytest.fixture
-def collection(request) -> str:
-    """A collection of the test's own in the module's Milvus Lite file."""
-    return request.node.name.replace("[", "_").replace("]", "").replace("-", "_")[:200]
 
 
 def test_ingest_stores_each_picture_and_reports_each_item(stub, collection) -> None:

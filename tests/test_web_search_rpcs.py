@@ -4,7 +4,6 @@ this" by id included) and thumbnails made at ingestion, served, and removed with
 import hashlib
 import io
 import logging
-from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -14,7 +13,6 @@ from images import jpeg, png, two_tone
 from PIL import Image
 
 from imagesearch.v1 import encoder_pb2, search_pb2
-from search_service.server import SearchServer
 
 STORED = search_pb2.OUTCOME_STORED
 
@@ -38,23 +36,6 @@ def folder(count: int, first_seed: int = 0, prefix: str = "pics") -> list[tuple[
 
 def part(weight: float | None = None, **kind: object) -> search_pb2.QueryPart:
     return search_pb2.QueryPart(**kind) if weight is None else search_pb2.QueryPart(**kind, weight=weight)
-
-
-@pytest.fixture(scope="module")
-def search(tiny_encoder, tmp_path_factory) -> Iterator[SearchServer]:
-    with running_search(tiny_encoder.grpc.address, tmp_path_factory.mktemp("milvus") / "milvus.db") as server:
-        yield server
-
-
-@pytest.fixture
-def stub(search):
-    with search_stub(search.grpc.address) as stub:
-        yield stub
-
-
-@pytest.fixture
-def collection(request) -> str:
-    return request.node.name.replace("[", "_").replace("]", "").replace("-", "_")[:200]
 
 
 def searched(stub, collection: str, *parts: search_pb2.QueryPart, **options) -> list[search_pb2.Hit]:
