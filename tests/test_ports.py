@@ -62,8 +62,12 @@ def up(model: Path, folder: Path) -> Iterator[tuple[subprocess.Popen, dict[str, 
                 break
         yield process, said
     finally:
-        process.kill()
-        process.wait()
+        process.send_signal(signal.SIGINT)  # as Ctrl-C: up stops its services before it exits
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def children(pid: int) -> list[int]:
