@@ -1,5 +1,7 @@
 """Running an encoder and a search service on this machine, as child processes, until told to stop."""
 
+import ctypes
+import os
 import signal
 import socket
 import subprocess
@@ -103,9 +105,29 @@ def _answering(url: str) -> Callable[[], bool]:
     return ask
 
 
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _ends_with(parent: int) -> Callable[[], None] | None:
+    """What a child runs before it starts (Linux): it is sent SIGTERM when the thread that started it ends,
+    however that ends (SIGKILL included), so that no service outlives the `imgsearch up` that started it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def end_with_parent() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it ended before the line above
+            os._exit(1)
+
+    return end_with_parent
+
+
 @contextmanager
 def _child(args: list[str], log: IO[str] | None) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen([sys.executable, *args], stderr=log, stdout=log)
+    process = subprocess.Popen(
+        [sys.executable, *args], stderr=log, stdout=log, preexec_fn=_ends_with(os.getpid())
+    )
     try:
         yield process
     finally:

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,3 +113,21 @@ def test_up_on_a_taken_port_says_which_before_starting_anything(tiny_encoder, ti
         )
         assert done.returncode == 1 and "ready" not in done.stdout, done.stdout
         assert f"imgsearch: port {held} is taken: another process listens there ({flag})" in done.stderr
+
+
+def test_the_services_of_an_up_that_is_killed_stop_too(tiny_path, tmp_path) -> None:
+    with up(tiny_path, tmp_path) as (process, _):
+        started = children(process.pid)
+        process.kill()  # no chance to stop them itself
+        process.wait()
+    for pid in started:
+        while _running(pid):
+            threading.Event().wait(0.05)  # a bounded poll of a condition: pytest's timeout bounds it
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, awaiting its new parent's reaping, has ended)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
