@@ -1,9 +1,10 @@
 """The ingestion pipeline: hash -> skip what is stored -> encode the rest -> upsert, in order, with totals.
 
-Items are read as they arrive and grouped into batches of what has already arrived (at most the encoder's
-batch size), so a fast client fills batches and a slow one still sees each result promptly. Several batches
-are encoded and written at once, so the encoder is not idle while Milvus writes. A result says "stored" only
-after Milvus has accepted the row, which holds the vector and every field at once.
+Items are hashed by the thread that reads the stream, as they arrive, and grouped into batches of what has
+already arrived (at most the encoder's batch size), so a fast client fills batches and a slow one still sees
+each result promptly. Several batches are checked against Milvus, encoded and written at once, so that neither
+the encoder nor Milvus waits for the other. A result says "stored" only after Milvus has accepted the row,
+which holds the vector and every field at once.
 """
 
 import contextvars
@@ -36,6 +37,7 @@ class _Item:
     uri: str
     metadata: dict[str, str]
     image: bytes
+    collection: str  # the stream's collection is its first request's
     id: str = ""
     outcome: int = search_pb2.OUTCOME_UNSPECIFIED
     error: str = ""
@@ -61,8 +63,9 @@ _END = object()  # the client closed its side of the stream
 _BATCH_DONE = object()  # a batch finished: wake the loop to send its results
 
 
-def _check(item: _Item) -> None:
-    """Fills in the item's id, or its failure when it cannot be stored whatever the encoder says."""
+def _fill_in_id(item: _Item) -> None:
+    """Fills in the item's id (the sha256 of its bytes), or its failure when it cannot be stored whatever the
+    encoder says."""
     if not item.image:
         item.outcome, item.error = FAILED, "empty image (0 bytes)"
     elif len(item.uri) > MAX_URI_LENGTH:
@@ -74,6 +77,26 @@ def _check(item: _Item) -> None:
         item.outcome, item.error = FAILED, f"metadata is over the limit of {MAX_METADATA_BYTES} bytes as JSON"
     else:
         item.id = hashlib.sha256(item.image).hexdigest()
+
+
+def take_arrived(inbox: "queue.Queue[object]", first: object, size: int) -> tuple[list[_Item], bool]:
+    """`first` and the items already waiting in `inbox` after it, up to `size` items; and whether the stream
+    has ended. A broken stream ends the call with CANCELLED."""
+    batch: list[_Item] = []
+    message = first
+    while True:
+        if message is _END:
+            return batch, True
+        if isinstance(message, BaseException):
+            raise ServiceError(grpc.StatusCode.CANCELLED, f"the ingest stream broke: {message}")
+        if isinstance(message, _Item):
+            batch.append(message)
+        if len(batch) >= size:
+            return batch, False
+        try:
+            message = inbox.get_nowait()
+        except queue.Empty:
+            return batch, False
 
 
 class Ingestion:
@@ -110,7 +133,7 @@ class Ingestion:
             return
         if isinstance(first, BaseException):
             raise first
-        assert isinstance(first, search_pb2.IngestRequest)
+        assert isinstance(first, _Item)
         collection = self.store.create(
             first.collection or self.default_collection, info.model, info.dimension
         )
@@ -120,10 +143,10 @@ class Ingestion:
             batch, ended = self._take_batch(first)
             while True:
                 if batch:
-                    known = self._classify(batch, collection)
+                    fresh = self._first_sightings(batch)
                     # A copy of this call's context carries its request id into the worker thread.
                     context = contextvars.copy_context()
-                    future = workers.submit(context.run, self._encode_and_store, known, collection)
+                    future = workers.submit(context.run, self._encode_and_store, fresh, collection)
                     future.add_done_callback(lambda _: self._inbox.put(_BATCH_DONE))
                     pending.append((batch, future))
                 while pending and (pending[0][1].done() or len(pending) >= self.in_flight or ended):
@@ -136,41 +159,30 @@ class Ingestion:
                 batch, ended = self._take_batch(next_item) if next_item is not _BATCH_DONE else ([], False)
 
     def _read(self, requests: Iterator[search_pb2.IngestRequest]) -> None:
+        """Reads the stream, hashing each picture as it arrives (hashlib lets other threads run meanwhile)."""
         try:
-            for request in requests:
+            for index, request in enumerate(requests):
                 while not self._room.acquire(timeout=1.0):
                     if self._finished.is_set():
                         return
-                self._inbox.put(request)
+                item = _Item(index, request.uri, dict(request.metadata), request.image, request.collection)
+                _fill_in_id(item)
+                self._inbox.put(item)
             self._inbox.put(_END)
         except Exception as error:  # the client went away; the loop ends the call
             self._inbox.put(error)
 
     def _take_batch(self, first: object) -> tuple[list[_Item], bool]:
-        """`first` and whatever else has already arrived, up to a batch; and whether the stream has ended."""
-        batch: list[_Item] = []
-        message = first
-        while True:
-            if message is _END:
-                return batch, True
-            if isinstance(message, BaseException):
-                raise ServiceError(grpc.StatusCode.CANCELLED, f"the ingest stream broke: {message}")
-            if isinstance(message, search_pb2.IngestRequest):
-                self._room.release()
-                batch.append(_Item(self._totals.received, message.uri, dict(message.metadata), message.image))
-                self._totals.received += 1
-            if len(batch) >= self.batch_size:
-                return batch, False
-            try:
-                message = self._inbox.get_nowait()
-            except queue.Empty:
-                return batch, False
+        batch, ended = take_arrived(self._inbox, first, self.batch_size)
+        for _ in batch:
+            self._room.release()
+        self._totals.received += len(batch)
+        return batch, ended
 
-    def _classify(self, batch: list[_Item], collection: CollectionInfo) -> list[_Item]:
-        """Settles what needs no encoder (bad items, repeats, stored pictures); returns what to encode."""
+    def _first_sightings(self, batch: list[_Item]) -> list[_Item]:
+        """Settles the items that failed and the repeats of earlier items in this stream; returns the rest."""
         fresh: list[_Item] = []
         for item in batch:
-            _check(item)
             if item.outcome == FAILED:
                 continue
             if item.id in self._seen:
@@ -178,13 +190,15 @@ class Ingestion:
             else:
                 self._seen[item.id] = item
                 fresh.append(item)
-        stored = self.store.existing_ids(collection.name, [item.id for item in fresh])
-        for item in fresh:
-            if item.id in stored:
-                item.outcome = PRESENT
-        return [item for item in fresh if item.id not in stored]
+        return fresh
 
     def _encode_and_store(self, items: list[_Item], collection: CollectionInfo) -> None:
+        """Skips the pictures Milvus already holds, encodes the others and writes them."""
+        stored = self.store.existing_ids(collection.name, [item.id for item in items])
+        for item in items:
+            if item.id in stored:
+                item.outcome = PRESENT
+        items = [item for item in items if item.id not in stored]
         if not items:
             return
         model, results = self.encoder.encode_images([item.image for item in items])
