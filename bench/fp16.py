@@ -16,18 +16,30 @@ import torch
 from harness import print_table
 from PIL import Image
 
-from client.demo import SMALL_CLIP
+from demo.run import SMALL_CLIP
 from encoder_service.checkpoints import VIT_B_32, random_clip, save_state_dict
+from encoder_service.images import clip_pixels
 from encoder_service.model import ClipModel
+from encoder_service.tokens import tokenize
 from synthetic.pictures import classes, render
+
+
+def vectors(model: ClipModel, pixels: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Image and text vectors as the encoder computes them, texts on their first L positions."""
+    length = int(tokens.argmax(axis=1).max()) + 1
+    images = model.image_vectors(torch.from_numpy(pixels).to(model.device))
+    texts = model.text_vectors(torch.from_numpy(np.ascontiguousarray(tokens[:, :length])).to(model.device))
+    return images.cpu().numpy(), texts.cpu().numpy()
 
 
 def compare(checkpoint: str, jpegs: list[bytes], texts: list[str]) -> list[str]:
     cpu, gpu = ClipModel(checkpoint, "cpu"), ClipModel(checkpoint, "cuda")
-    pixels = torch.stack([cpu.preprocess(Image.open(io.BytesIO(data)).convert("RGB")) for data in jpegs])
-    tokens = cpu.tokenize(texts).tokens
-    images = cpu.encode_images(pixels), gpu.encode_images(pixels)
-    words = cpu.encode_texts(tokens), gpu.encode_texts(tokens)
+    resolution = cpu.image_resolution
+    pixels = np.stack(
+        [clip_pixels(Image.open(io.BytesIO(data)).convert("RGB"), resolution) for data in jpegs]
+    )
+    tokens = tokenize(texts, cpu.context_length).tokens
+    images, words = zip(*(vectors(model, pixels, tokens) for model in (cpu, gpu)), strict=True)
     best = [
         np.argmax(text_vectors @ image_vectors.T, axis=1)
         for text_vectors, image_vectors in zip(words, images, strict=True)

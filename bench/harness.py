@@ -1,7 +1,9 @@
 """What the benchmarks share: services as real subprocesses, latency percentiles, and a printed table."""
 
+import glob
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -75,3 +77,16 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
         print("| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) + " |")
         if index == 0:
             print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+
+
+def cpu_seconds(pid: int, with_children: bool = False) -> float:
+    """CPU time (user + system) that process `pid` has used so far, and with `with_children` that of its
+    descendants still running (Milvus Lite runs as a child of the search service). Linux only (/proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    if with_children:
+        for listing in glob.glob(f"/proc/{pid}/task/*/children"):
+            with open(listing) as children:
+                seconds += sum(cpu_seconds(int(child), True) for child in children.read().split())
+    return seconds

@@ -1,8 +1,13 @@
 """Dynamic batching: items of concurrent requests are queued and run together in one forward pass.
 
-Like Triton's dynamic batcher: a batch is run as soon as it holds `max_batch_size` items, or when its oldest
-item has waited `max_delay_s`, so a lone request is delayed by at most that. The queue is bounded; a request
-that does not fit is refused at once (QueueFull) instead of waiting behind an unbounded backlog.
+Batches form from what arrives while the model is busy: when a pass ends, the next one takes everything
+queued, up to `max_batch_size`. Waiting for more pays off only when more is known to be coming, so a batch
+waits (no item longer than `max_delay_s` once the model is free for it) only for requests on their way: those
+announced with `expect()` and still being prepared (tokenised, decoded), and as many requests as the last
+pass answered, since callers that wait for their answer send again as soon as they have it (without this, two
+groups of callers settle into taking turns with half-full passes). A lone caller is its own returning caller,
+so it never waits. The queue is bounded; a request that does not fit is refused at once (QueueFull) instead of
+waiting behind an unbounded backlog.
 """
 
 import logging
@@ -12,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,28 @@ class _Slot(Generic[Item, Output]):
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
+class Arrival(Generic[Item, Output]):
+    """A request on its way to a batcher: batches wait for it until it submits, or leaves the `with` block."""
+
+    def __init__(self, batcher: "DynamicBatcher[Item, Output]") -> None:
+        self._batcher = batcher
+        self._expected = True
+
+    def submit(self, items: Sequence[Item]) -> Future[list[Output]]:
+        self._expected = False
+        return self._batcher._submit(items, announced=True)
+
+    def __enter__(self) -> "Arrival[Item, Output]":
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._expected:
+            self._expected = False
+            self._batcher._withdraw()
+
+
 class DynamicBatcher(Generic[Item, Output]):
     def __init__(
         self,
@@ -60,20 +88,42 @@ class DynamicBatcher(Generic[Item, Output]):
         self.max_queue_size = max_queue_size
         self.forward_passes = 0
         self.items_processed = 0
+        self.items_running = 0  # in the forward pass under way
         self._run_batch = run_batch
         self._queue: deque[_Slot[Item, Output]] = deque()
+        self._expected = 0  # requests announced by expect() and not yet submitted
+        self._last_answered = 0  # requests the last forward pass completed
+        self._last_ended = -float("inf")
+        self._arrived_since = 0  # requests submitted since then
         self._changed = threading.Condition()
         self._closed = False
         self._worker = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
         self._worker.start()
 
+    def expect(self) -> Arrival[Item, Output]:
+        """Announces a request that will submit once prepared; use as `with batcher.expect() as arrival:`."""
+        with self._changed:
+            self._expected += 1
+        return Arrival(self)
+
     def submit(self, items: Sequence[Item]) -> Future[list[Output]]:
         """Queues `items`; the future gives their outputs in order."""
-        request: _Request[Output] = _Request(Future(), [None] * len(items), len(items))
-        if not items:
-            request.future.set_result([])
-            return request.future
+        return self._submit(items, announced=False)
+
+    def _withdraw(self) -> None:
         with self._changed:
+            self._expected -= 1
+            self._changed.notify()
+
+    def _submit(self, items: Sequence[Item], announced: bool) -> Future[list[Output]]:
+        request: _Request[Output] = _Request(Future(), [None] * len(items), len(items))
+        with self._changed:
+            if announced:
+                self._expected -= 1
+                self._changed.notify()  # a batch may have been waiting for this request alone
+            if not items:
+                request.future.set_result([])
+                return request.future
             if self._closed:
                 raise BatcherClosed(f"the {self.name} batcher is shutting down")
             if len(self._queue) + len(items) > self.max_queue_size:
@@ -82,6 +132,7 @@ class DynamicBatcher(Generic[Item, Output]):
                     f"{len(items)} more do not fit"
                 )
             self._queue.extend(_Slot(item, request, position) for position, item in enumerate(items))
+            self._arrived_since += 1
             self._changed.notify()
         return request.future
 
@@ -102,14 +153,19 @@ class DynamicBatcher(Generic[Item, Output]):
                 self._changed.wait()
             if not self._queue:
                 return None
-            deadline = self._queue[0].enqueued_at + self.max_delay_s
-            while len(self._queue) < self.max_batch_size and not self._closed:
+            # No item waits longer than the delay once the model is free for it.
+            deadline = max(self._queue[0].enqueued_at, self._last_ended) + self.max_delay_s
+            while (
+                len(self._queue) < self.max_batch_size
+                and (self._expected > 0 or self._arrived_since < self._last_answered)
+                and not self._closed
+            ):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._changed.wait(remaining)
-            size = min(self.max_batch_size, len(self._queue))
-            return [self._queue.popleft() for _ in range(size)]
+            self.items_running = min(self.max_batch_size, len(self._queue))
+            return [self._queue.popleft() for _ in range(self.items_running)]
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
@@ -117,6 +173,7 @@ class DynamicBatcher(Generic[Item, Output]):
             try:
                 outputs = self._run_batch([slot.item for slot in batch])
             except Exception as error:
+                self._ended(answered=0)
                 log.exception("%s forward pass of %d items failed", self.name, len(batch))
                 for slot in batch:
                     if not slot.request.future.done():
@@ -126,8 +183,15 @@ class DynamicBatcher(Generic[Item, Output]):
             self.forward_passes += 1
             self.items_processed += len(batch)
             for slot, output in zip(batch, outputs, strict=True):
-                request = slot.request
-                request.outputs[slot.position] = output
-                request.pending -= 1
-                if request.pending == 0 and not request.future.done():
+                slot.request.outputs[slot.position] = output
+                slot.request.pending -= 1
+            answered = {id(slot.request): slot.request for slot in batch if slot.request.pending == 0}
+            self._ended(len(answered))  # before the answers go out: their callers may send again at once
+            for request in answered.values():
+                if not request.future.done():
                     request.future.set_result(request.outputs)  # type: ignore[arg-type]
+
+    def _ended(self, answered: int) -> None:
+        with self._changed:
+            self.items_running = 0
+            self._last_answered, self._last_ended, self._arrived_since = answered, time.monotonic(), 0

@@ -1,12 +1,26 @@
-"""The encoder's settings, from flags with environment-variable twins (ENCODER_*)."""
+"""The encoder's settings, from flags with environment-variable twins (ENCODER_*).
 
+Sizes left to the device (0, or -1 for the query cache) are decided by `resolved_for`: on the CPU as they have
+always been, on CUDA for a GPU that encodes thousands of pictures a second and a host with many cores.
+"""
+
+import dataclasses
+import os
 from dataclasses import dataclass
+
+import torch
 
 from imagesearch.defaults import ENCODER_METRICS_PORT, ENCODER_PORT
 from imagesearch.flags import parse_config, require_at_least_one, setting
 from imagesearch.serving import ServerSettings
 
 from .model import DEFAULT_MODEL
+
+_SIZED_FOR_THE_DEVICE = ["grpc_workers", "max_batch_size", "max_queue_size", "decode_workers"]
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -20,42 +34,69 @@ class EncoderConfig(ServerSettings):
         "auto", "fp16 on CUDA and fp32 on the CPU (auto), or either on both", None, ["auto", "fp16", "fp32"]
     )
     port: int = setting(ENCODER_PORT, "port to listen on (0: any free port)")
-    grpc_workers: int = setting(64, "threads serving calls")
-    max_batch_size: int = setting(32, "most items in one forward pass")
-    max_batch_delay_ms: int = setting(5, "longest wait for more items before a forward pass")
-    max_queue_size: int = setting(512, "items waiting per tower before calls get RESOURCE_EXHAUSTED")
+    grpc_workers: int = setting(0, "threads serving calls (0: 64, or 128 on CUDA)")
+    max_batch_size: int = setting(0, "most items in one forward pass (0: 32, or 256 on CUDA)")
+    max_batch_delay_ms: int = setting(
+        5, "longest wait for requests still being prepared before a forward pass (a lone request never waits)"
+    )
+    max_queue_size: int = setting(
+        0, "items waiting per tower before calls get RESOURCE_EXHAUSTED (0: 512, or 2048 on CUDA)"
+    )
     max_items_per_request: int = setting(64, "most texts or images in one call")
     max_image_bytes: int = setting(20 * 1024 * 1024, "largest image file accepted")
     max_image_pixels: int = setting(64_000_000, "largest width x height accepted (decompression bombs)")
     max_text_chars: int = setting(
         4096, "characters of a text that are tokenised; the rest is cut and flagged"
     )
-    decode_workers: int = setting(4, "threads that decode and preprocess images")
+    decode_workers: int = setting(
+        0,
+        "processes that decode images and tokenise long requests (0: 4, or half the cores up to 16 on CUDA)",
+    )
+    jpeg_decoding: str = setting(
+        "auto",
+        "where JPEGs are decoded: on the device (nvJPEG) or in the processes; auto: the device on CUDA",
+        None,
+        ["auto", "device", "processes"],
+    )
+    text_cache_size: int = setting(
+        -1, "recent query vectors kept, by model and text (0: none; -1: 4096 on CUDA, none on the CPU)"
+    )
     metrics_port: int = setting(
         ENCODER_METRICS_PORT, "port of the Prometheus /metrics page (0: any free port, -1: none)"
     )
 
     def __post_init__(self) -> None:
         require_at_least_one(
-            self,
-            [
-                "max_batch_size",
-                "max_queue_size",
-                "max_items_per_request",
-                "max_image_bytes",
-                "max_image_pixels",
-                "max_text_chars",
-                "decode_workers",
-                "grpc_workers",
-            ],
+            self, ["max_items_per_request", "max_image_bytes", "max_image_pixels", "max_text_chars"]
         )
-        if self.max_batch_delay_ms < 0:
-            raise ValueError(f"max_batch_delay_ms must be 0 or more, not {self.max_batch_delay_ms}")
-        if self.max_items_per_request > self.max_queue_size:
+        if self.text_cache_size < -1:
+            raise ValueError(f"text_cache_size must be -1 or more, not {self.text_cache_size}")
+        for name in [*_SIZED_FOR_THE_DEVICE, "max_batch_delay_ms"]:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if 0 < self.max_queue_size < self.max_items_per_request:
             raise ValueError(
                 f"max_items_per_request ({self.max_items_per_request}) must not exceed "
                 f"max_queue_size ({self.max_queue_size}): such a request could never be queued"
             )
+
+    def resolved_for(self, device: torch.device) -> "EncoderConfig":
+        """These settings with every size left to the device decided for `device`."""
+        if device.type == "cuda":
+            sizes = {
+                "grpc_workers": 128,
+                "max_batch_size": 256,
+                "max_queue_size": 2048,
+                "decode_workers": max(4, min(16, _cores() // 2)),
+            }
+        else:
+            sizes = {"grpc_workers": 64, "max_batch_size": 32, "max_queue_size": 512, "decode_workers": 4}
+        chosen = {name: size for name, size in sizes.items() if getattr(self, name) == 0}
+        if self.text_cache_size == -1:
+            chosen["text_cache_size"] = 4096 if device.type == "cuda" else 0
+        if self.jpeg_decoding == "auto":
+            chosen["jpeg_decoding"] = "device" if device.type == "cuda" else "processes"
+        return dataclasses.replace(self, **chosen)
 
     @property
     def max_message_bytes(self) -> int:

@@ -1,11 +1,15 @@
-"""Turning untrusted image bytes into RGB pictures, with limits checked before any pixel is decoded."""
+"""Turning untrusted image bytes into CLIP's input pixels, with limits checked before any pixel is decoded.
+
+Torch-free on purpose: the decoding processes import this module, and importing torch would cost each of them
+seconds and hundreds of megabytes.
+"""
 
 import io
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 # Our own pixel limit is checked from the header; Pillow's global bomb check would only duplicate it.
 Image.MAX_IMAGE_PIXELS = None
@@ -16,12 +20,29 @@ class ImageRejected(ValueError):
 
 
 @dataclass(frozen=True)
+class RejectedImage:
+    """The outcome for an image that gets no vector: why, in words that do not depend on its position."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class ImageLimits:
     max_bytes: int
     max_pixels: int
 
 
+@dataclass(frozen=True)
+class DeviceJpeg:
+    """A JPEG the GPU decodes exactly: its bytes, the EXIF orientation (1-8) still to apply, and its size."""
+
+    data: bytes
+    orientation: int
+    pixels: int
+
+
 _SIXTEEN_BIT_GREY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_END_OF_IMAGE = b"\xff\xd9"
 
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:
@@ -48,13 +69,8 @@ def smallest_useful_side(model_resolution: int) -> int:
     return 2 * model_resolution
 
 
-def decode_image(data: bytes, limits: ImageLimits, smallest_side: int) -> Image.Image:
-    """The first frame of `data`, EXIF orientation applied, as an RGB picture; ImageRejected otherwise.
-
-    A JPEG much larger than `smallest_side` is decoded by libjpeg at 1/2, 1/4 or 1/8 scale, never below
-    `smallest_side` on either side: a 12-megapixel photo reaches the model about 5 times sooner
-    (bench/encoder.py), and what CLIP sees after its own resize barely changes.
-    """
+def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
+    """The picture in `data` with only its header read, once its size is known to be within `limits`."""
     if not data:
         raise ImageRejected("empty (0 bytes)")
     if len(data) > limits.max_bytes:
@@ -74,6 +90,17 @@ def decode_image(data: bytes, limits: ImageLimits, smallest_side: int) -> Image.
         )
     if width == 0 or height == 0:
         raise ImageRejected(f"{width}x{height} pixels: the image is empty")
+    return image
+
+
+def decode_image(data: bytes, limits: ImageLimits, smallest_side: int) -> Image.Image:
+    """The first frame of `data`, EXIF orientation applied, as an RGB picture; ImageRejected otherwise.
+
+    A JPEG much larger than `smallest_side` is decoded by libjpeg at 1/2, 1/4 or 1/8 scale, never below
+    `smallest_side` on either side: a 12-megapixel photo reaches the model about 5 times sooner
+    (bench/encoder.py), and what CLIP sees after its own resize barely changes.
+    """
+    image = open_checked(data, limits)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -84,3 +111,49 @@ def decode_image(data: bytes, limits: ImageLimits, smallest_side: int) -> Image.
             return _to_rgb(image)
     except Exception as error:
         raise ImageRejected(f"cannot decode {image.format or 'image'} data: {error}") from None
+
+
+def resized_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """(width, height) after CLIP's Resize(resolution): the short side becomes `resolution`, and the long
+    side keeps the aspect ratio, rounded down (torchvision's rule)."""
+    if width <= height:
+        return resolution, int(resolution * height / width)
+    return int(resolution * width / height), resolution
+
+
+def centre_crop_offsets(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """(left, top) of CLIP's CenterCrop(resolution) in a picture at least that large (torchvision's rule)."""
+    return round((width - resolution) / 2.0), round((height - resolution) / 2.0)
+
+
+def clip_pixels(image: Image.Image, resolution: int) -> np.ndarray:
+    """CLIP's resize and centre crop of an RGB picture: (resolution, resolution, 3) uint8, pixel for pixel
+    what CLIP's own preprocessing feeds its ToTensor (tested), without importing torch."""
+    width, height = resized_size(image.width, image.height, resolution)
+    resized = image.resize((width, height), Image.Resampling.BICUBIC)
+    left, top = centre_crop_offsets(width, height, resolution)
+    return np.array(resized.crop((left, top, left + resolution, top + resolution)))  # a writable copy
+
+
+def pixels_for_clip(data: bytes, limits: ImageLimits, resolution: int) -> np.ndarray | RejectedImage:
+    """Untrusted bytes to CLIP's input pixels, or why they have none."""
+    try:
+        return clip_pixels(decode_image(data, limits, smallest_useful_side(resolution)), resolution)
+    except ImageRejected as rejection:
+        return RejectedImage(str(rejection))
+
+
+def jpeg_for_device(data: bytes, limits: ImageLimits) -> DeviceJpeg | None:
+    """`data` as a JPEG that nvJPEG decodes exactly as libjpeg would, once within `limits`; None for what
+    only the PIL path does right: other formats, CMYK, greyscale and Adobe-marked JPEGs, data that does not
+    end where a JPEG ends (truncated files, trailing bytes), unreadable EXIF. ImageRejected past a limit."""
+    image = open_checked(data, limits)
+    if image.format != "JPEG" or image.mode != "RGB" or "adobe" in image.info:
+        return None
+    if not data.endswith(_END_OF_IMAGE):
+        return None
+    try:
+        orientation = int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:
+        return None
+    return DeviceJpeg(data, orientation if 1 <= orientation <= 8 else 1, image.width * image.height)

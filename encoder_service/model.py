@@ -1,26 +1,19 @@
-"""Loading CLIP and running its two towers: the only module that knows the model's internals."""
+"""Loading CLIP and its two towers' forward passes on device tensors: the only module that knows the model's
+internals."""
 
 import hashlib
 import logging
 import os
-import threading
-from dataclasses import dataclass
 
 import clip
-import numpy as np
 import torch
 from clip.model import CLIP, build_model, convert_weights
-from clip.simple_tokenizer import SimpleTokenizer
+
+from .preprocess import ModelInput
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "ViT-B/32"
-
-
-@dataclass(frozen=True)
-class TokenizedTexts:
-    tokens: torch.Tensor  # (n, context_length) int64, zero-padded
-    truncated: list[bool]
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -57,7 +50,13 @@ def _read_checkpoint(path: str) -> CLIP:
 def _load_clip(spec: str, cache_dir: str) -> tuple[CLIP, str]:
     """The model on the CPU and the name that stamps its vectors."""
     if spec in clip.available_models():
-        model, _ = clip.load(spec, device="cpu", jit=False, download_root=cache_dir or None)
+        try:
+            model, _ = clip.load(spec, device="cpu", jit=False, download_root=cache_dir or None)
+        except (OSError, RuntimeError) as error:  # no network, or a download that came in damaged
+            raise OSError(
+                f"cannot download {spec} ({error}); offline, pass --model PATH to a checkpoint file, such as "
+                "one that `python -m encoder_service.checkpoints random-vit-b32 vit.pt` makes"
+            ) from None
         return model, spec
     if not os.path.isfile(spec):
         raise FileNotFoundError(
@@ -67,8 +66,11 @@ def _load_clip(spec: str, cache_dir: str) -> tuple[CLIP, str]:
 
 
 class ClipModel:
-    """CLIP on one device, by default fp16 on CUDA and fp32 on the CPU. Forward passes are serialised by a
-    lock."""
+    """CLIP on one device, by default fp16 on CUDA and fp32 on the CPU.
+
+    The forward passes take and give device tensors and never wait for the host, so that they can be captured
+    as CUDA graphs (graphs.py); moving inputs and vectors between host and device is the caller's.
+    """
 
     def __init__(self, spec: str, device: str = "auto", cache_dir: str = "", precision: str = "auto") -> None:
         self.device = resolve_device(device)
@@ -80,63 +82,45 @@ class ClipModel:
             # LayerNorm computes in fp32 and fails on fp16 weights).
             convert_weights(model)
         self.model = model
-        self.dimension = int(self.model.text_projection.shape[1])
-        self.image_resolution = int(self.model.visual.input_resolution)
-        self.context_length = int(self.model.context_length)
-        # CLIP's own preprocessing (resize, centre crop, normalise): RGB picture -> (3, res, res).
-        self.preprocess = clip.clip._transform(self.image_resolution)
-        self._tokenizer = SimpleTokenizer()
-        self._start_token = self._tokenizer.encoder["<|startoftext|>"]
-        self._end_token = self._tokenizer.encoder["<|endoftext|>"]
-        self._causal_mask = self.model.build_attention_mask().to(device=self.device, dtype=self.dtype)
-        self._lock = threading.Lock()
+        self.dimension = int(model.text_projection.shape[1])
+        self.image_resolution = int(model.visual.input_resolution)
+        self.context_length = int(model.context_length)
+        self._model_input = ModelInput(self.image_resolution, self.device, self.dtype)
+        self._causal_mask = model.build_attention_mask().to(device=self.device, dtype=self.dtype)
         log.info("loaded %s on %s as %s", self.name, self.device, self.dtype)
 
-    def tokenize(self, texts: list[str]) -> TokenizedTexts:
-        """CLIP's tokenizer with `truncate=True`, also telling which texts were cut."""
-        tokens = torch.zeros(len(texts), self.context_length, dtype=torch.long)
-        truncated = []
-        for row, text in enumerate(texts):
-            ids = [self._start_token, *self._tokenizer.encode(text), self._end_token]
-            truncated.append(len(ids) > self.context_length)
-            if truncated[-1]:
-                ids = [*ids[: self.context_length - 1], self._end_token]
-            tokens[row, : len(ids)] = torch.tensor(ids)
-        return TokenizedTexts(tokens, truncated)
+    @torch.inference_mode()
+    def image_vectors(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, res, res, 3) uint8 pixels on the device -> (n, dim) unit float32 vectors there."""
+        return _normalised(self.model.encode_image(self._model_input(pixels)))
 
     @torch.inference_mode()
-    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
-        """(n, 3, res, res) preprocessed pictures -> (n, dim) unit float32 vectors."""
-        with self._lock:
-            features = self.model.encode_image(pixels.to(device=self.device, dtype=self.dtype))
-        return _normalised(features)
-
-    @torch.inference_mode()
-    def encode_texts(self, tokens: torch.Tensor) -> np.ndarray:
-        """(n, context_length) tokens -> (n, dim) unit float32 vectors.
+    def text_vectors(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(n, L) tokens on the device -> (n, dim) unit float32 vectors there, for any L that holds every
+        text's end-of-text token.
 
         The text tower is causal and reads its output at the end-of-text token, so running it on the first L
-        positions only (L = the longest text in the batch) gives the same vectors for a fraction of the work.
+        positions only (L = the longest text in the batch) gives the same vectors as all 77, for a fraction
+        of the work; positions past a text's end change nothing.
         """
-        end_positions = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
-        length = int(end_positions.max()) + 1
-        tokens = tokens[:, :length].to(self.device)
+        length = tokens.shape[1]
         model = self.model
+        end_positions = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
         mask = self._causal_mask[:length, :length]
-        with self._lock:
-            # Embeddings stay fp32 in OpenAI's fp16 layout; the blocks take the model's dtype.
-            positions = model.positional_embedding[:length].type(self.dtype)
-            x = model.token_embedding(tokens).type(self.dtype) + positions
-            x = x.permute(1, 0, 2)  # (length, n, width), as CLIP's blocks expect
-            for block in model.transformer.resblocks:
-                normed = block.ln_1(x)
-                x = x + block.attn(normed, normed, normed, need_weights=False, attn_mask=mask)[0]
-                x = x + block.mlp(block.ln_2(x))
-            x = model.ln_final(x.permute(1, 0, 2))
-            features = x[torch.arange(x.shape[0]), end_positions.to(self.device)] @ model.text_projection
-        return _normalised(features)
+        # Embeddings stay fp32 in OpenAI's fp16 layout; the blocks take the model's dtype.
+        positions = model.positional_embedding[:length].type(self.dtype)
+        x = model.token_embedding(tokens).type(self.dtype) + positions
+        x = x.permute(1, 0, 2)  # (length, n, width), as CLIP's blocks expect
+        for block in model.transformer.resblocks:
+            normed = block.ln_1(x)
+            x = x + block.attn(normed, normed, normed, need_weights=False, attn_mask=mask)[0]
+            x = x + block.mlp(block.ln_2(x))
+        x = model.ln_final(x.permute(1, 0, 2))
+        return _normalised(
+            x[torch.arange(x.shape[0], device=x.device), end_positions] @ model.text_projection
+        )
 
 
-def _normalised(features: torch.Tensor) -> np.ndarray:
+def _normalised(features: torch.Tensor) -> torch.Tensor:
     features = features.float()
-    return (features / features.norm(dim=-1, keepdim=True)).cpu().numpy()
+    return features / features.norm(dim=-1, keepdim=True)

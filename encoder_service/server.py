@@ -9,6 +9,8 @@ from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 
 from .config import EncoderConfig
 from .metrics import EncoderMetrics
+from .model import resolve_device
+from .runtime import EncoderRuntime
 from .service import EncoderServicer
 
 log = logging.getLogger(__name__)
@@ -20,9 +22,10 @@ class EncoderServer:
     """`start()` listens with health NOT_SERVING; `load()` loads and warms the model, then reports SERVING."""
 
     def __init__(self, config: EncoderConfig) -> None:
-        self.config = config
+        self.config = config.resolved_for(resolve_device(config.device))
         self.registry = CollectorRegistry()
-        self.servicer = EncoderServicer(config, EncoderMetrics(self.registry))
+        self.metrics = EncoderMetrics(self.registry)
+        self.servicer = EncoderServicer(self.config)
         self.grpc: GrpcServer | None = None
 
     def start(self) -> str:
@@ -37,13 +40,15 @@ class EncoderServer:
         return self.grpc.address
 
     def load(self) -> None:
-        self.servicer.load()
         assert self.grpc is not None, "start() before load()"
+        self.servicer.runtime = EncoderRuntime(self.config, self.metrics)
+        self.metrics.model_loaded.set(1)
         self.grpc.set_serving(True)
         log.info("encoder serving %s on %s", self.config.model, self.grpc.address)
 
     def stop(self) -> None:
-        """Refuses new calls, lets in-flight calls finish, then stops the batchers."""
+        """Refuses new calls, lets in-flight calls finish, then stops the batchers and worker processes."""
         if self.grpc is not None:
             self.grpc.stop(self.config.shutdown_grace_s)
-        self.servicer.close()
+        if self.servicer.runtime is not None:
+            self.servicer.runtime.close()

@@ -183,13 +183,13 @@ class GrpcServer:
 
 @contextmanager
 def reported_startup(program: str) -> Iterator[None]:
-    """Ends the process with one line naming what stopped it from starting (a port in use, an unreadable
-    file, an unreachable store) instead of a traceback."""
+    """Ends the process with one line naming what stopped it from starting (a port in use, a model that
+    cannot be read or downloaded, a device that is not there, an unreachable store) instead of a traceback."""
     try:
         yield
     except ServiceError as error:
         sys.exit(f"{program}: {error.message}")
-    except OSError as error:
+    except (OSError, ValueError) as error:
         sys.exit(f"{program}: {error}")
 
 

@@ -25,13 +25,14 @@ from clip.model import CLIP, convert_weights
 from PIL import Image
 
 from encoder_service.checkpoints import SMALL
+from encoder_service.preprocess import clip_transform
 from synthetic.pictures import Picture, caption, classes, render_set
 
 TRAIN_SEED = 0  # the pictures of the quality checks use other seeds
 
 
 def preprocess_all(pictures: list[Picture], resolution: int) -> torch.Tensor:
-    transform = clip.clip._transform(resolution)
+    transform = clip_transform(resolution)
     return torch.stack([transform(Image.open(io.BytesIO(p.jpeg)).convert("RGB")) for p in pictures])
 
 

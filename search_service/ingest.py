@@ -1,9 +1,10 @@
 """The ingestion pipeline: hash -> skip what is stored -> encode the rest -> upsert, in order, with totals.
 
-Items are read as they arrive and grouped into batches of what has already arrived (at most the encoder's
-batch size), so a fast client fills batches and a slow one still sees each result promptly. Several batches
-are encoded and written at once, so the encoder is not idle while Milvus writes. A result says "stored" only
-after Milvus has accepted the row, which holds the vector and every field at once.
+Items are hashed by the thread that reads the stream, as they arrive, and grouped into batches of what has
+already arrived (at most the encoder's batch size), so a fast client fills batches and a slow one still sees
+each result promptly. Several batches are checked against Milvus, encoded and written at once, so that neither
+the encoder nor Milvus waits for the other. A result says "stored" only after Milvus has accepted the row,
+which holds the vector and every field at once.
 """
 
 import contextvars
@@ -24,7 +25,7 @@ from prometheus_client import Counter
 from imagesearch.errors import ServiceError
 from imagesearch.v1 import search_pb2
 
-from .encoder_client import EncoderClient
+from .encoder_replicas import EncoderReplicas, RejectedImage
 from .metadata import BadMetadata, stored_metadata
 from .store import MAX_URI_LENGTH, CollectionInfo, Store
 from .thumbnails import Thumbnails
@@ -40,6 +41,7 @@ class _Item:
     image: bytes
     text_metadata: dict[str, str]
     typed_metadata: dict[str, search_pb2.FilterValue]
+    collection: str  # the stream's collection is its first request's
     metadata: dict[str, Any] = field(default_factory=dict)  # as stored, once checked
     id: str = ""
     outcome: int = search_pb2.OUTCOME_UNSPECIFIED
@@ -81,12 +83,33 @@ def _problem(item: _Item) -> str:
     return ""
 
 
-def _check(item: _Item) -> None:
-    """Fills in the item's id, or its failure when it cannot be stored whatever the encoder says."""
+def _fill_in_id(item: _Item) -> None:
+    """Fills in the item's id (the sha256 of its bytes), or its failure when it cannot be stored whatever the
+    encoder says."""
     if problem := _problem(item):
         item.outcome, item.error = FAILED, problem
     else:
         item.id = hashlib.sha256(item.image).hexdigest()
+
+
+def take_arrived(inbox: "queue.Queue[object]", first: object, size: int) -> tuple[list[_Item], bool]:
+    """`first` and the items already waiting in `inbox` after it, up to `size` items; and whether the stream
+    has ended. A broken stream ends the call with CANCELLED."""
+    batch: list[_Item] = []
+    message = first
+    while True:
+        if message is _END:
+            return batch, True
+        if isinstance(message, BaseException):
+            raise ServiceError(grpc.StatusCode.CANCELLED, f"the ingest stream broke: {message}")
+        if isinstance(message, _Item):
+            batch.append(message)
+        if len(batch) >= size:
+            return batch, False
+        try:
+            message = inbox.get_nowait()
+        except queue.Empty:
+            return batch, False
 
 
 class Ingestion:
@@ -95,7 +118,7 @@ class Ingestion:
     def __init__(
         self,
         store: Store,
-        encoder: EncoderClient,
+        encoder: EncoderReplicas,
         default_collection: str,
         in_flight: int,
         outcomes: Counter,
@@ -130,7 +153,7 @@ class Ingestion:
             return
         if isinstance(first, BaseException):
             raise first
-        assert isinstance(first, search_pb2.IngestRequest)
+        assert isinstance(first, _Item)
         collection = self.store.create(
             first.collection or self.default_collection, info.model, info.dimension
         )
@@ -140,10 +163,10 @@ class Ingestion:
             batch, ended = self._take_batch(first)
             while True:
                 if batch:
-                    known = self._classify(batch, collection)
+                    fresh = self._first_sightings(batch)
                     # A copy of this call's context carries its request id into the worker thread.
                     context = contextvars.copy_context()
-                    future = workers.submit(context.run, self._encode_and_store, known, collection)
+                    future = workers.submit(context.run, self._encode_and_store, fresh, collection)
                     future.add_done_callback(lambda _: self._inbox.put(_BATCH_DONE))
                     pending.append((batch, future))
                 while pending and (pending[0][1].done() or len(pending) >= self.in_flight or ended):
@@ -156,49 +179,37 @@ class Ingestion:
                 batch, ended = self._take_batch(next_item) if next_item is not _BATCH_DONE else ([], False)
 
     def _read(self, requests: Iterator[search_pb2.IngestRequest]) -> None:
+        """Reads the stream, hashing each picture as it arrives (hashlib lets other threads run meanwhile)."""
         try:
-            for request in requests:
+            for index, request in enumerate(requests):
                 while not self._room.acquire(timeout=1.0):
                     if self._finished.is_set():
                         return
-                self._inbox.put(request)
+                item = _Item(
+                    index,
+                    request.uri,
+                    request.image,
+                    dict(request.metadata),
+                    dict(request.typed_metadata),
+                    request.collection,
+                )
+                _fill_in_id(item)
+                self._inbox.put(item)
             self._inbox.put(_END)
         except Exception as error:  # the client went away; the loop ends the call
             self._inbox.put(error)
 
     def _take_batch(self, first: object) -> tuple[list[_Item], bool]:
-        """`first` and whatever else has already arrived, up to a batch; and whether the stream has ended."""
-        batch: list[_Item] = []
-        message = first
-        while True:
-            if message is _END:
-                return batch, True
-            if isinstance(message, BaseException):
-                raise ServiceError(grpc.StatusCode.CANCELLED, f"the ingest stream broke: {message}")
-            if isinstance(message, search_pb2.IngestRequest):
-                self._room.release()
-                batch.append(
-                    _Item(
-                        self._totals.received,
-                        message.uri,
-                        message.image,
-                        dict(message.metadata),
-                        dict(message.typed_metadata),
-                    )
-                )
-                self._totals.received += 1
-            if len(batch) >= self.batch_size:
-                return batch, False
-            try:
-                message = self._inbox.get_nowait()
-            except queue.Empty:
-                return batch, False
+        batch, ended = take_arrived(self._inbox, first, self.batch_size)
+        for _ in batch:
+            self._room.release()
+        self._totals.received += len(batch)
+        return batch, ended
 
-    def _classify(self, batch: list[_Item], collection: CollectionInfo) -> list[_Item]:
-        """Settles what needs no encoder (bad items, repeats, stored pictures); returns what to encode."""
+    def _first_sightings(self, batch: list[_Item]) -> list[_Item]:
+        """Settles the items that failed and the repeats of earlier items in this stream; returns the rest."""
         fresh: list[_Item] = []
         for item in batch:
-            _check(item)
             if item.outcome == FAILED:
                 continue
             if item.id in self._seen:
@@ -206,13 +217,15 @@ class Ingestion:
             else:
                 self._seen[item.id] = item
                 fresh.append(item)
-        stored = self.store.existing_ids(collection.name, [item.id for item in fresh])
-        for item in fresh:
-            if item.id in stored:
-                item.outcome = PRESENT
-        return [item for item in fresh if item.id not in stored]
+        return fresh
 
     def _encode_and_store(self, items: list[_Item], collection: CollectionInfo) -> None:
+        """Skips the pictures Milvus already holds, encodes the others and writes them."""
+        stored = self.store.existing_ids(collection.name, [item.id for item in items])
+        for item in items:
+            if item.id in stored:
+                item.outcome = PRESENT
+        items = [item for item in items if item.id not in stored]
         if not items:
             return
         model, results = self.encoder.encode_images([item.image for item in items])
@@ -220,8 +233,8 @@ class Ingestion:
         now = int(time.time())
         rows = []
         for item, result in zip(items, results, strict=True):
-            if isinstance(result, str):
-                item.outcome, item.error = FAILED, result
+            if isinstance(result, RejectedImage):
+                item.outcome, item.error = FAILED, result.reason
             else:
                 rows.append(
                     {

@@ -12,7 +12,7 @@ from imagesearch.tls import channel_credentials
 from imagesearch.v1 import search_pb2, search_pb2_grpc
 
 from .config import SearchConfig
-from .encoder_client import EncoderClient
+from .encoder_replicas import EncoderReplicas
 from .metrics import SearchMetrics
 from .service import SearchServicer
 from .store import Store
@@ -37,7 +37,7 @@ class SearchServer:
             json.loads(config.index_params),
             self.metrics.observe_milvus,
         )
-        self.encoder = EncoderClient(
+        self.encoder = EncoderReplicas(
             config.encoder,
             config.encoder_timeout_s,
             config.encoder_token,

@@ -13,7 +13,7 @@ from imagesearch.errors import ServiceError, invalid_argument
 from imagesearch.v1 import search_pb2, search_pb2_grpc
 
 from .config import SearchConfig
-from .encoder_client import EncoderClient
+from .encoder_replicas import EncoderReplicas, RejectedImage
 from .filters import render_filter, render_value
 from .ingest import Ingestion
 from .metadata import record_metadata
@@ -98,7 +98,7 @@ def _indices(parts: Sequence[search_pb2.QueryPart], kind: str) -> list[int]:
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def __init__(
-        self, config: SearchConfig, store: Store, encoder: EncoderClient, metrics: SearchMetrics
+        self, config: SearchConfig, store: Store, encoder: EncoderReplicas, metrics: SearchMetrics
     ) -> None:
         self.config = config
         self.store = store
@@ -148,8 +148,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def _encode_query_image(self, image: bytes) -> tuple[str, np.ndarray]:
         model, [result] = self.encoder.encode_images([image])
-        if isinstance(result, str):
-            raise invalid_argument(f"image: {result}")
+        if isinstance(result, RejectedImage):
+            raise invalid_argument(f"image: {result.reason}")
         return model, result
 
     def SearchImage(
@@ -185,8 +185,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             model, results = self.encoder.encode_images([parts[index].image for index in images])
             collection.require_model(model)
             for index, result in zip(images, results, strict=True):
-                if isinstance(result, str):
-                    raise invalid_argument(f"parts[{index}].image: {result}")
+                if isinstance(result, RejectedImage):
+                    raise invalid_argument(f"parts[{index}].image: {result.reason}")
                 vectors[index] = result
         if ids:
             wanted = [parts[index].id for index in ids]

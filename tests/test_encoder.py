@@ -16,9 +16,11 @@ from conftest import encoder_process, encoder_stub, running_encoder
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from images import encode, jpeg, png, png_with_size_header, solid, two_tone
 from PIL import Image
+from test_encoder_preprocess import without_quantisation_tables
 
 from encoder_service.config import EncoderConfig
 from encoder_service.images import ImageLimits, decode_image
+from encoder_service.preprocess import clip_transform
 from encoder_service.server import EncoderServer
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 from synthetic.pictures import camera_photo
@@ -61,10 +63,14 @@ def test_vectors_are_unit_length_512_and_name_the_model(vit_stub, vit_encoder: E
 
 def test_model_info_describes_model_and_limits(vit_stub) -> None:
     info = vit_stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
-    defaults = EncoderConfig()
+    defaults = EncoderConfig().resolved_for(torch.device("cpu"))
     assert (info.dimension, info.device, info.dtype) == (512, "cpu", "float32")
     assert (info.image_resolution, info.context_length) == (224, 77)
     assert (info.max_batch_size, info.max_queue_size) == (defaults.max_batch_size, defaults.max_queue_size)
+    # On the CPU the sizes left to the device are what they have always been, and nothing is a CUDA graph.
+    assert (info.max_batch_size, info.max_queue_size, info.decode_workers) == (32, 512, 4)
+    assert (info.jpeg_decoding, info.image_cuda_graphs, info.text_cuda_graphs) == ("processes", 0, 0)
+    assert info.text_cache_size == 0
 
 
 def test_text_vectors_equal_clip_reference(vit_stub, reference_model) -> None:
@@ -80,7 +86,7 @@ def test_text_vectors_equal_clip_reference(vit_stub, reference_model) -> None:
 
 def test_image_vectors_equal_clip_reference(vit_stub, reference_model) -> None:
     pictures = [two_tone((250, 20, 20), (20, 20, 250)), solid((10, 200, 10), (320, 240))]
-    preprocess = clip.clip._transform(224)
+    preprocess = clip_transform(224)
     with torch.inference_mode():
         expected = normalised(reference_model.encode_image(torch.stack([preprocess(p) for p in pictures])))
     cosines = (encode_images(vit_stub, [png(p) for p in pictures]) * expected).sum(axis=1)
@@ -93,7 +99,7 @@ def test_half_precision_as_on_a_gpu_equals_clip_reference(tiny_path) -> None:
     reference = build_model(torch.load(tiny_path, map_location="cpu")).eval()
     texts = ["dog", "a photo of a red circle on a grey background"]
     pictures = [two_tone((250, 20, 20), (20, 20, 250)), solid((10, 200, 10), (320, 240))]
-    preprocess = clip.clip._transform(reference.visual.input_resolution)
+    preprocess = clip_transform(reference.visual.input_resolution)
     with torch.inference_mode():
         expected_texts = normalised(reference.encode_text(clip.tokenize(texts)).float())
         expected_images = normalised(
@@ -118,7 +124,7 @@ def test_large_jpegs_are_decoded_at_a_reduced_scale_and_still_encode_as_clip_doe
     assert decode_image(exif_rotated_jpeg(camera), limits, smallest_side=448).size == (600, 450)
     assert decode_image(png(camera), limits, smallest_side=448).size == (2400, 1800)  # only JPEG can
     with torch.inference_mode():
-        expected = normalised(reference_model.encode_image(clip.clip._transform(224)(camera)[None]))
+        expected = normalised(reference_model.encode_image(clip_transform(224)(camera)[None]))
     cosine = float(encode_images(vit_stub, [jpeg(camera)])[0] @ expected[0])
     assert cosine >= 0.999, cosine
 
@@ -212,6 +218,9 @@ def test_bad_images_fail_alone_and_say_why(tiny_path) -> None:
     outcomes = [result.WhichOneof("outcome") for result in response.results]
     assert outcomes == ["vector", "error", "error", "error", "error", "error", "error", "vector"]
     errors = [result.error for result in response.results]
+    # `reason` is `error` without the position, and empty beside a vector.
+    reasons = [result.reason for result in response.results]
+    assert reasons == [error.split(": ", 1)[-1] if error else "" for error in errors]
     assert errors[1] == "images[1]: empty (0 bytes)"
     assert errors[2].startswith("images[2]: not a recognised image format")
     assert errors[3].startswith("images[3]: cannot decode JPEG data")
@@ -268,19 +277,41 @@ def test_concurrent_callers_share_forward_passes(tiny_path) -> None:
     assert after.text_forward_passes - before.text_forward_passes <= callers // 4
 
 
-def test_full_queue_refuses_at_once_with_resource_exhausted(tiny_path) -> None:
-    # A batch waits up to 2 s for more items: the first call holds the queue while the second arrives.
-    settings = {
-        "max_queue_size": 4,
-        "max_items_per_request": 4,
-        "max_batch_size": 64,
-        "max_batch_delay_ms": 2000,
-    }
-    with running_encoder(tiny_path, **settings) as server, encoder_stub(server.grpc.address) as stub:
-        request = encoder_pb2.EncodeTextRequest(texts=["one", "two", "three"])
-        calls = [stub.EncodeText.future(request), stub.EncodeText.future(request)]
-        codes = sorted(str(call.exception().code()) if call.exception() else "OK" for call in calls)
-    assert codes == ["OK", "StatusCode.RESOURCE_EXHAUSTED"]
+def test_a_lone_call_is_not_kept_waiting_by_the_batch_delay(tiny_path) -> None:
+    # A batch waits only for requests already on their way; with none, a ten-minute delay is never paid.
+    with (
+        running_encoder(tiny_path, max_batch_delay_ms=600_000) as server,
+        encoder_stub(server.grpc.address) as stub,
+    ):
+        response = stub.EncodeText(encoder_pb2.EncodeTextRequest(texts=["a lone query"]), timeout=60)
+        images = stub.EncodeImages(
+            encoder_pb2.EncodeImagesRequest(images=[png(solid((9, 9, 9)))]), timeout=60
+        )
+    assert len(response.results[0].vector.values) == len(images.results[0].vector.values) == 512
+
+
+# 64 texts of 64 tokens: a forward pass of ViT-B/32's text tower that takes seconds on the CPU.
+LONG_TEXTS = [f"caption {index} " + "word " * 60 for index in range(64)]
+
+
+def wait_until_running(stub: encoder_pb2_grpc.EncoderServiceStub, call: grpc.Future, items: int) -> None:
+    while stub.GetModelInfo(encoder_pb2.GetModelInfoRequest()).text_items_running != items:
+        assert not call.done()
+
+
+def test_full_queue_refuses_at_once_with_resource_exhausted(vit_b32_path) -> None:
+    settings = {"max_queue_size": 64, "max_batch_size": 64}
+    with running_encoder(vit_b32_path, **settings) as server, encoder_stub(server.grpc.address) as stub:
+        running = stub.EncodeText.future(encoder_pb2.EncodeTextRequest(texts=LONG_TEXTS))
+        wait_until_running(stub, running, 64)
+        queued = stub.EncodeText.future(encoder_pb2.EncodeTextRequest(texts=LONG_TEXTS))
+        while stub.GetModelInfo(encoder_pb2.GetModelInfoRequest()).text_queue_depth != 64:
+            assert not queued.done()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.EncodeText(encoder_pb2.EncodeTextRequest(texts=["one more"]))
+        assert len(running.result().results) == len(queued.result().results) == 64
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.value.details().startswith("the text queue holds 64 of 64 items; 1 more do not fit")
 
 
 def test_health_is_not_serving_until_the_model_is_loaded(tiny_path) -> None:
@@ -297,13 +328,68 @@ def test_health_is_not_serving_until_the_model_is_loaded(tiny_path) -> None:
         server.stop()
 
 
-def test_sigterm_lets_in_flight_calls_finish(tiny_path) -> None:
-    flags = ["--max-batch-size", "64", "--max-batch-delay-ms", "3000"]
-    with encoder_process(tiny_path, *flags) as (process, address), encoder_stub(address) as stub:
-        # The batcher holds this call for up to 3 s waiting for company; SIGTERM arrives meanwhile.
-        in_flight = stub.EncodeText.future(encoder_pb2.EncodeTextRequest(texts=["a dog"]))
+def test_sigterm_lets_in_flight_calls_finish(vit_b32_path) -> None:
+    flags = ["--max-batch-size", "64"]
+    with encoder_process(vit_b32_path, *flags) as (process, address), encoder_stub(address) as stub:
+        # One call in a forward pass of several seconds, a second queued behind it; SIGTERM arrives meanwhile.
+        running = stub.EncodeText.future(encoder_pb2.EncodeTextRequest(texts=LONG_TEXTS))
+        wait_until_running(stub, running, 64)
+        queued = stub.EncodeText.future(encoder_pb2.EncodeTextRequest(texts=["a dog"]))
         while stub.GetModelInfo(encoder_pb2.GetModelInfoRequest()).text_queue_depth == 0:
-            assert not in_flight.done()
+            assert not queued.done()
         process.send_signal(signal.SIGTERM)
-        assert len(in_flight.result(timeout=30).results[0].vector.values) == 512
-        assert process.wait(timeout=30) == 0
+        assert len(running.result(timeout=60).results) == 64
+        assert len(queued.result(timeout=60).results[0].vector.values) == 512
+        assert process.wait(timeout=60) == 0
+
+
+def test_repeated_queries_are_answered_from_the_cache(tiny_path) -> None:
+    with running_encoder(tiny_path, text_cache_size=16) as server, encoder_stub(server.grpc.address) as stub:
+        request = encoder_pb2.EncodeTextRequest(texts=["a query asked twice"])
+        first = stub.EncodeText(request)
+        before = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+        again = stub.EncodeText(request)
+        after = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+    assert again == first
+    assert after.text_forward_passes == before.text_forward_passes
+    assert after.text_cache_hits == before.text_cache_hits + 1
+    assert before.text_cache_size == 16
+
+
+def test_jpegs_decoded_the_gpu_way_equal_clip_reference(vit_b32_path, reference_model) -> None:
+    """`--jpeg-decoding device` on the CPU runs the GPU's JPEG path (torchvision decodes, tensor operations
+    resize) with libjpeg in nvJPEG's place; what that path cannot do exactly takes the PIL path."""
+    camera = camera_photo(1200, 900)
+    portrait = camera.transpose(Image.Transpose.ROTATE_90)
+    pictures = {
+        "jpeg": (jpeg(camera), camera),
+        "portrait jpeg": (jpeg(portrait), portrait),
+        "exif rotated jpeg": (exif_rotated_jpeg(camera), camera),
+        "grey jpeg": (jpeg(camera.convert("L")), camera.convert("L").convert("RGB")),
+        "cmyk jpeg": (jpeg(camera.convert("CMYK")), camera.convert("CMYK").convert("RGB")),
+        "png": (png(two_tone((250, 20, 20), (20, 20, 250))), two_tone((250, 20, 20), (20, 20, 250))),
+    }
+    whole = jpeg(two_tone((200, 0, 0), (0, 0, 200), (256, 256)))
+    # Truncated (the PIL path's, by routing); and whole but undecodable, which fails the device's decoding
+    # call: the good JPEGs of that call are then decoded by the PIL path, and this one fails alone.
+    bad = [whole[: len(whole) // 2], without_quantisation_tables(whole)]
+    with (
+        running_encoder(vit_b32_path, jpeg_decoding="device") as server,
+        encoder_stub(server.grpc.address) as stub,
+    ):
+        info = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+        response = stub.EncodeImages(
+            encoder_pb2.EncodeImagesRequest(images=[data for data, _ in pictures.values()] + bad)
+        )
+    assert info.jpeg_decoding == "device"
+    outcomes = [result.WhichOneof("outcome") for result in response.results]
+    assert outcomes == ["vector"] * len(pictures) + ["error", "error"]
+    assert response.results[-2].reason.startswith("cannot decode JPEG data")
+    assert response.results[-1].error.startswith(f"images[{len(pictures) + 1}]: cannot decode JPEG data")
+    preprocess = clip_transform(224)
+    with torch.inference_mode():
+        inputs = torch.stack([preprocess(picture) for _, picture in pictures.values()])
+        expected = normalised(reference_model.encode_image(inputs))
+    vectors = np.array([result.vector.values for result in response.results[: len(pictures)]])
+    cosines = (vectors * expected).sum(axis=1)
+    assert cosines.min() >= 0.999, dict(zip(pictures, cosines.round(5), strict=True))

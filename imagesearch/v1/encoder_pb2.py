@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cimagesearch/v1/encoder.proto\x12\x0eimagesearch.v1\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\"\n\x11\x45ncodeTextRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"G\n\nTextResult\x12&\n\x06vector\x18\x01 \x01(\x0b\x32\x16.imagesearch.v1.Vector\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"P\n\x12\x45ncodeTextResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x07results\x18\x02 \x03(\x0b\x32\x1a.imagesearch.v1.TextResult\"%\n\x13\x45ncodeImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"S\n\x0bImageResult\x12(\n\x06vector\x18\x01 \x01(\x0b\x32\x16.imagesearch.v1.VectorH\x00\x12\x0f\n\x05\x65rror\x18\x02 \x01(\tH\x00\x42\t\n\x07outcome\"S\n\x14\x45ncodeImagesResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12,\n\x07results\x18\x02 \x03(\x0b\x32\x1b.imagesearch.v1.ImageResult\"\x15\n\x13GetModelInfoRequest\"\xc6\x03\n\x14GetModelInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x05 \x01(\x05\x12\x1a\n\x12max_batch_delay_ms\x18\x06 \x01(\x05\x12\x16\n\x0emax_queue_size\x18\x07 \x01(\x05\x12\x1d\n\x15max_items_per_request\x18\x08 \x01(\x05\x12\x17\n\x0fmax_image_bytes\x18\t \x01(\x03\x12\x18\n\x10max_image_pixels\x18\n \x01(\x03\x12\x18\n\x10image_resolution\x18\x0b \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x0c \x01(\x05\x12\x1c\n\x14image_forward_passes\x18\r \x01(\x03\x12\x16\n\x0eimages_encoded\x18\x0e \x01(\x03\x12\x1b\n\x13text_forward_passes\x18\x0f \x01(\x03\x12\x15\n\rtexts_encoded\x18\x10 \x01(\x03\x12\x19\n\x11image_queue_depth\x18\x11 \x01(\x05\x12\x18\n\x10text_queue_depth\x18\x12 \x01(\x05\x32\x9b\x02\n\x0e\x45ncoderService\x12S\n\nEncodeText\x12!.imagesearch.v1.EncodeTextRequest\x1a\".imagesearch.v1.EncodeTextResponse\x12Y\n\x0c\x45ncodeImages\x12#.imagesearch.v1.EncodeImagesRequest\x1a$.imagesearch.v1.EncodeImagesResponse\x12Y\n\x0cGetModelInfo\x12#.imagesearch.v1.GetModelInfoRequest\x1a$.imagesearch.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cimagesearch/v1/encoder.proto\x12\x0eimagesearch.v1\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\"\n\x11\x45ncodeTextRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"G\n\nTextResult\x12&\n\x06vector\x18\x01 \x01(\x0b\x32\x16.imagesearch.v1.Vector\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"P\n\x12\x45ncodeTextResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x07results\x18\x02 \x03(\x0b\x32\x1a.imagesearch.v1.TextResult\"%\n\x13\x45ncodeImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"c\n\x0bImageResult\x12(\n\x06vector\x18\x01 \x01(\x0b\x32\x16.imagesearch.v1.VectorH\x00\x12\x0f\n\x05\x65rror\x18\x02 \x01(\tH\x00\x12\x0e\n\x06reason\x18\x03 \x01(\tB\t\n\x07outcome\"S\n\x14\x45ncodeImagesResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12,\n\x07results\x18\x02 \x03(\x0b\x32\x1b.imagesearch.v1.ImageResult\"\x15\n\x13GetModelInfoRequest\"\x95\x05\n\x14GetModelInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x05 \x01(\x05\x12\x1a\n\x12max_batch_delay_ms\x18\x06 \x01(\x05\x12\x16\n\x0emax_queue_size\x18\x07 \x01(\x05\x12\x1d\n\x15max_items_per_request\x18\x08 \x01(\x05\x12\x17\n\x0fmax_image_bytes\x18\t \x01(\x03\x12\x18\n\x10max_image_pixels\x18\n \x01(\x03\x12\x18\n\x10image_resolution\x18\x0b \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x0c \x01(\x05\x12\x1c\n\x14image_forward_passes\x18\r \x01(\x03\x12\x16\n\x0eimages_encoded\x18\x0e \x01(\x03\x12\x1b\n\x13text_forward_passes\x18\x0f \x01(\x03\x12\x15\n\rtexts_encoded\x18\x10 \x01(\x03\x12\x19\n\x11image_queue_depth\x18\x11 \x01(\x05\x12\x18\n\x10text_queue_depth\x18\x12 \x01(\x05\x12\x16\n\x0e\x64\x65\x63ode_workers\x18\x13 \x01(\x05\x12\x15\n\rjpeg_decoding\x18\x14 \x01(\t\x12\x19\n\x11image_cuda_graphs\x18\x15 \x01(\x05\x12\x18\n\x10text_cuda_graphs\x18\x16 \x01(\x05\x12\x17\n\x0ftext_cache_size\x18\x17 \x01(\x05\x12\x17\n\x0ftext_cache_hits\x18\x18 \x01(\x03\x12\x1b\n\x13image_items_running\x18\x19 \x01(\x05\x12\x1a\n\x12text_items_running\x18\x1a \x01(\x05\x32\x9b\x02\n\x0e\x45ncoderService\x12S\n\nEncodeText\x12!.imagesearch.v1.EncodeTextRequest\x1a\".imagesearch.v1.EncodeTextResponse\x12Y\n\x0c\x45ncodeImages\x12#.imagesearch.v1.EncodeImagesRequest\x1a$.imagesearch.v1.EncodeImagesResponse\x12Y\n\x0cGetModelInfo\x12#.imagesearch.v1.GetModelInfoRequest\x1a$.imagesearch.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,13 +42,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENCODEIMAGESREQUEST']._serialized_start=265
   _globals['_ENCODEIMAGESREQUEST']._serialized_end=302
   _globals['_IMAGERESULT']._serialized_start=304
-  _globals['_IMAGERESULT']._serialized_end=387
-  _globals['_ENCODEIMAGESRESPONSE']._serialized_start=389
-  _globals['_ENCODEIMAGESRESPONSE']._serialized_end=472
-  _globals['_GETMODELINFOREQUEST']._serialized_start=474
-  _globals['_GETMODELINFOREQUEST']._serialized_end=495
-  _globals['_GETMODELINFORESPONSE']._serialized_start=498
-  _globals['_GETMODELINFORESPONSE']._serialized_end=952
-  _globals['_ENCODERSERVICE']._serialized_start=955
-  _globals['_ENCODERSERVICE']._serialized_end=1238
+  _globals['_IMAGERESULT']._serialized_end=403
+  _globals['_ENCODEIMAGESRESPONSE']._serialized_start=405
+  _globals['_ENCODEIMAGESRESPONSE']._serialized_end=488
+  _globals['_GETMODELINFOREQUEST']._serialized_start=490
+  _globals['_GETMODELINFOREQUEST']._serialized_end=511
+  _globals['_GETMODELINFORESPONSE']._serialized_start=514
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1175
+  _globals['_ENCODERSERVICE']._serialized_start=1178
+  _globals['_ENCODERSERVICE']._serialized_end=1461
 # @@protoc_insertion_point(module_scope)

@@ -32,7 +32,7 @@ class EncoderServiceStub:
     INVALID_ARGUMENT    an empty text, an empty request, or more items than the limit (the message names it).
     RESOURCE_EXHAUSTED  the batching queue is full; retry later or on another replica.
     UNAVAILABLE         the model is not loaded yet, or the server is shutting down.
-    A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error.
+    A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error and .reason.
     """
 
     def __init__(self, channel):
@@ -65,7 +65,7 @@ class EncoderServiceServicer:
     INVALID_ARGUMENT    an empty text, an empty request, or more items than the limit (the message names it).
     RESOURCE_EXHAUSTED  the batching queue is full; retry later or on another replica.
     UNAVAILABLE         the model is not loaded yet, or the server is shutting down.
-    A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error.
+    A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error and .reason.
     """
 
     def EncodeText(self, request, context):
@@ -119,7 +119,7 @@ class EncoderService:
     INVALID_ARGUMENT    an empty text, an empty request, or more items than the limit (the message names it).
     RESOURCE_EXHAUSTED  the batching queue is full; retry later or on another replica.
     UNAVAILABLE         the model is not loaded yet, or the server is shutting down.
-    A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error.
+    A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error and .reason.
     """
 
     @staticmethod

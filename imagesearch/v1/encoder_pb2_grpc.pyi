@@ -33,7 +33,7 @@ class EncoderServiceStub:
       INVALID_ARGUMENT    an empty text, an empty request, or more items than the limit (the message names it).
       RESOURCE_EXHAUSTED  the batching queue is full; retry later or on another replica.
       UNAVAILABLE         the model is not loaded yet, or the server is shutting down.
-    A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error.
+    A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error and .reason.
     """
 
     @_typing.overload
@@ -52,7 +52,7 @@ class EncoderServiceAsyncStub(EncoderServiceStub):
       INVALID_ARGUMENT    an empty text, an empty request, or more items than the limit (the message names it).
       RESOURCE_EXHAUSTED  the batching queue is full; retry later or on another replica.
       UNAVAILABLE         the model is not loaded yet, or the server is shutting down.
-    A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error.
+    A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error and .reason.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -67,7 +67,7 @@ class EncoderServiceServicer(metaclass=_abc_1.ABCMeta):
       INVALID_ARGUMENT    an empty text, an empty request, or more items than the limit (the message names it).
       RESOURCE_EXHAUSTED  the batching queue is full; retry later or on another replica.
       UNAVAILABLE         the model is not loaded yet, or the server is shutting down.
-    A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error.
+    A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error and .reason.
     """
 
     @_abc_1.abstractmethod

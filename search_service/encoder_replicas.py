@@ -4,7 +4,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
@@ -21,6 +22,30 @@ Response = TypeVar("Response")
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
+_IMAGES_FIELD = bytes([1 << 3 | 2])  # EncodeImagesRequest.images: field 1, length-delimited
+
+
+def _varint(value: int) -> bytes:
+    encoded = bytearray()
+    while value > 0x7F:
+        encoded.append(value & 0x7F | 0x80)
+        value >>= 7
+    encoded.append(value)
+    return bytes(encoded)
+
+
+def encode_images_request(images: Sequence[bytes]) -> bytes:
+    """EncodeImagesRequest(images=images) as it goes on the wire, written directly: building and serialising
+    the message copies every picture twice with the interpreter lock held, about 115 µs for one of 88 KB
+    against 10 for this one join."""
+    return b"".join(part for image in images for part in (_IMAGES_FIELD, _varint(len(image)), image))
+
+
+@dataclass(frozen=True)
+class RejectedImage:
+    """An image the encoder would not encode, and why (without its position in the call)."""
+
+    reason: str
 
 
 def channel_target(target: str) -> str:
@@ -30,7 +55,10 @@ def channel_target(target: str) -> str:
     return target
 
 
-class EncoderClient:
+class EncoderReplicas:
+    """The search service's way to the encoder tier (the SDK's EncoderClient is the user's): every replica
+    behind one target, round robin."""
+
     def __init__(
         self,
         target: str,
@@ -59,11 +87,17 @@ class EncoderClient:
             else grpc.insecure_channel(channel_target(target), options)
         )
         self._stub = encoder_pb2_grpc.EncoderServiceStub(self._channel)
+        # EncodeImages with its request written by encode_images_request.
+        self._encode_images = self._channel.unary_unary(
+            "/imagesearch.v1.EncoderService/EncodeImages",
+            request_serializer=None,
+            response_deserializer=encoder_pb2.EncodeImagesResponse.FromString,
+        )
 
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, method: Callable[..., Response], request: object) -> Response:
+    def _call(self, name: str, method: Callable[..., Response], request: object) -> Response:
         """One call with a deadline, retried on UNAVAILABLE or RESOURCE_EXHAUSTED (on another replica)."""
         started = time.monotonic()
         deadline = started + self.timeout_s
@@ -73,7 +107,7 @@ class EncoderClient:
             remaining = deadline - time.monotonic()
             try:
                 response = method(request, timeout=max(remaining, 0.001), metadata=metadata)
-                self.observe(type(request).__name__.removesuffix("Request"), time.monotonic() - started)
+                self.observe(name, time.monotonic() - started)
                 return response
             except grpc.RpcError as error:
                 code = error.code()
@@ -86,7 +120,7 @@ class EncoderClient:
             backoff, attempt = backoff * 2, attempt + 1
 
     def info(self) -> encoder_pb2.GetModelInfoResponse:
-        return self._call(self._stub.GetModelInfo, encoder_pb2.GetModelInfoRequest())
+        return self._call("GetModelInfo", self._stub.GetModelInfo, encoder_pb2.GetModelInfoRequest())
 
     def encode_text(self, text: str) -> tuple[str, np.ndarray]:
         """The model's name and the text's vector."""
@@ -95,18 +129,19 @@ class EncoderClient:
 
     def encode_texts(self, texts: list[str]) -> tuple[str, list[np.ndarray]]:
         """The model's name and each text's vector, in order, from one call."""
-        response = self._call(self._stub.EncodeText, encoder_pb2.EncodeTextRequest(texts=texts))
+        response = self._call("EncodeText", self._stub.EncodeText, encoder_pb2.EncodeTextRequest(texts=texts))
         return response.model, [
             np.asarray(result.vector.values, dtype=np.float32) for result in response.results
         ]
 
-    def encode_images(self, images: list[bytes]) -> tuple[str, list[np.ndarray | str]]:
+    def encode_images(self, images: list[bytes]) -> tuple[str, list[np.ndarray | RejectedImage]]:
         """The model's name and, for each image in order, its vector or the reason it has none."""
-        response = self._call(self._stub.EncodeImages, encoder_pb2.EncodeImagesRequest(images=images))
+        response = self._call("EncodeImages", self._encode_images, encode_images_request(images))
         return response.model, [
             np.asarray(result.vector.values, dtype=np.float32)
             if result.WhichOneof("outcome") == "vector"
-            else result.error.split(": ", 1)[-1]  # drop the encoder's "images[i]: ", an index into its batch
+            # `reason` leaves out "images[i]: ", an index into this batch (older encoders send only `error`)
+            else RejectedImage(result.reason or result.error)
             for result in response.results
         ]
 

@@ -1,0 +1,357 @@
+"""The encoder tier on a GPU, everything side by side in one run (needs a CUDA device; about 3 minutes).
+
+    PYTHONPATH=. python bench/gpu.py [--clients 4] [--seconds 10]
+
+A randomly initialised ViT-B/32 (the real architecture and cost) in fp16, 500x375 JPEG photos of about 88 KB
+(ImageNet's size), client processes started with `spawn` sending 32 images or 64 texts per call to the
+encoder run with its default flags. Prints: the model in-process (the ceiling), the service under load, the
+ingestion through the search service into Milvus Lite, the Milvus tutorial's one-at-a-time loop, and one short
+query's latency, with ratios.
+"""
+
+import argparse
+import io
+import multiprocessing
+import multiprocessing.pool
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+from harness import cpu_seconds, percentiles_ms, print_table, service
+from PIL import Image
+from pymilvus import MilvusClient
+
+from encoder_service.checkpoints import VIT_B_32, random_clip, save_state_dict
+from encoder_service.graphs import GraphedForward
+from encoder_service.model import ClipModel
+from encoder_service.preprocess import clip_transform
+from encoder_service.tokens import tokenize
+from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
+from synthetic.pictures import camera_photo
+
+BATCH = 256  # the in-process ceiling's batch
+WORDS = ["a", "white", "dog", "red", "circle", "photo", "of", "the", "cat", "on", "grass", "beach", "car"]
+OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+
+
+def photos(count: int) -> list[bytes]:
+    """ImageNet-sized photos: 500x375, a camera's smooth detail plus grain, about 88 KB as JPEG."""
+    result = []
+    for seed in range(count):
+        rng = np.random.default_rng(seed)
+        pixels = np.asarray(camera_photo(500, 375, seed)).astype(np.float32) + rng.normal(
+            0, 16, (375, 500, 3)
+        )
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+        result.append(buffer.getvalue())
+    return result
+
+
+def distinct(jpeg: bytes, number: int) -> bytes:
+    """The same picture with a comment that makes its bytes, and so its id, unique."""
+    comment = f"copy {number}".encode()
+    after_app0 = 4 + int.from_bytes(jpeg[4:6], "big")  # SOI, then the JFIF segment
+    return jpeg[:after_app0] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + jpeg[after_app0:]
+
+
+def captions(count: int, seed: int) -> list[str]:
+    """Different captions every call, so that no vector comes from the encoder's cache of queries."""
+    rng = np.random.default_rng(seed)
+    return [
+        f"{' '.join(rng.choice(WORDS, size=rng.integers(3, 9)))} {seed} {index}" for index in range(count)
+    ]
+
+
+# Client processes: each calls for the same window of wall-clock time and reports what it got done.
+
+
+def _wait_for(start_at: float) -> None:
+    while time.time() < start_at:
+        time.sleep(0.001)
+
+
+def image_client(address: str, images: list[bytes], start_at: float, stop_at: float) -> int:
+    """Vectors received within the window, for calls of `images`."""
+    with grpc.insecure_channel(address, OPTIONS) as channel:
+        stub, done = encoder_pb2_grpc.EncoderServiceStub(channel), 0
+        request = encoder_pb2.EncodeImagesRequest(images=images)
+        stub.EncodeImages(request)
+        _wait_for(start_at)
+        while time.time() < stop_at:
+            vectors = sum(result.HasField("vector") for result in stub.EncodeImages(request).results)
+            done += vectors if time.time() <= stop_at else 0
+    return done
+
+
+def text_client(address: str, per_call: int, seed: int, start_at: float, stop_at: float) -> int:
+    """Vectors received within the window, for calls of `per_call` captions never sent before."""
+    with grpc.insecure_channel(address, OPTIONS) as channel:
+        stub, done, call = encoder_pb2_grpc.EncoderServiceStub(channel), 0, 0
+        _wait_for(start_at)
+        while time.time() < stop_at:
+            call += 1
+            request = encoder_pb2.EncodeTextRequest(texts=captions(per_call, seed * 1_000_000 + call))
+            vectors = len(stub.EncodeText(request).results)
+            done += vectors if time.time() <= stop_at else 0
+    return done
+
+
+def ingest_client(address: str, photos: list[bytes], first: int, count: int, stop_at: float) -> int:
+    """Streams new pictures until `stop_at`; how many were stored."""
+
+    def requests() -> Iterator[search_pb2.IngestRequest]:
+        for number in range(first, first + count):
+            if time.time() >= stop_at:
+                return
+            picture = distinct(photos[number % len(photos)], number)
+            yield search_pb2.IngestRequest(image=picture, uri=f"{number}.jpg")
+
+    with grpc.insecure_channel(address, OPTIONS) as channel:
+        results = list(search_pb2_grpc.SearchServiceStub(channel).Ingest(requests()))
+    return results[-1].totals.stored if results else 0
+
+
+# In-process measurements.
+
+
+def rate(work, items: int, seconds: float) -> float:  # type: ignore[no-untyped-def]
+    """Items per second of `work()` (which does `items` items), repeated for about `seconds`."""
+    work()
+    torch.cuda.synchronize()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        work()
+        done += items
+    torch.cuda.synchronize()
+    return done / (time.perf_counter() - started)
+
+
+def p50_ms(work, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    work()
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        timings.append(time.perf_counter() - started)
+    return float(np.median(timings) * 1000)
+
+
+def trimmed(tokens: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(tokens[:, : int(tokens.argmax(axis=1).max()) + 1]))
+
+
+def in_process(checkpoint: str, jpegs: list[bytes], seconds: float) -> dict[str, float]:
+    model = ClipModel(checkpoint, "cuda")
+    device, resolution = model.device, model.image_resolution
+    images, texts = GraphedForward(model.image_vectors), GraphedForward(model.text_vectors)
+    images.capture([(BATCH, resolution, resolution, 3)], torch.uint8, device)
+    tokens = trimmed(tokenize(captions(BATCH, 0), model.context_length).tokens)
+    query = trimmed(tokenize(["a white dog"], model.context_length).tokens).to(device)
+    texts.capture([tuple(tokens.shape), tuple(query.shape)], torch.long, device)
+    on_host = torch.randint(0, 256, (BATCH, resolution, resolution, 3), dtype=torch.uint8).pin_memory()
+    on_device, tokens = on_host.to(device), tokens.to(device)
+    results = {
+        "images, device tensors": rate(lambda: images(on_device), BATCH, seconds),
+        "images, pinned host memory": rate(
+            lambda: images(on_host.to(device, non_blocking=True)), BATCH, seconds
+        ),
+        "texts, device tensors": rate(lambda: texts(tokens), BATCH, seconds),
+        "query eager ms": p50_ms(lambda: model.text_vectors(query).cpu(), 100),
+        "query graph ms": p50_ms(lambda: texts(query).cpu(), 100),
+    }
+    preprocess = clip_transform(resolution)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        for data in jpegs:  # the Milvus tutorial: open, preprocess, encode_image, one at a time
+            picture = preprocess(Image.open(io.BytesIO(data)).convert("RGB"))[None].to(device)
+            features = model.model.encode_image(picture)
+            (features / features.norm(dim=-1, keepdim=True)).squeeze().tolist()
+        results["tutorial loop"] = len(jpegs) / (time.perf_counter() - started)
+    return results
+
+
+def tutorial_ingest(checkpoint: str, jpegs: list[bytes], milvus_file: str) -> float:
+    """The tutorial's loop: encode one picture, insert one row. Pictures per second."""
+    model = ClipModel(checkpoint, "cuda")
+    preprocess = clip_transform(model.image_resolution)
+    client = MilvusClient(milvus_file)
+    client.create_collection("tutorial", dimension=512, metric_type="COSINE", auto_id=True)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for index, data in enumerate(jpegs):
+            picture = preprocess(Image.open(io.BytesIO(data)).convert("RGB"))[None].to(model.device)
+            features = model.model.encode_image(picture).float()
+            vector = (features / features.norm(dim=-1, keepdim=True))[0].tolist()
+            client.insert("tutorial", {"vector": vector, "filepath": f"{index}.jpg"})
+    elapsed = time.perf_counter() - started
+    client.close()
+    return len(jpegs) / elapsed
+
+
+def in_window(
+    pool: multiprocessing.pool.Pool, client: Callable[..., int], arguments: list[tuple], seconds: float
+) -> float:
+    """Items per second of `client` run in every pool process for the same `seconds` of wall-clock time
+    (they start together, 3 s from now, each having made its connection)."""
+    start_at = time.time() + 3
+    return (
+        sum(pool.starmap(client, [(*argument, start_at, start_at + seconds) for argument in arguments]))
+        / seconds
+    )
+
+
+def lone_queries_ms(stub: encoder_pb2_grpc.EncoderServiceStub, texts: list[str]) -> tuple[float, float]:
+    """p50 and p99 of one short query at a time."""
+    latencies = []
+    for text in texts:
+        request = encoder_pb2.EncodeTextRequest(texts=[text])
+        started = time.perf_counter()
+        stub.EncodeText(request)
+        latencies.append(time.perf_counter() - started)
+    return percentiles_ms(latencies)
+
+
+def ingest(
+    pool: multiprocessing.pool.Pool,
+    streams: int,
+    search: str,
+    search_pid: int,
+    jpegs: list[bytes],
+    seconds: float,
+) -> dict[str, float]:
+    """Pictures stored per second through the search service from `streams` pool processes streaming new
+    pictures for `seconds`, and the CPU time per picture of the search service and of Milvus Lite (its child
+    processes)."""
+    own, with_milvus = cpu_seconds(search_pid), cpu_seconds(search_pid, True)
+    started = time.time()
+    share = 1_000_000  # pictures numbered apart for each stream: every one is new
+    arguments = [(search, jpegs, stream * share, share, started + seconds) for stream in range(streams)]
+    stored = sum(pool.starmap(ingest_client, arguments))
+    elapsed = time.time() - started
+    own = cpu_seconds(search_pid) - own
+    milvus = cpu_seconds(search_pid, True) - with_milvus - own
+    return {"rate": stored / elapsed, "search ms": own / stored * 1000, "milvus ms": milvus / stored * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=4, help="client processes")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement under load")
+    parser.add_argument("--queries", type=int, default=500, help="lone short queries for p50/p99")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench/gpu.py measures the encoder on a GPU, and torch sees no CUDA device here")
+    jpegs = photos(64)
+    clients = multiprocessing.get_context("spawn").Pool(args.clients)
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = str(Path(folder) / "random-vit-b32.pt")
+        save_state_dict(random_clip(VIT_B_32), checkpoint)
+        alone = in_process(checkpoint, jpegs, seconds=5)
+        tutorial_ingest_rate = tutorial_ingest(checkpoint, jpegs * 2, str(Path(folder) / "tutorial.db"))
+        torch.cuda.empty_cache()
+        with (
+            service("encoder_service", ["--model", checkpoint, "--port", "0"], "encoder serving") as (
+                encoder,
+                _,
+            ),
+            grpc.insecure_channel(encoder, OPTIONS) as channel,
+        ):
+            stub = encoder_pb2_grpc.EncoderServiceStub(channel)
+            info = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+            image_rate = in_window(
+                clients, image_client, [(encoder, jpegs[:32])] * args.clients, args.seconds
+            )
+            after = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+            passes = after.image_forward_passes - info.image_forward_passes
+            mean_batch = (after.images_encoded - info.images_encoded) / max(1, passes)
+            text_rate = in_window(
+                clients, text_client, [(encoder, 64, seed) for seed in range(args.clients)], args.seconds
+            )
+            uncached = lone_queries_ms(stub, [f"a white dog {index}" for index in range(args.queries)])
+            cached = lone_queries_ms(stub, ["a white dog"] * args.queries)
+            milvus_file = str(Path(folder) / "milvus.db")
+            search_args = ["--encoder", encoder, "--milvus-uri", milvus_file, "--port", "0"]
+            with service("search_service", search_args, "search service listening") as (search, search_pid):
+                ingestion = ingest(clients, args.clients, search, search_pid, jpegs, args.seconds)
+    clients.close()
+
+    print(
+        f"\n{torch.cuda.get_device_name()}, {time.strftime('%Y-%m-%d')}; random ViT-B/32 ({info.dtype}); "
+        f"{len(jpegs)} JPEGs of 500x375, {np.mean([len(j) for j in jpegs]) / 1000:.0f} KB on average; "
+        f"{args.clients} client processes; the encoder's defaults: batch <= {info.max_batch_size}, "
+        f"queue {info.max_queue_size}, {info.decode_workers} decode workers, JPEGs decoded on the "
+        f"{info.jpeg_decoding}, {info.image_cuda_graphs} + {info.text_cuda_graphs} CUDA graphs"
+    )
+    ceiling, tutorial = alone["images, device tensors"], alone["tutorial loop"]
+
+    def image_row(what: str, value: float) -> list[str]:
+        return [what, f"{value:,.0f}", f"{value / ceiling:.3f}", f"{value / tutorial:.1f}"]
+
+    print_table(
+        "Images",
+        ["what", "images/s", "÷ ceiling", "÷ tutorial loop"],
+        [
+            image_row(f"in-process, batch {BATCH}, device tensors (ceiling)", ceiling),
+            image_row(
+                f"in-process, batch {BATCH}, from pinned host memory", alone["images, pinned host memory"]
+            ),
+            image_row(
+                f"service, {args.clients} processes x 32 images/call (mean batch {mean_batch:.0f})",
+                image_rate,
+            ),
+            image_row("tutorial loop, one at a time", tutorial),
+        ],
+    )
+    text_ceiling = alone["texts, device tensors"]
+    print_table(
+        "Texts",
+        ["what", "texts/s", "÷ ceiling"],
+        [
+            [f"in-process, batch {BATCH} (ceiling)", f"{text_ceiling:,.0f}", "1.00"],
+            [
+                f"service, {args.clients} processes x 64 texts/call",
+                f"{text_rate:,.0f}",
+                f"{text_rate / text_ceiling:.2f}",
+            ],
+        ],
+    )
+    print_table(
+        "Ingestion into Milvus Lite",
+        ["what", "pictures/s", "÷ tutorial"],
+        [
+            [
+                f"client -> search service -> encoder -> Milvus Lite, {args.clients} streams",
+                f"{ingestion['rate']:,.0f}",
+                f"{ingestion['rate'] / tutorial_ingest_rate:.1f}",
+            ],
+            ["tutorial loop: encode one picture, insert one row", f"{tutorial_ingest_rate:,.0f}", "1.0"],
+            [
+                "CPU ms per picture: search service / Milvus Lite",
+                f"{ingestion['search ms']:.2f} / {ingestion['milvus ms']:.2f}",
+                "",
+            ],
+        ],
+    )
+    print_table(
+        "One short text query ('a white dog'), ms",
+        ["what", "p50", "p99"],
+        [
+            ["in-process, eager forward", f"{alone['query eager ms']:.2f}", ""],
+            ["in-process, CUDA graph", f"{alone['query graph ms']:.2f}", ""],
+            ["service, a different text each time", f"{uncached[0]:.2f}", f"{uncached[1]:.2f}"],
+            ["service, the same text (from the query cache)", f"{cached[0]:.2f}", f"{cached[1]:.2f}"],
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

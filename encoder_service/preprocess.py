@@ -1,0 +1,116 @@
+"""CLIP's preprocessing: its own transform as the standard, and the same steps as tensor operations.
+
+`clip_transform` is the one place our code reaches CLIP's preprocessing: tests and benchmarks compare with it,
+and its Normalize gives the encoder its mean and std. The resize and centre crop run in PIL in the worker
+processes (`images.clip_pixels`, equal pixel for pixel), or, for JPEGs decoded on the GPU, as the tensor
+operations below; both hand over uint8 pixels, and `ModelInput` turns them into CLIP's input on the device.
+Every function here runs on the CPU too, which is how CI tests the GPU's path.
+"""
+
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+
+import clip
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import Compose, Normalize
+
+from .images import DeviceJpeg, centre_crop_offsets, resized_size
+
+# torchvision 0.29 deprecates its JPEG decoding for TorchCodec's; it still decodes (0.26 does not warn).
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision.io.image")
+
+# Decoded pixels held on the device at once: a batch of camera-sized photos is decoded a part at a time.
+_PIXELS_PER_DECODING_CALL = 1 << 26
+
+
+def clip_transform(resolution: int) -> Compose:
+    """CLIP's own preprocessing for a model of that input size (resize, centre crop, RGB, to tensor,
+    normalise): PIL picture -> (3, resolution, resolution) float32."""
+    return clip.clip._transform(resolution)
+
+
+class ModelInput:
+    """(n, res, res, 3) uint8 pixels -> (n, 3, res, res) CLIP input on their device: CLIP's ToTensor and
+    Normalize as the same float32 operations. The mean and std are put on the device once, up front: a CUDA
+    graph may not copy from the host while it is captured."""
+
+    def __init__(self, resolution: int, device: torch.device, dtype: torch.dtype) -> None:
+        normalize = clip_transform(resolution).transforms[-1]
+        assert isinstance(normalize, Normalize)
+        self.mean = torch.tensor(normalize.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(normalize.std, device=device).view(1, 3, 1, 1)
+        self.dtype = dtype
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.permute(0, 3, 1, 2).float().div(255).sub(self.mean).div(self.std).to(self.dtype)
+
+
+def oriented(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A (channels, height, width) picture turned as EXIF orientation 1-8 says, as PIL's exif_transpose."""
+    rows, columns = -2, -1
+    turns = {
+        2: lambda x: x.flip(columns),
+        3: lambda x: x.flip(rows, columns),
+        4: lambda x: x.flip(rows),
+        5: lambda x: x.transpose(rows, columns),
+        6: lambda x: x.rot90(-1, (rows, columns)),
+        7: lambda x: x.transpose(rows, columns).flip(rows, columns),
+        8: lambda x: x.rot90(1, (rows, columns)),
+    }
+    return turns[orientation](image) if orientation in turns else image
+
+
+def resized_and_cropped(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(n, 3, height, width) uint8 pictures of one size -> (n, res, res, 3) uint8: CLIP's bicubic resize
+    (antialiased, as PIL's) and centre crop."""
+    height, width = images.shape[-2:]
+    new_width, new_height = resized_size(width, height, resolution)
+    resized = torch.nn.functional.interpolate(
+        images.float(), size=(new_height, new_width), mode="bicubic", align_corners=False, antialias=True
+    )
+    left, top = centre_crop_offsets(new_width, new_height, resolution)
+    cropped = resized[:, :, top : top + resolution, left : left + resolution]
+    # PIL rounds each resized pixel to 8 bits, and so does this.
+    return cropped.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def _decoded_pixels(jpegs: Sequence[DeviceJpeg], device: torch.device, resolution: int) -> list[torch.Tensor]:
+    encoded = [torch.frombuffer(bytearray(jpeg.data), dtype=torch.uint8) for jpeg in jpegs]
+    decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    pictures = [oriented(image, jpeg.orientation) for image, jpeg in zip(decoded, jpegs, strict=True)]
+    # Pictures of one size are resized together: one call for a whole batch of camera photos.
+    by_size: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for index, picture in enumerate(pictures):
+        by_size[tuple(picture.shape)].append(index)
+    pixels: list[torch.Tensor] = [torch.empty(0)] * len(pictures)
+    for indices in by_size.values():
+        resized = resized_and_cropped(torch.stack([pictures[index] for index in indices]), resolution)
+        for index, picture in zip(indices, resized, strict=True):
+            pixels[index] = picture
+    return pixels
+
+
+def decode_on_device(
+    jpegs: Sequence[DeviceJpeg],
+    device: torch.device,
+    resolution: int,
+    pixels_per_call: int = _PIXELS_PER_DECODING_CALL,
+) -> list[torch.Tensor | None]:
+    """Each JPEG as CLIP's (res, res, 3) uint8 input pixels on `device`: decoded there (nvJPEG on CUDA,
+    libjpeg on the CPU), oriented, resized and cropped. None for the JPEGs of a decoding call that failed:
+    nvJPEG returns nothing when one picture of a call is bad, and the PIL path then tells which and why."""
+    outcomes: list[torch.Tensor | None] = []
+    start = 0
+    while start < len(jpegs):
+        end, pixels = start + 1, jpegs[start].pixels
+        while end < len(jpegs) and pixels + jpegs[end].pixels <= pixels_per_call:
+            pixels += jpegs[end].pixels
+            end += 1
+        try:
+            outcomes.extend(_decoded_pixels(jpegs[start:end], device, resolution))
+        except RuntimeError:
+            outcomes.extend([None] * (end - start))
+        start = end
+    return outcomes

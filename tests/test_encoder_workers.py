@@ -1,0 +1,89 @@
+"""The worker processes that decode images and tokenise texts, and the tokenizer they share."""
+
+import os
+import signal
+from collections.abc import Iterator
+
+import clip
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from images import jpeg, png, png_with_size_header, solid, two_tone
+from PIL import Image
+
+from encoder_service.images import ImageLimits, RejectedImage, pixels_for_clip
+from encoder_service.tokens import tokenize
+from encoder_service.workers import MIN_TEXTS_PER_TASK, WorkerPool
+
+LIMITS = ImageLimits(max_bytes=40_000, max_pixels=1_000_000)
+RESOLUTION, CONTEXT = 32, 77
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[WorkerPool]:
+    workers = WorkerPool(2, LIMITS, RESOLUTION, CONTEXT)
+    try:
+        yield workers
+    finally:
+        workers.close()
+
+
+def mixed_images() -> list[bytes]:
+    return [
+        png(two_tone((200, 0, 0), (0, 0, 200))),
+        b"",
+        b"no picture at all",
+        png_with_size_header(2000, 2000),
+        png(Image.effect_noise((200, 200), 64).convert("RGB")),  # over the byte limit
+        jpeg(two_tone((0, 200, 0), (9, 9, 9), (64, 48))),
+        png(solid((10, 200, 10))),
+    ]
+
+
+def same_outcome(left: np.ndarray | RejectedImage, right: np.ndarray | RejectedImage) -> bool:
+    if isinstance(left, RejectedImage) or isinstance(right, RejectedImage):
+        return left == right
+    return left.shape == right.shape and bool(np.array_equal(left, right))
+
+
+def test_processes_decode_as_this_process_would_in_order_with_each_error_alone(pool: WorkerPool) -> None:
+    images = mixed_images()
+    outcomes = pool.decode(images)
+    expected = [pixels_for_clip(data, LIMITS, RESOLUTION) for data in images]
+    assert all(same_outcome(got, want) for got, want in zip(outcomes, expected, strict=True))
+    assert [isinstance(outcome, RejectedImage) for outcome in outcomes] == [False, *[True] * 4, False, False]
+    assert outcomes[3] == RejectedImage(
+        "2000x2000 pixels is over the limit of 1000000 pixels (decompression bomb?)"
+    )
+    assert outcomes[0].shape == (RESOLUTION, RESOLUTION, 3) and outcomes[0].dtype == np.uint8
+
+
+def test_a_worker_that_dies_is_replaced_and_no_request_fails() -> None:
+    pool = WorkerPool(1, LIMITS, RESOLUTION, CONTEXT)
+    try:
+        [before] = pool.pids()
+        os.kill(before, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        images = mixed_images()
+        outcomes = pool.decode(images)
+        [after] = pool.pids()
+    finally:
+        pool.close()
+    expected = [pixels_for_clip(data, LIMITS, RESOLUTION) for data in images]
+    assert all(same_outcome(got, want) for got, want in zip(outcomes, expected, strict=True))
+    assert after != before
+
+
+def test_long_requests_are_tokenised_in_the_processes_as_clip_tokenises(pool: WorkerPool) -> None:
+    texts = [f"a photo of thing number {index}" for index in range(3 * MIN_TEXTS_PER_TASK)] + ["word " * 100]
+    tokenized = pool.tokenize(texts)
+    assert np.array_equal(tokenized.tokens, clip.tokenize(texts, truncate=True).numpy())
+    assert tokenized.truncated == [False] * (len(texts) - 1) + [True]
+
+
+@given(st.lists(st.text(max_size=300), min_size=1, max_size=4))
+def test_our_tokens_are_clips_for_any_text(texts: list[str]) -> None:
+    tokenized = tokenize(texts, CONTEXT)
+    assert np.array_equal(tokenized.tokens, clip.tokenize(texts, truncate=True).numpy())
+    whole = clip.tokenize(texts, context_length=4 * 300 + 2).numpy()  # room for every byte of any text
+    assert tokenized.truncated == [int(np.count_nonzero(row)) > CONTEXT for row in whole]

@@ -1,0 +1,36 @@
+"""A service that cannot start says why in one line, and exits non-zero: never a traceback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def start_encoder(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "encoder_service", "--port", "0", "--metrics-port", "-1", *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_a_model_that_cannot_be_downloaded_says_to_pass_a_checkpoint(tmp_path: Path) -> None:
+    # Every download goes to a proxy that is not there: the quickest way to be offline.
+    offline = {**os.environ, "https_proxy": "http://127.0.0.1:1", "HTTPS_PROXY": "http://127.0.0.1:1"}
+    done = start_encoder("--model", "ViT-B/32", "--model-cache", str(tmp_path), env=offline)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "encoder_service: cannot download ViT-B/32" in done.stderr
+    assert "offline, pass --model PATH to a checkpoint file" in done.stderr
+
+
+def test_a_model_file_that_is_not_there_is_named(tmp_path: Path) -> None:
+    done = start_encoder("--model", str(tmp_path / "missing.pt"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"--model '{tmp_path / 'missing.pt'}' is neither a checkpoint file nor one of" in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the CUDA device the test asks for")
+def test_a_device_that_is_not_there_is_named(tiny_path: Path) -> None:
+    done = start_encoder("--model", str(tiny_path), "--device", "cuda")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "encoder_service: --device cuda was asked for, but torch sees no CUDA device" in done.stderr
