@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from harness import cpu_seconds, percentiles_ms, print_table, service
 from PIL import Image
-from pymilvus import MilvusClient
+from tutorial import tutorial_ingest
 
 from encoder_service.checkpoints import VIT_B_32, random_clip, save_state_dict
 from encoder_service.graphs import GraphedForward
@@ -177,24 +177,6 @@ def in_process(checkpoint: str, jpegs: list[bytes], seconds: float) -> dict[str,
     return results
 
 
-def tutorial_ingest(checkpoint: str, jpegs: list[bytes], milvus_file: str) -> float:
-    """The tutorial's loop: encode one picture, insert one row. Pictures per second."""
-    model = ClipModel(checkpoint, "cuda")
-    preprocess = clip_transform(model.image_resolution)
-    client = MilvusClient(milvus_file)
-    client.create_collection("tutorial", dimension=512, metric_type="COSINE", auto_id=True)
-    started = time.perf_counter()
-    with torch.inference_mode():
-        for index, data in enumerate(jpegs):
-            picture = preprocess(Image.open(io.BytesIO(data)).convert("RGB"))[None].to(model.device)
-            features = model.model.encode_image(picture).float()
-            vector = (features / features.norm(dim=-1, keepdim=True))[0].tolist()
-            client.insert("tutorial", {"vector": vector, "filepath": f"{index}.jpg"})
-    elapsed = time.perf_counter() - started
-    client.close()
-    return len(jpegs) / elapsed
-
-
 def in_window(
     pool: multiprocessing.pool.Pool, client: Callable[..., int], arguments: list[tuple], seconds: float
 ) -> float:
@@ -256,7 +238,9 @@ def main() -> None:
         checkpoint = str(Path(folder) / "random-vit-b32.pt")
         save_state_dict(random_clip(VIT_B_32), checkpoint)
         alone = in_process(checkpoint, jpegs, seconds=5)
-        tutorial_ingest_rate = tutorial_ingest(checkpoint, jpegs * 2, str(Path(folder) / "tutorial.db"))
+        tutorial_ingest_rate = tutorial_ingest(
+            checkpoint, jpegs * 2, str(Path(folder) / "tutorial.db"), "cuda"
+        )
         torch.cuda.empty_cache()
         with (
             service("encoder_service", ["--model", checkpoint, "--port", "0"], "encoder serving") as (

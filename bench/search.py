@@ -8,7 +8,6 @@ get random unit vectors inserted directly (the encoder would take hours to make 
 """
 
 import argparse
-import io
 import multiprocessing
 import tempfile
 import time
@@ -16,35 +15,14 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import torch
 from harness import cpu_seconds, percentiles_ms, photos, print_table, run_concurrently, service
-from PIL import Image
-from pymilvus import MilvusClient
+from tutorial import tutorial_ingest
 
 from encoder_service.checkpoints import VIT_B_32, random_clip, save_state_dict
-from encoder_service.model import ClipModel
-from encoder_service.preprocess import clip_transform
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
 from search_service.store import Store
 
 INSERT_CHUNK = 1000  # Milvus Lite 2.5.1 inserts fast only in calls of about 1,000 rows or fewer
-
-
-def tutorial_ingest(checkpoint: str, images: list[bytes], milvus_file: str) -> float:
-    """The Milvus tutorial's loop: encode one image, insert one row, repeat. Images per second."""
-    model = ClipModel(checkpoint, "cpu")
-    preprocess = clip_transform(model.image_resolution)
-    client = MilvusClient(milvus_file)
-    client.create_collection("tutorial", dimension=512, metric_type="COSINE", auto_id=True)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for index, data in enumerate(images):
-            features = model.model.encode_image(preprocess(Image.open(io.BytesIO(data)).convert("RGB"))[None])
-            vector = (features / features.norm(dim=-1, keepdim=True))[0].tolist()
-            client.insert("tutorial", {"vector": vector, "filepath": f"{index}.jpg"})
-    rate = len(images) / (time.perf_counter() - start)
-    client.close()
-    return rate
 
 
 def prefill(
@@ -95,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = str(Path(folder) / "random-vit-b32.pt")
         save_state_dict(random_clip(VIT_B_32), checkpoint)
-        tutorial_rate = tutorial_ingest(checkpoint, images, str(Path(folder) / "tutorial.db"))
+        tutorial_rate = tutorial_ingest(checkpoint, images, str(Path(folder) / "tutorial.db"), "cpu")
         milvus_file = str(Path(folder) / "milvus.db")
         encoder_args = ["--model", checkpoint, "--device", "cpu", "--port", "0"]
         with service("encoder_service", encoder_args, "encoder serving") as (encoder_address, _):

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from imagesearch.pictures import to_rgb
+
 # Our own pixel limit is checked from the header; Pillow's global bomb check would only duplicate it.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -41,26 +43,7 @@ class DeviceJpeg:
     pixels: int
 
 
-_SIXTEEN_BIT_GREY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _END_OF_IMAGE = b"\xff\xd9"
-
-
-def _flatten_alpha(image: Image.Image) -> Image.Image:
-    """Transparent pixels become white, as a viewer shows them, rather than whatever colour they hide."""
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in _SIXTEEN_BIT_GREY:
-        pixels = np.asarray(image, dtype=np.uint32)
-        # 16-bit greys keep their top 8 bits; Pillow's own convert would clip everything above 255 to white.
-        eight_bit = pixels >> 8 if pixels.max() > 255 else pixels
-        return Image.fromarray(eight_bit.astype(np.uint8)).convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        return _flatten_alpha(image)
-    return image.convert("RGB")
 
 
 def smallest_useful_side(model_resolution: int) -> int:
@@ -108,7 +91,7 @@ def decode_image(data: bytes, limits: ImageLimits, smallest_side: int) -> Image.
             image.draft(image.mode, (smallest_side, smallest_side))
             image.load()
             image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
+            return to_rgb(image)
     except Exception as error:
         raise ImageRejected(f"cannot decode {image.format or 'image'} data: {error}") from None
 

@@ -8,29 +8,21 @@ import numpy as np
 
 from imagesearch.errors import ServiceError, invalid_argument
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
+from imagesearch.wire import field_header
 
 from .batcher import BatcherClosed, QueueFull
 from .config import EncoderConfig
 from .images import RejectedImage
 from .runtime import EncoderRuntime
 
-_VALUES_FIELD = bytes([1 << 3 | 2])  # Vector.values: field 1, length-delimited (packed)
-
-
-def _varint(value: int) -> bytes:
-    encoded = bytearray()
-    while value > 0x7F:
-        encoded.append(value & 0x7F | 0x80)
-        value >>= 7
-    encoded.append(value)
-    return bytes(encoded)
+_VALUES_FIELD = 1  # Vector.values
 
 
 def vector_message(values: np.ndarray) -> encoder_pb2.Vector:
     """The message for `values`, parsed from its wire form: proto3 sends a `repeated float` packed, as raw
     little-endian float32s, so no Python float is made per element (6 times faster than from a list)."""
     payload = values.astype("<f4", copy=False).tobytes()
-    return encoder_pb2.Vector.FromString(_VALUES_FIELD + _varint(len(payload)) + payload)
+    return encoder_pb2.Vector.FromString(field_header(_VALUES_FIELD, len(payload)) + payload)
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from imagesearch.errors import ServiceError
 from imagesearch.headers import REQUEST_ID, bearer
 from imagesearch.observability import current_request_id
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
+from imagesearch.wire import field_header
 
 log = logging.getLogger(__name__)
 
@@ -22,23 +23,14 @@ Response = TypeVar("Response")
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
-_IMAGES_FIELD = bytes([1 << 3 | 2])  # EncodeImagesRequest.images: field 1, length-delimited
-
-
-def _varint(value: int) -> bytes:
-    encoded = bytearray()
-    while value > 0x7F:
-        encoded.append(value & 0x7F | 0x80)
-        value >>= 7
-    encoded.append(value)
-    return bytes(encoded)
+_IMAGES_FIELD = 1  # EncodeImagesRequest.images
 
 
 def encode_images_request(images: Sequence[bytes]) -> bytes:
     """EncodeImagesRequest(images=images) as it goes on the wire, written directly: building and serialising
     the message copies every picture twice with the interpreter lock held, about 115 µs for one of 88 KB
     against 10 for this one join."""
-    return b"".join(part for image in images for part in (_IMAGES_FIELD, _varint(len(image)), image))
+    return b"".join(part for image in images for part in (field_header(_IMAGES_FIELD, len(image)), image))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from imagesearch.pictures import to_rgb
+
 from .store import is_milvus_lite
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ def make_thumbnail(data: bytes, max_pixels: int) -> bytes:
             image.draft(image.mode, (LONGEST_SIDE, LONGEST_SIDE))  # JPEG only: libjpeg scales while decoding
             image = ImageOps.exif_transpose(image)
             image.thumbnail((LONGEST_SIDE, LONGEST_SIDE))
-            rgb = _on_white(image)
+            rgb = to_rgb(image)
     except ThumbnailError:
         raise
     except Exception as error:
@@ -52,15 +54,6 @@ def make_thumbnail(data: bytes, max_pixels: int) -> bytes:
     buffer = io.BytesIO()
     rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
     return buffer.getvalue()
-
-
-def _on_white(image: Image.Image) -> Image.Image:
-    """RGB, with transparent pixels shown as white as a viewer shows them."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
