@@ -68,11 +68,9 @@ class AsyncSearchClient:
         """Streams every picture under `paths` and says what happened to each file; `progress` is called
         with each item as it finishes. A stream that breaks raises IngestInterrupted, with the results
         received until then."""
-        limits = await self.limits()
-        ingestion = await asyncio.to_thread(
-            Ingestion, paths, recursive, self.collection, metadata, limits, progress
-        )
-        call = self._stub.Ingest(ingestion.async_requests(), metadata=self._connection.metadata())
+        ingestion = await asyncio.to_thread(Ingestion, paths, recursive, self.collection, metadata, progress)
+        requests = ingestion.async_requests(await self.limits())
+        call = self._stub.Ingest(requests, metadata=self._connection.metadata())
         try:
             async for response in call:
                 ingestion.record(response)

@@ -53,13 +53,13 @@ def _kind(mode: int) -> str:
 
 
 def walk(paths: Iterable[str | Path], recursive: bool = True) -> Iterator[Found]:
-    """Every entry under `paths`, folders in sorted order; a path that does not exist raises
-    FileNotFoundError before anything is found. Links to files are read; links to folders are not
-    followed (no loops) but reported, like every entry that cannot be read."""
+    """Every entry under `paths`, folders in sorted order; a path that does not exist is refused
+    (ImageSearchError, INVALID_ARGUMENT) before anything is found. Links to files are read; links to folders
+    are not followed (no loops) but reported, like every entry that cannot be read."""
     named = [Path(path) for path in paths]
     for path in named:
         if not os.path.lexists(path):
-            raise FileNotFoundError(f"no such file or folder: {path}")
+            raise refused(f"no such file or folder: {path}")
     for path in named:
         if path.is_dir():
             yield from _walk_folder(path, recursive)

@@ -21,8 +21,13 @@ Progress = Callable[[IngestItem, IngestSummary], None]
 _ENVELOPE_BYTES = 256 * 1024
 
 
+def _largest_picture(limits: Limits) -> int:
+    return min(limits.max_image_bytes, limits.max_message_bytes - _ENVELOPE_BYTES)
+
+
 class Ingestion:
-    """The files under `paths`, streamed as IngestRequests; `record` takes the service's answers."""
+    """The files under `paths`, streamed as IngestRequests; `record` takes the service's answers. What can
+    be checked without the service (the paths, the metadata) is, when it is made."""
 
     def __init__(
         self,
@@ -30,24 +35,22 @@ class Ingestion:
         recursive: bool,
         collection: str,
         metadata: Mapping[str, MetadataValue] | None,
-        limits: Limits,
         progress: Progress | None,
     ) -> None:
         self._found = list(walk(paths, recursive))
         self._strings, self._typed = messages.metadata_maps(metadata or {})
         self._collection = collection
-        self._max_bytes = min(limits.max_image_bytes, limits.max_message_bytes - _ENVELOPE_BYTES)
         self._progress = progress
         self._lock = threading.Lock()  # the blocking client records answers while another thread sends
         self.summary = IngestSummary(total=len(self._found))
 
-    def _request(self, found: Found) -> search_pb2.IngestRequest | IngestItem:
+    def _request(self, found: Found, max_bytes: int) -> search_pb2.IngestRequest | IngestItem:
         """The request for one entry, or its outcome when it is settled here."""
         uri = uri_of(found.path)
         if found.failure:
             return IngestItem(uri, "", "failed", found.failure)
         try:
-            image = read_picture(found.path, self._max_bytes)
+            image = read_picture(found.path, max_bytes)
         except Unreadable as problem:
             return IngestItem(uri, "", "failed", str(problem))
         if not looks_like_image(image[:HEAD_BYTES]):
@@ -60,16 +63,20 @@ class Ingestion:
             return None
         return settled
 
-    def requests(self) -> Iterator[search_pb2.IngestRequest]:
-        """The requests, each file read as it is sent, so memory stays flat however many there are."""
+    def requests(self, limits: Limits) -> Iterator[search_pb2.IngestRequest]:
+        """The requests, each file read as it is sent, so memory stays flat however many there are; a file
+        larger than the service takes is a failed item, never sent."""
+        max_bytes = _largest_picture(limits)
         for found in self._found:
-            if (request := self._send(self._request(found))) is not None:
+            if (request := self._send(self._request(found, max_bytes))) is not None:
                 yield request
 
-    async def async_requests(self) -> AsyncIterator[search_pb2.IngestRequest]:
+    async def async_requests(self, limits: Limits) -> AsyncIterator[search_pb2.IngestRequest]:
         """The same, each file read in a worker thread so that the event loop never waits on a disk."""
+        max_bytes = _largest_picture(limits)
         for found in self._found:
-            if (request := self._send(await asyncio.to_thread(self._request, found))) is not None:
+            settled = await asyncio.to_thread(self._request, found, max_bytes)
+            if (request := self._send(settled)) is not None:
                 yield request
 
     def record(self, response: search_pb2.IngestResponse) -> None:

@@ -63,9 +63,10 @@ class SearchClient:
         """Streams every picture under `paths` and says what happened to each file; `progress` is called
         with each item as it finishes. A stream that breaks raises IngestInterrupted, with the results
         received until then."""
-        ingestion = Ingestion(paths, recursive, self.collection, metadata, self.limits(), progress)
+        ingestion = Ingestion(paths, recursive, self.collection, metadata, progress)
+        requests = ingestion.requests(self.limits())
         try:
-            for response in self._stub.Ingest(ingestion.requests(), metadata=self._connection.metadata()):
+            for response in self._stub.Ingest(requests, metadata=self._connection.metadata()):
                 ingestion.record(response)
         except grpc.RpcError as error:
             raise IngestInterrupted(self._connection.error(error), ingestion.summary) from None

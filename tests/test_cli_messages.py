@@ -173,3 +173,11 @@ def _on_a_terminal(args: list[str], answer: str) -> tuple[int, str, int]:
     os.close(leader)
     with SearchClient(args[1], collection=args[3]) as client:
         return code, said.decode(), client.stats().count
+
+
+def test_a_path_that_is_not_there_is_refused_before_anything_is_sent(capsys, tmp_path) -> None:
+    code, _, err = cli(capsys, "--server", NOWHERE, "ingest", str(tmp_path / "nowhere"))
+    assert code == EXIT_USAGE and f"imgsearch: no such file or folder: {tmp_path / 'nowhere'}" in err
+    with SearchClient(NOWHERE) as client, pytest.raises(ImageSearchError) as refused:
+        client.ingest([tmp_path / "nowhere"])
+    assert refused.value.code.name == "INVALID_ARGUMENT"
