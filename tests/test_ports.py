@@ -1,7 +1,9 @@
 """What one process owns, a second never silently shares: ports of the services, and of `imgsearch up`."""
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,7 +15,15 @@ import pytest
 from conftest import running_encoder, running_search
 
 from client import SearchClient
+from client.cli import main
 from client.local import free_port
+from imagesearch.defaults import (
+    ENCODER_METRICS_PORT,
+    ENCODER_PORT,
+    SEARCH_METRICS_PORT,
+    SEARCH_PORT,
+    WEB_PORT,
+)
 
 
 def test_a_second_server_on_a_taken_port_fails_and_names_the_flag(tiny_encoder, tmp_path) -> None:
@@ -131,3 +141,24 @@ def _running(pid: int) -> bool:
         return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return False
+
+
+@contextmanager
+def held(port: int) -> Iterator[None]:
+    """`port` taken for the block, as an `imgsearch up` beside would take it (if another process has it
+    already, it stays taken all the same)."""
+    with socket.socket() as taker:
+        with contextlib.suppress(OSError):
+            taker.bind(("127.0.0.1", port))
+            taker.listen()
+        yield
+
+
+def test_the_demo_runs_beside_what_holds_the_default_ports(tmp_path, capsys) -> None:
+    """The demo's services used to take the default metrics ports, so it failed beside an `imgsearch up`."""
+    defaults = (ENCODER_PORT, SEARCH_PORT, WEB_PORT, ENCODER_METRICS_PORT, SEARCH_METRICS_PORT)
+    with contextlib.ExitStack() as stack:
+        for port in defaults:
+            stack.enter_context(held(port))
+        code = main(["demo", "--workdir", str(tmp_path), "--per-class", "1", "--no-progress"])
+    assert code == 0 and "services stopped" in capsys.readouterr().out
