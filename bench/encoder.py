@@ -25,6 +25,7 @@ from encoder_service.images import ImageLimits, clip_pixels, decode_image, small
 from encoder_service.model import ClipModel
 from encoder_service.preprocess import clip_transform
 from encoder_service.tokens import tokenize
+from encoder_service.towers import trimmed_tokens
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 from synthetic.pictures import camera_photo
 
@@ -35,11 +36,6 @@ def captions(count: int) -> list[str]:
     words = ["a", "white", "dog", "red", "circle", "photo", "of", "the", "cat", "on", "grass", "beach"]
     rng = np.random.default_rng(1)
     return [" ".join(rng.choice(words, size=rng.integers(3, 9))) for _ in range(count)]
-
-
-def trimmed(tokens: np.ndarray) -> torch.Tensor:
-    """The first L positions of a batch of texts (L: the longest), as the service runs them."""
-    return torch.from_numpy(np.ascontiguousarray(tokens[:, : int(tokens.argmax(axis=1).max()) + 1]))
 
 
 def in_process_rates(model: ClipModel, images: list[bytes], texts: list[str], batch: int) -> dict[str, float]:
@@ -57,7 +53,7 @@ def in_process_rates(model: ClipModel, images: list[bytes], texts: list[str], ba
     rates["image ceiling"] = len(images) / (time.perf_counter() - start)
     start = time.perf_counter()
     for offset in range(0, len(texts), batch):
-        model.text_vectors(trimmed(tokens[offset : offset + batch]).to(model.device)).cpu()
+        model.text_vectors(trimmed_tokens(tokens[offset : offset + batch]).to(model.device)).cpu()
     rates["text ceiling"] = len(texts) / (time.perf_counter() - start)
 
     with torch.inference_mode():
@@ -100,7 +96,7 @@ def short_query_floor(model: ClipModel, repeats: int) -> tuple[list[list[str]], 
     rows.append([f"full 77-token forward ({threads} threads)", f"{full:.1f}"])
     for count in sorted({1, threads}):
         torch.set_num_threads(count)
-        p50 = p50_ms(lambda: model.text_vectors(trimmed(tokens).to(model.device)).cpu())
+        p50 = p50_ms(lambda: model.text_vectors(trimmed_tokens(tokens).to(model.device)).cpu())
         rows.append([f"first L tokens only, the service's way ({count} threads)", f"{p50:.1f}"])
     torch.set_num_threads(threads)
     if model.device.type == "cpu":  # the floor below reads the host's memory, not a GPU's

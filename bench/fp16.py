@@ -21,14 +21,14 @@ from encoder_service.checkpoints import VIT_B_32, random_clip, save_state_dict
 from encoder_service.images import clip_pixels
 from encoder_service.model import ClipModel
 from encoder_service.tokens import tokenize
+from encoder_service.towers import trimmed_tokens
 from synthetic.pictures import classes, render
 
 
 def vectors(model: ClipModel, pixels: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Image and text vectors as the encoder computes them, texts on their first L positions."""
-    length = int(tokens.argmax(axis=1).max()) + 1
     images = model.image_vectors(torch.from_numpy(pixels).to(model.device))
-    texts = model.text_vectors(torch.from_numpy(np.ascontiguousarray(tokens[:, :length])).to(model.device))
+    texts = model.text_vectors(trimmed_tokens(tokens).to(model.device))
     return images.cpu().numpy(), texts.cpu().numpy()
 
 

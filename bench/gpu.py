@@ -32,6 +32,7 @@ from encoder_service.graphs import GraphedForward
 from encoder_service.model import ClipModel
 from encoder_service.preprocess import clip_transform
 from encoder_service.tokens import tokenize
+from encoder_service.towers import trimmed_tokens
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
 from synthetic.pictures import camera_photo
 
@@ -143,17 +144,13 @@ def p50_ms(work, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return float(np.median(timings) * 1000)
 
 
-def trimmed(tokens: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(tokens[:, : int(tokens.argmax(axis=1).max()) + 1]))
-
-
 def in_process(checkpoint: str, jpegs: list[bytes], seconds: float) -> dict[str, float]:
     model = ClipModel(checkpoint, "cuda")
     device, resolution = model.device, model.image_resolution
     images, texts = GraphedForward(model.image_vectors), GraphedForward(model.text_vectors)
     images.capture([(BATCH, resolution, resolution, 3)], torch.uint8, device)
-    tokens = trimmed(tokenize(captions(BATCH, 0), model.context_length).tokens)
-    query = trimmed(tokenize(["a white dog"], model.context_length).tokens).to(device)
+    tokens = trimmed_tokens(tokenize(captions(BATCH, 0), model.context_length).tokens)
+    query = trimmed_tokens(tokenize(["a white dog"], model.context_length).tokens).to(device)
     texts.capture([tuple(tokens.shape), tuple(query.shape)], torch.long, device)
     on_host = torch.randint(0, 256, (BATCH, resolution, resolution, 3), dtype=torch.uint8).pin_memory()
     on_device, tokens = on_host.to(device), tokens.to(device)

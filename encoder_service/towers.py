@@ -44,6 +44,13 @@ class Turn:
             yield
 
 
+def trimmed_tokens(tokens: np.ndarray) -> torch.Tensor:
+    """A batch of token rows cut to its first L positions (L: the longest text's, up to its end-of-text token,
+    which has the largest id): the causal text tower gives the same vectors for a fraction of the work."""
+    length = int(tokens.argmax(axis=1).max()) + 1
+    return torch.from_numpy(np.ascontiguousarray(tokens[:, :length]))
+
+
 class TextTower:
     def __init__(self, model: ClipModel, forward: GraphedForward, turn: Turn) -> None:
         self.model = model
@@ -52,10 +59,8 @@ class TextTower:
 
     def run(self, rows: list[np.ndarray]) -> list[np.ndarray]:
         """Token rows (context_length,) -> unit vectors, run on the first L positions (L: longest text)."""
-        tokens = np.stack(rows)
-        length = int(tokens.argmax(axis=1).max()) + 1  # the end-of-text token has the largest id
         with self.turn.forward_pass():
-            trimmed = torch.from_numpy(np.ascontiguousarray(tokens[:, :length]))
+            trimmed = trimmed_tokens(np.stack(rows))
             return list(self.forward(to_device(trimmed, self.model.device)).cpu().numpy())
 
 
