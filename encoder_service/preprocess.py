@@ -78,6 +78,10 @@ def resized_and_cropped(images: torch.Tensor, resolution: int) -> torch.Tensor:
 
 def _decoded_pixels(jpegs: Sequence[DeviceJpeg], device: torch.device, resolution: int) -> list[torch.Tensor]:
     encoded = [torch.frombuffer(bytearray(jpeg.data), dtype=torch.uint8) for jpeg in jpegs]
+    if device.type == "cuda":
+        # nvJPEG writes into memory from this stream without waiting for it (towers.JpegDecoding): drained,
+        # the stream has no queued kernel left to read memory that the decoder may be given.
+        torch.cuda.current_stream(device).synchronize()
     decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
     pictures = [oriented(image, jpeg.orientation) for image, jpeg in zip(decoded, jpegs, strict=True)]
     # Pictures of one size are resized together: one call for a whole batch of camera photos.

@@ -3,7 +3,6 @@ loaded, warmed up and closed together (as Immich's ML service keeps a model obje
 texts and image bytes."""
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from .graphs import GraphedForward, batch_buckets
 from .images import ImageLimits, RejectedImage
 from .metrics import EncoderMetrics
 from .model import ClipModel
-from .towers import ImageTower, TextTower, Turn
+from .towers import CpuThread, ImageTower, JpegDecoding, TextTower, Turn
 from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -39,17 +38,21 @@ class EncoderRuntime:
 
     def __init__(self, config: EncoderConfig, metrics: EncoderMetrics) -> None:
         self.config = config
-        self.model = ClipModel(config.model, config.device, config.model_cache, config.precision)
+        self.cpu = CpuThread()
+        self.model = self.cpu.run(
+            lambda: ClipModel(config.model, config.device, config.model_cache, config.precision)
+        )
         model = self.model
         limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
         self.workers = WorkerPool(config.decode_workers, limits, model.image_resolution, model.context_length)
         self.image_forward = GraphedForward(model.image_vectors)
         self.text_forward = GraphedForward(model.text_vectors)
-        cpu, on_device = threading.Lock(), config.jpeg_decoding == "device"
+        on_device = config.jpeg_decoding == "device"
+        jpegs = JpegDecoding(model.device, model.image_resolution, self.cpu) if on_device else None
         self.image_tower = ImageTower(
-            model, self.image_forward, self.workers, limits, on_device, Turn(model.device, cpu)
+            model, self.image_forward, self.workers, limits, jpegs, Turn(model.device, self.cpu)
         )
-        self.text_tower = TextTower(model, self.text_forward, Turn(model.device, cpu))
+        self.text_tower = TextTower(model, self.text_forward, Turn(model.device, self.cpu))
         self._warm_up()
         if model.device.type == "cuda":
             self._capture_graphs()
@@ -119,3 +122,4 @@ class EncoderRuntime:
         self.images.close()
         self.texts.close()
         self.workers.close()
+        self.cpu.close()

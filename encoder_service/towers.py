@@ -1,10 +1,10 @@
 """The two towers' work: inputs prepared for the device, batches through a forward pass (graph or eager),
-vectors back. Each tower's batches run on one thread, its batcher's."""
+vectors back. On CUDA each tower's batches run on its batcher's thread; on the CPU, on the one CPU thread."""
 
-import contextlib
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -26,22 +26,74 @@ def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
+Result = TypeVar("Result")
+
+
+def _inferring(work: Callable[[], Result]) -> Result:
+    with torch.inference_mode():  # a thread's own setting: entered by the thread that does the work
+        return work()
+
+
+class CpuThread:
+    """The one thread that runs torch's work on the CPU: loading the model, forward passes and decoding.
+
+    torch's OpenMP keeps a team of threads for every thread that runs parallel work, and once the teams hold
+    more threads than there are cores, they sleep between operations instead of spinning: a short query's
+    pass of the small CLIP took 2.5 ms instead of 0.5 on 2 cores when the towers' two threads (and the one
+    that loaded the model) had teams of their own. One thread keeps one team, and runs one pass at a time,
+    which is all the CPU can do anyway: one pass already uses every core."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="torch-cpu")
+
+    def run(self, work: Callable[[], Result]) -> Result:
+        return self._executor.submit(_inferring, work).result()
+
+    def close(self) -> None:
+        self._executor.shutdown()
+
+
 class Turn:
-    """Where a tower's work runs. On CUDA, all of it (from any thread) on the tower's own stream, so that
-    the towers run at once and a tensor is only ever used on the stream that made it. On the CPU, one tower's
-    forward pass at a time, since one pass already uses every core."""
+    """Where a stream of work runs: on CUDA, in the calling thread and on a stream of its own (each tower has
+    one, so that the towers run at once); on the CPU, on the CPU thread."""
 
-    def __init__(self, device: torch.device, cpu: threading.Lock) -> None:
+    def __init__(self, device: torch.device, cpu: CpuThread) -> None:
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self._cpu: AbstractContextManager = cpu if device.type == "cpu" else contextlib.nullcontext()
+        self._cpu = cpu
 
-    def on_device(self) -> AbstractContextManager:
-        return torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+    def run(self, work: Callable[[], Result]) -> Result:
+        if self._stream is None:
+            return self._cpu.run(work)
+        with torch.cuda.stream(self._stream):
+            return _inferring(work)
 
-    @contextlib.contextmanager
-    def forward_pass(self) -> Iterator[None]:
-        with self._cpu, self.on_device(), torch.inference_mode():
-            yield
+    def finish(self) -> None:
+        """Waits until the device has done what was queued on this turn's stream."""
+        if self._stream is not None:
+            self._stream.synchronize()
+
+
+class JpegDecoding:
+    """JPEGs decoded on the device, one call at a time, on a stream of their own that each call leaves idle.
+
+    torchvision's nvJPEG decoding takes its output memory from the calling stream but writes it from a
+    private stream that does not wait for the calling stream's queued kernels (pytorch/vision#9606): memory
+    freed on a busy stream, and still to be read by a kernel queued there, could be overwritten. So nothing
+    else runs on this stream, the stream is drained before every decoding call (decode_on_device), and each
+    call waits for its pixels before they go to a forward pass on another stream."""
+
+    def __init__(self, device: torch.device, resolution: int, cpu: CpuThread) -> None:
+        self.device = device
+        self.resolution = resolution
+        self._turn = Turn(device, cpu)
+        self._one_at_a_time = threading.Lock()
+
+    def __call__(self, jpegs: Sequence[DeviceJpeg]) -> list[torch.Tensor | None]:
+        """Each JPEG's (res, res, 3) uint8 pixels on the device, or None where the decoder failed."""
+        with self._one_at_a_time:
+            decoded = self._turn.run(lambda: decode_on_device(jpegs, self.device, self.resolution))
+            self._turn.finish()
+        return decoded
 
 
 def trimmed_tokens(tokens: np.ndarray) -> torch.Tensor:
@@ -59,14 +111,13 @@ class TextTower:
 
     def run(self, rows: list[np.ndarray]) -> list[np.ndarray]:
         """Token rows (context_length,) -> unit vectors, run on the first L positions (L: longest text)."""
-        with self.turn.forward_pass():
-            trimmed = trimmed_tokens(np.stack(rows))
-            return list(self.forward(to_device(trimmed, self.model.device)).cpu().numpy())
+        trimmed = trimmed_tokens(np.stack(rows))
+        return self.turn.run(lambda: list(self.forward(to_device(trimmed, self.model.device)).cpu().numpy()))
 
 
 class ImageTower:
-    """Pictures are decoded by the worker processes, except the JPEGs that the device decodes (nvJPEG, in the
-    request's thread, while the GPU runs other requests' forward passes)."""
+    """Pictures are decoded by the worker processes, except the JPEGs that `jpegs`, where given, decodes on
+    the device (nvJPEG, in the request's thread, while the GPU runs other requests' forward passes)."""
 
     def __init__(
         self,
@@ -74,25 +125,23 @@ class ImageTower:
         forward: GraphedForward,
         workers: WorkerPool,
         limits: ImageLimits,
-        jpegs_on_device: bool,
+        jpegs: JpegDecoding | None,
         turn: Turn,
     ) -> None:
         self.model = model
         self.forward = forward
         self.workers = workers
         self.limits = limits
-        self.jpegs_on_device = jpegs_on_device
+        self.jpegs = jpegs
         self.turn = turn
 
     def prepare(self, images: Sequence[bytes]) -> list[ImagePixels | RejectedImage]:
         """Each image's pixels for the batcher, or why it cannot be encoded."""
-        if not self.jpegs_on_device:
+        if self.jpegs is None:
             return list(self.workers.decode(images))
         prepared: list = [self._route(data) for data in images]
         jpegs = [index for index, item in enumerate(prepared) if isinstance(item, DeviceJpeg)]
-        resolution = self.model.image_resolution
-        with self.turn.on_device(), torch.inference_mode():
-            decoded = decode_on_device([prepared[i] for i in jpegs], self.model.device, resolution)
+        decoded = self.jpegs([prepared[i] for i in jpegs])
         for index, pixels in zip(jpegs, decoded, strict=True):
             # A JPEG whose decoding call failed goes to the workers, which decode it or say why not.
             prepared[index] = prepared[index].data if pixels is None else pixels
@@ -110,20 +159,28 @@ class ImageTower:
 
     def run(self, pictures: list[ImagePixels]) -> list[np.ndarray]:
         """Pictures' pixels -> unit vectors."""
+        return self.turn.run(lambda: self._vectors(pictures))
+
+    def _vectors(self, pictures: list[ImagePixels]) -> list[np.ndarray]:
         resolution, device = self.model.image_resolution, self.model.device
-        with self.turn.forward_pass():
-            batch = torch.empty((len(pictures), resolution, resolution, 3), dtype=torch.uint8, device=device)
-            host = [index for index, picture in enumerate(pictures) if isinstance(picture, np.ndarray)]
-            there = [index for index, picture in enumerate(pictures) if isinstance(picture, torch.Tensor)]
-            if host:
-                # Stacked straight into pinned memory on CUDA: one copy on the host, and none waited for.
-                stacked = torch.empty(
-                    (len(host), resolution, resolution, 3),
-                    dtype=torch.uint8,
-                    pin_memory=device.type == "cuda",
-                )
-                np.stack([pictures[index] for index in host], out=stacked.numpy())
-                batch[host] = stacked.to(device, non_blocking=True)
-            if there:
-                batch[there] = torch.stack([pictures[index] for index in there])
-            return list(self.forward(batch).cpu().numpy())
+        batch = torch.empty((len(pictures), resolution, resolution, 3), dtype=torch.uint8, device=device)
+        host = [index for index, picture in enumerate(pictures) if isinstance(picture, np.ndarray)]
+        there = [index for index, picture in enumerate(pictures) if isinstance(picture, torch.Tensor)]
+        if host:
+            # Stacked straight into pinned memory on CUDA: one copy on the host, and none waited for.
+            stacked = torch.empty(
+                (len(host), resolution, resolution, 3),
+                dtype=torch.uint8,
+                pin_memory=device.type == "cuda",
+            )
+            np.stack([pictures[index] for index in host], out=stacked.numpy())
+            batch[host] = stacked.to(device, non_blocking=True)
+        if there:
+            on_device = [pictures[index] for index in there]
+            if device.type == "cuda":
+                # Made on the decoding stream: their memory must not go back to it before this pass has read
+                # them.
+                for picture in on_device:
+                    picture.record_stream(torch.cuda.current_stream(device))
+            batch[there] = torch.stack(on_device)
+        return list(self.forward(batch).cpu().numpy())
