@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 Response = TypeVar("Response")
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+_LONGEST_BACKOFF_S = 1.0
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
 _IMAGES_FIELD = 1  # EncodeImagesRequest.images
 
@@ -90,7 +91,10 @@ class EncoderReplicas:
         self._channel.close()
 
     def _call(self, name: str, method: Callable[..., Response], request: object) -> Response:
-        """One call with a deadline, retried on UNAVAILABLE or RESOURCE_EXHAUSTED (on another replica)."""
+        """One call with a deadline, retried (on another replica, where there are several) on UNAVAILABLE up
+        to `attempts` times, and on RESOURCE_EXHAUSTED until the deadline: an encoder whose queue is full asks
+        to be called later, and several ingest streams at once can keep it full for longer than a few retries
+        take, which should slow them down, not fail them."""
         started = time.monotonic()
         deadline = started + self.timeout_s
         metadata = [*self._token, (REQUEST_ID, current_request_id())]
@@ -103,13 +107,14 @@ class EncoderReplicas:
                 return response
             except grpc.RpcError as error:
                 code = error.code()
-                if code not in _RETRYABLE or attempt == self.attempts or remaining <= backoff:
+                gave_up = attempt >= self.attempts and code != grpc.StatusCode.RESOURCE_EXHAUSTED
+                if code not in _RETRYABLE or gave_up or remaining <= backoff:
                     raise ServiceError(
                         code, f"encoder at {self.target}: {code.name}: {error.details()}"
                     ) from None
                 log.warning("encoder call failed (%s, attempt %d); retrying", code.name, attempt)
             time.sleep(backoff * (0.5 + random.random()))
-            backoff, attempt = backoff * 2, attempt + 1
+            backoff, attempt = min(backoff * 2, _LONGEST_BACKOFF_S), attempt + 1
 
     def info(self) -> encoder_pb2.GetModelInfoResponse:
         return self._call("GetModelInfo", self._stub.GetModelInfo, encoder_pb2.GetModelInfoRequest())

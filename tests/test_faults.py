@@ -4,6 +4,7 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from test_search import PRESENT, STORED, folder, requests
 from client.local import free_port
 from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
-from imagesearch.v1 import search_pb2
+from imagesearch.v1 import encoder_pb2_grpc, search_pb2
 
 
 def test_search_service_killed_mid_ingest_then_rerun_stores_each_picture_once(tiny_encoder, tmp_path) -> None:
@@ -87,6 +88,57 @@ def test_queries_fail_clearly_while_every_encoder_is_down_and_recover(tiny_path,
         with running_encoder(tiny_path, port=ports[1]):
             assert search.check_health() is True
             assert len(stub.SearchText(query).hits) == 3
+
+
+class Overloaded(encoder_pb2_grpc.EncoderServiceServicer):
+    """In front of a real encoder: answers its first `refusals` EncodeImages calls as an encoder whose queue
+    is full does, and passes every other call through."""
+
+    def __init__(self, encoder: str, refusals: int) -> None:
+        self.channel = grpc.insecure_channel(encoder)
+        self.encoder = encoder_pb2_grpc.EncoderServiceStub(self.channel)
+        self.refusals = refusals
+        self.lock = threading.Lock()
+
+    def GetModelInfo(self, request, context):
+        return self.encoder.GetModelInfo(request)
+
+    def EncodeText(self, request, context):
+        return self.encoder.EncodeText(request)
+
+    def EncodeImages(self, request, context):
+        with self.lock:
+            self.refusals -= 1
+            refused = self.refusals >= 0
+        if refused:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the image queue is full; retry later")
+        return self.encoder.EncodeImages(request)
+
+
+@contextmanager
+def overloaded(encoder: str, refusals: int) -> Iterator[tuple[str, Overloaded]]:
+    proxy = Overloaded(encoder, refusals)
+    server = grpc.server(ThreadPoolExecutor(4))
+    encoder_pb2_grpc.add_EncoderServiceServicer_to_server(proxy, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", proxy
+    finally:
+        server.stop(None)
+        proxy.channel.close()
+
+
+def test_an_overloaded_encoder_slows_an_ingest_down_without_failing_it(tiny_encoder, tmp_path) -> None:
+    # More refusals in a row than the retries an unavailable encoder gets (5).
+    with (
+        overloaded(tiny_encoder.grpc.address, refusals=7) as (target, proxy),
+        running_search(target, tmp_path / "milvus.db") as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        results = list(stub.Ingest(requests(folder(4, 2300))))
+    assert proxy.refusals < 0  # every refusal was answered, and the next call went through
+    assert [result.outcome for result in results] == [STORED] * 4
 
 
 def wait_until_listening(port: int, attempts: int = 600) -> None:
