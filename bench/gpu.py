@@ -6,7 +6,11 @@ A randomly initialised ViT-B/32 (the real architecture and cost) in fp16, 500x37
 (ImageNet's size), client processes started with `spawn` sending 32 images or 64 texts per call to the
 encoder run with its default flags. Prints: the model in-process (the ceiling), the service under load, the
 ingestion through the search service into Milvus Lite, the Milvus tutorial's one-at-a-time loop, and one short
-query's latency, with ratios.
+query's latency, with ratios; and how close the service's vectors are, under load and alone, to CLIP's own
+preprocessing of the same pictures in-process.
+
+`--device cpu --model demo/small-clip-synthetic.pt --seconds 2` rehearses every step on a machine without a
+GPU, to check the script before a GPU's time is spent on it; its figures mean nothing.
 """
 
 import argparse
@@ -19,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -78,17 +83,31 @@ def _wait_for(start_at: float) -> None:
         time.sleep(0.001)
 
 
-def image_client(address: str, images: list[bytes], start_at: float, stop_at: float) -> int:
-    """Vectors received within the window, for calls of `images`."""
+def image_vectors(response: encoder_pb2.EncodeImagesResponse) -> np.ndarray:
+    """The response's vectors, one row per picture (each must have one)."""
+    return np.array([result.vector.values for result in response.results], dtype=np.float32)
+
+
+def lowest_cosine(vectors: np.ndarray, reference: np.ndarray) -> float:
+    """The lowest cosine between each unit vector and its reference row."""
+    return float(np.min(np.sum(vectors * reference, axis=1)))
+
+
+def image_client(
+    address: str, images: list[bytes], reference: np.ndarray, start_at: float, stop_at: float
+) -> tuple[int, float]:
+    """Vectors received within the window, for calls of `images`, and the lowest cosine of any of them to
+    `reference` (the same pictures' vectors from a call made alone)."""
     with grpc.insecure_channel(address, OPTIONS) as channel:
-        stub, done = encoder_pb2_grpc.EncoderServiceStub(channel), 0
+        stub, done, lowest = encoder_pb2_grpc.EncoderServiceStub(channel), 0, 1.0
         request = encoder_pb2.EncodeImagesRequest(images=images)
         stub.EncodeImages(request)
         _wait_for(start_at)
         while time.time() < stop_at:
-            vectors = sum(result.HasField("vector") for result in stub.EncodeImages(request).results)
-            done += vectors if time.time() <= stop_at else 0
-    return done
+            vectors = image_vectors(stub.EncodeImages(request))
+            lowest = min(lowest, lowest_cosine(vectors, reference))
+            done += len(vectors) if time.time() <= stop_at else 0
+    return done, lowest
 
 
 def text_client(address: str, per_call: int, seed: int, start_at: float, stop_at: float) -> int:
@@ -115,22 +134,30 @@ def ingest_client(address: str, photos: list[bytes], first: int, count: int, sto
             yield search_pb2.IngestRequest(image=picture, uri=f"{number}.jpg")
 
     with grpc.insecure_channel(address, OPTIONS) as channel:
-        results = list(search_pb2_grpc.SearchServiceStub(channel).Ingest(requests()))
+        try:
+            results = list(search_pb2_grpc.SearchServiceStub(channel).Ingest(requests()))
+        except grpc.RpcError as error:  # not picklable: the pool could not report it
+            raise RuntimeError(f"Ingest failed: {error.code()} {error.details()}") from None
     return results[-1].totals.stored if results else 0
 
 
 # In-process measurements.
 
 
-def rate(work, items: int, seconds: float) -> float:  # type: ignore[no-untyped-def]
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rate(work, items: int, seconds: float, device: torch.device) -> float:  # type: ignore[no-untyped-def]
     """Items per second of `work()` (which does `items` items), repeated for about `seconds`."""
     work()
-    torch.cuda.synchronize()
+    synchronize(device)
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         work()
         done += items
-    torch.cuda.synchronize()
+    synchronize(device)
     return done / (time.perf_counter() - started)
 
 
@@ -144,46 +171,49 @@ def p50_ms(work, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return float(np.median(timings) * 1000)
 
 
-def in_process(checkpoint: str, jpegs: list[bytes], seconds: float) -> dict[str, float]:
-    model = ClipModel(checkpoint, "cuda")
-    device, resolution = model.device, model.image_resolution
+def in_process(
+    checkpoint: str, device_name: str, jpegs: list[bytes], seconds: float
+) -> tuple[dict[str, float], np.ndarray]:
+    """The model's rates and short-query latencies in-process, and each picture's vector the Milvus
+    tutorial's way (CLIP's own preprocessing, one picture at a time)."""
+    model = ClipModel(checkpoint, device_name)
+    device, resolution, on_cuda = model.device, model.image_resolution, model.device.type == "cuda"
     images, texts = GraphedForward(model.image_vectors), GraphedForward(model.text_vectors)
-    images.capture([(BATCH, resolution, resolution, 3)], torch.uint8, device)
     tokens = trimmed_tokens(tokenize(captions(BATCH, 0), model.context_length).tokens)
     query = trimmed_tokens(tokenize(["a white dog"], model.context_length).tokens).to(device)
-    texts.capture([tuple(tokens.shape), tuple(query.shape)], torch.long, device)
-    on_host = torch.randint(0, 256, (BATCH, resolution, resolution, 3), dtype=torch.uint8).pin_memory()
+    if on_cuda:
+        images.capture([(BATCH, resolution, resolution, 3)], torch.uint8, device)
+        texts.capture([tuple(tokens.shape), tuple(query.shape)], torch.long, device)
+    on_host = torch.randint(0, 256, (BATCH, resolution, resolution, 3), dtype=torch.uint8)
+    on_host = on_host.pin_memory() if on_cuda else on_host
     on_device, tokens = on_host.to(device), tokens.to(device)
     results = {
-        "images, device tensors": rate(lambda: images(on_device), BATCH, seconds),
+        "images, device tensors": rate(lambda: images(on_device), BATCH, seconds, device),
         "images, pinned host memory": rate(
-            lambda: images(on_host.to(device, non_blocking=True)), BATCH, seconds
+            lambda: images(on_host.to(device, non_blocking=True)), BATCH, seconds, device
         ),
-        "texts, device tensors": rate(lambda: texts(tokens), BATCH, seconds),
+        "texts, device tensors": rate(lambda: texts(tokens), BATCH, seconds, device),
         "query eager ms": p50_ms(lambda: model.text_vectors(query).cpu(), 100),
         "query graph ms": p50_ms(lambda: texts(query).cpu(), 100),
     }
-    preprocess = clip_transform(resolution)
+    preprocess, vectors = clip_transform(resolution), []
     with torch.inference_mode():
         started = time.perf_counter()
         for data in jpegs:  # the Milvus tutorial: open, preprocess, encode_image, one at a time
             picture = preprocess(Image.open(io.BytesIO(data)).convert("RGB"))[None].to(device)
-            features = model.model.encode_image(picture)
-            (features / features.norm(dim=-1, keepdim=True)).squeeze().tolist()
+            features = model.model.encode_image(picture).float()
+            vectors.append((features / features.norm(dim=-1, keepdim=True)).squeeze().tolist())
         results["tutorial loop"] = len(jpegs) / (time.perf_counter() - started)
-    return results
+    return results, np.array(vectors, dtype=np.float32)
 
 
 def in_window(
-    pool: multiprocessing.pool.Pool, client: Callable[..., int], arguments: list[tuple], seconds: float
-) -> float:
-    """Items per second of `client` run in every pool process for the same `seconds` of wall-clock time
-    (they start together, 3 s from now, each having made its connection)."""
+    pool: multiprocessing.pool.Pool, client: Callable[..., Any], arguments: list[tuple], seconds: float
+) -> list[Any]:
+    """What `client` returns, run in every pool process for the same `seconds` of wall-clock time (they start
+    together, 3 s from now, each having made its connection)."""
     start_at = time.time() + 3
-    return (
-        sum(pool.starmap(client, [(*argument, start_at, start_at + seconds) for argument in arguments]))
-        / seconds
-    )
+    return pool.starmap(client, [(*argument, start_at, start_at + seconds) for argument in arguments])
 
 
 def lone_queries_ms(stub: encoder_pb2_grpc.EncoderServiceStub, texts: list[str]) -> tuple[float, float]:
@@ -226,36 +256,55 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement under load")
     parser.add_argument("--queries", type=int, default=500, help="lone short queries for p50/p99")
+    parser.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default="cuda",
+        help="cpu: a rehearsal whose figures mean nothing",
+    )
+    parser.add_argument("--model", default="", help="a checkpoint file (default: a random ViT-B/32)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench/gpu.py measures the encoder on a GPU, and torch sees no CUDA device here")
     jpegs = photos(64)
     clients = multiprocessing.get_context("spawn").Pool(args.clients)
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint = str(Path(folder) / "random-vit-b32.pt")
-        save_state_dict(random_clip(VIT_B_32), checkpoint)
-        alone = in_process(checkpoint, jpegs, seconds=5)
+        checkpoint = args.model or str(Path(folder) / "random-vit-b32.pt")
+        if not args.model:
+            save_state_dict(random_clip(VIT_B_32), checkpoint)
+        alone, clip_vectors = in_process(checkpoint, args.device, jpegs, seconds=5)
         tutorial_ingest_rate = tutorial_ingest(
-            checkpoint, jpegs * 2, str(Path(folder) / "tutorial.db"), "cuda"
+            checkpoint, jpegs * 2, str(Path(folder) / "tutorial.db"), args.device
         )
-        torch.cuda.empty_cache()
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+        encoder_args = ["--model", checkpoint, "--port", "0", "--device", args.device]
         with (
-            service("encoder_service", ["--model", checkpoint, "--port", "0"], "encoder serving") as (
-                encoder,
-                _,
-            ),
+            service("encoder_service", encoder_args, "encoder serving") as (encoder, _),
             grpc.insecure_channel(encoder, OPTIONS) as channel,
         ):
             stub = encoder_pb2_grpc.EncoderServiceStub(channel)
             info = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
-            image_rate = in_window(
-                clients, image_client, [(encoder, jpegs[:32])] * args.clients, args.seconds
+            alone_vectors = image_vectors(
+                stub.EncodeImages(encoder_pb2.EncodeImagesRequest(images=jpegs[:32]))
             )
+            loaded = in_window(
+                clients, image_client, [(encoder, jpegs[:32], alone_vectors)] * args.clients, args.seconds
+            )
+            image_rate = sum(done for done, _ in loaded) / args.seconds
             after = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
             passes = after.image_forward_passes - info.image_forward_passes
             mean_batch = (after.images_encoded - info.images_encoded) / max(1, passes)
-            text_rate = in_window(
-                clients, text_client, [(encoder, 64, seed) for seed in range(args.clients)], args.seconds
+            text_rate = (
+                sum(
+                    in_window(
+                        clients,
+                        text_client,
+                        [(encoder, 64, seed) for seed in range(args.clients)],
+                        args.seconds,
+                    )
+                )
+                / args.seconds
             )
             uncached = lone_queries_ms(stub, [f"a white dog {index}" for index in range(args.queries)])
             cached = lone_queries_ms(stub, ["a white dog"] * args.queries)
@@ -265,8 +314,9 @@ def main() -> None:
                 ingestion = ingest(clients, args.clients, search, search_pid, jpegs, args.seconds)
     clients.close()
 
+    processor = torch.cuda.get_device_name() if args.device == "cuda" else "the CPU (a rehearsal)"
     print(
-        f"\n{torch.cuda.get_device_name()}, {time.strftime('%Y-%m-%d')}; random ViT-B/32 ({info.dtype}); "
+        f"\n{processor}, {time.strftime('%Y-%m-%d')}; {info.model} ({info.dtype}); "
         f"{len(jpegs)} JPEGs of 500x375, {np.mean([len(j) for j in jpegs]) / 1000:.0f} KB on average; "
         f"{args.clients} client processes; the encoder's defaults: batch <= {info.max_batch_size}, "
         f"queue {info.max_queue_size}, {info.decode_workers} decode workers, JPEGs decoded on the "
@@ -330,6 +380,21 @@ def main() -> None:
             ["in-process, CUDA graph", f"{alone['query graph ms']:.2f}", ""],
             ["service, a different text each time", f"{uncached[0]:.2f}", f"{uncached[1]:.2f}"],
             ["service, the same text (from the query cache)", f"{cached[0]:.2f}", f"{cached[1]:.2f}"],
+        ],
+    )
+
+    print_table(
+        "The service's vectors for 32 of the pictures, lowest cosine",
+        ["to", "lowest cosine"],
+        [
+            [
+                "CLIP's own preprocessing in-process, one picture at a time",
+                f"{lowest_cosine(alone_vectors, clip_vectors[:32]):.5f}",
+            ],
+            [
+                "the same call made alone, for every call under load",
+                f"{min(lowest for _, lowest in loaded):.5f}",
+            ],
         ],
     )
 

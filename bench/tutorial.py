@@ -17,7 +17,7 @@ def tutorial_ingest(checkpoint: str, images: list[bytes], milvus_file: str, devi
     model = ClipModel(checkpoint, device)
     preprocess = clip_transform(model.image_resolution)
     client = MilvusClient(milvus_file)
-    client.create_collection("tutorial", dimension=512, metric_type="COSINE", auto_id=True)
+    client.create_collection("tutorial", dimension=model.dimension, metric_type="COSINE", auto_id=True)
     started = time.perf_counter()
     with torch.inference_mode():
         for index, data in enumerate(images):
