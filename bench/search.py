@@ -153,7 +153,7 @@ def main() -> None:
         ["process", "ms per picture"],
         [
             ["search service", f"{own:.2f}"],
-            ["Milvus Lite (the search service's child processes)", f"{milvus:.2f}"],
+            ["its child processes (Milvus Lite, the thumbnail processes)", f"{milvus:.2f}"],
         ],
     )
     print_table(

@@ -5,22 +5,17 @@ always been, on CUDA for a GPU that encodes thousands of pictures a second and a
 """
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
 import torch
 
-from imagesearch.defaults import ENCODER_METRICS_PORT, ENCODER_PORT
+from imagesearch.defaults import ENCODER_METRICS_PORT, ENCODER_PORT, available_cores
 from imagesearch.flags import parse_config, require_at_least_one, setting
 from imagesearch.serving import ServerSettings
 
 from .model import DEFAULT_MODEL
 
 _SIZED_FOR_THE_DEVICE = ["grpc_workers", "max_batch_size", "max_queue_size", "decode_workers"]
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -87,7 +82,7 @@ class EncoderConfig(ServerSettings):
                 "grpc_workers": 128,
                 "max_batch_size": 256,
                 "max_queue_size": 2048,
-                "decode_workers": max(4, min(16, _cores() // 2)),
+                "decode_workers": max(4, min(16, available_cores() // 2)),
             }
         else:
             sizes = {"grpc_workers": 64, "max_batch_size": 32, "max_queue_size": 512, "decode_workers": 4}

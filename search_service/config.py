@@ -43,6 +43,7 @@ class SearchConfig(ServerSettings):
     thumbnail_max_pixels: int = setting(
         64_000_000, "largest width x height decoded to make a thumbnail (decompression bombs)"
     )
+    thumbnail_workers: int = setting(0, "processes that make the thumbnails (0: half the cores, at least 1)")
     max_message_bytes: int = setting(
         MAX_MESSAGE_BYTES, "largest request message (one image and its metadata)"
     )
@@ -72,6 +73,8 @@ class SearchConfig(ServerSettings):
                 "thumbnail_max_pixels",
             ],
         )
+        if self.thumbnail_workers < 0:
+            raise ValueError(f"thumbnail_workers must be 0 or more, not {self.thumbnail_workers}")
         try:
             if not isinstance(json.loads(self.index_params), dict):
                 raise ValueError

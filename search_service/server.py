@@ -92,3 +92,4 @@ class SearchServer:
             self.grpc.stop(self.config.shutdown_grace_s)
         self.encoder.close()
         self.store.close()
+        self.servicer.thumbnails.close()

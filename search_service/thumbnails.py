@@ -1,25 +1,32 @@
 """Thumbnails of the stored pictures: small JPEGs named by the picture's id, one folder per collection.
 
 Made once at ingestion from the bytes the service already holds, so that the page never needs the original
-file. Decoding is cheap and bounded: the pixel count is checked from the header before any pixel is decoded,
-and libjpeg decodes large JPEGs at a reduced scale. A picture whose thumbnail cannot be made is still stored;
-it just has none.
+file. Decoding is bounded: the pixel count is checked from the header before any pixel is decoded, and
+libjpeg decodes large JPEGs at a reduced scale. A picture whose thumbnail cannot be made is still stored; it
+just has none.
+
+They are made in worker processes (started with `spawn`, importing only this module and Pillow): decoding,
+resizing and encoding cost about 3 ms of CPU for a 500x375 photo, and Pillow's JPEG encoder holds the
+interpreter lock, so in the service's own threads they capped an ingest at a few hundred pictures a second
+whatever the encoder's speed.
 """
 
 import io
 import logging
+import multiprocessing
 import os
 import re
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
 from imagesearch.pictures import to_rgb
-
-from .store import is_milvus_lite
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +76,37 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def folder_for(thumbnail_dir: str, milvus_uri: str) -> Path:
-    """--thumbnail-dir; by default beside a Milvus Lite file (`milvus.db.thumbnails`), or `./thumbnails`."""
-    if thumbnail_dir:
-        return Path(thumbnail_dir)
-    return Path(f"{milvus_uri}.thumbnails") if is_milvus_lite(milvus_uri) else Path("thumbnails")
+def write_thumbnail(path: Path, data: bytes, max_pixels: int) -> str:
+    """A worker process's task: the picture's thumbnail written to `path`; or why not."""
+    try:
+        _write_atomically(path, make_thumbnail(data, max_pixels))
+    except (ThumbnailError, OSError) as error:
+        return str(error)
+    return ""
+
+
+def _end_with_the_service() -> None:
+    """A worker process's first step: it exits once the service has, however that ended (SIGKILL too)."""
+    service = multiprocessing.parent_process()
+    if service is not None:
+        threading.Thread(target=lambda: (service.join(), os._exit(0)), daemon=True).start()
 
 
 class Thumbnails:
-    """`folder/<collection>/<id>.jpg`, written atomically (a temporary file renamed into place)."""
+    """`folder/<collection>/<id>.jpg`, written atomically (a temporary file renamed into place) by `workers`
+    processes."""
 
-    def __init__(self, folder: Path, max_pixels: int) -> None:
+    def __init__(self, folder: Path, max_pixels: int, workers: int) -> None:
         self.folder = folder
         self.max_pixels = max_pixels
+        self.workers = workers
+        self._replacing = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self.workers, multiprocessing.get_context("spawn"), initializer=_end_with_the_service
+        )
 
     def _path(self, collection: str, image_id: str) -> Path:
         # Callers check both already; this keeps any other name from becoming a path.
@@ -90,13 +115,31 @@ class Thumbnails:
         return self.folder / collection / f"{image_id}.jpg"
 
     def save(self, collection: str, pictures: Iterable[tuple[str, bytes]]) -> None:
-        """Makes and writes the thumbnail of each (id, image bytes); a failure is logged and skipped."""
-        for image_id, data in pictures:
-            path = self._path(collection, image_id)
-            try:
-                _write_atomically(path, make_thumbnail(data, self.max_pixels))
-            except (ThumbnailError, OSError) as error:
-                log.warning("no thumbnail for %s in %r: %s", image_id, collection, error)
+        """Makes and writes the thumbnail of each (id, image bytes); a failure is logged and skipped. A worker
+        process that dies costs the thumbnails of the pictures then in the workers' hands, and is replaced."""
+        pool, limit = self._pool, self.max_pixels
+        try:
+            tasks = [
+                (image_id, pool.submit(write_thumbnail, self._path(collection, image_id), data, limit))
+                for image_id, data in pictures
+            ]
+            problems = [(image_id, task.result()) for image_id, task in tasks]
+        except BrokenProcessPool:
+            log.warning("a thumbnail process died; pictures just stored in %r may lack one", collection)
+            self._replace(pool)
+            return
+        for image_id, problem in problems:
+            if problem:
+                log.warning("no thumbnail for %s in %r: %s", image_id, collection, problem)
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._replacing:
+            if self._pool is broken:
+                self._pool = self._new_pool()
+        broken.shutdown(wait=False)
+
+    def close(self) -> None:
+        self._pool.shutdown()
 
     def read(self, collection: str, image_id: str) -> bytes | None:
         try:

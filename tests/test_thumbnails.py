@@ -1,0 +1,90 @@
+"""The thumbnail processes: one that dies is replaced, and none outlives the service that started it.
+
+Each scenario runs in a process of its own, so that the only multiprocessing children it sees are the
+thumbnail processes (this test process also holds the encoders' decoding processes)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+# One picture per id; then `action` on the one thumbnail process: "kill" it, or "wait" to be killed.
+SCENARIO = """
+import hashlib, io, json, multiprocessing, os, signal, sys
+from pathlib import Path
+from PIL import Image
+from search_service.thumbnails import Thumbnails
+
+def picture(shade):
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 240), (shade, 90, 200)).save(buffer, "PNG")
+    data = buffer.getvalue()
+    return hashlib.sha256(data).hexdigest(), data
+
+if __name__ == "__main__":
+    folder, action = Path(sys.argv[1]), sys.argv[2]
+    thumbnails = Thumbnails(folder, 10**8, workers=1)
+    first, second, third = picture(10), picture(20), picture(30)
+    thumbnails.save("pictures", [first])
+    [worker] = multiprocessing.active_children()
+    if action == "wait":
+        print(json.dumps({"worker": worker.pid}), flush=True)
+        sys.stdin.read()
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join()
+    thumbnails.save("pictures", [second])  # finds the pool broken: logged, and replaced
+    thumbnails.save("pictures", [third])
+    made = sorted(path.stem for path in (folder / "pictures").glob("*.jpg"))
+    print(json.dumps({"made": made, "ids": [first[0], second[0], third[0]]}))
+    thumbnails.close()
+"""
+
+
+def scenario(folder: Path, action: str) -> subprocess.Popen[str]:
+    environment = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", SCENARIO, str(folder), action],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+
+
+def test_a_thumbnail_process_that_dies_costs_its_pictures_and_is_replaced(tmp_path) -> None:
+    process = scenario(tmp_path, "kill")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    report = json.loads(out)
+    first, _, third = report["ids"]
+    assert report["made"] == sorted([first, third])  # the second was in the dead process's hands
+    assert "a thumbnail process died" in err
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is alive: neither gone nor a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_thumbnail_processes_end_with_a_killed_service(tmp_path) -> None:
+    process = scenario(tmp_path, "wait")
+    assert process.stdout is not None
+    worker = json.loads(process.stdout.readline())["worker"]
+    assert running(worker)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    for _ in range(600):  # the worker notices that its parent is gone: a bounded poll of that condition
+        if not running(worker):
+            break
+        threading.Event().wait(0.05)
+    assert not running(worker)
