@@ -156,6 +156,8 @@ def test_more_like_this_then_back_then_reload(site: str, page: Page) -> None:
     page.get_by_role("button", name=f"More like {first_name}").click()
     expect(page).to_have_url(re.compile(f"like={first_id}"))
     expect(page.locator(".hit").first).to_have_attribute("data-id", first_id)
+    # The text query's grid also starts with that picture: its score tells the new grid from the old.
+    expect(page.locator(".hit .score").first).to_have_text("1.000")
     assert shown(page)[0][2] == pytest.approx(1.0, abs=1e-3)
     similar = shown(page)
     expect(page.locator("#query-parts")).to_be_visible()
@@ -168,6 +170,7 @@ def test_more_like_this_then_back_then_reload(site: str, page: Page) -> None:
     expect(page).to_have_url(re.compile(r"\?q=a\+blue\+square$"))
     expect(page.get_by_label("Describe the pictures to find")).to_have_value("a blue square")
     expect(page.locator(".hit").first).to_have_attribute("data-id", first_id)
+    expect(page.locator(".hit .score").first).to_have_text(f"{text_results[0][2]:.3f}")
     assert [item[0] for item in shown(page)] == [item[0] for item in text_results]
 
 
