@@ -48,9 +48,15 @@ class EncoderRuntime:
         self.image_forward = GraphedForward(model.image_vectors)
         self.text_forward = GraphedForward(model.text_vectors)
         on_device = config.jpeg_decoding == "device"
-        jpegs = JpegDecoding(model.device, model.image_resolution, self.cpu) if on_device else None
+        self.jpegs = (
+            JpegDecoding(
+                model.device, model.image_resolution, self.cpu, config.max_batch_size, config.max_queue_size
+            )
+            if on_device
+            else None
+        )
         self.image_tower = ImageTower(
-            model, self.image_forward, self.workers, limits, jpegs, Turn(model.device, self.cpu)
+            model, self.image_forward, self.workers, limits, self.jpegs, Turn(model.device, self.cpu)
         )
         self.text_tower = TextTower(model, self.text_forward, Turn(model.device, self.cpu))
         self._warm_up()
@@ -120,6 +126,8 @@ class EncoderRuntime:
     def close(self) -> None:
         """Runs what is queued, then stops the batchers and the worker processes."""
         self.images.close()
+        if self.jpegs is not None:
+            self.jpegs.close()
         self.texts.close()
         self.workers.close()
         self.cpu.close()

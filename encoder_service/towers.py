@@ -1,7 +1,6 @@
 """The two towers' work: inputs prepared for the device, batches through a forward pass (graph or eager),
 vectors back. On CUDA each tower's batches run on its batcher's thread; on the CPU, on the one CPU thread."""
 
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -9,6 +8,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from .batcher import DynamicBatcher
 from .graphs import GraphedForward
 from .images import DeviceJpeg, ImageLimits, ImageRejected, RejectedImage, jpeg_for_device
 from .model import ClipModel
@@ -74,26 +74,39 @@ class Turn:
 
 
 class JpegDecoding:
-    """JPEGs decoded on the device, one call at a time, on a stream of their own that each call leaves idle.
+    """JPEGs decoded on the device by one thread, one call at a time, on a stream of its own that each call
+    leaves idle; the JPEGs of requests that arrive while a call runs go together into the next one.
 
-    torchvision's nvJPEG decoding takes its output memory from the calling stream but writes it from a
-    private stream that does not wait for the calling stream's queued kernels (pytorch/vision#9606): memory
-    freed on a busy stream, and still to be read by a kernel queued there, could be overwritten. So nothing
-    else runs on this stream, the stream is drained before every decoding call (decode_on_device), and each
-    call waits for its pixels before they go to a forward pass on another stream."""
+    One at a time, because torchvision's nvJPEG decoding takes its output memory from the calling stream but
+    writes it from a private stream that does not wait for the calling stream's queued kernels
+    (pytorch/vision#9606): memory freed on a busy stream, and still to be read by a kernel queued there, could
+    be overwritten. So nothing else runs on this stream, the stream is drained before every decoding call
+    (decode_on_device), and each call waits for its pixels before they go to a forward pass on another
+    stream. Together, because nvJPEG decodes a batch several times faster per picture than one at a time
+    (4.5x for 100 pictures on an A100 in torchvision's own benchmark, pytorch/vision#8496)."""
 
-    def __init__(self, device: torch.device, resolution: int, cpu: CpuThread) -> None:
+    def __init__(
+        self, device: torch.device, resolution: int, cpu: CpuThread, max_batch_size: int, max_queue_size: int
+    ) -> None:
         self.device = device
         self.resolution = resolution
         self._turn = Turn(device, cpu)
-        self._one_at_a_time = threading.Lock()
+        # No delay: a call takes whatever has arrived by the time the last one ends.
+        self._calls: DynamicBatcher[DeviceJpeg, torch.Tensor | None] = DynamicBatcher(
+            "jpeg", self._decode, max_batch_size, 0.0, max_queue_size
+        )
+
+    def _decode(self, jpegs: list[DeviceJpeg]) -> list[torch.Tensor | None]:
+        decoded = self._turn.run(lambda: decode_on_device(jpegs, self.device, self.resolution))
+        self._turn.finish()
+        return decoded
 
     def __call__(self, jpegs: Sequence[DeviceJpeg]) -> list[torch.Tensor | None]:
         """Each JPEG's (res, res, 3) uint8 pixels on the device, or None where the decoder failed."""
-        with self._one_at_a_time:
-            decoded = self._turn.run(lambda: decode_on_device(jpegs, self.device, self.resolution))
-            self._turn.finish()
-        return decoded
+        return self._calls.submit(jpegs).result()
+
+    def close(self) -> None:
+        self._calls.close()
 
 
 def trimmed_tokens(tokens: np.ndarray) -> torch.Tensor:
