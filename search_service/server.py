@@ -3,9 +3,11 @@
 import json
 import logging
 import threading
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from imagesearch.defaults import available_cores
 from imagesearch.errors import ServiceError
 from imagesearch.serving import GrpcServer
 from imagesearch.tls import channel_credentials
@@ -15,9 +17,18 @@ from .config import SearchConfig
 from .encoder_replicas import EncoderReplicas
 from .metrics import SearchMetrics
 from .service import SearchServicer
-from .store import Store
+from .store import Store, is_milvus_lite
+from .thumbnails import Thumbnails
 
 log = logging.getLogger(__name__)
+
+
+def thumbnail_folder(thumbnail_dir: str, milvus_uri: str) -> Path:
+    """--thumbnail-dir; by default beside a Milvus Lite file (`milvus.db.thumbnails`), or `./thumbnails`."""
+    if thumbnail_dir:
+        return Path(thumbnail_dir)
+    return Path(f"{milvus_uri}.thumbnails") if is_milvus_lite(milvus_uri) else Path("thumbnails")
+
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 
@@ -27,6 +38,12 @@ class SearchServer:
 
     def __init__(self, config: SearchConfig) -> None:
         self.config = config
+        # First, while no gRPC or Milvus thread runs yet: its pool starts a helper process at once.
+        self.thumbnails = Thumbnails(
+            thumbnail_folder(config.thumbnail_dir, config.milvus_uri),
+            config.thumbnail_max_pixels,
+            config.thumbnail_workers or max(1, available_cores() // 2),
+        )
         self.registry = CollectorRegistry()
         self.metrics = SearchMetrics(self.registry)
         self.store = Store(
@@ -44,7 +61,7 @@ class SearchServer:
             self.metrics.observe_encoder,
             channel_credentials(config.encoder_tls_ca, config.encoder_tls_cert, config.encoder_tls_key),
         )
-        self.servicer = SearchServicer(config, self.store, self.encoder, self.metrics)
+        self.servicer = SearchServicer(config, self.store, self.encoder, self.metrics, self.thumbnails)
         self.grpc: GrpcServer | None = None
         self._stopping = threading.Event()
         self._monitor = threading.Thread(target=self._watch_health, name="health-monitor", daemon=True)
@@ -92,4 +109,4 @@ class SearchServer:
             self.grpc.stop(self.config.shutdown_grace_s)
         self.encoder.close()
         self.store.close()
-        self.servicer.thumbnails.close()
+        self.thumbnails.close()

@@ -4,13 +4,11 @@ import math
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from imagesearch.defaults import available_cores
 from imagesearch.errors import ServiceError, invalid_argument
 from imagesearch.v1 import search_pb2, search_pb2_grpc
 
@@ -20,19 +18,12 @@ from .filters import render_filter, render_value
 from .ingest import Ingestion
 from .metadata import record_metadata
 from .metrics import SearchMetrics
-from .store import CollectionInfo, Store, is_milvus_lite
+from .store import CollectionInfo, Store
 from .thumbnails import Thumbnails
 
 DEFAULT_TOP_K = 10
 EXTRA_OUTPUT_FIELDS = {"vector", "ingested_at", "model"}
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-def thumbnail_folder(thumbnail_dir: str, milvus_uri: str) -> Path:
-    """--thumbnail-dir; by default beside a Milvus Lite file (`milvus.db.thumbnails`), or `./thumbnails`."""
-    if thumbnail_dir:
-        return Path(thumbnail_dir)
-    return Path(f"{milvus_uri}.thumbnails") if is_milvus_lite(milvus_uri) else Path("thumbnails")
 
 
 def _record(row: dict[str, Any]) -> search_pb2.Record:
@@ -107,17 +98,18 @@ def _indices(parts: Sequence[search_pb2.QueryPart], kind: str) -> list[int]:
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def __init__(
-        self, config: SearchConfig, store: Store, encoder: EncoderReplicas, metrics: SearchMetrics
+        self,
+        config: SearchConfig,
+        store: Store,
+        encoder: EncoderReplicas,
+        metrics: SearchMetrics,
+        thumbnails: Thumbnails,
     ) -> None:
         self.config = config
         self.store = store
         self.encoder = encoder
         self.metrics = metrics
-        self.thumbnails = Thumbnails(
-            thumbnail_folder(config.thumbnail_dir, config.milvus_uri),
-            config.thumbnail_max_pixels,
-            config.thumbnail_workers or max(1, available_cores() // 2),
-        )
+        self.thumbnails = thumbnails
         self._ingest_slots = threading.BoundedSemaphore(config.max_concurrent_ingests)
 
     def _collection(self, name: str) -> CollectionInfo:
