@@ -18,7 +18,7 @@ import clip
 import grpc
 import numpy as np
 import torch
-from harness import percentiles_ms, photos, print_table, run_concurrently, service
+from harness import p50_ms, percentiles_ms, photos, print_table, run_concurrently, service
 from PIL import Image
 
 from encoder_service.checkpoints import VIT_B_32, random_clip, save_state_dict
@@ -81,22 +81,15 @@ def short_query_floor(model: ClipModel, repeats: int) -> list[list[str]]:
     tokens = tokenize(["a white dog"], model.context_length).tokens
     rows = []
 
-    def p50_ms(encode) -> float:  # type: ignore[no-untyped-def]
-        encode()
-        timings = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            encode()
-            timings.append(time.perf_counter() - started)
-        return float(np.median(timings) * 1000)
-
     threads = torch.get_num_threads()
     with torch.inference_mode():
-        full = p50_ms(lambda: model.model.encode_text(torch.from_numpy(tokens).to(model.device)).cpu())
+        full = p50_ms(
+            lambda: model.model.encode_text(torch.from_numpy(tokens).to(model.device)).cpu(), repeats
+        )
     rows.append([f"full 77-token forward ({threads} threads)", f"{full:.1f}"])
     for count in sorted({1, threads}):
         torch.set_num_threads(count)
-        p50 = p50_ms(lambda: model.text_vectors(trimmed_tokens(tokens).to(model.device)).cpu())
+        p50 = p50_ms(lambda: model.text_vectors(trimmed_tokens(tokens).to(model.device)).cpu(), repeats)
         rows.append([f"first L tokens only, the service's way ({count} threads)", f"{p50:.1f}"])
     torch.set_num_threads(threads)
     if model.device.type == "cpu":  # the floor below reads the host's memory, not a GPU's

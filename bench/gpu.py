@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 import numpy as np
 import torch
-from harness import cpu_seconds, percentiles_ms, print_table, service
+from harness import cpu_seconds, p50_ms, percentiles_ms, print_table, service
 from PIL import Image
 from tutorial import tutorial_ingest
 
@@ -159,16 +159,6 @@ def rate(work, items: int, seconds: float, device: torch.device) -> float:  # ty
         done += items
     synchronize(device)
     return done / (time.perf_counter() - started)
-
-
-def p50_ms(work, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    work()
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        timings.append(time.perf_counter() - started)
-    return float(np.median(timings) * 1000)
 
 
 def in_process(

@@ -49,6 +49,17 @@ def photos(count: int) -> list[bytes]:
     return result
 
 
+def p50_ms(work: Callable[[], object], repeats: int) -> float:
+    """The median time of `work()` over `repeats` calls, after one call to warm up."""
+    work()
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        timings.append(time.perf_counter() - started)
+    return float(np.median(timings) * 1000)
+
+
 def percentiles_ms(latencies_s: Sequence[float]) -> tuple[float, float]:
     p50, p99 = np.percentile(np.asarray(latencies_s) * 1000, [50, 99])
     return float(p50), float(p99)
