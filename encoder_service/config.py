@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from imagesearch.defaults import ENCODER_METRICS_PORT, ENCODER_PORT, available_cores
-from imagesearch.flags import parse_config, require_at_least_one, setting
+from imagesearch.flags import parse_config, require_at_least, setting
 from imagesearch.serving import ServerSettings
 
 from .model import DEFAULT_MODEL
@@ -61,14 +61,11 @@ class EncoderConfig(ServerSettings):
     )
 
     def __post_init__(self) -> None:
-        require_at_least_one(
+        require_at_least(
             self, ["max_items_per_request", "max_image_bytes", "max_image_pixels", "max_text_chars"]
         )
-        if self.text_cache_size < -1:
-            raise ValueError(f"text_cache_size must be -1 or more, not {self.text_cache_size}")
-        for name in [*_SIZED_FOR_THE_DEVICE, "max_batch_delay_ms"]:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        require_at_least(self, ["text_cache_size"], -1)
+        require_at_least(self, [*_SIZED_FOR_THE_DEVICE, "max_batch_delay_ms"], 0)
         if 0 < self.max_queue_size < self.max_items_per_request:
             raise ValueError(
                 f"max_items_per_request ({self.max_items_per_request}) must not exceed "

@@ -130,7 +130,7 @@ class TextTower:
 
 class ImageTower:
     """Pictures are decoded by the worker processes, except the JPEGs that `jpegs`, where given, decodes on
-    the device (nvJPEG, in the request's thread, while the GPU runs other requests' forward passes)."""
+    the device (nvJPEG, on its own thread and stream, while the GPU runs other requests' forward passes)."""
 
     def __init__(
         self,

@@ -47,8 +47,8 @@ def parse_config(
         parser.error(str(error))
 
 
-def require_at_least_one(config: object, names: Sequence[str]) -> None:
-    """ValueError naming the first of `names` whose value is below 1."""
+def require_at_least(config: object, names: Sequence[str], least: int = 1) -> None:
+    """ValueError naming the first of `names` whose value is below `least`."""
     for name in names:
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
+        if getattr(config, name) < least:
+            raise ValueError(f"{name} must be at least {least}, not {getattr(config, name)}")

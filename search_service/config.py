@@ -4,7 +4,7 @@ import json
 from dataclasses import dataclass
 
 from imagesearch.defaults import ENCODER_PORT, MAX_MESSAGE_BYTES, SEARCH_METRICS_PORT, SEARCH_PORT
-from imagesearch.flags import parse_config, require_at_least_one, setting
+from imagesearch.flags import parse_config, require_at_least, setting
 from imagesearch.serving import ServerSettings
 
 
@@ -61,7 +61,7 @@ class SearchConfig(ServerSettings):
     )
 
     def __post_init__(self) -> None:
-        require_at_least_one(
+        require_at_least(
             self,
             [
                 "ingest_in_flight",
@@ -73,8 +73,7 @@ class SearchConfig(ServerSettings):
                 "thumbnail_max_pixels",
             ],
         )
-        if self.thumbnail_workers < 0:
-            raise ValueError(f"thumbnail_workers must be 0 or more, not {self.thumbnail_workers}")
+        require_at_least(self, ["thumbnail_workers"], 0)
         try:
             if not isinstance(json.loads(self.index_params), dict):
                 raise ValueError
