@@ -1,15 +1,24 @@
-"""The thumbnail processes: one that dies is replaced, and none outlives the service that started it.
+"""The thumbnail processes: pictures shared among them each get their own thumbnail, one that dies is
+replaced, and none outlives the service that started it.
 
 Each scenario runs in a process of its own, so that the only multiprocessing children it sees are the
 thumbnail processes (this test process also holds the encoders' decoding processes)."""
 
+import hashlib
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from search_service.thumbnails import Thumbnails
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -55,6 +64,30 @@ def scenario(folder: Path, action: str) -> subprocess.Popen[str]:
         text=True,
         env=environment,
     )
+
+
+def test_pictures_shared_among_processes_each_get_their_own_thumbnail_or_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def png(width: int, height: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (width, height), (width % 256, height % 256, 90)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    sizes = [(300, 100), (100, 300), None, (64, 64), (512, 128)]  # None: bytes that are no picture
+    pictures = [png(*size) if size else b"not a picture" for size in sizes]
+    ids = [hashlib.sha256(data).hexdigest() for data in pictures]
+    thumbnails = Thumbnails(tmp_path, 10**8, workers=2)  # 5 pictures: tasks of 3 and 2
+    try:
+        with caplog.at_level(logging.WARNING, logger="search_service.thumbnails"):
+            thumbnails.save("pictures", list(zip(ids, pictures, strict=True)))
+        made = {image_id: thumbnails.read("pictures", image_id) for image_id in ids}
+    finally:
+        thumbnails.close()
+    expected = [(256, 85), (85, 256), None, (64, 64), (256, 64)]
+    assert [Image.open(io.BytesIO(jpeg)).size if jpeg else None for jpeg in made.values()] == expected
+    [warning] = caplog.messages
+    assert warning.startswith(f"no thumbnail for {ids[2]} in 'pictures': cannot decode the picture")
 
 
 def test_a_thumbnail_process_that_dies_costs_its_pictures_and_is_replaced(tmp_path) -> None:
