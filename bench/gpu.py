@@ -7,7 +7,8 @@ A randomly initialised ViT-B/32 (the real architecture and cost) in fp16, 500x37
 encoder run with its default flags. Prints: the model in-process (the ceiling), the service under load, the
 ingestion through the search service into Milvus Lite, the Milvus tutorial's one-at-a-time loop, and one short
 query's latency, with ratios; the services' CPU time per item; and how close the service's vectors are, under
-load and alone, to CLIP's own preprocessing of the same pictures in-process.
+load and alone, to CLIP's own preprocessing of the same pictures in-process. Each table is printed as soon as
+it is measured, and a measurement that fails is reported without costing the others (exit status 1 then).
 
 `--device cpu --model demo/small-clip-synthetic.pt --seconds 2` rehearses every step on a machine without a
 GPU, to check the script before a GPU's time is spent on it; its figures mean nothing.
@@ -21,6 +22,7 @@ import struct
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -258,6 +260,175 @@ def ingest(
     return stored / elapsed, cpu_ms_per_item(used, stored)
 
 
+@contextmanager
+def reported(what: str, failures: list[str]) -> Iterator[None]:
+    """A measurement whose failure must not cost the others (a GPU's time is scarce): its error is printed
+    and noted, and the run goes on."""
+    try:
+        yield
+    except Exception:
+        traceback.print_exc()
+        print(f"\n{what}: FAILED (the traceback is on stderr)")
+        failures.append(what)
+
+
+def print_in_process(device: str, alone: dict[str, float]) -> None:
+    processor = torch.cuda.get_device_name() if device == "cuda" else "the CPU (a rehearsal)"
+    graph = "captured" if alone["graphs captured"] else "none: eager"
+    print_table(
+        f"The model in-process on {processor}, {time.strftime('%Y-%m-%d')} (the ceiling)",
+        ["what", "per second", "ms"],
+        [
+            [f"images, batch {BATCH}, device tensors", f"{alone['images, device tensors']:,.0f}", ""],
+            [
+                f"images, batch {BATCH}, from pinned host memory",
+                f"{alone['images, pinned host memory']:,.0f}",
+                "",
+            ],
+            [f"texts, batch {BATCH}, device tensors", f"{alone['texts, device tensors']:,.0f}", ""],
+            ["images, the tutorial's loop, one at a time", f"{alone['tutorial loop']:,.0f}", ""],
+            ["one short query ('a white dog'), eager forward, p50", "", f"{alone['query eager ms']:.2f}"],
+            [f"the same, CUDA graph ({graph}), p50", "", f"{alone['query graph ms']:.2f}"],
+        ],
+    )
+
+
+def print_setting(info: encoder_pb2.GetModelInfoResponse, jpegs: list[bytes], clients: int) -> None:
+    size = np.mean([len(jpeg) for jpeg in jpegs]) / 1000
+    print(
+        f"\nThe service: {info.model} ({info.dtype}); {len(jpegs)} JPEGs of 500x375, {size:.0f} KB on "
+        f"average; {clients} client processes; the encoder's defaults: batch <= {info.max_batch_size}, "
+        f"queue {info.max_queue_size}, {info.decode_workers} decode workers, JPEGs decoded on the "
+        f"{info.jpeg_decoding}, {info.image_cuda_graphs} + {info.text_cuda_graphs} CUDA graphs"
+    )
+
+
+def images_under_load(
+    stub: encoder_pb2_grpc.EncoderServiceStub,
+    clients: multiprocessing.pool.Pool,
+    args: argparse.Namespace,
+    encoder: str,
+    encoder_pid: int,
+    jpegs: list[bytes],
+    alone: dict[str, float],
+    clip_vectors: np.ndarray,
+) -> None:
+    """The Images table, and the exactness of the service's vectors under load, alone and against CLIP's."""
+    info = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+    alone_vectors = image_vectors(stub.EncodeImages(encoder_pb2.EncodeImagesRequest(images=jpegs[:32])))
+    with cpu_used(encoder_pid) as image_cpu:
+        loaded = in_window(
+            clients, image_client, [(encoder, jpegs[:32], alone_vectors)] * args.clients, args.seconds
+        )
+    images_done = sum(done for done, _ in loaded)
+    image_rate = images_done / args.seconds
+    after = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+    passes = after.image_forward_passes - info.image_forward_passes
+    mean_batch = (after.images_encoded - info.images_encoded) / max(1, passes)
+    ceiling, tutorial = alone["images, device tensors"], alone["tutorial loop"]
+    print_table(
+        "Images through the service",
+        ["what", "images/s", "÷ ceiling", "÷ tutorial loop"],
+        [
+            [
+                f"{args.clients} processes x 32 images/call (mean batch {mean_batch:.0f})",
+                f"{image_rate:,.0f}",
+                f"{image_rate / ceiling:.3f}",
+                f"{image_rate / tutorial:.1f}",
+            ],
+            [
+                "CPU ms per image: encoder / its decode processes",
+                cpu_ms_per_item(image_cpu, images_done),
+                "",
+                "",
+            ],
+        ],
+    )
+    print_table(
+        "The service's vectors for 32 of the pictures, lowest cosine",
+        ["to", "lowest cosine"],
+        [
+            [
+                "CLIP's own preprocessing in-process, one picture at a time",
+                f"{lowest_cosine(alone_vectors, clip_vectors[:32]):.5f}",
+            ],
+            [
+                "the same call made alone, for every call under load",
+                f"{min(lowest for _, lowest in loaded):.5f}",
+            ],
+        ],
+    )
+
+
+def texts_under_load(
+    clients: multiprocessing.pool.Pool,
+    args: argparse.Namespace,
+    encoder: str,
+    encoder_pid: int,
+    alone: dict[str, float],
+) -> None:
+    with cpu_used(encoder_pid) as text_cpu:
+        texts_done = sum(
+            in_window(
+                clients, text_client, [(encoder, 64, seed) for seed in range(args.clients)], args.seconds
+            )
+        )
+    text_rate, text_ceiling = texts_done / args.seconds, alone["texts, device tensors"]
+    print_table(
+        "Texts through the service",
+        ["what", "texts/s", "÷ ceiling"],
+        [
+            [
+                f"{args.clients} processes x 64 texts/call",
+                f"{text_rate:,.0f}",
+                f"{text_rate / text_ceiling:.2f}",
+            ],
+            ["CPU ms per text: encoder / its processes", cpu_ms_per_item(text_cpu, texts_done), ""],
+        ],
+    )
+
+
+def lone_queries(stub: encoder_pb2_grpc.EncoderServiceStub, queries: int, alone: dict[str, float]) -> None:
+    """p50 and p99 through the service, and how much more than the same forward in-process (its graph, if
+    captured) the p50 is."""
+    uncached = lone_queries_ms(stub, [f"a white dog {index}" for index in range(queries)])
+    cached = lone_queries_ms(stub, ["a white dog"] * queries)
+    in_process = alone["query graph ms"]
+    print_table(
+        "One short text query ('a white dog') through the service, ms",
+        ["what", "p50", "p99", "p50 - in-process"],
+        [
+            [
+                "a different text each time",
+                f"{uncached[0]:.2f}",
+                f"{uncached[1]:.2f}",
+                f"{uncached[0] - in_process:.2f}",
+            ],
+            ["the same text (from the query cache)", f"{cached[0]:.2f}", f"{cached[1]:.2f}", ""],
+        ],
+    )
+
+
+def print_ingestion(streams: int, rate: float, cpu: str, tutorial_rate: float) -> None:
+    print_table(
+        "Ingestion into Milvus Lite",
+        ["what", "pictures/s", "÷ tutorial"],
+        [
+            [
+                f"client -> search service -> encoder -> Milvus Lite, {streams} streams",
+                f"{rate:,.0f}",
+                f"{rate / tutorial_rate:.1f}" if tutorial_rate else "",
+            ],
+            [
+                "tutorial loop: encode one picture, insert one row",
+                f"{tutorial_rate:,.0f}" if tutorial_rate else "failed",
+                "1.0" if tutorial_rate else "",
+            ],
+            ["CPU ms per picture: search service / its children (Milvus Lite, thumbnails)", cpu, ""],
+        ],
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -275,16 +446,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench/gpu.py measures the encoder on a GPU, and torch sees no CUDA device here")
-    jpegs = photos(64)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # each table out as it is made
+    jpegs, failures = photos(64), list[str]()
     clients = multiprocessing.get_context("spawn").Pool(args.clients)
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = args.model or str(Path(folder) / "random-vit-b32.pt")
         if not args.model:
             save_state_dict(random_clip(VIT_B_32), checkpoint)
         alone, clip_vectors = in_process(checkpoint, args.device, jpegs, seconds=5)
-        tutorial_ingest_rate = tutorial_ingest(
-            checkpoint, jpegs * 2, str(Path(folder) / "tutorial.db"), args.device
-        )
+        print_in_process(args.device, alone)
+        tutorial_ingest_rate = 0.0
+        with reported("the tutorial's ingestion loop", failures):
+            tutorial_ingest_rate = tutorial_ingest(
+                checkpoint, jpegs * 2, str(Path(folder) / "tutorial.db"), args.device
+            )
         if args.device == "cuda":
             torch.cuda.empty_cache()
         encoder_args = ["--model", checkpoint, "--port", "0", "--device", args.device]
@@ -294,136 +469,24 @@ def main() -> None:
         ):
             stub = encoder_pb2_grpc.EncoderServiceStub(channel)
             info = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
-            alone_vectors = image_vectors(
-                stub.EncodeImages(encoder_pb2.EncodeImagesRequest(images=jpegs[:32]))
-            )
-            with cpu_used(encoder_pid) as image_cpu:
-                loaded = in_window(
-                    clients, image_client, [(encoder, jpegs[:32], alone_vectors)] * args.clients, args.seconds
-                )
-            images_done = sum(done for done, _ in loaded)
-            image_rate = images_done / args.seconds
-            after = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
-            passes = after.image_forward_passes - info.image_forward_passes
-            mean_batch = (after.images_encoded - info.images_encoded) / max(1, passes)
-            with cpu_used(encoder_pid) as text_cpu:
-                texts_done = sum(
-                    in_window(
-                        clients,
-                        text_client,
-                        [(encoder, 64, seed) for seed in range(args.clients)],
-                        args.seconds,
-                    )
-                )
-            text_rate = texts_done / args.seconds
-            uncached = lone_queries_ms(stub, [f"a white dog {index}" for index in range(args.queries)])
-            cached = lone_queries_ms(stub, ["a white dog"] * args.queries)
+            print_setting(info, jpegs, args.clients)
+            with reported("images through the service", failures):
+                images_under_load(stub, clients, args, encoder, encoder_pid, jpegs, alone, clip_vectors)
+            with reported("texts through the service", failures):
+                texts_under_load(clients, args, encoder, encoder_pid, alone)
+            with reported("lone queries", failures):
+                lone_queries(stub, args.queries, alone)
             milvus_file = str(Path(folder) / "milvus.db")
             search_args = ["--encoder", encoder, "--milvus-uri", milvus_file, "--port", "0"]
-            with service("search_service", search_args, "search service listening") as (search, search_pid):
-                ingestion_rate, ingestion_cpu = ingest(
-                    clients, args.clients, search, search_pid, jpegs, args.seconds
-                )
+            with (
+                reported("ingestion", failures),
+                service("search_service", search_args, "search service listening") as (search, search_pid),
+            ):
+                rate, cpu = ingest(clients, args.clients, search, search_pid, jpegs, args.seconds)
+                print_ingestion(args.clients, rate, cpu, tutorial_ingest_rate)
     clients.close()
-
-    processor = torch.cuda.get_device_name() if args.device == "cuda" else "the CPU (a rehearsal)"
-    print(
-        f"\n{processor}, {time.strftime('%Y-%m-%d')}; {info.model} ({info.dtype}); "
-        f"{len(jpegs)} JPEGs of 500x375, {np.mean([len(j) for j in jpegs]) / 1000:.0f} KB on average; "
-        f"{args.clients} client processes; the encoder's defaults: batch <= {info.max_batch_size}, "
-        f"queue {info.max_queue_size}, {info.decode_workers} decode workers, JPEGs decoded on the "
-        f"{info.jpeg_decoding}, {info.image_cuda_graphs} + {info.text_cuda_graphs} CUDA graphs"
-    )
-    ceiling, tutorial = alone["images, device tensors"], alone["tutorial loop"]
-
-    def image_row(what: str, value: float) -> list[str]:
-        return [what, f"{value:,.0f}", f"{value / ceiling:.3f}", f"{value / tutorial:.1f}"]
-
-    print_table(
-        "Images",
-        ["what", "images/s", "÷ ceiling", "÷ tutorial loop"],
-        [
-            image_row(f"in-process, batch {BATCH}, device tensors (ceiling)", ceiling),
-            image_row(
-                f"in-process, batch {BATCH}, from pinned host memory", alone["images, pinned host memory"]
-            ),
-            image_row(
-                f"service, {args.clients} processes x 32 images/call (mean batch {mean_batch:.0f})",
-                image_rate,
-            ),
-            image_row("tutorial loop, one at a time", tutorial),
-            [
-                "CPU ms per image under load: encoder / its decode processes",
-                cpu_ms_per_item(image_cpu, images_done),
-                "",
-                "",
-            ],
-        ],
-    )
-    text_ceiling = alone["texts, device tensors"]
-    print_table(
-        "Texts",
-        ["what", "texts/s", "÷ ceiling"],
-        [
-            [f"in-process, batch {BATCH} (ceiling)", f"{text_ceiling:,.0f}", "1.00"],
-            [
-                f"service, {args.clients} processes x 64 texts/call",
-                f"{text_rate:,.0f}",
-                f"{text_rate / text_ceiling:.2f}",
-            ],
-            [
-                "CPU ms per text under load: encoder / its processes",
-                cpu_ms_per_item(text_cpu, texts_done),
-                "",
-            ],
-        ],
-    )
-    print_table(
-        "Ingestion into Milvus Lite",
-        ["what", "pictures/s", "÷ tutorial"],
-        [
-            [
-                f"client -> search service -> encoder -> Milvus Lite, {args.clients} streams",
-                f"{ingestion_rate:,.0f}",
-                f"{ingestion_rate / tutorial_ingest_rate:.1f}",
-            ],
-            ["tutorial loop: encode one picture, insert one row", f"{tutorial_ingest_rate:,.0f}", "1.0"],
-            [
-                "CPU ms per picture: search service / its children (Milvus Lite, thumbnails)",
-                ingestion_cpu,
-                "",
-            ],
-        ],
-    )
-    print_table(
-        "One short text query ('a white dog'), ms",
-        ["what", "p50", "p99"],
-        [
-            ["in-process, eager forward", f"{alone['query eager ms']:.2f}", ""],
-            [
-                f"in-process, CUDA graph ({'captured' if alone['graphs captured'] else 'none: eager'})",
-                f"{alone['query graph ms']:.2f}",
-                "",
-            ],
-            ["service, a different text each time", f"{uncached[0]:.2f}", f"{uncached[1]:.2f}"],
-            ["service, the same text (from the query cache)", f"{cached[0]:.2f}", f"{cached[1]:.2f}"],
-        ],
-    )
-
-    print_table(
-        "The service's vectors for 32 of the pictures, lowest cosine",
-        ["to", "lowest cosine"],
-        [
-            [
-                "CLIP's own preprocessing in-process, one picture at a time",
-                f"{lowest_cosine(alone_vectors, clip_vectors[:32]):.5f}",
-            ],
-            [
-                "the same call made alone, for every call under load",
-                f"{min(lowest for _, lowest in loaded):.5f}",
-            ],
-        ],
-    )
+    if failures:
+        sys.exit(f"\nfailed: {', '.join(failures)}")
 
 
 if __name__ == "__main__":
