@@ -43,7 +43,9 @@ class SearchConfig(ServerSettings):
     thumbnail_max_pixels: int = setting(
         64_000_000, "largest width x height decoded to make a thumbnail (decompression bombs)"
     )
-    thumbnail_workers: int = setting(0, "processes that make the thumbnails (0: half the cores, at least 1)")
+    thumbnail_workers: int = setting(
+        0, "processes that make the thumbnails (0: all the cores but two, from 1 to 16)"
+    )
     max_message_bytes: int = setting(
         MAX_MESSAGE_BYTES, "largest request message (one image and its metadata)"
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from search_service.server import default_thumbnail_workers
 from search_service.thumbnails import Thumbnails
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,7 @@ SCENARIO = """
 import hashlib, io, json, multiprocessing, os, signal, sys
 from pathlib import Path
 from PIL import Image
+from search_service.server import default_thumbnail_workers
 from search_service.thumbnails import Thumbnails
 
 def picture(shade):
@@ -64,6 +66,11 @@ def scenario(folder: Path, action: str) -> subprocess.Popen[str]:
         text=True,
         env=environment,
     )
+
+
+def test_thumbnail_processes_take_all_the_cores_but_two_from_one_to_sixteen() -> None:
+    workers = [default_thumbnail_workers(cores) for cores in (1, 2, 3, 4, 16, 18, 64)]
+    assert workers == [1, 1, 1, 2, 14, 16, 16]
 
 
 def test_pictures_shared_among_processes_each_get_their_own_thumbnail_or_failure(
