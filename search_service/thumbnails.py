@@ -127,8 +127,7 @@ class Thumbnails:
         process that dies costs the thumbnails of the pictures then in the workers' hands, and is replaced.
 
         The pictures go to the workers in one task per worker, not one per picture: handing a task to a
-        process costs the service about 0.25 ms of its interpreter lock, more than the rest of its work on
-        a picture."""
+        process cost the service about 0.25 ms of its own CPU, a third of all its work on a picture."""
         pool, limit = self._pool, self.max_pixels
         paths = [(image_id, self._path(collection, image_id), data) for image_id, data in pictures]
         size = max(1, math.ceil(len(paths) / self.workers))
