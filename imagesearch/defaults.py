@@ -1,7 +1,9 @@
 """Where each part listens unless told otherwise, and how many cores its processes may use: the one place
 these are written."""
 
+import math
 import os
+from pathlib import Path
 
 ENCODER_PORT = 50051
 SEARCH_PORT = 50052
@@ -16,6 +18,27 @@ SEARCH_ADDRESS = f"localhost:{SEARCH_PORT}"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which a container's limits narrow)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def cpu_quota(cgroup: Path) -> float | None:
+    """The CPUs that the cgroup mounted at `cgroup` may use in each period, where a quota is set (docker's
+    --cpus, a Kubernetes CPU limit): cgroup v2's cpu.max ("200000 100000"; "max 100000" for none), or v1's
+    cpu/cpu.cfs_quota_us over cpu/cpu.cfs_period_us (-1 for none)."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()
+    except OSError:
+        try:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1"):
+        return None
+    return int(quota) / int(period)
+
+
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity (docker's --cpuset-cpus narrows it), and no more
+    than its container's CPU quota, rounded up; a quota leaves the affinity at every core of the host, and
+    sizing pools by those would start many processes that the quota then starves."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cpu_quota(cgroup)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
