@@ -18,21 +18,24 @@ SEARCH_ADDRESS = f"localhost:{SEARCH_PORT}"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+def _words(path: Path) -> list[str]:
+    try:
+        return path.read_text().split()
+    except OSError:
+        return []
+
+
 def cpu_quota(cgroup: Path) -> float | None:
     """The CPUs that the cgroup mounted at `cgroup` may use in each period, where a quota is set (docker's
     --cpus, a Kubernetes CPU limit): cgroup v2's cpu.max ("200000 100000"; "max 100000" for none), or v1's
-    cpu/cpu.cfs_quota_us over cpu/cpu.cfs_period_us (-1 for none)."""
+    cpu/cpu.cfs_quota_us and cpu/cpu.cfs_period_us (-1 for none). None where there is none to read."""
+    v1 = cgroup / "cpu"
+    words = _words(cgroup / "cpu.max") or _words(v1 / "cpu.cfs_quota_us") + _words(v1 / "cpu.cfs_period_us")
     try:
-        quota, period = (cgroup / "cpu.max").read_text().split()
-    except OSError:
-        try:
-            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
-            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
-        except OSError:
-            return None
-    if quota in ("max", "-1"):
+        quota, period = (int(word) for word in words)
+    except ValueError:  # "max", or no such files
         return None
-    return int(quota) / int(period)
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:

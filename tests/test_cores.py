@@ -33,6 +33,7 @@ def test_without_a_quota_every_core_of_the_affinity_counts(tmp_path: Path) -> No
         "v2": {"cpu.max": "max 100000\n"},
         "v1": {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"},
         "none": {},
+        "unreadable": {"cpu.max": "garbage\n"},
     }
     for name, files in unlimited.items():
         root = cgroup(tmp_path / name, files)
