@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 import numpy as np
 import torch
-from harness import cpu_seconds, p50_ms, percentiles_ms, print_table, service
+from harness import cpu_used, p50_ms, percentiles_ms, print_table, service
 from PIL import Image
 from tutorial import tutorial_ingest
 
@@ -204,18 +204,6 @@ def in_process(
     return results, np.array(vectors, dtype=np.float32)
 
 
-@contextmanager
-def cpu_used(pid: int) -> Iterator[dict[str, float]]:
-    """The CPU seconds that process `pid` ("own") and its descendants ("children") use within the block: per
-    item under load, what a replica's host spends, and so how many cores it needs at a given rate (the
-    block also holds each client's first call, outside the measured window: a few calls in thousands)."""
-    own, everything = cpu_seconds(pid), cpu_seconds(pid, True)
-    used: dict[str, float] = {}
-    yield used
-    used["own"] = cpu_seconds(pid) - own
-    used["children"] = cpu_seconds(pid, True) - everything - used["own"]
-
-
 def cpu_ms_per_item(used: dict[str, float], items: float) -> str:
     return f"{used['own'] * 1000 / items:.2f} / {used['children'] * 1000 / items:.2f}"
 
@@ -316,6 +304,7 @@ def images_under_load(
     """The Images table, and the exactness of the service's vectors under load, alone and against CLIP's."""
     info = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
     alone_vectors = image_vectors(stub.EncodeImages(encoder_pb2.EncodeImagesRequest(images=jpegs[:32])))
+    # The CPU time also holds each client's first call, made before the window: a few calls in thousands.
     with cpu_used(encoder_pid) as image_cpu:
         loaded = in_window(
             clients, image_client, [(encoder, jpegs[:32], alone_vectors)] * args.clients, args.seconds

@@ -101,3 +101,14 @@ def cpu_seconds(pid: int, with_children: bool = False) -> float:
             with open(listing) as children:
                 seconds += sum(cpu_seconds(int(child), True) for child in children.read().split())
     return seconds
+
+
+@contextmanager
+def cpu_used(pid: int) -> Iterator[dict[str, float]]:
+    """The CPU seconds that process `pid` ("own") and its descendants ("children") use within the block: per
+    item under load, what a service's host spends, and so how many cores it needs at a given rate."""
+    own, everything = cpu_seconds(pid), cpu_seconds(pid, True)
+    used: dict[str, float] = {}
+    yield used
+    used["own"] = cpu_seconds(pid) - own
+    used["children"] = cpu_seconds(pid, True) - everything - used["own"]
