@@ -83,8 +83,10 @@ def progress_bar(enabled: bool) -> Iterator[Progress | None]:
 
     def advance(item: IngestItem, summary: IngestSummary) -> None:
         bar.total = summary.total
+        # Drawn by update(), at most every tenth of a second: a redraw for every item cost the CLI 0.1 ms
+        # each, a quarter of a core at 2,500 pictures a second.
+        bar.set_postfix(stored=summary.stored, present=summary.present, failed=summary.failed, refresh=False)
         bar.update(1)
-        bar.set_postfix(stored=summary.stored, present=summary.present, failed=summary.failed)
 
     try:
         yield advance

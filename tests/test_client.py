@@ -11,9 +11,10 @@ from conftest import running_search
 from images import jpeg, png, solid, two_tone
 from PIL import Image
 
-from client import AsyncSearchClient, EncoderClient, ImageSearchError, SearchClient
+from client import AsyncSearchClient, EncoderClient, ImageSearchError, IngestItem, IngestSummary, SearchClient
 from client.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, main
 from client.grid import COLUMNS, LABEL_HEIGHT, MARGIN, TILE
+from client.output import progress_bar
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,21 @@ def test_cli_ingest_search_and_grid(services, photo_folder, tmp_path, capsys) ->
 
     code, out, _ = cli(capsys, *server, "stats")
     assert code == EXIT_OK and "collection cli: 7 pictures" in out
+
+
+def test_the_ingest_progress_bar_is_redrawn_a_few_times_a_second_not_for_every_picture(capsys) -> None:
+    pictures = 2000
+    summary = IngestSummary(total=pictures)
+    with progress_bar(True) as advance:
+        assert advance is not None
+        for number in range(pictures):
+            item = IngestItem(f"{number}.jpg", f"{number:064x}", "present")
+            summary.add(item)
+            advance(item, summary)
+    frames = [frame for frame in capsys.readouterr().err.split("\r") if frame.strip()]
+    # tqdm redraws at most every tenth of a second, and these calls take a small fraction of one.
+    assert len(frames) < pictures / 20
+    assert "2000/2000" in frames[-1] and "present=2000" in frames[-1]
 
 
 def assert_tiles(sheet: Image.Image, count: int) -> None:
