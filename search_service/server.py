@@ -2,6 +2,7 @@
 
 import json
 import logging
+import tempfile
 import threading
 from pathlib import Path
 
@@ -24,10 +25,22 @@ log = logging.getLogger(__name__)
 
 
 def thumbnail_folder(thumbnail_dir: str, milvus_uri: str) -> Path:
-    """--thumbnail-dir; by default beside a Milvus Lite file (`milvus.db.thumbnails`), or `./thumbnails`."""
+    """--thumbnail-dir, by default beside a Milvus Lite file (`milvus.db.thumbnails`) or `./thumbnails`; made
+    if missing. A folder where no file can be written stops the start (OSError naming it): otherwise every
+    picture ingested would be stored without its thumbnail, each with a warning of its own."""
     if thumbnail_dir:
-        return Path(thumbnail_dir)
-    return Path(f"{milvus_uri}.thumbnails") if is_milvus_lite(milvus_uri) else Path("thumbnails")
+        folder = Path(thumbnail_dir)
+    else:
+        folder = Path(f"{milvus_uri}.thumbnails") if is_milvus_lite(milvus_uri) else Path("thumbnails")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OSError(
+            f"--thumbnail-dir {folder}: thumbnails cannot be written there ({error.strerror or error})"
+        ) from None
+    return folder
 
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name

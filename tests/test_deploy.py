@@ -131,6 +131,8 @@ def test_the_web_tier_reaches_search_and_search_shares_its_thumbnails() -> None:
     assert search_pod["volumes"] == [
         {"name": "thumbnails", "persistentVolumeClaim": {"claimName": "thumbnails"}}
     ]
+    # The service must write there, as its user: the volume is given to its group.
+    assert search_pod["securityContext"]["fsGroup"] == search_pod["securityContext"]["runAsUser"]
     resources = yaml.safe_load((ROOT / "deploy" / "k8s" / "kustomization.yaml").read_text())["resources"]
     assert resources == ["encoder.yaml", "search.yaml", "web.yaml"]
 

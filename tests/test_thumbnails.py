@@ -128,3 +128,26 @@ def test_thumbnail_processes_end_with_a_killed_service(tmp_path) -> None:
             break
         threading.Event().wait(0.05)
     assert not running(worker)
+
+
+def test_a_thumbnail_folder_that_cannot_be_written_stops_the_start_and_names_it(tmp_path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    folder = tmp_path / "a-file" / "thumbnails"
+    flags = [
+        "--milvus-uri",
+        str(tmp_path / "milvus.db"),
+        "--thumbnail-dir",
+        str(folder),
+        "--encoder",
+        "127.0.0.1:1",
+    ]
+    started = subprocess.run(
+        [sys.executable, "-m", "search_service", *flags, "--port", "0", "--metrics-port", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT,
+    )
+    assert started.returncode == 1
+    assert f"--thumbnail-dir {folder}: thumbnails cannot be written there (Not a directory)" in started.stderr
+    assert not (tmp_path / "milvus.db").exists()  # refused before anything was made
