@@ -37,8 +37,9 @@ from tutorial import tutorial_ingest
 
 from encoder_service.checkpoints import VIT_B_32, random_clip, save_state_dict
 from encoder_service.graphs import GraphedForward
+from encoder_service.images import ImageLimits, jpeg_for_device
 from encoder_service.model import ClipModel
-from encoder_service.preprocess import clip_transform
+from encoder_service.preprocess import clip_transform, decode_on_device
 from encoder_service.tokens import tokenize
 from encoder_service.towers import trimmed_tokens
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
@@ -287,6 +288,32 @@ def print_in_process(device: str, alone: dict[str, float]) -> None:
     )
 
 
+def stages_alone(device_name: str, jpegs: list[bytes], resolution: int, context_length: int) -> None:
+    """The host and device work before a forward pass, alone in this process: which stage bounds the service
+    if it falls short of the model's ceiling."""
+    device = torch.device(device_name)
+    limits = ImageLimits(max_bytes=1 << 30, max_pixels=1 << 30)
+    device_jpegs = [jpeg for data in jpegs if (jpeg := jpeg_for_device(data, limits)) is not None]
+    assert len(device_jpegs) == len(jpegs), "every photo here is a plain RGB JPEG, which the device decodes"
+    to_decode = [device_jpegs[index % len(device_jpegs)] for index in range(BATCH)]
+    texts = captions(BATCH, 1)
+    decoder = "nvJPEG" if device.type == "cuda" else "libjpeg"
+    print_table(
+        "The stages before a forward pass, alone in this process",
+        ["what", "per second"],
+        [
+            [
+                f"JPEGs decoded on the {device.type} ({decoder}), resized and cropped, {BATCH} a call",
+                f"{rate(lambda: decode_on_device(to_decode, device, resolution), BATCH, 5, device):,.0f}",
+            ],
+            [
+                "texts tokenised by CLIP's tokenizer, one thread",
+                f"{rate(lambda: tokenize(texts, context_length), BATCH, 5, device):,.0f}",
+            ],
+        ],
+    )
+
+
 def print_setting(info: encoder_pb2.GetModelInfoResponse, jpegs: list[bytes], clients: int) -> None:
     size = np.mean([len(jpeg) for jpeg in jpegs]) / 1000
     print(
@@ -473,6 +500,8 @@ def main() -> None:
             stub = encoder_pb2_grpc.EncoderServiceStub(channel)
             info = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
             print_setting(info, jpegs, args.clients)
+            with reported("the stages alone", failures):
+                stages_alone(args.device, jpegs, info.image_resolution, info.context_length)
             with reported("images through the service", failures):
                 images_under_load(stub, clients, args, encoder, encoder_pid, jpegs, alone, clip_vectors)
             with reported("texts through the service", failures):
