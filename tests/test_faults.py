@@ -168,7 +168,12 @@ def test_unreachable_milvus_means_not_serving_and_unavailable_then_recovery(tiny
     query = search_pb2.SearchTextRequest(text="a dog")
     with milvus_on_a_port(db_file, port) as uri:
         search_context = running_search(
-            tiny_encoder.grpc.address, uri, milvus_timeout_s=3.0, health_interval_s=0.2
+            tiny_encoder.grpc.address,
+            uri,
+            milvus_timeout_s=3.0,
+            health_interval_s=0.2,
+            # Not ./thumbnails, the default beside a Milvus server: the test would write into the checkout.
+            thumbnail_dir=str(tmp_path / "thumbnails"),
         )
         search = search_context.__enter__()
     try:
