@@ -61,6 +61,41 @@ def prefill(
     result.put(milvus_p50)
 
 
+def rows_per_second_as_it_grows(milvus_file: str, write_with_insert: bool, rows: int) -> list[str]:
+    """Rows per second written 64 at a time into a new Milvus Lite collection, for each sixth of `rows` and
+    overall: the ids checked, then the new rows written, with an insert (the search service's
+    `Store.store_new` on Milvus Lite) or an upsert (its write until 2026-11-28, and still on a server)."""
+    store = Store(milvus_file, "", 60.0, "AUTOINDEX", {})
+    store.create("growing", "random", 512)
+    vectors = np.random.default_rng(0).standard_normal((64, 512)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sixth, rates = rows // 6, []
+    started = window = time.perf_counter()
+    for written in range(0, rows, 64):
+        batch = [
+            {
+                "id": f"{written + i:064x}",
+                "vector": vector.tolist(),
+                "uri": f"synthetic/{written + i}.jpg",
+                "model": "random",
+                "metadata": {},
+                "ingested_at": 0,
+            }
+            for i, vector in enumerate(vectors)
+        ]
+        if write_with_insert:
+            store.store_new("growing", batch)
+        else:
+            store.existing_ids("growing", [row["id"] for row in batch])
+            store.upsert("growing", batch)
+        if (written + 64) % sixth == 0:
+            now = time.perf_counter()
+            rates.append(f"{sixth / (now - window):,.0f}")
+            window = now
+    store.close()
+    return [*rates, f"{rows / (time.perf_counter() - started):,.0f}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -68,7 +103,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--rows", type=int, nargs="+", default=[1000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--grow-rows", type=int, default=38_400, help="rows written to time writes")
     args = parser.parse_args()
+    if args.grow_rows <= 0 or args.grow_rows % 384:
+        parser.error("--grow-rows must be a multiple of 384: six windows of whole calls of 64 rows")
     images = photos(args.images)
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = str(Path(folder) / "random-vit-b32.pt")
@@ -159,6 +197,17 @@ def main() -> None:
         "Text queries through the search service ('a white dog', top_k 10, Milvus Lite AUTOINDEX)",
         ["rows", "clients", "p50 ms", "p99 ms", "queries/s", "p50 split at 1 client (ms)"],
         query_rows,
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        written = [
+            [label, *rows_per_second_as_it_grows(str(Path(folder) / f"{label}.db"), insert, args.grow_rows)]
+            for label, insert in (("insert", True), ("upsert", False))
+        ]
+    sixth = args.grow_rows // 6
+    print_table(
+        "Writes into a new Milvus Lite collection, 64 rows a call after checking their ids (rows/s)",
+        ["write", *(f"rows {n * sixth:,}-{(n + 1) * sixth:,}" for n in range(6)), "overall"],
+        written,
     )
 
 

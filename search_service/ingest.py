@@ -1,4 +1,4 @@
-"""The ingestion pipeline: hash -> skip what is stored -> encode the rest -> upsert, in order, with totals.
+"""The ingestion pipeline: hash -> skip what is stored -> encode the rest -> write, in order, with totals.
 
 Items are hashed by the thread that reads the stream, as they arrive, and grouped into batches of what has
 already arrived (at most the encoder's batch size), so a fast client fills batches and a slow one still sees
