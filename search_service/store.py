@@ -245,8 +245,8 @@ class Store:
         Within this process the check and the write happen under one lock: two streams ingesting the same
         picture store it once. Milvus Lite's file is open in this process alone, so nothing else writes
         between the two, and the write is a plain insert: an upsert deletes each id first, and that part's
-        cost grows with the collection (Lite's writes fell from 3,300 to 870 rows/s over the first 38,400
-        rows; inserts held 4,700-6,500, bench/search.py). A Milvus server may be written by several search
+        cost grows with the collection (Lite's writes fell from 4,300 to 800 rows/s over the first 38,400
+        rows; inserts held 6,200-7,900, bench/search.py). A Milvus server may be written by several search
         replicas at once, and there only upserts keep one row per id (tested).
         """
         write = self._client.insert if is_milvus_lite(self.uri) else self._client.upsert
