@@ -1,13 +1,15 @@
 """Load on loopback: N clients mixing ingests and queries for T seconds against both services.
 
-    .venv/bin/python bench/load.py [--clients 8] [--seconds 30] [--model PATH]
+    .venv/bin/python bench/load.py [--clients 8] [--seconds 30] [--model PATH] [--stream-pictures 20000]
 
 Both services run as subprocesses (the encoder on a small 512-d CLIP made in a temporary folder unless
 --model says otherwise). Prints per-RPC latency, the errors (only RESOURCE_EXHAUSTED is acceptable, as
-deliberate back-pressure), and each service's resident memory after the warm-up and after the run.
+deliberate back-pressure), each service's resident memory after the warm-up and after the run, and then what
+one long Ingest stream of new pictures makes the search service hold until it ends.
 """
 
 import argparse
+import io
 import random
 import tempfile
 import threading
@@ -16,7 +18,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import grpc
+import numpy as np
 from harness import percentiles_ms, photos, print_table, service
+from PIL import Image
 
 from encoder_service.checkpoints import TINY, random_clip, save_state_dict
 from imagesearch.v1 import search_pb2, search_pb2_grpc
@@ -31,6 +35,30 @@ def resident_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+def small_pictures(count: int) -> list[bytes]:
+    """`count` different 32x24 PNGs of noise: pictures that cost the encoder little."""
+    rng = np.random.default_rng(1)
+    result = []
+    for _ in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
+        result.append(buffer.getvalue())
+    return result
+
+
+def stream_growth_mib(
+    stub: search_pb2_grpc.SearchServiceStub, search_pid: int, pictures: list[bytes]
+) -> float:
+    """How much more memory the search service holds at the end of one Ingest stream of `pictures` than
+    before it: what a stream keeps per picture, however long it runs."""
+    before, at_end = resident_mib(search_pid), 0.0
+    requests = (search_pb2.IngestRequest(image=p, uri=f"long/{i}.png") for i, p in enumerate(pictures))
+    for received, _ in enumerate(stub.Ingest(requests), start=1):
+        if received == len(pictures):  # the stream is still open: it holds all it keeps
+            at_end = resident_mib(search_pid)
+    return at_end - before
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -39,6 +67,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--warmup-seconds", type=float, default=5.0)
     parser.add_argument("--model", default="")
+    parser.add_argument("--stream-pictures", type=int, default=20_000, help="pictures in the one long stream")
     args = parser.parse_args()
     pictures = photos(200)
     with tempfile.TemporaryDirectory() as folder:
@@ -109,6 +138,7 @@ def main() -> None:
                 run(args.seconds)
                 after = {"encoder": resident_mib(encoder_pid), "search": resident_mib(search_pid)}
                 rows_stored = stub.Stats(search_pb2.StatsRequest()).count
+                growth = stream_growth_mib(stub, search_pid, small_pictures(args.stream_pictures))
 
     print_table(
         f"{args.clients} clients for {args.seconds:.0f} s (after {args.warmup_seconds:.0f} s of warm-up); "
@@ -128,6 +158,11 @@ def main() -> None:
             [name, f"{warm[name]:.0f}", f"{after[name]:.0f}", f"{(after[name] / warm[name] - 1) * 100:+.1f}%"]
             for name in warm
         ],
+    )
+    print_table(
+        "One long Ingest stream: the search service's memory at its end, against before it",
+        ["new pictures (32x24 PNG)", "MiB more", "KiB per picture"],
+        [[f"{args.stream_pictures:,}", f"{growth:+.1f}", f"{growth * 1024 / args.stream_pictures:.2f}"]],
     )
     if unexpected:
         raise SystemExit(f"unexpected errors: {unexpected}")

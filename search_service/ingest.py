@@ -46,7 +46,7 @@ class _Item:
     id: str = ""
     outcome: int = search_pb2.OUTCOME_UNSPECIFIED
     error: str = ""
-    # Set when the same picture came earlier in this stream: the result is that item's.
+    # Set when the same picture came earlier in this stream and is still in hand: the result is that item's.
     same_as: "_Item | None" = None
 
 
@@ -207,7 +207,8 @@ class Ingestion:
         return batch, ended
 
     def _first_sightings(self, batch: list[_Item]) -> list[_Item]:
-        """Settles the items that failed and the repeats of earlier items in this stream; returns the rest."""
+        """Settles the items that failed and the repeats of items this stream still has in hand; returns the
+        rest."""
         fresh: list[_Item] = []
         for item in batch:
             if item.outcome == FAILED:
@@ -260,6 +261,10 @@ class Ingestion:
                 original = item.same_as
                 item.outcome = FAILED if original.outcome == FAILED else PRESENT
                 item.error = original.error
+            elif self._seen.get(item.id) is item:
+                # Settled: a later copy finds it in Milvus, or fails in the encoder as it did. Forgetting it
+                # keeps a stream's memory flat however many pictures it carries (about 0.7 KB each).
+                del self._seen[item.id]
             self._totals.counts[item.outcome] += 1
             self.outcomes.labels(search_pb2.Outcome.Name(item.outcome).removeprefix("OUTCOME_").lower()).inc()
             item.image = b""  # the bytes are no longer needed; keep memory flat on long streams

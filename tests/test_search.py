@@ -112,6 +112,32 @@ def test_same_picture_under_two_paths_is_stored_once(stub, collection) -> None:
     assert [record.uri for record in records] == ["a/7.png"]
 
 
+def test_a_picture_sent_again_after_its_answer_in_one_stream_is_present_or_fails_alike(
+    stub, collection
+) -> None:
+    """A copy sent after the stream answered the first (which the stream by then no longer holds, so that
+    its memory stays flat: bench/load.py) is answered as the first was: present once stored, failed for the
+    same reason once refused."""
+    image, broken = picture(8), png(Image.new("RGB", (8, 8)))[:40]
+    first_two_answered = threading.Event()
+
+    def sent() -> Iterator[search_pb2.IngestRequest]:
+        yield from requests([("a/8.png", image), ("a/broken.png", broken)], collection=collection)
+        first_two_answered.wait(timeout=60)
+        yield from requests([("b/8-again.png", image), ("b/broken-again.png", broken)], collection=collection)
+
+    results = []
+    for response in stub.Ingest(sent()):
+        results.append(response)
+        if len(results) == 2:
+            first_two_answered.set()
+    assert [r.outcome for r in results] == [STORED, FAILED, PRESENT, FAILED]
+    assert results[2].id == results[0].id == hashlib.sha256(image).hexdigest()
+    assert results[3].id == results[1].id and results[3].error == results[1].error != ""
+    assert results[-1].totals == search_pb2.IngestTotals(received=4, stored=1, present=1, failed=2)
+    assert stub.Stats(search_pb2.StatsRequest(collection=collection)).count == 1
+
+
 def test_a_picture_searched_for_by_itself_comes_first(stub, collection) -> None:
     pictures = folder(12)
     ingest(stub, pictures, collection=collection)
