@@ -3,8 +3,8 @@
     .venv/bin/python bench/milvus_server.py [--batches 30]
 
 Each batch of 64 new rows goes through what ingestion does with it on a server: the ids checked before
-encoding (`Store.existing_ids`), then `Store.store_new` (the ids checked again under the write lock, then an
-upsert). Then the same rows are upserted again by a plain client, the write alone, for comparison.
+encoding (`Store.existing_ids`, a Strong read), then `Store.store_new`. Then the same rows are upserted again
+by a plain client, the write alone, for comparison.
 """
 
 import argparse
@@ -70,7 +70,7 @@ def main() -> None:
             [what, f"{p50[name]:.1f}", f"{64000 / p50[name]:,.0f}"]
             for name, what in [
                 ("check", "check the ids before encoding (Strong read)"),
-                ("store_new", "store_new: check again under the write lock, then upsert"),
+                ("store_new", "Store.store_new (on a server: the upsert, no second check)"),
                 ("upsert", "the same upsert alone, for comparison"),
             ]
         ],

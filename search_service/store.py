@@ -242,17 +242,24 @@ class Store:
     def store_new(self, name: str, rows: list[dict[str, Any]]) -> set[str]:
         """Writes the rows whose id is not stored yet; returns the ids that were (and are left alone).
 
-        Within this process the check and the write happen under one lock: two streams ingesting the same
-        picture store it once. Milvus Lite's file is open in this process alone, so nothing else writes
-        between the two, and the write is a plain insert: an upsert deletes each id first, and that part's
-        cost grows with the collection (Lite's writes fell from 4,300 to 800 rows/s over the first 38,400
-        rows; inserts held 6,200-7,900, bench/search.py). A Milvus server may be written by several search
-        replicas at once, and there only upserts keep one row per id (tested).
+        On Milvus Lite the ids are checked again and the new rows inserted under one lock, so two streams
+        ingesting the same picture store it once: the file is open in this process alone, so nothing else
+        writes between the two. An upsert would also do, but it deletes each id first, at a cost that grows
+        with the collection (Lite's writes fell from 4,300 to 800 rows/s over the first 38,400 rows; inserts
+        held 6,200-7,900, bench/search.py).
+
+        On a Milvus server every row is upserted without a second check: the upsert keeps one row per id
+        however many streams and replicas write it (tested), while a check there is a Strong read, which
+        waits for the server's time tick: 200-400 ms a batch against 8 ms for the upsert, one batch at a
+        time under a lock (bench/milvus_server.py). Two streams ingesting one picture at the same moment may
+        then both report it stored, as two replicas always could.
         """
-        write = self._client.insert if is_milvus_lite(self.uri) else self._client.upsert
+        if not is_milvus_lite(self.uri):
+            self.upsert(name, rows)
+            return set()
         with self._write_lock:
             present = self.existing_ids(name, [row["id"] for row in rows])
-            self._write(name, [row for row in rows if row["id"] not in present], write)
+            self._write(name, [row for row in rows if row["id"] not in present], self._client.insert)
         return present
 
     def search(

@@ -56,8 +56,7 @@ def test_ingest_search_and_delete_on_a_milvus_server(tiny_encoder, milvus_uri, t
 def test_two_replicas_ingesting_the_same_pictures_at_once_store_each_once(
     tiny_encoder, milvus_uri, tmp_path
 ) -> None:
-    """Each replica's lock covers only itself; on a Milvus server, upserts of one id by two replicas must
-    still leave one row."""
+    """On a Milvus server, upserts of one id by two replicas, two streams each, must leave one row."""
     pictures = folder(40, 500, prefix="replicas")
     with (
         running_search(tiny_encoder.grpc.address, milvus_uri, thumbnail_dir=str(tmp_path)) as first,
