@@ -38,15 +38,39 @@ def service(module: str, args: Sequence[str], ready_line: str) -> Iterator[tuple
         process.wait(timeout=60)
 
 
-def photos(count: int) -> list[bytes]:
-    """`count` different 320x240 JPEG photos of noise: the decoding and resizing cost of real ones."""
+def photos(count: int, size: tuple[int, int] = (320, 240), image_format: str = "JPEG") -> list[bytes]:
+    """`count` different pictures of noise, 320x240 JPEG photos by default: the decoding and resizing cost of
+    real ones."""
     rng = np.random.default_rng(0)
+    width, height = size
     result = []
     for _ in range(count):
         buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buffer, image_format, quality=90)
         result.append(buffer.getvalue())
     return result
+
+
+def unit_vectors(rng: np.random.Generator, count: int, dimension: int = 512) -> np.ndarray:
+    """`count` random unit vectors, float32."""
+    vectors = rng.standard_normal((count, dimension)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def synthetic_rows(first: int, vectors: np.ndarray, model: str) -> list[dict[str, object]]:
+    """Rows as the search service stores them, one per vector, their ids numbered from `first`."""
+    return [
+        {
+            "id": f"{first + i:064x}",
+            "vector": vector.tolist(),
+            "uri": f"synthetic/{first + i}.jpg",
+            "model": model,
+            "metadata": {},
+            "ingested_at": 0,
+        }
+        for i, vector in enumerate(vectors)
+    ]
 
 
 def p50_ms(work: Callable[[], object], repeats: int) -> float:

@@ -9,7 +9,6 @@ one long Ingest stream of new pictures makes the search service hold until it en
 """
 
 import argparse
-import io
 import random
 import tempfile
 import threading
@@ -18,9 +17,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import grpc
-import numpy as np
 from harness import percentiles_ms, photos, print_table, service
-from PIL import Image
 
 from encoder_service.checkpoints import TINY, random_clip, save_state_dict
 from imagesearch.v1 import search_pb2, search_pb2_grpc
@@ -33,17 +30,6 @@ def resident_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-def small_pictures(count: int) -> list[bytes]:
-    """`count` different 32x24 PNGs of noise: pictures that cost the encoder little."""
-    rng = np.random.default_rng(1)
-    result = []
-    for _ in range(count):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
-        result.append(buffer.getvalue())
-    return result
 
 
 def stream_growth_mib(
@@ -138,7 +124,7 @@ def main() -> None:
                 run(args.seconds)
                 after = {"encoder": resident_mib(encoder_pid), "search": resident_mib(search_pid)}
                 rows_stored = stub.Stats(search_pb2.StatsRequest()).count
-                growth = stream_growth_mib(stub, search_pid, small_pictures(args.stream_pictures))
+                growth = stream_growth_mib(stub, search_pid, photos(args.stream_pictures, (32, 24), "PNG"))
 
     print_table(
         f"{args.clients} clients for {args.seconds:.0f} s (after {args.warmup_seconds:.0f} s of warm-up); "

@@ -13,7 +13,7 @@ import tempfile
 import time
 
 import numpy as np
-from harness import print_table
+from harness import print_table, synthetic_rows, unit_vectors
 from milvus import MilvusServer
 from pymilvus import MilvusClient
 
@@ -26,8 +26,7 @@ def main() -> None:
     )
     parser.add_argument("--batches", type=int, default=30)
     args = parser.parse_args()
-    vectors = np.random.default_rng(0).standard_normal((64, 512)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = unit_vectors(np.random.default_rng(0), 64)
     timings: dict[str, list[float]] = {"check": [], "store_new": [], "upsert": []}
     with tempfile.TemporaryDirectory() as folder:
         server = MilvusServer()
@@ -38,17 +37,7 @@ def main() -> None:
             store, plain = Store(uri, "", 60.0, "AUTOINDEX", {}), MilvusClient(uri)
             store.create("server", "random", 512)
             for batch in range(args.batches):
-                rows = [
-                    {
-                        "id": f"{batch * 64 + i:064x}",
-                        "vector": vector.tolist(),
-                        "uri": f"synthetic/{batch * 64 + i}.jpg",
-                        "model": "random",
-                        "metadata": {},
-                        "ingested_at": 0,
-                    }
-                    for i, vector in enumerate(vectors)
-                ]
+                rows = synthetic_rows(batch * 64, vectors, "random")
                 started = time.perf_counter()
                 store.existing_ids("server", [row["id"] for row in rows])
                 checked = time.perf_counter()

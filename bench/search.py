@@ -15,7 +15,16 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from harness import cpu_used, percentiles_ms, photos, print_table, run_concurrently, service
+from harness import (
+    cpu_used,
+    percentiles_ms,
+    photos,
+    print_table,
+    run_concurrently,
+    service,
+    synthetic_rows,
+    unit_vectors,
+)
 from tutorial import tutorial_ingest
 
 from encoder_service.checkpoints import VIT_B_32, random_clip, save_state_dict
@@ -36,19 +45,7 @@ def prefill(
         name = f"rows_{size}"
         store.create(name, model, 512)
         for offset in range(0, size, INSERT_CHUNK):
-            vectors = rng.standard_normal((min(INSERT_CHUNK, size - offset), 512)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            rows = [
-                {
-                    "id": f"{offset + i:064x}",
-                    "vector": v.tolist(),
-                    "uri": f"synthetic/{offset + i}.jpg",
-                    "model": model,
-                    "metadata": {},
-                    "ingested_at": 0,
-                }
-                for i, v in enumerate(vectors)
-            ]
+            rows = synthetic_rows(offset, unit_vectors(rng, min(INSERT_CHUNK, size - offset)), model)
             store.upsert(name, rows)
         latencies = []
         for _ in range(queries):
@@ -67,22 +64,11 @@ def rows_per_second_as_it_grows(milvus_file: str, write_with_insert: bool, rows:
     `Store.store_new` on Milvus Lite) or an upsert (its write until 2026-11-28, and still on a server)."""
     store = Store(milvus_file, "", 60.0, "AUTOINDEX", {})
     store.create("growing", "random", 512)
-    vectors = np.random.default_rng(0).standard_normal((64, 512)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = unit_vectors(np.random.default_rng(0), 64)
     sixth, rates = rows // 6, []
     started = window = time.perf_counter()
     for written in range(0, rows, 64):
-        batch = [
-            {
-                "id": f"{written + i:064x}",
-                "vector": vector.tolist(),
-                "uri": f"synthetic/{written + i}.jpg",
-                "model": "random",
-                "metadata": {},
-                "ingested_at": 0,
-            }
-            for i, vector in enumerate(vectors)
-        ]
+        batch = synthetic_rows(written, vectors, "random")
         if write_with_insert:
             store.store_new("growing", batch)
         else:
