@@ -1,6 +1,5 @@
 """Running an encoder and a search service on this machine, as child processes, until told to stop."""
 
-import ctypes
 import os
 import signal
 import socket
@@ -105,29 +104,29 @@ def _answering(url: str) -> Callable[[], bool]:
     return ask
 
 
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# A child's first step on Linux, in its own interpreter: the kernel is to send it SIGTERM when the thread that
+# started it ends, however that ends (SIGKILL included), so that no service outlives the `imgsearch up` that
+# started it; then it becomes the service, and exec keeps that setting. Not a `preexec_fn`: that forks this
+# process with its gRPC threads and runs gRPC's fork handlers, which can hang (grpc/grpc#37259).
+_END_WITH_PARENT = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG, from <linux/prctl.h>
+if os.getppid() != int(sys.argv[1]):  # the parent ended before the line above
+    sys.exit(1)
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
 
 
-def _ends_with(parent: int) -> Callable[[], None] | None:
-    """What a child runs before it starts (Linux): it is sent SIGTERM when the thread that started it ends,
-    however that ends (SIGKILL included), so that no service outlives the `imgsearch up` that started it."""
+def _command(args: list[str]) -> list[str]:
+    """The command line that runs `python args` as a child that ends with this process (on Linux)."""
     if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def end_with_parent() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # it ended before the line above
-            os._exit(1)
-
-    return end_with_parent
+        return [sys.executable, *args]
+    return [sys.executable, "-c", _END_WITH_PARENT, str(os.getpid()), *args]
 
 
 @contextmanager
 def _child(args: list[str], log: IO[str] | None) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [sys.executable, *args], stderr=log, stdout=log, preexec_fn=_ends_with(os.getpid())
-    )
+    process = subprocess.Popen(_command(args), stderr=log, stdout=log)
     try:
         yield process
     finally:

@@ -135,6 +135,23 @@ def test_the_services_of_an_up_that_is_killed_stop_too(tiny_path, tmp_path) -> N
             threading.Event().wait(0.05)  # a bounded poll of a condition: pytest's timeout bounds it
 
 
+def test_up_starts_its_services_without_forking_itself(tmp_path) -> None:
+    """A fork copies `up` with its gRPC threads and runs gRPC's fork handlers, which can hang
+    (grpc/grpc#37259): `up` has asked the encoder about its health when it starts the search service."""
+    script = (
+        "import os\n"
+        "from client.local import _child\n"
+        "os.register_at_fork(after_in_child=lambda: os.write(2, b'a copy of up ran\\n'))\n"
+        "with _child(['-c', 'print(\"the service ran\")'], None) as service:\n"
+        "    service.wait()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "the service ran\n" and "a copy of up ran" not in done.stderr
+
+
 def _running(pid: int) -> bool:
     """Whether `pid` runs (a zombie, awaiting its new parent's reaping, has ended)."""
     try:
