@@ -226,9 +226,19 @@ class Ingestion:
         for item in items:
             if item.id in stored:
                 item.outcome = PRESENT
-        items = [item for item in items if item.id not in stored]
-        if not items:
-            return
+        # A stored picture without its thumbnail (the disk was full then, or it predates thumbnails) gets one
+        # when it is ingested again.
+        unmade = self.thumbnails.lacking(collection.name, stored)
+        new = [item for item in items if item.id not in stored]
+        if new:
+            self._encode_and_write(new, collection)
+        self.thumbnails.save(
+            collection.name,
+            [(item.id, item.image) for item in items if item.outcome == STORED or item.id in unmade],
+        )
+
+    def _encode_and_write(self, items: list[_Item], collection: CollectionInfo) -> None:
+        """Encodes pictures that Milvus did not hold and writes their rows; each gets its outcome."""
         model, results = self.encoder.encode_images([item.image for item in items])
         collection.require_model(model)  # replicas could serve different models
         now = int(time.time())
@@ -251,9 +261,6 @@ class Ingestion:
         for item in items:
             if item.outcome != FAILED:
                 item.outcome = PRESENT if item.id in present else STORED
-        self.thumbnails.save(
-            collection.name, [(item.id, item.image) for item in items if item.outcome == STORED]
-        )
 
     def _results(self, batch: list[_Item]) -> Iterator[search_pb2.IngestResponse]:
         for item in batch:

@@ -162,6 +162,10 @@ class Thumbnails:
         except FileNotFoundError:
             return None
 
+    def lacking(self, collection: str, ids: Iterable[str]) -> set[str]:
+        """Those of `ids` that have no thumbnail."""
+        return {image_id for image_id in ids if not self._path(collection, image_id).exists()}
+
     def remove(self, collection: str, ids: Iterable[str]) -> None:
         for image_id in ids:
             self._path(collection, image_id).unlink(missing_ok=True)

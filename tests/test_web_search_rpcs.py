@@ -219,6 +219,21 @@ def test_a_picture_whose_thumbnail_cannot_be_made_is_stored_without_one(
     assert "56x40 pixels is over the limit of 1000 pixels" in caplog.text
 
 
+def test_ingesting_a_stored_picture_again_makes_its_missing_thumbnail(search, stub, collection) -> None:
+    """After a full disk, say: the pictures were stored without thumbnails, and ingesting them again mends
+    that."""
+    first = ingest(stub, folder(3, 700), collection)
+    made = search.servicer.thumbnails.folder / collection
+    lost, kept = made / f"{first[0].id}.jpg", made / f"{first[1].id}.jpg"
+    lost.unlink()
+    kept_before = kept.stat()
+    again = ingest(stub, folder(3, 700), collection)
+    assert [result.outcome for result in again] == [search_pb2.OUTCOME_PRESENT] * 3
+    assert Image.open(io.BytesIO(thumbnail(stub, collection, first[0].id))).size == (56, 40)
+    kept_after = kept.stat()
+    assert (kept_after.st_ino, kept_after.st_mtime_ns) == (kept_before.st_ino, kept_before.st_mtime_ns)
+
+
 def test_thumbnail_requests_are_checked(stub, collection) -> None:
     [result] = ingest(stub, folder(1, 600), collection)
     for bad in ("A" * 64, "../" + result.id, result.id[:63]):
