@@ -60,14 +60,14 @@ class AsyncSearchClient:
 
     async def ingest(
         self,
-        paths: Sequence[str | Path],
+        paths: str | Path | Sequence[str | Path],
         metadata: Mapping[str, MetadataValue] | None = None,
         recursive: bool = True,
         progress: Progress | None = None,
     ) -> IngestSummary:
-        """Streams every picture under `paths` and says what happened to each file; `progress` is called
-        with each item as it finishes. A stream that breaks raises IngestInterrupted, with the results
-        received until then."""
+        """Streams every picture under `paths` (one path, or several) and says what happened to each file;
+        `progress` is called with each item as it finishes, and what it raises ends the ingest. A stream
+        that breaks raises IngestInterrupted, with the results received until then."""
         ingestion = await asyncio.to_thread(Ingestion, paths, recursive, self.collection, metadata, progress)
         requests = ingestion.async_requests(await self.limits())
         call = self._stub.Ingest(requests, metadata=self._connection.metadata())
@@ -76,6 +76,7 @@ class AsyncSearchClient:
                 ingestion.record(response)
         except grpc.RpcError as error:
             raise IngestInterrupted(self._connection.error(error), ingestion.summary) from None
+        ingestion.raise_failure()
         return ingestion.summary
 
     async def search_text(
@@ -91,7 +92,7 @@ class AsyncSearchClient:
         options = messages.search_options(
             self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
-        request = search_pb2.SearchTextRequest(text=text, options=options)
+        request = messages.search_text_request(text, options)
         response = await self._connection.call(self._stub.SearchText, request)
         return messages.hits(response, output_fields)
 
@@ -153,15 +154,14 @@ class AsyncSearchClient:
         request = search_pb2.GetThumbnailRequest(collection=self.collection, id=id)
         return (await self._connection.call(self._stub.GetThumbnail, request)).jpeg
 
-    async def get(self, ids: Sequence[str], output_fields: Sequence[str] = ()) -> list[Record]:
-        request = search_pb2.GetRequest(
-            collection=self.collection, ids=list(ids), output_fields=list(output_fields)
-        )
+    async def get(self, ids: str | Sequence[str], output_fields: Sequence[str] = ()) -> list[Record]:
+        """The stored records of `ids` (one id, or several)."""
+        request = messages.get_request(self.collection, ids, output_fields)
         return messages.records(await self._connection.call(self._stub.Get, request), output_fields)
 
     async def delete(
         self,
-        ids: Sequence[str] | None = None,
+        ids: str | Sequence[str] | None = None,
         filter: str | None = None,
         filter_params: Mapping[str, FilterParam] | None = None,
         dry_run: bool = False,
@@ -202,9 +202,9 @@ class AsyncEncoderClient:
         self._connection = _Awaitable(grpc.aio, "encoder service", target, timeout, credentials, token)
         self._stub = encoder_pb2_grpc.EncoderServiceStub(self._connection.channel)
 
-    async def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), 512) float32 unit vectors."""
-        request = encoder_pb2.EncodeTextRequest(texts=list(texts))
+    async def encode_texts(self, texts: str | Sequence[str]) -> np.ndarray:
+        """(number of texts, 512) float32 unit vectors; a text alone is one."""
+        request = messages.encode_text_request(texts)
         return messages.text_vectors(await self._connection.call(self._stub.EncodeText, request))
 
     async def encode_images(self, images: Sequence[bytes | str | Path]) -> list[ImageVector]:

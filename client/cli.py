@@ -40,6 +40,7 @@ from .commands import (
 from .errors import ImageSearchError
 from .local import StartFailed
 from .models import QueryPart
+from .output import shown
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "build_parser", "main"]
 
@@ -58,6 +59,29 @@ SEARCH_EPILOG = """a query is one or more parts, added up by weight (negative: a
   imgsearch search "a dog on a beach" --text people -0.5  a text, minus another
   imgsearch search --like 3f2a...e9 --text "in the snow" 2 --image cat.jpg -1
 each --text, --image and --like may repeat and takes an optional WEIGHT (default 1)."""
+
+
+def _seconds(text: str) -> float:
+    """--timeout: a positive, finite number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
+
+
+def port_argument(text: str) -> int:
+    """A port to listen on: 1 to 65535, or 0 for any free one."""
+    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535, or 0: any free one)")
+    return int(text)
+
+
+def metrics_port_argument(text: str) -> int:
+    """A metrics page's port, or -1: none."""
+    return -1 if text == "-1" else port_argument(text)
 
 
 class AddQueryPart(argparse.Action):
@@ -107,16 +131,22 @@ def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     up.add_argument("--milvus-uri", default="./milvus.db", help="a Milvus Lite file or http://host:19530")
     up.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    up.add_argument("--encoder-port", type=int, default=ENCODER_PORT, help="0: any free port")
-    up.add_argument("--server-port", type=int, default=SEARCH_PORT, help="0: any free port")
+    up.add_argument("--encoder-port", type=port_argument, default=ENCODER_PORT, help="0: any free port")
+    up.add_argument("--server-port", type=port_argument, default=SEARCH_PORT, help="0: any free port")
     up.add_argument(
-        "--encoder-metrics-port", type=int, default=ENCODER_METRICS_PORT, help="0: any free port, -1: none"
+        "--encoder-metrics-port",
+        type=metrics_port_argument,
+        default=ENCODER_METRICS_PORT,
+        help="0: any free port, -1: none",
     )
     up.add_argument(
-        "--search-metrics-port", type=int, default=SEARCH_METRICS_PORT, help="0: any free port, -1: none"
+        "--search-metrics-port",
+        type=metrics_port_argument,
+        default=SEARCH_METRICS_PORT,
+        help="0: any free port, -1: none",
     )
     up.add_argument(
-        "--web-port", type=int, default=WEB_PORT, help="the search page's port (0: any free port)"
+        "--web-port", type=port_argument, default=WEB_PORT, help="the search page's port (0: any free port)"
     )
     up.set_defaults(run=cmd_up)
 
@@ -204,9 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--collection", default=env("IMGSEARCH_COLLECTION", ""), help="default: the service's"
     )
     parser.add_argument("--token", default=env("IMGSEARCH_TOKEN", ""), help="bearer token for the services")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per call")
+    parser.add_argument("--timeout", type=_seconds, default=120.0, help="seconds per call")
     parser.add_argument(
-        "--tls", action="store_true", default=bool(env("IMGSEARCH_TLS")), help="connect with TLS"
+        "--tls",
+        action="store_true",
+        default=env("IMGSEARCH_TLS", ""),
+        help="connect with TLS (the system's root certificates unless --tls-ca)",
     )
     parser.add_argument(
         "--tls-ca", default=env("IMGSEARCH_TLS_CA", ""), help="PEM CA of the services (with --tls)"
@@ -222,19 +255,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(message: str) -> None:
+    """One line on stderr; what it quotes (a file name, a service's words) cannot break it or color it."""
+    print(f"imgsearch: {shown(message)}", file=sys.stderr)
+
+
 def _report(error: ImageSearchError) -> int:
     """One message for a failed call, and what to do about it; the exit code."""
     if not error.target:
-        print(f"imgsearch: {error.message}", file=sys.stderr)
+        _say(error.message)
         return EXIT_USAGE
     if not error.reached:
-        print(f"imgsearch: {error}", file=sys.stderr)
+        _say(str(error))
         print(
             f"  is the {error.service} running at {error.target}? Start one with `imgsearch up`.",
             file=sys.stderr,
         )
     else:
-        print(f"imgsearch: the {error.service} at {error.target} says: {error}", file=sys.stderr)
+        _say(f"the {error.service} at {error.target} says: {error}")
     return EXIT_FAILED
 
 
@@ -244,14 +282,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except UsageError as error:
-        parser.error(str(error))
+        parser.error(shown(str(error)))
     except ImageSearchError as error:
         return _report(error)
-    except StartFailed as error:
-        print(f"imgsearch: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    except OSError as error:  # a path that does not exist, a grid that cannot be written, ...
-        print(f"imgsearch: {error}", file=sys.stderr)
+    except UnicodeEncodeError as error:  # an argument with bytes of a file name where text was wanted
+        parser.error(f"{shown(str(error.object))!r} is not UTF-8 text")
+    except (
+        StartFailed,
+        OSError,
+    ) as error:  # a service that did not start, a grid that cannot be written, ...
+        _say(str(error))
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

@@ -66,9 +66,36 @@ def tags(args: argparse.Namespace) -> dict[str, MetadataValue]:
     )
 
 
+_ON, _OFF = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def _tls_on(tls: bool | str) -> bool:
+    """--tls (True), or IMGSEARCH_TLS as it is set (a text)."""
+    if isinstance(tls, bool):
+        return tls
+    if tls.strip().lower() in _ON:
+        return True
+    if tls.strip().lower() in _OFF:
+        return False
+    raise UsageError(f"IMGSEARCH_TLS={tls!r}: use 1, true, yes or on (0, false, no, off or empty: no TLS)")
+
+
+def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS as asked for; a certificate file named while TLS is off is refused, never ignored in silence."""
+    if not _tls_on(args.tls):
+        named = [flag for flag in ("tls_ca", "tls_cert", "tls_key") if getattr(args, flag)]
+        if named:
+            flag = "--" + named[0].replace("_", "-")
+            raise UsageError(f"{flag} is given but TLS is off: add --tls (or set IMGSEARCH_TLS=1)")
+        return None
+    try:
+        return channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    except ValueError as error:  # a certificate without its key
+        raise UsageError(f"--tls-cert and --tls-key: {error}") from None
+
+
 def _connection_options(args: argparse.Namespace) -> dict[str, Any]:
-    credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key) if args.tls else None
-    return {"timeout": args.timeout, "token": args.token or None, "credentials": credentials}
+    return {"timeout": args.timeout, "token": args.token or None, "credentials": _credentials(args)}
 
 
 def _search_client(args: argparse.Namespace) -> SearchClient:
@@ -151,6 +178,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     parts = [QueryPart(text=args.text), *args.parts] if args.text else args.parts
     if not parts:
         raise UsageError("search takes a TEXT or --image PATH, --like ID, --text TEXT (see search --help)")
+    if args.grid and Path(args.grid).is_dir():
+        raise UsageError(f"--grid {args.grid} is a folder: name the PNG file to write")
     with _search_client(args) as client:
         hits = client.search(
             parts,
@@ -196,7 +225,11 @@ def _confirmed(client: SearchClient, args: argparse.Namespace, params: dict[str,
     matching = client.delete(filter=args.filter, filter_params=params, dry_run=True)
     if matching == 0:
         return True
-    answer = input(f"delete {matching} pictures that match {shown(args.filter)}? [y/N] ")
+    try:
+        answer = input(f"delete {matching} pictures that match {shown(args.filter)}? [y/N] ")
+    except EOFError:  # Ctrl-D: no
+        print()
+        return False
     return answer.strip().lower() in ("y", "yes")
 
 

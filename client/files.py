@@ -5,7 +5,9 @@ so each is refused from its file status before a byte is read. Every entry that 
 reported with the reason, never left out in silence.
 """
 
+import errno
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from .models import QueryPart
 # The first bytes of each format the encoder reads (JPEG, PNG, GIF, WebP, BMP, TIFF).
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 HEAD_BYTES = 12
+_ESCAPED_BYTE = re.compile(rb"\\x([89a-f][0-9a-f])")  # how `uri_of` writes a byte that is not UTF-8
 _READ_CHUNK = 1 << 20
 _KINDS = (
     (stat.S_ISDIR, "a folder"),
@@ -48,20 +51,31 @@ def uri_of(path: Path) -> str:
     return os.path.abspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def named_files(uri: str) -> list[str]:
+    """The files a stored URI may name: itself, then (if it holds `\\xNN`) the name `uri_of` made that from,
+    those bytes put back."""
+    raw = _ESCAPED_BYTE.sub(lambda byte: bytes([int(byte[1], 16)]), uri.encode("utf-8"))
+    return [uri] if raw == uri.encode("utf-8") else [uri, os.fsdecode(raw)]
+
+
 def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def walk(paths: Iterable[str | Path], recursive: bool = True) -> Iterator[Found]:
-    """Every entry under `paths`, folders in sorted order; a path that does not exist is refused
-    (ImageSearchError, INVALID_ARGUMENT) before anything is found. Links to files are read; links to folders
-    are not followed (no loops) but reported, like every entry that cannot be read."""
-    named = [Path(path) for path in paths]
+def walk(paths: str | Path | Iterable[str | Path], recursive: bool = True) -> Iterator[Found]:
+    """Every entry under `paths` (one path, or several), folders in sorted order; a path that does not exist
+    is refused (ImageSearchError, INVALID_ARGUMENT) before anything is found. Links to files are read; links
+    to folders are not followed (no loops) but reported, like every entry that cannot be read."""
+    named = [Path(path) for path in ([paths] if isinstance(paths, str | Path) else paths)]
     for path in named:
-        if not os.path.lexists(path):
-            raise refused(f"no such file or folder: {path}")
+        try:
+            os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise refused(f"no such file or folder: {path}") from None
+        except OSError:  # there, but not to be looked at (a folder above it is closed): its item says why
+            pass
     for path in named:
-        if path.is_dir():
+        if os.path.isdir(path):  # False when it cannot be looked at: then its item says why
             yield from _walk_folder(path, recursive)
         else:
             yield _classify(path)
@@ -79,7 +93,7 @@ def _walk_folder(folder: Path, recursive: bool) -> Iterator[Found]:
         if entry.is_dir(follow_symlinks=False):
             if recursive:
                 yield from _walk_folder(path, recursive)
-        elif entry.is_symlink() and entry.is_dir():
+        elif entry.is_symlink() and os.path.isdir(path):  # False for a broken link or a loop of links
             yield Found(path, failure="a link to a folder, not followed: name the folder itself to ingest it")
         else:
             yield _classify(path)
@@ -89,7 +103,9 @@ def _classify(path: Path) -> Found:
     try:
         mode = path.stat().st_mode
     except OSError as error:
-        reason = "a broken link" if path.is_symlink() else error.strerror
+        reason = error.strerror
+        if os.path.islink(path):
+            reason = "a loop of links" if error.errno == errno.ELOOP else "a broken link"
         return Found(path, failure=f"cannot read: {reason}")
     if stat.S_ISREG(mode):
         return Found(path)

@@ -5,12 +5,24 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from .files import named_files
 from .models import Hit
 
 TILE = (220, 165)
 LABEL_HEIGHT = 40
 COLUMNS = 5
 MARGIN = 8
+
+
+def _tile(uri: str) -> Image.Image:
+    """The picture at `uri`, fitted to a tile; grey when no file there can be read."""
+    for path in named_files(uri):
+        try:
+            with Image.open(path) as picture:
+                return ImageOps.pad(ImageOps.exif_transpose(picture).convert("RGB"), TILE, color="white")
+        except OSError:
+            continue
+    return Image.new("RGB", TILE, (200, 200, 200))
 
 
 def write_grid(hits: Sequence[Hit], out: str | Path, title: str = "") -> Path:
@@ -28,15 +40,10 @@ def write_grid(hits: Sequence[Hit], out: str | Path, title: str = "") -> Path:
         column, row = (rank - 1) % COLUMNS, (rank - 1) // COLUMNS
         x = MARGIN + column * (TILE[0] + MARGIN)
         y = header + MARGIN + row * (TILE[1] + LABEL_HEIGHT + MARGIN)
-        try:
-            with Image.open(hit.uri) as picture:
-                tile = ImageOps.pad(ImageOps.exif_transpose(picture).convert("RGB"), TILE, color="white")
-        except OSError:
-            tile = Image.new("RGB", TILE, (200, 200, 200))
-        sheet.paste(tile, (x, y))
+        sheet.paste(_tile(hit.uri), (x, y))
         draw.text((x, y + TILE[1] + 3), f"#{rank}  score {hit.score:.3f}", fill="black", font=font)
         draw.text((x, y + TILE[1] + 20), Path(hit.uri).name[:30], fill=(60, 60, 60), font=font)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    sheet.save(out, "PNG")  # whatever the name ends with
     return out

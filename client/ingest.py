@@ -31,7 +31,7 @@ class Ingestion:
 
     def __init__(
         self,
-        paths: Iterable[str | Path],
+        paths: str | Path | Iterable[str | Path],
         recursive: bool,
         collection: str,
         metadata: Mapping[str, MetadataValue] | None,
@@ -43,6 +43,9 @@ class Ingestion:
         self._progress = progress
         self._lock = threading.Lock()  # the blocking client records answers while another thread sends
         self.summary = IngestSummary(total=len(self._found))
+        # What making the requests raised (`progress`, say): gRPC would replace it with "Exception iterating
+        # requests!". It ends the stream instead; what was sent is answered, and then the call raises it.
+        self._failure: Exception | None = None
 
     def _request(self, found: Found, max_bytes: int) -> search_pb2.IngestRequest | IngestItem:
         """The request for one entry, or its outcome when it is settled here."""
@@ -67,17 +70,28 @@ class Ingestion:
         """The requests, each file read as it is sent, so memory stays flat however many there are; a file
         larger than the service takes is a failed item, never sent."""
         max_bytes = _largest_picture(limits)
-        for found in self._found:
-            if (request := self._send(self._request(found, max_bytes))) is not None:
-                yield request
+        try:
+            for found in self._found:
+                if (request := self._send(self._request(found, max_bytes))) is not None:
+                    yield request
+        except Exception as failure:
+            self._failure = failure
 
     async def async_requests(self, limits: Limits) -> AsyncIterator[search_pb2.IngestRequest]:
         """The same, each file read in a worker thread so that the event loop never waits on a disk."""
         max_bytes = _largest_picture(limits)
-        for found in self._found:
-            settled = await asyncio.to_thread(self._request, found, max_bytes)
-            if (request := self._send(settled)) is not None:
-                yield request
+        try:
+            for found in self._found:
+                settled = await asyncio.to_thread(self._request, found, max_bytes)
+                if (request := self._send(settled)) is not None:
+                    yield request
+        except Exception as failure:
+            self._failure = failure
+
+    def raise_failure(self) -> None:
+        """Raises what ended the requests early, if anything did."""
+        if self._failure is not None:
+            raise self._failure
 
     def record(self, response: search_pb2.IngestResponse) -> None:
         outcome = messages.OUTCOMES[response.outcome]

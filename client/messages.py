@@ -24,6 +24,15 @@ _INT32_MAX = 2**31 - 1
 _INT64 = (-(2**63), 2**63 - 1)
 
 
+def _utf8(name: str, text: str) -> str:
+    """`text`, refused when it holds what UTF-8 cannot carry (bytes of a file name that is not UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise refused(f"{name} = {text!r} is not UTF-8 text") from None
+    return text
+
+
 def _scalar(name: str, value: object) -> search_pb2.FilterValue:
     if isinstance(value, bool):
         return search_pb2.FilterValue(bool_value=value)
@@ -36,7 +45,7 @@ def _scalar(name: str, value: object) -> search_pb2.FilterValue:
             raise refused(f"{name} = {value} is not a finite number")
         return search_pb2.FilterValue(float_value=value)
     if isinstance(value, str):
-        return search_pb2.FilterValue(string_value=value)
+        return search_pb2.FilterValue(string_value=_utf8(name, value))
     raise refused(
         f"{name} is {type(value).__name__} {value!r}; use text, a number, true/false, or a list of those"
     )
@@ -68,7 +77,10 @@ def metadata_maps(
     for key in metadata:
         if not isinstance(key, str) or not key:
             raise refused(f"metadata key {key!r} is not a non-empty text")
-    strings = {key: value for key, value in metadata.items() if isinstance(value, str)}
+        _utf8("a metadata key", key)
+    strings = {
+        key: _utf8(f"metadata[{key!r}]", value) for key, value in metadata.items() if isinstance(value, str)
+    }
     typed = {
         key: typed_value(f"metadata[{key!r}]", value)
         for key, value in metadata.items()
@@ -81,6 +93,16 @@ def _bounded(name: str, value: int, lowest: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= _INT32_MAX:
         raise refused(f"{name} = {value!r} is not a whole number from {lowest} to {_INT32_MAX}")
     return value
+
+
+def _score(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise refused(f"{name} = {value!r} is not a number")
+    if not -1 <= value <= 1:  # NaN included
+        raise refused(f"{name} = {value!r} is outside -1..1")
+    return float(value)
 
 
 def search_options(
@@ -96,17 +118,29 @@ def search_options(
         collection=collection,
         top_k=_bounded("top_k", top_k, 1),
         offset=_bounded("offset", offset, 0),
-        filter=filter or "",
+        filter=_utf8("filter", filter or ""),
         filter_params=filter_params(params),
         output_fields=list(output_fields),
-        min_score=min_score,  # None leaves it unset: no cut-off
+        min_score=_score("min_score", min_score),  # None leaves it unset: no cut-off
+    )
+
+
+def search_text_request(text: str, options: search_pb2.SearchOptions) -> search_pb2.SearchTextRequest:
+    return search_pb2.SearchTextRequest(text=_utf8("text", text), options=options)
+
+
+def encode_text_request(texts: str | Sequence[str]) -> encoder_pb2.EncodeTextRequest:
+    """One text, or several (a text is one, not a sequence of letters)."""
+    listed = [texts] if isinstance(texts, str) else list(texts)
+    return encoder_pb2.EncodeTextRequest(
+        texts=[_utf8(f"texts[{index}]", text) for index, text in enumerate(listed)]
     )
 
 
 def query_part(part: QueryPart, picture: bytes | None) -> search_pb2.QueryPart:
     """The part as sent; `picture` holds the bytes of an image part, read by the client."""
     if part.text is not None:
-        return search_pb2.QueryPart(text=part.text, weight=part.weight)
+        return search_pb2.QueryPart(text=_utf8("text", part.text), weight=part.weight)
     if picture is not None:
         return search_pb2.QueryPart(image=picture, weight=part.weight)
     return search_pb2.QueryPart(id=part.id, weight=part.weight)
@@ -137,9 +171,20 @@ def records(response: search_pb2.GetResponse, output_fields: Sequence[str]) -> l
     return [_record(record, asked) for record in response.records]
 
 
+def _id_list(ids: str | Sequence[str] | None) -> list[str]:
+    """One id, or several (a text is one id, not a sequence of letters)."""
+    return [ids] if isinstance(ids, str) else list(ids or [])
+
+
+def get_request(
+    collection: str, ids: str | Sequence[str], output_fields: Sequence[str]
+) -> search_pb2.GetRequest:
+    return search_pb2.GetRequest(collection=collection, ids=_id_list(ids), output_fields=list(output_fields))
+
+
 def delete_request(
     collection: str,
-    ids: Sequence[str] | None,
+    ids: str | Sequence[str] | None,
     filter: str | None,
     params: Mapping[str, FilterParam] | None,
     dry_run: bool,
@@ -148,8 +193,8 @@ def delete_request(
         raise refused("delete needs either ids or a filter, not both and not neither")
     return search_pb2.DeleteRequest(
         collection=collection,
-        ids=list(ids or []),
-        filter=filter or "",
+        ids=_id_list(ids),
+        filter=_utf8("filter", filter or ""),
         filter_params=filter_params(params),
         dry_run=dry_run,
     )

@@ -55,14 +55,14 @@ class SearchClient:
 
     def ingest(
         self,
-        paths: Sequence[str | Path],
+        paths: str | Path | Sequence[str | Path],
         metadata: Mapping[str, MetadataValue] | None = None,
         recursive: bool = True,
         progress: Progress | None = None,
     ) -> IngestSummary:
-        """Streams every picture under `paths` and says what happened to each file; `progress` is called
-        with each item as it finishes. A stream that breaks raises IngestInterrupted, with the results
-        received until then."""
+        """Streams every picture under `paths` (one path, or several) and says what happened to each file;
+        `progress` is called with each item as it finishes, and what it raises ends the ingest. A stream
+        that breaks raises IngestInterrupted, with the results received until then."""
         ingestion = Ingestion(paths, recursive, self.collection, metadata, progress)
         requests = ingestion.requests(self.limits())
         try:
@@ -70,6 +70,7 @@ class SearchClient:
                 ingestion.record(response)
         except grpc.RpcError as error:
             raise IngestInterrupted(self._connection.error(error), ingestion.summary) from None
+        ingestion.raise_failure()
         return ingestion.summary
 
     def search_text(
@@ -85,7 +86,7 @@ class SearchClient:
         options = messages.search_options(
             self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
-        request = search_pb2.SearchTextRequest(text=text, options=options)
+        request = messages.search_text_request(text, options)
         return messages.hits(self._connection.call(self._stub.SearchText, request), output_fields)
 
     def search_image(
@@ -146,15 +147,14 @@ class SearchClient:
         request = search_pb2.GetThumbnailRequest(collection=self.collection, id=id)
         return (self._connection.call(self._stub.GetThumbnail, request)).jpeg
 
-    def get(self, ids: Sequence[str], output_fields: Sequence[str] = ()) -> list[Record]:
-        request = search_pb2.GetRequest(
-            collection=self.collection, ids=list(ids), output_fields=list(output_fields)
-        )
+    def get(self, ids: str | Sequence[str], output_fields: Sequence[str] = ()) -> list[Record]:
+        """The stored records of `ids` (one id, or several)."""
+        request = messages.get_request(self.collection, ids, output_fields)
         return messages.records(self._connection.call(self._stub.Get, request), output_fields)
 
     def delete(
         self,
-        ids: Sequence[str] | None = None,
+        ids: str | Sequence[str] | None = None,
         filter: str | None = None,
         filter_params: Mapping[str, FilterParam] | None = None,
         dry_run: bool = False,
@@ -193,9 +193,9 @@ class EncoderClient:
         self._connection = _Blocking(grpc, "encoder service", target, timeout, credentials, token)
         self._stub = encoder_pb2_grpc.EncoderServiceStub(self._connection.channel)
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), 512) float32 unit vectors."""
-        request = encoder_pb2.EncodeTextRequest(texts=list(texts))
+    def encode_texts(self, texts: str | Sequence[str]) -> np.ndarray:
+        """(number of texts, 512) float32 unit vectors; a text alone is one."""
+        request = messages.encode_text_request(texts)
         return messages.text_vectors(self._connection.call(self._stub.EncodeText, request))
 
     def encode_images(self, images: Sequence[bytes | str | Path]) -> list[ImageVector]:

@@ -5,6 +5,7 @@ from __future__ import annotations  # argparse's sub-parser type is generic to t
 import argparse
 from pathlib import Path
 
+from client.cli import port_argument
 from client.commands import UsageError, stop_on_signal
 from imagesearch.defaults import WEB_PORT
 
@@ -43,5 +44,7 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     demo.add_argument(
         "--web", action="store_true", help="serve the search page on the collection until Ctrl-C (make web)"
     )
-    demo.add_argument("--web-port", type=int, default=WEB_PORT, help="the search page's port (with --web)")
+    demo.add_argument(
+        "--web-port", type=port_argument, default=WEB_PORT, help="the search page's port (with --web)"
+    )
     demo.set_defaults(run=cmd_demo)

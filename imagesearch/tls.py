@@ -28,10 +28,13 @@ def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCreden
     )
 
 
-def channel_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCredentials | None:
-    """None for plaintext; `ca` verifies the server (empty: the system's roots), `cert`/`key` identify us."""
-    if not (ca or cert or key):
-        return None
+def channel_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCredentials:
+    """TLS: `ca` verifies the server (empty: the system's roots), `cert`/`key` identify us (mutual TLS)."""
     if bool(cert) != bool(key):
         raise ValueError("a client certificate and its key go together")
     return grpc.ssl_channel_credentials(_read(ca), _read(key), _read(cert))
+
+
+def channel_credentials_if_any(ca: str, cert: str, key: str) -> grpc.ChannelCredentials | None:
+    """A service's calls to another: TLS when any of the files is named, plaintext (None) otherwise."""
+    return channel_credentials(ca, cert, key) if (ca or cert or key) else None

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from imagesearch.defaults import available_cores
 from imagesearch.errors import ServiceError
 from imagesearch.serving import GrpcServer
-from imagesearch.tls import channel_credentials
+from imagesearch.tls import channel_credentials_if_any
 from imagesearch.v1 import search_pb2, search_pb2_grpc
 
 from .config import SearchConfig
@@ -80,7 +80,9 @@ class SearchServer:
             config.encoder_timeout_s,
             config.encoder_token,
             self.metrics.observe_encoder,
-            channel_credentials(config.encoder_tls_ca, config.encoder_tls_cert, config.encoder_tls_key),
+            channel_credentials_if_any(
+                config.encoder_tls_ca, config.encoder_tls_cert, config.encoder_tls_key
+            ),
         )
         self.servicer = SearchServicer(config, self.store, self.encoder, self.metrics, self.thumbnails)
         self.grpc: GrpcServer | None = None

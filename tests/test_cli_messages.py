@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from test_operability import scrape
 from test_search import picture
 
@@ -39,6 +40,9 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
         (["--param", "a=1", "--param-json", "a=2"], "'a' is given both as text and as JSON"),
         (["--top-k", "0"], "top_k = 0 is not a whole number from 1 to 2147483647"),
         (["--offset", "-1"], "offset = -1 is not a whole number from 0"),
+        (["--min-score", "2"], "min_score = 2.0 is outside -1..1"),
+        (["--min-score", "nan"], "min_score = nan is outside -1..1"),
+        (["--param", "a=caf\udce9"], "filter parameter 'a' = 'caf\\udce9' is not UTF-8 text"),
     ],
 )
 def test_bad_arguments_are_usage_errors_with_a_message(capsys, arguments, message) -> None:
@@ -52,10 +56,56 @@ def test_the_sdk_refuses_what_it_cannot_send_with_its_own_error() -> None:
             (lambda: client.search_text("a", top_k=2**40), "top_k = 1099511627776 is not a whole number"),
             (lambda: client.search_text("a", filter="{p}", filter_params={"p": {"x": 1}}), "is dict"),
             (lambda: client.delete(), "delete needs either ids or a filter"),
+            (lambda: client.search_text("a", min_score="0.1"), "min_score = '0.1' is not a number"),
+            (lambda: client.search_text("caf\udce9"), "text = 'caf\\udce9' is not UTF-8 text"),
+            (lambda: client.ingest([], metadata={"a": "\udcff"}), "metadata['a'] = '\\udcff' is not UTF-8"),
         ):
             with pytest.raises(ImageSearchError) as refused:
                 call()
             assert refused.value.code.name == "INVALID_ARGUMENT" and message in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--timeout", "0", "stats"], "argument --timeout: '0' is not a positive number of seconds"),
+        (["--timeout", "inf", "stats"], "argument --timeout: 'inf' is not a positive number of seconds"),
+        (["search", "caf\udce9"], "'caf\\udce9' is not UTF-8 text"),
+        (["up", "--encoder-port", "70000"], "argument --encoder-port: '70000' is not a port"),
+        (["up", "--web-port", "-1"], "argument --web-port: '-1' is not a port"),
+        (["up", "--search-metrics-port", "-2"], "argument --search-metrics-port: '-2' is not a port"),
+    ],
+)
+def test_arguments_no_call_could_use_are_usage_errors(capsys, arguments, message) -> None:
+    code, out, err = cli(capsys, "--server", NOWHERE, *arguments)
+    assert (code, out) == (EXIT_USAGE, "") and message in err
+
+
+def test_a_tag_that_is_not_utf8_is_refused_before_anything_is_sent(capsys, tmp_path) -> None:
+    (tmp_path / "a.png").write_bytes(picture(150))
+    code, _, err = cli(capsys, "--server", NOWHERE, "ingest", str(tmp_path), "--tag", "album=caf\udce9")
+    assert code == EXIT_USAGE and "metadata['album'] = 'caf\\udce9' is not UTF-8 text" in err
+
+
+def test_a_message_that_quotes_a_name_cannot_break_the_line_or_color_it(capsys, tmp_path) -> None:
+    name = tmp_path / "no\nsuch\x1b[31m"
+    code, _, err = cli(capsys, "--server", NOWHERE, "ingest", str(name))
+    assert code == EXIT_USAGE and f"no such file or folder: {tmp_path}/no\\nsuch\\x1b[31m" in err
+    assert "\x1b" not in err and "no\nsuch" not in err
+
+
+def test_a_grid_is_a_png_whatever_its_name_and_a_folder_is_refused_before_searching(
+    search, capsys, tmp_path
+) -> None:
+    (tmp_path / "pictures").mkdir()
+    (tmp_path / "pictures" / "a.png").write_bytes(picture(160))
+    server = ["--server", search.grpc.address, "--collection", "grids"]
+    assert cli(capsys, *server, "ingest", str(tmp_path / "pictures"), "--no-progress")[0] == EXIT_OK
+    for name in ("sheet", "sheet.txt"):
+        code, _, _ = cli(capsys, *server, "search", "x", "--grid", str(tmp_path / name))
+        assert code == EXIT_OK and Image.open(tmp_path / name).format == "PNG"
+    code, out, err = cli(capsys, *server, "search", "x", "--grid", str(tmp_path))
+    assert (code, out) == (EXIT_USAGE, "") and f"--grid {tmp_path} is a folder" in err
 
 
 def test_image_given_as_a_folder_is_a_message(capsys, tmp_path) -> None:
@@ -147,6 +197,8 @@ def test_delete_by_filter_on_a_terminal_asks_first(search, capsys, tmp_path) -> 
     code, said, left = _on_a_terminal(delete, answer="n")
     assert (code, left) == (EXIT_FAILED, 3)
     assert "delete 3 pictures that match uri like {p}? [y/N]" in said and "nothing deleted" in said
+    code, said, left = _on_a_terminal(delete, answer="\x04")  # Ctrl-D
+    assert (code, left) == (EXIT_FAILED, 3) and "nothing deleted" in said and "Traceback" not in said
     code, said, left = _on_a_terminal(delete, answer="y")
     assert (code, left) == (EXIT_OK, 0) and "deleted 3" in said
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -98,6 +99,42 @@ def test_async_client_against_the_same_servers(services, photo_folder) -> None:
     assert len(hits) == 5 and hits[0].score >= hits[-1].score
 
 
+class Enough(Exception):
+    """What a caller's progress callback raises to stop an ingest."""
+
+
+def _stop_at_the_first_skipped(item: IngestItem, summary: IngestSummary) -> None:
+    if item.outcome == "skipped":  # settled by the client: called while the requests are being made
+        raise Enough(item.uri)
+
+
+def test_what_a_progress_callback_raises_ends_the_ingest_as_itself(services, photo_folder) -> None:
+    """gRPC would replace it with "Exception iterating requests!" (blocking) or a cancellation (asyncio)."""
+    with SearchClient(services[1], collection="sdk_stop") as client, pytest.raises(Enough) as stopped:
+        client.ingest(photo_folder, progress=_stop_at_the_first_skipped)
+    assert stopped.value.args[0].endswith("fake.jpg")
+
+    async def scenario() -> None:
+        async with AsyncSearchClient(services[1], collection="sdk_stop") as client:
+            await client.ingest(photo_folder, progress=_stop_at_the_first_skipped)
+
+    with pytest.raises(Enough) as stopped:
+        asyncio.run(scenario())
+    assert stopped.value.args[0].endswith("fake.jpg")
+
+
+def test_one_path_id_or_text_is_taken_as_one_not_as_its_letters(services, photo_folder) -> None:
+    encoder_address, search_address = services
+    with SearchClient(search_address, collection="sdk_one") as client:
+        summary = client.ingest(str(photo_folder / "0.png"))
+        assert (summary.total, summary.stored) == (1, 1)
+        [stored] = summary.items
+        assert [record.id for record in client.get(stored.id)] == [stored.id]
+        assert client.delete(ids=stored.id) == 1
+    with EncoderClient(encoder_address) as encoder:
+        assert encoder.encode_texts("a dog").shape == (1, 512)
+
+
 def test_sdk_raises_its_own_error_with_the_status(services) -> None:
     with (
         SearchClient(services[1], collection="no_such_collection") as client,
@@ -163,6 +200,21 @@ def assert_tiles(sheet: Image.Image, count: int) -> None:
         y = header + MARGIN + (slot // COLUMNS) * (TILE[1] + LABEL_HEIGHT + MARGIN)
         filled += bool((pixels[y : y + TILE[1], x : x + TILE[0]] < 250).any())
     assert filled == count
+
+
+def test_a_grid_shows_a_picture_whose_file_name_is_not_utf8(services, tmp_path, capsys) -> None:
+    """Its URI holds `\\xe9` for the byte that is not UTF-8; the grid still finds the file."""
+    (tmp_path / "pictures").mkdir()
+    name = tmp_path / "pictures" / os.fsdecode(b"caf\xe9.png")
+    name.write_bytes(png(solid((220, 20, 20), (200, 150))))
+    server = ["--server", services[1], "--collection", "odd_names"]
+    assert cli(capsys, *server, "ingest", str(tmp_path / "pictures"), "--no-progress")[0] == EXIT_OK
+    grid = tmp_path / "grid.png"
+    assert cli(capsys, *server, "search", "x", "--top-k", "1", "--grid", str(grid))[0] == EXIT_OK
+    sheet = Image.open(grid).convert("RGB")
+    header = sheet.height - (TILE[1] + LABEL_HEIGHT + MARGIN) - MARGIN
+    middle = (MARGIN + TILE[0] // 2, header + MARGIN + TILE[1] // 2)
+    assert sheet.getpixel(middle) == pytest.approx((220, 20, 20), abs=3)  # not the grey of a missing file
 
 
 def test_cli_without_a_server_says_what_to_do(capsys) -> None:

@@ -157,6 +157,27 @@ def test_uris_are_absolute_so_grids_work_from_any_folder(search_address, tmp_pat
     assert_tiles(Image.open(tmp_path / "elsewhere" / "grid.png"), 1)
 
 
+def test_paths_named_that_cannot_be_looked_at_fail_alone(search_address, tmp_path) -> None:
+    """A loop of links, and a file in a folder the user may not enter, are there: each is a failed item
+    with its reason, not "no such file", and the other paths are ingested."""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "closed").mkdir()
+    (tmp_path / "closed" / "inside.png").write_bytes(picture(40))
+    (tmp_path / "closed").chmod(0)
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open" / "a.png").write_bytes(picture(41))
+    (tmp_path / "open" / "loop").symlink_to(tmp_path / "open" / "loop")
+    named = [tmp_path / "loop", tmp_path / "closed" / "inside.png", tmp_path / "open"]
+    code, report = ingest_json(search_address, *named, collection="unseen")
+    assert code == EXIT_PARTIAL
+    assert outcomes(report) == {
+        str(tmp_path / "loop"): ("failed", "cannot read: a loop of links"),
+        str(tmp_path / "closed" / "inside.png"): ("failed", "cannot read: Permission denied"),
+        str(tmp_path / "open" / "a.png"): ("stored", ""),
+        str(tmp_path / "open" / "loop"): ("failed", "cannot read: a loop of links"),
+    }
+
+
 ENTRY_KINDS = [
     "picture",
     "copy of a picture",
@@ -168,6 +189,7 @@ ENTRY_KINDS = [
     "link to a picture",
     "broken link",
     "link to a folder",
+    "link to itself",
 ]
 FAILURES = {
     "unreadable picture": "cannot open: Permission denied",
@@ -175,6 +197,7 @@ FAILURES = {
     "named pipe": "not a regular file (a named pipe)",
     "broken link": "a broken link",
     "link to a folder": "a link to a folder",
+    "link to itself": "cannot read: a loop of links",
     "unreadable folder": "cannot list this folder",
 }
 
@@ -228,6 +251,8 @@ def _make(
             path.symlink_to(folder / "no such file")
         elif kind == "link to a folder":
             path.symlink_to(folder)
+        elif kind == "link to itself":
+            path.symlink_to(path)
         outcome = "failed" if kind in FAILURES else "skipped" if kind in ("text", "empty") else "stored"
         expected[uri_of(path)] = outcome
 

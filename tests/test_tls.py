@@ -10,7 +10,7 @@ from conftest import running_encoder, running_search
 from test_search import folder
 
 from client import ImageSearchError, SearchClient
-from client.cli import EXIT_OK, main
+from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
 from imagesearch.tls import channel_credentials
@@ -73,6 +73,29 @@ def test_cli_over_tls(secured, authority, capsys) -> None:
     _, search = secured
     code = main(["--server", search.grpc.address, "--tls", "--tls-ca", authority.ca_file, "search", "a dog"])
     assert code == EXIT_OK and capsys.readouterr().out.splitlines()[0].split() == ["rank", "score", "path"]
+
+
+def test_cli_tls_is_never_plaintext_in_silence(search, authority, capsys, monkeypatch) -> None:
+    """`search` serves plaintext: a client that asked for TLS must fail there, not fall back."""
+    plain = ["--server", search.grpc.address, "--timeout", "5", "--collection", "none_yet", "stats"]
+    answered = "says: NOT_FOUND: collection 'none_yet' does not exist"
+    assert main([*plain[:-1], "--tls", "stats"]) == EXIT_FAILED  # the system's roots: no handshake
+    assert "is the search service running" in capsys.readouterr().err
+    monkeypatch.setenv("IMGSEARCH_TLS", "1")
+    assert main(plain) == EXIT_FAILED and "is the search service running" in capsys.readouterr().err
+    monkeypatch.setenv("IMGSEARCH_TLS", "0")
+    assert main(plain) == EXIT_FAILED and answered in capsys.readouterr().err
+    for flags, message in (
+        (["--tls-ca", authority.ca_file], "--tls-ca is given but TLS is off: add --tls"),
+        (["--tls", "--tls-cert", authority.ca_file], "--tls-cert and --tls-key: a client certificate"),
+    ):
+        with pytest.raises(SystemExit) as usage:
+            main([*flags, *plain])
+        assert usage.value.code == EXIT_USAGE and message in capsys.readouterr().err
+    monkeypatch.setenv("IMGSEARCH_TLS", "maybe")
+    with pytest.raises(SystemExit) as usage:
+        main(plain)
+    assert usage.value.code == EXIT_USAGE and "IMGSEARCH_TLS='maybe': use 1, true" in capsys.readouterr().err
 
 
 def probe(address: str) -> tuple[int, str]:

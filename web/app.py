@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from client import AsyncSearchClient, Hit
-from imagesearch.tls import channel_credentials
+from imagesearch.tls import channel_credentials_if_any
 
 from .config import WebConfig
 from .errors import HANDLERS, ApiError
@@ -70,7 +70,7 @@ class SearchPage:
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        credentials = channel_credentials(
+        credentials = channel_credentials_if_any(
             self.config.search_tls_ca, self.config.search_tls_cert, self.config.search_tls_key
         )
         async with AsyncSearchClient(
