@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from imagesearch.channels import CALLER_OPTIONS
 from imagesearch.headers import REQUEST_ID, SERVED_BY, bearer
 
 from .errors import ImageSearchError
@@ -33,11 +34,7 @@ _SERVICE_CONFIG = json.dumps(
         ]
     }
 )
-_CHANNEL_OPTIONS = [
-    ("grpc.service_config", _SERVICE_CONFIG),
-    ("grpc.max_send_message_length", -1),
-    ("grpc.max_receive_message_length", -1),
-]
+_CHANNEL_OPTIONS = [("grpc.service_config", _SERVICE_CONFIG), *CALLER_OPTIONS]
 
 
 class Connection:

@@ -11,6 +11,7 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
+from imagesearch.channels import CALLER_OPTIONS
 from imagesearch.errors import ServiceError
 from imagesearch.headers import REQUEST_ID, bearer
 from imagesearch.observability import current_request_id
@@ -66,14 +67,8 @@ class EncoderReplicas:
         self.attempts = attempts
         self.observe = observe  # (method, seconds) of every call, retries included, for metrics
         self._token = bearer(token)
-        options = [
-            ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
-            # A replica that comes back is used again within about a second, not after minutes of backoff.
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.max_receive_message_length", -1),
-        ]
+        round_robin = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+        options = [("grpc.service_config", round_robin), *CALLER_OPTIONS]
         self._channel = (
             grpc.secure_channel(channel_target(target), credentials, options)
             if credentials
