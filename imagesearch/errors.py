@@ -21,12 +21,27 @@ def invalid_argument(message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+# A status message travels in a header, percent-encoded (up to 12 bytes a character), and gRPC refuses headers
+# over 16 KiB: the caller would get RESOURCE_EXHAUSTED "Stream removed" instead. Messages quote what was
+# refused (a filter, an id), so a long one keeps its start and its end, where Milvus puts its reason.
+MAX_STATUS_CHARACTERS = 1000
+
+
+def status_message(message: str) -> str:
+    """`message`, or its start and end when it is over MAX_STATUS_CHARACTERS."""
+    if len(message) <= MAX_STATUS_CHARACTERS:
+        return message
+    kept = MAX_STATUS_CHARACTERS // 2
+    left_out = len(message) - 2 * kept
+    return f"{message[:kept]} … ({left_out} characters left out) … {message[-kept:]}"
+
+
 @contextmanager
 def _status_of_service_errors(context: grpc.ServicerContext) -> Iterator[None]:
     try:
         yield
     except ServiceError as error:
-        context.abort(error.code, error.message)
+        context.abort(error.code, status_message(error.message))
 
 
 class ServiceErrorInterceptor(grpc.ServerInterceptor):

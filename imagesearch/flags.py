@@ -7,6 +7,7 @@ The field's metadata also holds its `help` and any `choices`; the dataclass vali
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -52,3 +53,18 @@ def require_at_least(config: object, names: Sequence[str], least: int = 1) -> No
     for name in names:
         if getattr(config, name) < least:
             raise ValueError(f"{name} must be at least {least}, not {getattr(config, name)}")
+
+
+def require_at_most(config: object, names: Sequence[str], most: int) -> None:
+    """ValueError naming the first of `names` whose value is above `most`."""
+    for name in names:
+        if getattr(config, name) > most:
+            raise ValueError(f"{name} must be at most {most}, not {getattr(config, name)}")
+
+
+def require_seconds(config: object, names: Sequence[str]) -> None:
+    """ValueError naming the first of `names` that is not a positive, finite number of seconds."""
+    for name in names:
+        seconds = getattr(config, name)
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"{name} must be a number of seconds above 0, not {seconds}")

@@ -4,8 +4,14 @@ import json
 from dataclasses import dataclass
 
 from imagesearch.defaults import ENCODER_PORT, MAX_MESSAGE_BYTES, SEARCH_METRICS_PORT, SEARCH_PORT
-from imagesearch.flags import parse_config, require_at_least, setting
+from imagesearch.flags import parse_config, require_at_least, require_at_most, require_seconds, setting
 from imagesearch.serving import ServerSettings
+
+from .names import collection_name_problem
+
+_LITE_INDEX_TYPES = ("AUTOINDEX", "FLAT", "IVF_FLAT")
+_MILVUS_LARGEST_WINDOW = 16384  # offset + limit of one search
+_GRPC_LARGEST_MESSAGE = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -75,12 +81,30 @@ class SearchConfig(ServerSettings):
                 "thumbnail_max_pixels",
             ],
         )
-        require_at_least(self, ["thumbnail_workers"], 0)
+        require_at_least(self, ["thumbnail_workers", "max_offset"], 0)
+        require_at_most(self, ["max_message_bytes"], _GRPC_LARGEST_MESSAGE)
+        require_seconds(self, ["encoder_timeout_s", "milvus_timeout_s", "health_interval_s"])
+        if self.max_top_k + self.max_offset > _MILVUS_LARGEST_WINDOW:
+            raise ValueError(
+                f"max_top_k + max_offset must be at most {_MILVUS_LARGEST_WINDOW} (Milvus's limit on a "
+                f"search's offset + limit), not {self.max_top_k} + {self.max_offset}"
+            )
+        if problem := collection_name_problem(self.collection):
+            raise ValueError(f"collection: {problem}")
+        if is_milvus_lite(self.milvus_uri) and self.index_type not in _LITE_INDEX_TYPES:
+            raise ValueError(
+                f"index_type {self.index_type!r}: Milvus Lite takes {', '.join(_LITE_INDEX_TYPES)} (a Milvus "
+                "server takes HNSW and more)"
+            )
         try:
             if not isinstance(json.loads(self.index_params), dict):
                 raise ValueError
         except ValueError:
             raise ValueError(f"index_params must be a JSON object, not {self.index_params!r}") from None
+
+
+def is_milvus_lite(uri: str) -> bool:
+    return not uri.startswith(("http://", "https://", "tcp://", "unix:"))
 
 
 def parse_args(argv: list[str] | None = None) -> SearchConfig:

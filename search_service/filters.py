@@ -69,7 +69,14 @@ def _render_list(name: str, values: list[search_pb2.FilterValue]) -> str:
             f"filter_params[{name!r}] mixes {' and '.join(types)}: a field is compared with values of one "
             "type"
         )
+    kinds = {item.WhichOneof("kind") for item in values}
+    if kinds == {"int_value", "float_value"}:  # Lite fails on a list that mixes them; as floats, it matches
+        values = [search_pb2.FilterValue(float_value=_as_float(item)) for item in values]
     return "[" + ", ".join(render_value(name, item) for item in values) + "]"
+
+
+def _as_float(value: search_pb2.FilterValue) -> float:
+    return float(value.int_value) if value.WhichOneof("kind") == "int_value" else value.float_value
 
 
 def _string_literal_end(expression: str, start: int) -> int:

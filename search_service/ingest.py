@@ -78,7 +78,11 @@ def _problem(item: _Item) -> str:
         item.metadata = stored_metadata(item.text_metadata, item.typed_metadata)
     except BadMetadata as problem:
         return str(problem)
-    if len(json.dumps(item.metadata).encode()) > MAX_METADATA_BYTES:
+    # Measured as Milvus is sent it: compact UTF-8, not json.dumps's \uXXXX for every non-ASCII character.
+    if (
+        len(json.dumps(item.metadata, ensure_ascii=False, separators=(",", ":")).encode())
+        > MAX_METADATA_BYTES
+    ):
         return f"metadata is over the limit of {MAX_METADATA_BYTES} bytes as JSON"
     return ""
 

@@ -14,11 +14,11 @@ from imagesearch.serving import GrpcServer
 from imagesearch.tls import channel_credentials_if_any
 from imagesearch.v1 import search_pb2, search_pb2_grpc
 
-from .config import SearchConfig
+from .config import SearchConfig, is_milvus_lite
 from .encoder_replicas import EncoderReplicas
 from .metrics import SearchMetrics
 from .service import SearchServicer
-from .store import Store, is_milvus_lite
+from .store import Store
 from .thumbnails import Thumbnails
 
 log = logging.getLogger(__name__)

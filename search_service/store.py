@@ -14,10 +14,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from milvus_lite.server_manager import server_manager_instance
 from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.exceptions import ConnectionConfigException, MilvusUnavailableException
 
-from imagesearch.errors import ServiceError
+from imagesearch.errors import ServiceError, invalid_argument
+
+from .config import is_milvus_lite
+from .names import collection_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +51,6 @@ class CollectionInfo:
                 f"collection {self.name!r} holds vectors of model {self.model!r}, but the encoder serves "
                 f"{model!r}: use an encoder of {self.model!r}, or another collection",
             )
-
-
-def is_milvus_lite(uri: str) -> bool:
-    return not uri.startswith(("http://", "https://", "tcp://", "unix:"))
 
 
 class Store:
@@ -92,10 +92,13 @@ class Store:
             ) from None
 
     def _reconnect(self) -> None:
-        """After a lost connection: a fresh client, once Milvus answers again."""
+        """After a lost connection: a fresh client, once Milvus answers again. Milvus Lite runs in a process
+        that this one started: that process has ended or is broken, so it is started again on the file."""
         with self._reconnect_lock:
             if not self._reconnect_needed:
                 return
+            if is_milvus_lite(self.uri):
+                server_manager_instance.release_server(self.uri)
             stale, self._client = self._client, self._connect()
             self._reconnect_needed = False
         with contextlib.suppress(Exception):
@@ -105,11 +108,16 @@ class Store:
         self._client.close()
 
     def _call(
-        self, operation: str, collection: str, call: Callable[[], Result], expression: str = ""
+        self,
+        operation: str,
+        collection: str,
+        call: Callable[[], Result],
+        expression: str = "",
+        refused: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
     ) -> Result:
         """Runs one Milvus call, timed, turning its failures into the status a caller should get. A call with
         a filter `expression` that Milvus fails, and not for want of a connection, failed for its filter:
-        Milvus Lite checks some filters only while it runs them."""
+        Milvus Lite checks some filters only while it runs them. Any other refusal gets `refused`."""
         what = f"{operation} {collection!r}" if collection else operation
         if self._reconnect_needed:
             self._reconnect()
@@ -126,13 +134,11 @@ class Store:
                 self._reconnect_needed = True
             elif error.code == _MILVUS_COLLECTION_NOT_FOUND:
                 raise ServiceError(grpc.StatusCode.NOT_FOUND, f"{what}: {error.message}") from None
-            elif error.code == _MILVUS_INVALID_PARAMETER or expression:
-                raise ServiceError(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"{what}: Milvus refused the filter: {error.message}"
-                ) from None
-            raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE, f"{what} failed in Milvus: {error.message}"
-            ) from None
+            elif expression:
+                raise invalid_argument(f"{what}: Milvus refused the filter: {error.message}") from None
+            elif error.code == _MILVUS_INVALID_PARAMETER:
+                raise invalid_argument(f"{what}: Milvus refused the request: {error.message}") from None
+            raise ServiceError(refused, f"{what} failed in Milvus: {error.message}") from None
         except grpc.RpcError as error:  # pymilvus lets a server's deadline through as it is
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise ServiceError(
@@ -153,6 +159,8 @@ class Store:
         """The collection's stamp, once it is loaded into memory for searches; None when it does not exist."""
         if name in self._collections:
             return self._collections[name]
+        if problem := collection_name_problem(name):
+            raise invalid_argument(problem)
         if not self._call(
             "has collection", name, lambda: self._client.has_collection(name, timeout=self.timeout_s)
         ):
@@ -170,11 +178,28 @@ class Store:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"collection {name!r} was not made by this service (no model stamp); use another collection",
             ) from None
+        self._index(name)
         self._call(
             "load collection", name, lambda: self._client.load_collection(name, timeout=self.timeout_s)
         )
         self._collections[name] = info
         return info
+
+    def _index(self, name: str) -> None:
+        """Indexes the vectors of a collection that has no index yet: one just made, or one whose indexing
+        failed (then this service's --index-type and --index-params, now perhaps mended, are tried again)."""
+        if self._call(
+            "list indexes of", name, lambda: self._client.list_indexes(name, timeout=self.timeout_s)
+        ):
+            return
+        index = MilvusClient.prepare_index_params()
+        index.add_index("vector", index_type=self.index_type, metric_type="COSINE", params=self.index_params)
+        self._call(
+            f"index ({self.index_type} {json.dumps(self.index_params)}: --index-type, --index-params)",
+            name,
+            lambda: self._client.create_index(name, index, timeout=self.timeout_s),
+            refused=grpc.StatusCode.FAILED_PRECONDITION,
+        )
 
     def require(self, name: str) -> CollectionInfo:
         info = self.open_collection(name)
@@ -201,19 +226,11 @@ class Store:
             schema.add_field("model", DataType.VARCHAR, max_length=MAX_MODEL_LENGTH)
             schema.add_field("metadata", DataType.JSON)
             schema.add_field("ingested_at", DataType.INT64)
-            index = MilvusClient.prepare_index_params()
-            index.add_index(
-                "vector", index_type=self.index_type, metric_type="COSINE", params=self.index_params
-            )
             self._call(
                 "create collection",
                 name,
                 lambda: self._client.create_collection(
-                    name,
-                    schema=schema,
-                    index_params=index,
-                    consistency_level="Strong",
-                    timeout=self.timeout_s,
+                    name, schema=schema, consistency_level="Strong", timeout=self.timeout_s
                 ),
             )
             log.info("created collection %r for model %s (%s index)", name, model, self.index_type)
@@ -339,4 +356,4 @@ class Store:
             name,
             lambda: self._client.describe_index(name, index_name="vector", timeout=self.timeout_s),
         )
-        return str(index.get("index_type", self.index_type))
+        return str((index or {}).get("index_type", self.index_type))

@@ -29,13 +29,13 @@ from PIL import Image, ImageOps
 
 from imagesearch.pictures import to_rgb
 
+from .names import COLLECTION_NAME
+
 log = logging.getLogger(__name__)
 
 LONGEST_SIDE = 256
 JPEG_QUALITY = 85
 _ID = re.compile(r"[0-9a-f]{64}")
-# Milvus's own rule for collection names; checked again here because the name becomes a folder.
-_COLLECTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 
 
 class ThumbnailError(ValueError):
@@ -117,8 +117,9 @@ class Thumbnails:
         )
 
     def _path(self, collection: str, image_id: str) -> Path:
-        # Callers check both already; this keeps any other name from becoming a path.
-        if not _COLLECTION.fullmatch(collection) or not _ID.fullmatch(image_id):
+        # Callers check both already; this keeps any other name (the collection's is a folder) from becoming
+        # a path.
+        if not COLLECTION_NAME.fullmatch(collection) or not _ID.fullmatch(image_id):
             raise ValueError(f"not a collection and id: {collection!r}, {image_id!r}")
         return self.folder / collection / f"{image_id}.jpg"
 

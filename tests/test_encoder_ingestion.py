@@ -71,6 +71,13 @@ def test_an_item_gets_its_sha256_as_id_or_the_reason_it_cannot_be_stored() -> No
         assert (failed.id, failed.outcome, failed.error) == ("", search_pb2.OUTCOME_FAILED, reason)
 
 
+def test_metadata_is_measured_as_milvus_is_sent_it_compact_utf8() -> None:
+    """12,000 CJK characters are 36,000 bytes of UTF-8, but 72,000 as json.dumps's \\uXXXX escapes."""
+    caption = item(0, image=b"bytes", metadata={"caption": "日" * 12000})
+    _fill_in_id(caption)
+    assert (caption.outcome, caption.error) == (0, "")
+
+
 @given(st.lists(st.binary(max_size=300), max_size=5))
 def test_the_request_written_by_hand_is_the_one_protobuf_writes(images: list[bytes]) -> None:
     assert encode_images_request(images) == encoder_pb2.EncodeImagesRequest(images=images).SerializeToString()

@@ -1,5 +1,6 @@
 """Faults on loopback: a killed search service, lost encoders, an unreachable Milvus server; nothing lost."""
 
+import os
 import signal
 import socket
 import threading
@@ -13,6 +14,7 @@ import pytest
 from conftest import running_encoder, running_search, search_stub, service_process, wait_for_health
 from grpc_health.v1 import health_pb2
 from milvus_lite.server import Server as MilvusLiteServer
+from pymilvus import MilvusClient
 from test_search import PRESENT, STORED, folder, requests
 
 from client.local import free_port
@@ -188,3 +190,47 @@ def test_unreachable_milvus_means_not_serving_and_unavailable_then_recovery(tiny
                 assert len(stub.SearchText(query).hits) == 2
     finally:
         search_context.__exit__(None, None, None)
+
+
+def _lite_process(db_file: Path) -> int:
+    """The Milvus Lite process that serves `db_file` (started by this test process's search service)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and str(db_file).encode() in command and b"milvus" in command[0]:
+            return int(entry.name)
+    raise AssertionError(f"no Milvus Lite process serves {db_file}")
+
+
+def test_a_milvus_lite_process_that_is_killed_is_started_again(tiny_encoder, tmp_path) -> None:
+    """Before, every call said "cannot reach Milvus" until the search service itself was restarted."""
+    db_file, encoder = tmp_path / "lite.db", tiny_encoder.grpc.address
+    with running_search(encoder, db_file) as search, search_stub(search.grpc.address) as stub:
+        assert {r.outcome for r in stub.Ingest(requests(folder(3, 2300)))} == {STORED}
+        os.kill(_lite_process(db_file), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        answers = 0
+        while answers == 0:  # the call that finds the process gone fails; a later one starts it again
+            try:
+                answers = stub.Stats(search_pb2.StatsRequest()).count
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+        assert answers == 3
+        assert {r.outcome for r in stub.Ingest(requests(folder(4, 2300)))} == {PRESENT, STORED}
+
+
+def test_a_collection_left_without_an_index_gets_one_when_it_is_opened(tiny_encoder, tmp_path) -> None:
+    """A collection whose index Milvus refused (a bad --index-type) was left unsearchable for good: made, but
+    never indexed. Now the service indexes it with its own settings when it opens it."""
+    db_file, encoder = tmp_path / "half.db", tiny_encoder.grpc.address
+    with running_search(encoder, db_file) as search, search_stub(search.grpc.address) as stub:
+        assert {r.outcome for r in stub.Ingest(requests(folder(2, 2400)))} == {STORED}
+    milvus = MilvusClient(str(db_file))
+    milvus.release_collection("images")
+    milvus.drop_index("images", "vector")  # what a refused index leaves
+    assert milvus.list_indexes("images") == []
+    milvus.close()
+    with running_search(encoder, db_file) as search, search_stub(search.grpc.address) as stub:
+        assert len(stub.SearchText(search_pb2.SearchTextRequest(text="a dog")).hits) == 2
+        assert stub.Stats(search_pb2.StatsRequest()).count == 2

@@ -33,7 +33,7 @@ def test_placeholders_become_escaped_literals_of_their_type() -> None:
         },
     )
     assert rendered == (
-        'uri like "a \\"quoted\\" \\\\ path/%" and metadata["year"] in [2023, 2024.5] and '
+        'uri like "a \\"quoted\\" \\\\ path/%" and metadata["year"] in [2023.0, 2024.5] and '
         'metadata["ok"] == true or x > 0.25'
     )
 

@@ -32,12 +32,24 @@ def test_a_bad_environment_value_is_a_usage_error_naming_the_variable(monkeypatc
         (["--max-top-k", "0"], "max_top_k must be at least 1, not 0"),
         (["--index-params", "[1, 2]"], "index_params must be a JSON object"),
         (["--log-format", "xml"], "invalid choice: 'xml'"),
+        (["--health-interval-s", "0"], "health_interval_s must be a number of seconds above 0, not 0.0"),
+        (["--encoder-timeout-s", "nan"], "encoder_timeout_s must be a number of seconds above 0, not nan"),
+        (["--milvus-timeout-s", "-5"], "milvus_timeout_s must be a number of seconds above 0, not -5.0"),
+        (["--max-offset", "-1"], "max_offset must be at least 0, not -1"),
+        (["--max-top-k", "20000"], "max_top_k + max_offset must be at most 16384"),
+        (["--max-message-bytes", "3000000000"], "max_message_bytes must be at most 2147483647"),
+        (["--collection", "my-photos"], "collection: collection name 'my-photos' is not one Milvus takes"),
+        (["--index-type", "HNSW"], "index_type 'HNSW': Milvus Lite takes AUTOINDEX, FLAT, IVF_FLAT"),
     ],
 )
 def test_values_the_service_cannot_run_with_are_refused_at_start(flags, message, capsys) -> None:
     with pytest.raises(SystemExit) as usage:
         search_flags(flags)
     assert usage.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_milvus_server_takes_index_types_milvus_lite_does_not() -> None:
+    assert search_flags(["--milvus-uri", "http://milvus:19530", "--index-type", "HNSW"]).index_type == "HNSW"
 
 
 def test_settings_that_contradict_each_other_are_refused(capsys) -> None:

@@ -248,6 +248,66 @@ def test_bad_requests_get_invalid_argument_naming_the_problem(stub, collection) 
     assert "'no_such_collection' does not exist" in missing.value.details()
 
 
+def test_a_collection_name_milvus_would_refuse_is_refused_as_a_name(stub) -> None:
+    """Milvus's own words were "refused the filter", on requests that had none."""
+    for call in (
+        lambda: stub.Stats(search_pb2.StatsRequest(collection="my-photos")),
+        lambda: ingest(stub, folder(1), collection="my-photos"),
+        lambda: stub.SearchText(search_pb2.SearchTextRequest(text="a", options=options("2024"))),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            call()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "is not one Milvus takes: a letter or _" in refused.value.details()
+
+
+def test_a_refusal_that_quotes_a_long_input_is_still_invalid_argument(stub, collection) -> None:
+    """gRPC cannot carry a status message over 16 KiB: the caller got RESOURCE_EXHAUSTED "Stream removed"."""
+    ingest(stub, folder(1), collection=collection)
+    uris = search_pb2.FilterValue(
+        list_value=search_pb2.FilterValueList(
+            values=[search_pb2.FilterValue(string_value=f"/photos/{index:05d}.jpg") for index in range(1000)]
+        )
+    )
+    long_requests = [
+        lambda: stub.Get(search_pb2.GetRequest(collection=collection, ids=["x" * 20000])),
+        lambda: stub.SearchText(
+            search_pb2.SearchTextRequest(
+                text="a", options=options(collection, filter="url in {uris}", filter_params={"uris": uris})
+            )
+        ),
+    ]
+    for call in long_requests:
+        with pytest.raises(grpc.RpcError) as refused:
+            call()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "characters left out" in refused.value.details()
+
+
+def test_a_list_of_whole_numbers_and_fractions_filters_on_milvus_lite(stub, collection) -> None:
+    """Milvus Lite failed such a list with an internal assertion; as fractions, it matches whole numbers."""
+    for seed, year in ((10, 2021), (11, 2023)):
+        request = search_pb2.IngestRequest(
+            collection=collection,
+            image=picture(seed),
+            uri=f"{year}.png",
+            typed_metadata={"year": search_pb2.FilterValue(int_value=year)},
+        )
+        assert [result.outcome for result in stub.Ingest(iter([request]))] == [STORED]
+    years = search_pb2.FilterValue(
+        list_value=search_pb2.FilterValueList(
+            values=[search_pb2.FilterValue(int_value=2021), search_pb2.FilterValue(float_value=2022.5)]
+        )
+    )
+    found = stub.SearchText(
+        search_pb2.SearchTextRequest(
+            text="a",
+            options=options(collection, filter='metadata["year"] in {years}', filter_params={"years": years}),
+        )
+    )
+    assert [hit.record.uri for hit in found.hits] == ["2021.png"]
+
+
 def test_two_encoder_replicas_share_the_ingest(tiny_path, tmp_path) -> None:
     with (
         running_encoder(tiny_path, max_items_per_request=4) as first,

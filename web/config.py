@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from imagesearch.defaults import SEARCH_ADDRESS, WEB_PORT
-from imagesearch.flags import parse_config, require_at_least, setting
+from imagesearch.flags import parse_config, require_at_least, require_seconds, setting
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,7 @@ class WebConfig:
 
     def __post_init__(self) -> None:
         require_at_least(self, ["max_upload_bytes", "page_size"])
-        if self.timeout_s <= 0:
-            raise ValueError(f"timeout_s must be above 0, not {self.timeout_s}")
+        require_seconds(self, ["timeout_s"])
 
 
 def parse_args(argv: list[str] | None = None) -> WebConfig:
