@@ -287,10 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(error)
     except UnicodeEncodeError as error:  # an argument with bytes of a file name where text was wanted
         parser.error(f"{shown(str(error.object))!r} is not UTF-8 text")
-    except (
-        StartFailed,
-        OSError,
-    ) as error:  # a service that did not start, a grid that cannot be written, ...
+    except (StartFailed, OSError) as error:  # a service that did not start, a grid that cannot be written
         _say(str(error))
         return EXIT_FAILED
     except KeyboardInterrupt:

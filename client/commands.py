@@ -73,10 +73,8 @@ def _tls_on(tls: bool | str) -> bool:
     """--tls (True), or IMGSEARCH_TLS as it is set (a text)."""
     if isinstance(tls, bool):
         return tls
-    if tls.strip().lower() in _ON:
-        return True
-    if tls.strip().lower() in _OFF:
-        return False
+    if (value := tls.strip().lower()) in _ON + _OFF:
+        return value in _ON
     raise UsageError(f"IMGSEARCH_TLS={tls!r}: use 1, true, yes or on (0, false, no, off or empty: no TLS)")
 
 
