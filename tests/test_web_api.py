@@ -14,14 +14,16 @@ from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import pytest
-from conftest import running_encoder, running_search
+from conftest import running_encoder, running_search, search_stub
 from PIL import Image
+from test_search import ingest, picture
 
-from client import SearchClient
+from client import AsyncSearchClient, SearchClient
 from client.local import free_port
 from demo.run import DEMO_SEED, SMALL_CLIP
 from synthetic.evaluation import label_of, write_pictures
 from web.config import WebConfig
+from web.headers import HEADERS
 from web.server import WebServer
 
 MAX_UPLOAD = 200_000
@@ -203,6 +205,21 @@ def test_offset_and_top_k_page_through_the_same_ranking(demo) -> None:
     assert get(demo.url, "/api/search", q="a shape", top_k=-1).status == 400
 
 
+def test_a_hit_is_named_by_the_last_part_of_its_path_on_the_ingesting_machine(tiny_encoder, tmp_path) -> None:
+    named = {
+        "/pics/back\\slash.png": "back\\slash.png",  # a POSIX name may hold a backslash
+        "C:\\photos\\from windows.png": "from windows.png",
+        "/pics/plain.png": "plain.png",
+    }
+    with running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db") as search:
+        with search_stub(search.grpc.address) as stub:
+            stored = ingest(stub, [(uri, picture(seed)) for seed, uri in enumerate(named)])
+        with running_web(search.grpc.address) as url:
+            for item in stored:
+                hit = get(url, "/api/search", like=item.id, top_k=1).json()["hits"][0]
+                assert (hit["uri"], hit["name"]) == (item.uri, named[item.uri])
+
+
 def test_thumbnails_are_small_jpegs_of_stored_pictures(demo) -> None:
     name = picture_of(demo, "orange hexagon")
     answer = get(demo.url, f"/thumbnails/{demo.ids[name]}")
@@ -281,6 +298,18 @@ def test_the_tier_is_read_only_and_keeps_the_page_to_its_own_origin(demo) -> Non
         text = path.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, path.name
         assert request(demo.url, "GET", f"/static/{path.name}").status == 200
+
+
+def test_an_unexpected_failure_is_500_and_keeps_the_page_to_its_own_origin(monkeypatch) -> None:
+    async def failing_stats(client: AsyncSearchClient) -> None:
+        raise RuntimeError("a defect behind the web tier")
+
+    monkeypatch.setattr(AsyncSearchClient, "stats", failing_stats)
+    with running_web(f"127.0.0.1:{free_port()}", timeout_s=5.0) as url:
+        answer = get(url, "/api/status")
+    assert answer.status == 500
+    assert answer.json() == {"error": "the web tier failed: RuntimeError"}
+    assert {name: answer.headers[name] for name in HEADERS} == HEADERS
 
 
 def test_the_tier_sends_its_bearer_token_to_the_search_service(tiny_encoder, tmp_path) -> None:

@@ -6,6 +6,7 @@ Skips where no Chromium is found; fails instead when CI is set, since .ci/run in
 import base64
 import hashlib
 import os
+import random
 import re
 import shutil
 from collections.abc import Iterator
@@ -13,7 +14,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import running_encoder, running_search
+from conftest import running_encoder, running_search, search_stub
+from PIL import Image
+from test_search import ingest, picture
 from test_web_api import running_web
 
 from client import SearchClient
@@ -114,6 +117,20 @@ def shown(page: Page) -> list[tuple[str, str, float]]:
 
 def url_query(page: Page) -> dict[str, list[str]]:
     return parse_qs(urlsplit(page.url).query)
+
+
+def search_by_file(page: Page, path: Path) -> None:
+    """Chooses `path` as the picture to search by, and waits for its answer."""
+    page.set_input_files("#picture-input", str(path))
+    expect(page.locator("#parts")).to_contain_text(path.name)
+    expect(page.locator("body")).not_to_have_attribute("aria-busy", "true")
+
+
+def noise_png(path: Path, side: int) -> Path:
+    """Random pixels barely compress: the PNG holds about 3 * side² bytes."""
+    pixels = random.Random(path.name).randbytes(3 * side * side)
+    Image.frombytes("RGB", (side, side), pixels).save(path)
+    return path
 
 
 def wait_for_thumbnails(page: Page, count: int) -> None:
@@ -263,3 +280,110 @@ def test_a_picture_without_a_thumbnail_gets_a_placeholder(site: str, pictures: P
     expect(first.get_by_role("img", name="no thumbnail")).to_be_visible()
     expect(first.locator(".name")).to_have_text(path.name)
     expect(page.locator(".hit").nth(1).locator("img.thumb")).to_be_visible()
+
+
+def test_the_newest_uploaded_pictures_survive_a_reload(site: str, page: Page, tmp_path: Path) -> None:
+    # Chromium keeps about 5 MB of text per tab, a picture as base64 (4/3 of its size): 2.2 MB fits once.
+    first, second = noise_png(tmp_path / "first.png", 860), noise_png(tmp_path / "second.png", 860)
+    page.goto(site)
+    search_by_file(page, first)
+    search_by_file(page, second)
+    expect(page.locator(".hit")).to_have_count(24)
+    second_hits = shown(page)
+    page.reload()
+    expect(page.locator("#parts")).to_contain_text(second.name)
+    expect(page.locator(".hit")).to_have_count(24)
+    assert shown(page) == second_hits
+    expect(page.locator("#message")).to_be_hidden()
+    expect(page.locator("#parts .note")).to_have_count(0)
+
+    page.go_back()  # the first picture made room for the second
+    expect(page.locator("#message")).to_have_text(re.compile("not in this browser any more"))
+    expect(page.locator(".hit")).to_have_count(0)
+    page.go_forward()
+    expect(page.locator("#parts")).to_contain_text(second.name)
+
+
+def test_a_picture_too_large_to_keep_says_so_and_keeps_the_others(
+    site: str, page: Page, tmp_path: Path
+) -> None:
+    kept, too_large = noise_png(tmp_path / "kept.png", 600), noise_png(tmp_path / "too-large.png", 1300)
+    page.goto(site)
+    search_by_file(page, kept)
+    search_by_file(page, too_large)
+    expect(page.locator("#parts .note")).to_have_text("not kept in this tab: a reload loses it")
+    expect(page.locator(".hit")).to_have_count(24)
+
+    page.reload()
+    expect(page.locator("#message")).to_have_text(re.compile("not in this browser any more"))
+    page.go_back()
+    expect(page.locator("#parts")).to_contain_text(kept.name)
+    expect(page.locator(".hit")).to_have_count(24)
+    expect(page.locator("#parts .note")).to_have_count(0)
+
+
+def test_a_refused_search_leaves_no_status_of_the_previous_one(site: str, page: Page) -> None:
+    page.goto(site)
+    search_for(page, "a red circle")
+    expect(page.locator("#status")).to_contain_text("24 hits")
+    page.get_by_label("Describe the pictures to find").fill("a red circle")
+    page.get_by_role("button", name="Subtract").click()
+    expect(page.locator("#message")).to_contain_text("cancel out")
+    expect(page.locator("#status")).to_be_empty()
+    expect(page.locator(".hit")).to_have_count(0)
+
+
+def test_a_file_without_an_extension_is_told_by_its_bytes(
+    site: str, pictures: Path, page: Page, tmp_path: Path
+) -> None:
+    path = next(path for path in sorted(pictures.iterdir()) if label_of(path.name) == "orange hexagon")
+    nameless = tmp_path / path.stem
+    shutil.copy(path, nameless)
+    page.goto(site)
+    page.set_input_files("#picture-input", str(nameless))
+    expect(page.locator(".hit").first).to_have_attribute(
+        "data-id", hashlib.sha256(nameless.read_bytes()).hexdigest()
+    )
+
+    words = tmp_path / "notes"
+    words.write_text("just some text")
+    page.set_input_files("#picture-input", str(words))
+    expect(page.locator("#message")).to_contain_text("not a recognised image format")
+    typed = tmp_path / "notes.txt"
+    typed.write_text("just some text")
+    page.set_input_files("#picture-input", str(typed))  # a known type that is not a picture never leaves
+    expect(page.locator("#message")).to_contain_text("That is not a picture")
+
+
+def test_moving_the_slider_by_keyboard_searches_once_it_settles(site: str, page: Page) -> None:
+    page.goto(site)
+    search_for(page, "a yellow star")
+    entries = page.evaluate("history.length")
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.get_by_label("Minimum score").focus()
+    for _ in range(10):
+        page.keyboard.press("ArrowRight")
+    expect(page.locator("#status")).to_contain_text("scoring at least 0.10")
+    assert url_query(page) == {"q": ["a yellow star"], "min_score": ["0.10"]}
+    searches = [url for url in requested if "/api/search?" in url]
+    assert len(searches) == 1 and "min_score=0.10" in searches[0], searches  # only the settled value
+    assert page.evaluate("history.length") == entries + 1
+
+    page.go_back()
+    expect(page).to_have_url(re.compile(r"\?q=a\+yellow\+star$"))
+    expect(page.get_by_label("Minimum score")).to_have_value("0")
+    expect(page.locator("#status")).not_to_contain_text("scoring at least")
+
+
+def test_a_file_name_with_a_backslash_is_shown_whole(tiny_encoder, page: Page, tmp_path: Path) -> None:
+    name = "back\\slash.png"
+    with running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db") as search:
+        with search_stub(search.grpc.address) as stub:
+            [stored] = ingest(stub, [(f"/pics/{name}", picture(0))])
+        with running_web(search.grpc.address) as url:
+            page.goto(f"{url}/?like={stored.id}")
+            card = page.locator(".hit").first
+            expect(card.locator(".name")).to_have_text(name)
+            expect(card.locator("img.thumb")).to_have_attribute("alt", name)
+            expect(card.get_by_role("button", name=f"More like {name}")).to_be_visible()

@@ -12,14 +12,14 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from client import AsyncSearchClient, Hit
 from imagesearch.tls import channel_credentials_if_any
@@ -31,7 +31,12 @@ from .query import parse_query
 
 STATIC = Path(__file__).resolve().parent / "static"
 PICTURE_ID = re.compile(r"[0-9a-f]{64}")
-_PATH_SEPARATORS = re.compile(r"[\\/]")
+
+
+def file_name(uri: str) -> str:
+    """The last part of `uri`, a path on the machine that ingested: on POSIX a backslash is part of a name."""
+    path = PurePosixPath(uri) if uri.startswith("/") else PureWindowsPath(uri)
+    return path.name
 
 
 def hit_json(hit: Hit) -> dict[str, object]:
@@ -39,7 +44,7 @@ def hit_json(hit: Hit) -> dict[str, object]:
         "id": hit.id,
         "score": hit.score,
         "uri": hit.uri,
-        "name": _PATH_SEPARATORS.split(hit.uri)[-1],
+        "name": file_name(hit.uri),
         "metadata": hit.metadata,
         "thumbnail": f"/thumbnails/{hit.id}",
     }
@@ -131,9 +136,9 @@ class SearchPage:
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
-def create_app(config: WebConfig) -> Starlette:
+def create_app(config: WebConfig) -> ASGIApp:
     page = SearchPage(config)
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/", page.page),
             Route("/healthz", page.healthz),
@@ -142,7 +147,8 @@ def create_app(config: WebConfig) -> Starlette:
             Route("/thumbnails/{id}", page.thumbnail),
             Mount("/static", StaticFiles(directory=STATIC)),
         ],
-        middleware=[Middleware(SecurityHeaders)],
         exception_handlers=HANDLERS,
         lifespan=page.lifespan,
     )
+    # Around the whole app: Starlette answers an unexpected exception (500) outside its own middleware.
+    return SecurityHeaders(app)

@@ -3,6 +3,7 @@
 "use strict";
 
 const PAGE_SIZE = 24;
+const SLIDER_SETTLE_MS = 500;
 const $ = (id) => document.getElementById(id);
 
 // A query is a list of parts {kind: "text" | "id" | "picture", value, weight}. A picture part's value is a
@@ -10,6 +11,7 @@ const $ = (id) => document.getElementById(id);
 let query = { parts: [], minScore: 0 };
 let shown = 0;
 let latest = 0; // the newest request; answers to older ones are dropped
+let sliderSettling = 0; // the timer that searches with the minimum score once the slider stops moving
 const pictures = new Map();
 
 // ---- URL <-> query ----------------------------------------------------------------------------------------
@@ -53,17 +55,47 @@ function apiParams(q, offset) {
 
 // ---- pictures uploaded, dropped or pasted -----------------------------------------------------------------
 
-function rememberPicture(key, blob, name) {
-  pictures.set(key, { blob, name, url: URL.createObjectURL(blob) });
-  const reader = new FileReader();
-  reader.onload = () => {
+// The keys of the pictures kept in sessionStorage, oldest first.
+const KEPT_PICTURES = "pictures";
+
+function keptPictures() {
+  return JSON.parse(sessionStorage.getItem(KEPT_PICTURES) ?? "[]");
+}
+
+// The tab's storage holds a few MiB: the oldest pictures make room for a new one, so that the newest links
+// survive a reload. A picture that does not fit even alone is not kept (renderParts says so), and the
+// pictures removed to make room for it come back.
+function keepPicture(key, saved) {
+  const kept = keptPictures();
+  const madeRoom = new Map();
+  for (;;) {
     try {
-      sessionStorage.setItem(`picture:${key}`, JSON.stringify({ name, data: reader.result }));
-    } catch {
-      // Too large for this tab's storage: the picture stays usable until the page is reloaded.
+      sessionStorage.setItem(`picture:${key}`, saved);
+      sessionStorage.setItem(KEPT_PICTURES, JSON.stringify([...kept, key]));
+      return;
+    } catch (error) {
+      sessionStorage.removeItem(`picture:${key}`);
+      if (error.name !== "QuotaExceededError" || !kept.length) break;
+      const oldest = `picture:${kept.shift()}`;
+      madeRoom.set(oldest, sessionStorage.getItem(oldest));
+      sessionStorage.removeItem(oldest);
     }
-  };
-  reader.readAsDataURL(blob);
+  }
+  madeRoom.forEach((value, name) => sessionStorage.setItem(name, value));
+}
+
+function dataUrl(blob) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+}
+
+async function rememberPicture(key, blob, name) {
+  pictures.set(key, { blob, name, url: URL.createObjectURL(blob) });
+  keepPicture(key, JSON.stringify({ name, data: await dataUrl(blob) }));
 }
 
 function recallPicture(key) {
@@ -78,13 +110,16 @@ function recallPicture(key) {
   return pictures.get(key);
 }
 
-function searchByPicture(file) {
-  if (!file || !file.type.startsWith("image/")) {
+// A file without an extension has no type in the browser: the server tells a picture by its bytes.
+const mayBePicture = (file) => file.type === "" || file.type.startsWith("image/");
+
+async function searchByPicture(file) {
+  if (!file || !mayBePicture(file)) {
     showMessage("That is not a picture: choose a JPEG, PNG, GIF, WebP, BMP or TIFF file.");
     return;
   }
   const key = Math.random().toString(16).slice(2, 10);
-  rememberPicture(key, file, file.name || "pasted picture");
+  await rememberPicture(key, file, file.name || "pasted picture");
   navigate({ parts: [{ kind: "picture", value: key, weight: 1 }], minScore: query.minScore });
 }
 
@@ -96,6 +131,7 @@ function navigate(next) {
 }
 
 function show(next) {
+  clearTimeout(sliderSettling); // a newer query wins over a slider move that has not settled
   query = next;
   const single = query.parts.length === 1 && query.parts[0].kind === "text" ? query.parts[0].value : null;
   if (single !== null) $("query").value = single;
@@ -122,7 +158,7 @@ async function search(append) {
   if (picture) {
     const stored = recallPicture(picture.value);
     if (!stored) {
-      showMessage("The picture of this link is not in this browser any more: search by picture again.");
+      refused("The picture of this link is not in this browser any more: search by picture again.");
       return;
     }
     init = { method: "POST", body: stored.blob, headers: { "Content-Type": stored.blob.type || "application/octet-stream" } };
@@ -178,15 +214,25 @@ function describe(body, stats) {
 }
 
 function failed(status, error) {
-  if (status === 0 || status >= 500) {
-    $("banner-title").textContent =
-      status === 0 ? "The page cannot reach its server." : "The search service or its encoder cannot answer right now.";
-    $("banner-detail").textContent = error || "";
-    $("banner").hidden = false;
-    $("status").textContent = "";
-  } else {
-    showMessage(error || `HTTP ${status}`);
+  if (status > 0 && status < 500) {
+    refused(error || `HTTP ${status}`);
+    return;
   }
+  $("banner-title").textContent =
+    status === 0 ? "The page cannot reach its server." : "The search service or its encoder cannot answer right now.";
+  $("banner-detail").textContent = error || "";
+  $("banner").hidden = false;
+  clearAnswer();
+}
+
+function refused(message) {
+  showMessage(message);
+  clearAnswer();
+}
+
+// The previous search's hits and status line ("24 hits · 30 ms") do not answer this one.
+function clearAnswer() {
+  $("status").textContent = "";
   if (!shown) $("results").replaceChildren();
   $("more").hidden = true;
 }
@@ -264,6 +310,7 @@ function renderParts() {
       preview.src = recallPicture(part.value).url;
       preview.alt = "";
       item.append(preview);
+      if (!keptPictures().includes(part.value)) item.append(notKeptNote());
     }
     const label = document.createElement("span");
     label.textContent = partLabel(part);
@@ -284,6 +331,13 @@ function renderParts() {
     item.append(label, weight, remove);
     list.append(item);
   });
+}
+
+function notKeptNote() {
+  const note = document.createElement("span");
+  note.className = "note";
+  note.textContent = "not kept in this tab: a reload loses it";
+  return note;
 }
 
 function addPart(part) {
@@ -321,7 +375,14 @@ $("min-score").addEventListener("input", (event) => {
   const value = Number(event.target.value);
   $("min-score-value").textContent = value > 0 ? value.toFixed(2) : "off";
 });
-$("min-score").addEventListener("change", (event) => navigate({ ...query, minScore: Number(event.target.value) }));
+// Each arrow key on the slider is a change: only the value it settles on is searched and becomes a history entry.
+$("min-score").addEventListener("change", (event) => {
+  clearTimeout(sliderSettling);
+  const minScore = Number(event.target.value);
+  sliderSettling = setTimeout(() => {
+    if (minScore !== query.minScore) navigate({ ...query, minScore });
+  }, SLIDER_SETTLE_MS);
+});
 $("more").addEventListener("click", () => search(true));
 $("pick-picture").addEventListener("click", () => $("picture-input").click());
 $("picture-input").addEventListener("change", (event) => {
@@ -351,7 +412,7 @@ document.addEventListener("drop", (event) => {
   searchByPicture(event.dataTransfer.files[0]);
 });
 document.addEventListener("paste", (event) => {
-  const file = [...(event.clipboardData?.files ?? [])].find((f) => f.type.startsWith("image/"));
+  const file = [...(event.clipboardData?.files ?? [])].find(mayBePicture);
   if (!file) return; // text pastes into the query box as usual
   event.preventDefault();
   searchByPicture(file);
