@@ -44,6 +44,11 @@ class DeviceJpeg:
 
 
 _END_OF_IMAGE = b"\xff\xd9"
+STRIP_ASPECT = 16  # long side over short side, past which only the crop is resized
+_START_OF_SCAN = b"\xff\xda"  # a marker: never in a JPEG's coded data, where 0xff is always escaped
+# A progressive JPEG has about 10 scans, and each one walks the whole picture again: 0.6 MB of a repeated
+# cheap scan kept a decoding process busy for half a minute at 4000x4000.
+MAX_JPEG_SCANS = 100
 
 
 def smallest_useful_side(model_resolution: int) -> int:
@@ -73,6 +78,8 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
         )
     if width == 0 or height == 0:
         raise ImageRejected(f"{width}x{height} pixels: the image is empty")
+    if image.format == "JPEG" and (scans := data.count(_START_OF_SCAN)) > MAX_JPEG_SCANS:
+        raise ImageRejected(f"a JPEG of {scans} scans is over the limit of {MAX_JPEG_SCANS} scans")
     return image
 
 
@@ -109,12 +116,23 @@ def centre_crop_offsets(width: int, height: int, resolution: int) -> tuple[int, 
     return round((width - resolution) / 2.0), round((height - resolution) / 2.0)
 
 
+def is_a_strip(width: int, height: int) -> bool:
+    """Whether CLIP's resize would make the picture over STRIP_ASPECT times longer than its input: a
+    60000x1 PNG of 259 bytes would become 224 x 13 million pixels, gigabytes, before the crop."""
+    return max(width, height) > STRIP_ASPECT * min(width, height)
+
+
 def clip_pixels(image: Image.Image, resolution: int) -> np.ndarray:
     """CLIP's resize and centre crop of an RGB picture: (resolution, resolution, 3) uint8, pixel for pixel
-    what CLIP's own preprocessing feeds its ToTensor (tested), without importing torch."""
+    what CLIP's own preprocessing feeds its ToTensor (tested), without importing torch. A strip has only
+    its crop resized: the same filter over the same pixels, to within a level or two of rounding."""
     width, height = resized_size(image.width, image.height, resolution)
-    resized = image.resize((width, height), Image.Resampling.BICUBIC)
     left, top = centre_crop_offsets(width, height, resolution)
+    if is_a_strip(image.width, image.height):
+        x_scale, y_scale = image.width / width, image.height / height
+        box = (left * x_scale, top * y_scale, (left + resolution) * x_scale, (top + resolution) * y_scale)
+        return np.array(image.resize((resolution, resolution), Image.Resampling.BICUBIC, box=box))
+    resized = image.resize((width, height), Image.Resampling.BICUBIC)
     return np.array(resized.crop((left, top, left + resolution, top + resolution)))  # a writable copy
 
 
@@ -128,10 +146,11 @@ def pixels_for_clip(data: bytes, limits: ImageLimits, resolution: int) -> np.nda
 
 def jpeg_for_device(data: bytes, limits: ImageLimits) -> DeviceJpeg | None:
     """`data` as a JPEG that nvJPEG decodes exactly as libjpeg would, once within `limits`; None for what
-    only the PIL path does right: other formats, CMYK, greyscale and Adobe-marked JPEGs, data that does not
-    end where a JPEG ends (truncated files, trailing bytes), unreadable EXIF. ImageRejected past a limit."""
+    only the PIL path does right: other formats, CMYK, greyscale and Adobe-marked JPEGs, strips, data that
+    does not end where a JPEG ends (truncated files, trailing bytes), unreadable EXIF. ImageRejected past a
+    limit."""
     image = open_checked(data, limits)
-    if image.format != "JPEG" or image.mode != "RGB" or "adobe" in image.info:
+    if image.format != "JPEG" or image.mode != "RGB" or "adobe" in image.info or is_a_strip(*image.size):
         return None
     if not data.endswith(_END_OF_IMAGE):
         return None

@@ -39,12 +39,19 @@ def _file_sha256(path: str) -> str:
 
 
 def _read_checkpoint(path: str) -> CLIP:
-    """A TorchScript archive as OpenAI ships, or a plain state dict; `clip.load(path)` fails on the latter."""
+    """A TorchScript archive as OpenAI ships, or a plain state dict; `clip.load(path)` fails on the latter.
+    ValueError naming the file when it is neither, or not CLIP's (the start then ends with that one line)."""
     try:
-        state_dict = torch.jit.load(path, map_location="cpu").state_dict()
-    except RuntimeError:
-        state_dict = torch.load(path, map_location="cpu")
-    return build_model(state_dict)
+        try:
+            state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+        except RuntimeError:
+            state_dict = torch.load(path, map_location="cpu")
+        return build_model(state_dict)
+    except Exception as error:  # torch and CLIP raise many kinds for a file they cannot read as a model
+        raise ValueError(
+            f"--model {path}: not a CLIP checkpoint that this service can read ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
+        ) from None
 
 
 def _load_clip(spec: str, cache_dir: str) -> tuple[CLIP, str]:

@@ -5,7 +5,9 @@ loaded from its file in the installed `clip` package instead of through the pack
 """
 
 import functools
+import heapq
 import importlib.util
+import itertools
 import os
 from dataclasses import dataclass
 from types import ModuleType
@@ -35,21 +37,76 @@ def _module() -> ModuleType:
 
 
 @functools.cache
-def _tokenizer():  # type: ignore[no-untyped-def]
-    return _module().SimpleTokenizer()
+def _module_and_tokenizer():  # type: ignore[no-untyped-def]
+    module = _module()
+    return module, module.SimpleTokenizer()
+
+
+def merged(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's byte-pair merges of one word's symbols, exactly as SimpleTokenizer.bpe makes them: round after
+    round, the pair of lowest rank, every occurrence merged left to right. Its loop scans the whole word in
+    each round, so a word of thousands of random letters took about a second; a heap of the pairs, by rank and
+    then position, takes milliseconds. A symbol keeps its position when the one after it merges into it."""
+    text: list[str] = list(symbols)
+    after = [*range(1, len(text)), -1]
+    before = [-1, *range(len(text) - 1)]
+    heap = [(ranks[pair], left) for left, pair in enumerate(itertools.pairwise(text)) if pair in ranks]
+    heapq.heapify(heap)
+    while heap:
+        rank = heap[0][0]
+        lefts = set()
+        while heap and heap[0][0] == rank:  # every occurrence of this one pair
+            lefts.add(heapq.heappop(heap)[1])
+        for left in sorted(lefts):
+            right = after[left]
+            if right < 0 or ranks.get((text[left], text[right])) != rank:
+                continue  # merged away earlier, or a pair that has changed since it was queued
+            text[left] += text[right]
+            after[left] = after[right]
+            if after[left] >= 0:
+                before[after[left]] = left
+            text[right] = ""
+            for pair_left in (before[left], left):
+                if pair_left >= 0 and after[pair_left] >= 0:
+                    pair = (text[pair_left], text[after[pair_left]])
+                    if pair in ranks:
+                        heapq.heappush(heap, (ranks[pair], pair_left))
+    return [symbol for symbol in text if symbol]
+
+
+def _word_ids(tokenizer, word: str) -> list[int]:  # type: ignore[no-untyped-def]
+    """The token ids of one word as the tokenizer's `bpe` splits it, memoised in its own cache."""
+    if word not in tokenizer.cache:
+        symbols = [*word[:-1], word[-1] + "</w>"]
+        tokenizer.cache[word] = " ".join(merged(symbols, tokenizer.bpe_ranks))
+    return [tokenizer.encoder[symbol] for symbol in tokenizer.cache[word].split(" ")]
+
+
+def _ids(text: str, most: int) -> list[int]:
+    """The first `most` ids of SimpleTokenizer.encode(text): the words after those are not split at all (a
+    100 KB text used to be split to its end, to keep 75 tokens)."""
+    module, tokenizer = _module_and_tokenizer()
+    ids: list[int] = []
+    for match in tokenizer.pat.finditer(module.whitespace_clean(module.basic_clean(text)).lower()):
+        word = "".join(tokenizer.byte_encoder[byte] for byte in match.group().encode("utf-8"))
+        ids.extend(_word_ids(tokenizer, word))
+        if len(ids) >= most:
+            return ids[:most]
+    return ids
 
 
 def tokenize(texts: list[str], context_length: int) -> TokenizedTexts:
     """CLIP's tokens for `texts`, cut to `context_length` as `clip.tokenize(..., truncate=True)` cuts them,
     and which texts were cut."""
-    tokenizer = _tokenizer()
+    _, tokenizer = _module_and_tokenizer()
     if len(tokenizer.cache) > _MAX_MEMOISED_WORDS:
         tokenizer.cache = {token: token for token in ("<|startoftext|>", "<|endoftext|>")}
     start, end = tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]
     tokens = np.zeros((len(texts), context_length), dtype=np.int64)
     truncated = []
     for row, text in enumerate(texts):
-        ids = [start, *tokenizer.encode(text), end]
+        # One id past what fits tells whether the text was cut.
+        ids = [start, *_ids(text, context_length - 1), end]
         truncated.append(len(ids) > context_length)
         if truncated[-1]:
             ids = [*ids[: context_length - 1], end]

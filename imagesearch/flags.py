@@ -62,9 +62,19 @@ def require_at_most(config: object, names: Sequence[str], most: int) -> None:
             raise ValueError(f"{name} must be at most {most}, not {getattr(config, name)}")
 
 
-def require_seconds(config: object, names: Sequence[str]) -> None:
-    """ValueError naming the first of `names` that is not a positive, finite number of seconds."""
+def require_seconds(config: object, names: Sequence[str], zero_allowed: bool = False) -> None:
+    """ValueError naming the first of `names` that is not a finite number of seconds above 0 (or 0 too)."""
     for name in names:
         seconds = getattr(config, name)
-        if not (math.isfinite(seconds) and seconds > 0):
-            raise ValueError(f"{name} must be a number of seconds above 0, not {seconds}")
+        if not (math.isfinite(seconds) and (seconds > 0 or (zero_allowed and seconds == 0))):
+            least = "0 or more" if zero_allowed else "above 0"
+            raise ValueError(f"{name} must be a number of seconds {least}, not {seconds}")
+
+
+def require_ports(config: object, names: Sequence[str], none: int | None = None) -> None:
+    """ValueError naming the first of `names` that is not a port (0: any free one), nor `none` if given."""
+    for name in names:
+        port = getattr(config, name)
+        if not (0 <= port <= 65535 or port == none):
+            allowed = "0 to 65535" if none is None else f"0 to 65535, or {none} for none"
+            raise ValueError(f"{name} must be {allowed}, not {port}")

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from .auth import BearerTokenInterceptor
 from .errors import ServiceError, ServiceErrorInterceptor
-from .flags import setting
+from .flags import require_ports, require_seconds, setting
 from .observability import ObservabilityInterceptor, serve_metrics
 from .tls import server_credentials
 
@@ -43,6 +43,12 @@ class ServerSettings:
         "also answer grpc.health.v1 alone, in plaintext, here: for probes that cannot speak TLS (-1: none)",
     )
     log_format: str = setting("json", "log lines as JSON or as text", None, ["json", "text"])
+
+    def check_serving(self) -> None:
+        """ValueError naming a port that is none, or a grace that is no number of seconds."""
+        require_ports(self, ["port"])
+        require_ports(self, ["metrics_port", "health_port"], none=-1)
+        require_seconds(self, ["shutdown_grace_s"], zero_allowed=True)
 
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -124,6 +130,8 @@ class GrpcServer:
             raise OSError(
                 f"cannot serve metrics on {host}:{metrics_port} (--metrics-port): {error}"
             ) from None
+        if self.metrics is not None:
+            log.info("metrics on http://%s:%d/metrics", host, self.metrics.server_port)
         self._health_server, self.health_address = (
             self._serve_health_alone(host, health_port) if health_port >= 0 else (None, None)
         )

@@ -69,6 +69,7 @@ class SearchConfig(ServerSettings):
     )
 
     def __post_init__(self) -> None:
+        self.check_serving()
         require_at_least(
             self,
             [

@@ -57,6 +57,14 @@ def test_pil_resize_and_crop_then_model_input_are_clips_own_bit_for_bit(size: tu
     assert torch.equal(model_input[0], clip_transform(224)(picture))
 
 
+def test_a_strip_has_only_its_crop_resized_within_cosine_09999_of_clip(reference) -> None:
+    """Over 16 times longer than wide, a picture is cropped before its resize (a 60000x1 one would become
+    224 x 13 million pixels): the same filter over the same pixels, but not bit for bit."""
+    strips = [camera_photo(*size) for size in ((2000, 100), (100, 2000), (5000, 7), (300, 5000))]
+    ours = our_vectors(reference, [torch.from_numpy(clip_pixels(strip, 224)) for strip in strips])
+    assert (ours * clips_vectors(reference, strips)).sum(axis=1).min() >= 0.9999
+
+
 def gpu_path(jpegs: list[bytes]) -> list[torch.Tensor]:
     """What the GPU does with JPEGs, on the CPU; every one of these must decode."""
     pixels = decode_on_device([DeviceJpeg(data, exif_orientation(data), 1) for data in jpegs], CPU, 224)

@@ -52,6 +52,24 @@ def test_a_milvus_server_takes_index_types_milvus_lite_does_not() -> None:
     assert search_flags(["--milvus-uri", "http://milvus:19530", "--index-type", "HNSW"]).index_type == "HNSW"
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--port", "70000"], "port must be 0 to 65535, not 70000"),
+        (["--metrics-port", "-7"], "metrics_port must be 0 to 65535, or -1 for none, not -7"),
+        (["--health-port", "70000"], "health_port must be 0 to 65535, or -1 for none, not 70000"),
+        (["--shutdown-grace-s", "-5"], "shutdown_grace_s must be a number of seconds 0 or more, not -5.0"),
+        (["--max-image-bytes", "3000000000"], "max_image_bytes must be at most 2146435071"),
+    ],
+)
+def test_an_encoder_flag_that_cannot_work_is_refused_at_start(flags, message, capsys) -> None:
+    """A port out of range wrapped round to another (--port 70000 served on 4464), a negative grace dropped
+    the calls in flight at SIGTERM, and an image limit over gRPC's 2 GiB let through none it promised."""
+    with pytest.raises(SystemExit) as usage:
+        encoder_flags(flags)
+    assert usage.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_settings_that_contradict_each_other_are_refused(capsys) -> None:
     with pytest.raises(SystemExit):
         encoder_flags(["--max-items-per-request", "600", "--max-queue-size", "512"])

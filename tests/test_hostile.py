@@ -27,18 +27,32 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def grey_png(width: int, height: int, compressed_rows: bytes) -> bytes:
+    """A greyscale PNG written by hand around its compressed rows (each a filter byte, then the pixels)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunks = png_chunk(b"IHDR", header) + png_chunk(b"IDAT", compressed_rows) + png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
 def zip_bomb_png(side: int = 10_000) -> bytes:
     """A few hundred kilobytes that decode to side x side pixels of black."""
     compressor = zlib.compressobj(9)
     row = b"\x00" * (side + 1)  # filter byte + one greyscale byte per pixel
     pixels = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", pixels)
-        + png_chunk(b"IEND", b"")
-    )
+    return grey_png(side, side, pixels)
+
+
+def strip_png(width: int) -> bytes:
+    """A grey picture `width` pixels wide and 1 high, in little more than width / 1000 bytes."""
+    return grey_png(width, 1, zlib.compress(b"\x00" + b"\x80" * width, 9))
+
+
+def many_scans_jpeg(scans: int) -> bytes:
+    """A progressive JPEG whose last scan comes again and again: each one makes libjpeg walk the whole
+    picture once more, for a few bytes."""
+    data = jpeg(two_tone((10, 120, 200), (240, 240, 240), (64, 48)), progressive=True)
+    last_scan = data[data.rindex(b"\xff\xda") : -2]
+    return data[:-2] + last_scan * (scans - data.count(b"\xff\xda")) + data[-2:]
 
 
 def many_frames_gif(frames: int = 300) -> bytes:
@@ -78,12 +92,16 @@ def hostile_images() -> dict[str, bytes]:
         "pdf": b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n",
         "huge exif": huge_exif_jpeg(),
         "animated gif, 300 frames": many_frames_gif(),
+        # CLIP's resize would make it 32 x 1.3 billion pixels: a worker died on it, twice.
+        "40,000,000 x 1 strip": strip_png(40_000_000),
+        "jpeg of 10,000 scans": many_scans_jpeg(10_000),
         "good": formats["png"],
     }
 
 
 MUST_FAIL = {
     "zip bomb png",
+    "jpeg of 10,000 scans",
     "30000x30000 header",
     "zero bytes",
     "random bytes",
@@ -91,7 +109,7 @@ MUST_FAIL = {
     "pdf",
     "truncated png",
 }
-MUST_ENCODE = {"huge exif", "animated gif, 300 frames", "good"}
+MUST_ENCODE = {"huge exif", "animated gif, 300 frames", "40,000,000 x 1 strip", "good"}
 
 
 def test_hostile_images_get_a_vector_or_their_own_error_from_the_encoder(tiny_encoder) -> None:
@@ -108,6 +126,12 @@ def test_hostile_images_get_a_vector_or_their_own_error_from_the_encoder(tiny_en
     assert {n for n, r in outcomes.items() if r.WhichOneof("outcome") == "error"} >= MUST_FAIL
     assert {n for n, r in outcomes.items() if r.WhichOneof("outcome") == "vector"} >= MUST_ENCODE
     assert still_up.image_resolution == 32
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_from_its_bytes_before_decoding() -> None:
+    with pytest.raises(ImageRejected, match="a JPEG of 10000 scans is over the limit of 100 scans"):
+        decode_image(many_scans_jpeg(10_000), ImageLimits(max_bytes=1 << 24, max_pixels=1 << 24), 64)
+    assert decode_image(many_scans_jpeg(20), ImageLimits(max_bytes=1 << 24, max_pixels=1 << 24), 64)
 
 
 def test_hostile_images_fail_alone_in_an_ingest(tiny_encoder, tmp_path) -> None:

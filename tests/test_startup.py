@@ -29,6 +29,17 @@ def test_a_model_file_that_is_not_there_is_named(tmp_path: Path) -> None:
     assert f"--model '{tmp_path / 'missing.pt'}' is neither a checkpoint file nor one of" in done.stderr
 
 
+def test_a_model_file_that_is_no_clip_checkpoint_is_named(tiny_path: Path, tmp_path: Path) -> None:
+    truncated, not_clip, text = tmp_path / "truncated.pt", tmp_path / "not_clip.pt", tmp_path / "notes.txt"
+    truncated.write_bytes(tiny_path.read_bytes()[:3000])
+    torch.save({"weight": torch.zeros(2)}, not_clip)
+    text.write_text("not a model")
+    for path in (truncated, not_clip, text):
+        done = start_encoder("--model", str(path))
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert f"encoder_service: --model {path}: not a CLIP checkpoint" in done.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the CUDA device the test asks for")
 def test_a_device_that_is_not_there_is_named(tiny_path: Path) -> None:
     done = start_encoder("--model", str(tiny_path), "--device", "cuda")

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from imagesearch.defaults import SEARCH_ADDRESS, WEB_PORT
-from imagesearch.flags import parse_config, require_at_least, require_seconds, setting
+from imagesearch.flags import parse_config, require_at_least, require_ports, require_seconds, setting
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class WebConfig:
     def __post_init__(self) -> None:
         require_at_least(self, ["max_upload_bytes", "page_size"])
         require_seconds(self, ["timeout_s"])
+        require_ports(self, ["port"])
 
 
 def parse_args(argv: list[str] | None = None) -> WebConfig:
