@@ -106,7 +106,7 @@ class EncoderRuntime:
         results = [self.cache.get(name, text) for text in texts]
         missing = [index for index, result in enumerate(results) if result is None]
         if missing:
-            with self.texts.expect() as arrival:
+            with self.texts.expect(len(missing)) as arrival:
                 tokenized = self.workers.tokenize([texts[index][:limit] for index in missing])
                 future = arrival.submit(list(tokenized.tokens))
             for index, vector, cut in zip(missing, future.result(), tokenized.truncated, strict=True):
@@ -116,7 +116,7 @@ class EncoderRuntime:
 
     def encode_images(self, images: Sequence[bytes]) -> list[np.ndarray | RejectedImage]:
         """For each image in order, its vector or why it has none."""
-        with self.images.expect() as arrival:
+        with self.images.expect(len(images)) as arrival:
             prepared = self.image_tower.prepare(images)
             good = [item for item in prepared if not isinstance(item, RejectedImage)]
             future = arrival.submit(good)

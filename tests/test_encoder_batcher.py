@@ -58,21 +58,21 @@ def batcher(run: Pass) -> Iterator[DynamicBatcher]:
 
 def test_a_lone_caller_never_waits_whatever_the_delay(batcher: DynamicBatcher, run: Pass) -> None:
     for call in range(3):
-        with batcher.expect() as arrival:
+        with batcher.expect(2) as arrival:
             future = arrival.submit([call, call])
         assert future.result(timeout=60) == [10 * call, 10 * call]
     assert run.batches == [[0, 0], [1, 1], [2, 2]]
 
 
 def test_requests_on_their_way_are_merged_into_one_forward_pass(batcher: DynamicBatcher, run: Pass) -> None:
-    arrivals = [batcher.expect() for _ in range(3)]
+    arrivals = [batcher.expect(1) for _ in range(3)]
     futures = [arrival.submit([index]) for index, arrival in enumerate(arrivals)]
     assert [future.result(timeout=60) for future in futures] == [[0], [10], [20]]
     assert run.batches == [[0, 1, 2]]
 
 
 def test_callers_just_answered_are_waited_for_as_they_come_back(batcher: DynamicBatcher, run: Pass) -> None:
-    arrivals = [batcher.expect() for _ in range(3)]
+    arrivals = [batcher.expect(1) for _ in range(3)]
     answered = [arrival.submit([index]) for index, arrival in enumerate(arrivals)]
     assert [future.result(timeout=60) for future in answered] == [[0], [10], [20]]
     # The three callers send again at once, well within the delay (an hour): one pass, not a lone one first.
@@ -82,8 +82,8 @@ def test_callers_just_answered_are_waited_for_as_they_come_back(batcher: Dynamic
 
 
 def test_a_request_that_never_submits_does_not_hold_the_batch(batcher: DynamicBatcher, run: Pass) -> None:
-    staying = batcher.expect()
-    with batcher.expect():  # announced, then given up (say its every image was rejected)
+    staying = batcher.expect(1)
+    with batcher.expect(1):  # announced, then given up (say its every image was rejected)
         future = staying.submit([1])
     assert future.result(timeout=60) == [10]
 
@@ -124,6 +124,29 @@ def test_a_request_that_does_not_fit_the_queue_is_refused_at_once(held: Pass) ->
         held.release.set()
         assert running.result(timeout=60) == [10, 20]
         assert queued.result(timeout=60) == [30, 40, 50, 60]
+
+
+def test_a_request_being_prepared_holds_its_room_and_one_that_cannot_fit_is_refused_before(
+    held: Pass,
+) -> None:
+    """Refused when announced, not once its pictures are decoded: that work would be thrown away."""
+    for batcher in batcher_for(held, max_batch_size=2, max_queue_size=4):
+        running = batcher.submit([1, 2])
+        held.started.wait()
+        with batcher.expect(3) as preparing:
+            with pytest.raises(QueueFull, match="the test queue holds 3 of 4 items; 2 more do not fit"):
+                batcher.expect(2)
+            with pytest.raises(QueueFull, match="the test queue holds 3 of 4 items; 2 more do not fit"):
+                batcher.submit([8, 9])
+            prepared = preparing.submit([3, 4])  # one of its three was rejected while it was prepared
+        with batcher.expect(2) as second:  # the room of the item that was rejected is given back
+            later = second.submit([5, 6])
+        held.release.set()
+        assert [future.result(timeout=60) for future in (running, prepared, later)] == [
+            [10, 20],
+            [30, 40],
+            [50, 60],
+        ]
 
 
 def test_close_runs_what_is_queued_then_refuses_new_requests(held: Pass) -> None:
