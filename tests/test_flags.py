@@ -27,47 +27,36 @@ def test_a_bad_environment_value_is_a_usage_error_naming_the_variable(monkeypatc
 
 
 @pytest.mark.parametrize(
-    ("flags", "message"),
+    ("parse", "flags", "message"),
     [
-        (["--max-top-k", "0"], "max_top_k must be at least 1, not 0"),
-        (["--index-params", "[1, 2]"], "index_params must be a JSON object"),
-        (["--log-format", "xml"], "invalid choice: 'xml'"),
-        (["--health-interval-s", "0"], "health_interval_s must be a number of seconds above 0, not 0.0"),
-        (["--encoder-timeout-s", "nan"], "encoder_timeout_s must be a number of seconds above 0, not nan"),
-        (["--milvus-timeout-s", "-5"], "milvus_timeout_s must be a number of seconds above 0, not -5.0"),
-        (["--max-offset", "-1"], "max_offset must be at least 0, not -1"),
-        (["--max-top-k", "20000"], "max_top_k + max_offset must be at most 16384"),
-        (["--max-message-bytes", "3000000000"], "max_message_bytes must be at most 2147483647"),
-        (["--collection", "my-photos"], "collection: collection name 'my-photos' is not one Milvus takes"),
-        (["--index-type", "HNSW"], "index_type 'HNSW': Milvus Lite takes AUTOINDEX, FLAT, IVF_FLAT"),
+        (search_flags, ["--max-top-k", "0"], "max_top_k must be at least 1, not 0"),
+        (search_flags, ["--index-params", "[1, 2]"], "index_params must be a JSON object"),
+        (search_flags, ["--log-format", "xml"], "invalid choice: 'xml'"),
+        (search_flags, ["--health-interval-s", "0"], "health_interval_s must be a number of seconds above 0"),
+        (search_flags, ["--encoder-timeout-s", "nan"], "encoder_timeout_s must be a number of seconds"),
+        (search_flags, ["--milvus-timeout-s", "-5"], "milvus_timeout_s must be a number of seconds above 0"),
+        (search_flags, ["--max-offset", "-1"], "max_offset must be at least 0, not -1"),
+        (search_flags, ["--max-top-k", "20000"], "max_top_k + max_offset must be at most 16384"),
+        (search_flags, ["--max-message-bytes", "3000000000"], "max_message_bytes must be at most 2147483647"),
+        (search_flags, ["--collection", "my-photos"], "collection name 'my-photos' is not one Milvus takes"),
+        (search_flags, ["--index-type", "HNSW"], "Milvus Lite takes AUTOINDEX, FLAT, IVF_FLAT"),
+        # A port out of range wrapped round to another (--port 70000 served on 4464), a negative grace dropped
+        # the calls in flight at SIGTERM, and an image limit over gRPC's 2 GiB let through none it promised.
+        (encoder_flags, ["--port", "70000"], "port must be 0 to 65535, not 70000"),
+        (encoder_flags, ["--metrics-port", "-7"], "metrics_port must be 0 to 65535, or -1 for none, not -7"),
+        (encoder_flags, ["--health-port", "70000"], "health_port must be 0 to 65535, or -1 for none"),
+        (encoder_flags, ["--shutdown-grace-s", "-5"], "shutdown_grace_s must be a number of seconds 0"),
+        (encoder_flags, ["--max-image-bytes", "3000000000"], "max_image_bytes must be at most 2146435071"),
     ],
 )
-def test_values_the_service_cannot_run_with_are_refused_at_start(flags, message, capsys) -> None:
+def test_values_the_service_cannot_run_with_are_refused_at_start(parse, flags, message, capsys) -> None:
     with pytest.raises(SystemExit) as usage:
-        search_flags(flags)
+        parse(flags)
     assert usage.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_a_milvus_server_takes_index_types_milvus_lite_does_not() -> None:
     assert search_flags(["--milvus-uri", "http://milvus:19530", "--index-type", "HNSW"]).index_type == "HNSW"
-
-
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        (["--port", "70000"], "port must be 0 to 65535, not 70000"),
-        (["--metrics-port", "-7"], "metrics_port must be 0 to 65535, or -1 for none, not -7"),
-        (["--health-port", "70000"], "health_port must be 0 to 65535, or -1 for none, not 70000"),
-        (["--shutdown-grace-s", "-5"], "shutdown_grace_s must be a number of seconds 0 or more, not -5.0"),
-        (["--max-image-bytes", "3000000000"], "max_image_bytes must be at most 2146435071"),
-    ],
-)
-def test_an_encoder_flag_that_cannot_work_is_refused_at_start(flags, message, capsys) -> None:
-    """A port out of range wrapped round to another (--port 70000 served on 4464), a negative grace dropped
-    the calls in flight at SIGTERM, and an image limit over gRPC's 2 GiB let through none it promised."""
-    with pytest.raises(SystemExit) as usage:
-        encoder_flags(flags)
-    assert usage.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_settings_that_contradict_each_other_are_refused(capsys) -> None:
