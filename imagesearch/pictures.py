@@ -4,7 +4,7 @@ thumbnails. Needs Pillow, which both services' extras install (the SDK's core do
 import numpy as np
 from PIL import Image
 
-_SIXTEEN_BIT_GREY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_SIXTEEN_BIT_GREY = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
 def _on_white(image: Image.Image) -> Image.Image:
@@ -16,10 +16,13 @@ def _on_white(image: Image.Image) -> Image.Image:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """The picture in RGB: transparency on white, 16-bit greys by their top 8 bits."""
-    if image.mode in _SIXTEEN_BIT_GREY:
-        pixels = np.asarray(image, dtype=np.uint32)
-        # Pillow's own convert would clip everything above 255 to white.
-        eight_bit = pixels >> 8 if pixels.max() > 255 else pixels
+    if image.mode in _SIXTEEN_BIT_GREY or image.mode == "I":
+        pixels = np.asarray(image, dtype=np.int64)
+        # Pillow's own convert would clip everything above 255 to white. A 16-bit grey is its top 8 bits
+        # however dark it is (200 of 65535 is black, not 200 of 255); a 32-bit "I" grey says nothing of its
+        # depth, so its values tell.
+        sixteen_bit = image.mode != "I" or pixels.max() > 255
+        eight_bit = np.clip(pixels >> 8 if sixteen_bit else pixels, 0, 255)
         return Image.fromarray(eight_bit.astype(np.uint8)).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         return _on_white(image)

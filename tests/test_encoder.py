@@ -168,6 +168,7 @@ def test_every_photo_library_format_is_encoded(vit_stub) -> None:
         "png rgba transparent": png(Image.new("RGBA", (64, 48), (255, 0, 0, 0))),
         "png palette": png(picture.convert("P")),
         "png 16-bit grey": sixteen_bit_grey_png(0x8080),
+        "png 16-bit dark grey": sixteen_bit_grey_png(200),
         "gif two frames": frames_gif([red, blue]),
         "webp": encode(picture, "WEBP", lossless=True),
         "bmp": encode(picture, "BMP"),
@@ -179,12 +180,14 @@ def test_every_photo_library_format_is_encoded(vit_stub) -> None:
         "stored rotated, no exif": jpeg(picture.transpose(Image.Transpose.ROTATE_90)),
         "white": png(solid((255, 255, 255))),
         "grey 128": png(solid((128, 128, 128))),
+        "black": png(solid((0, 0, 0))),
         "red": png(solid(red)),
     }
     vectors = dict(zip(formats, encode_images(vit_stub, list(formats.values())), strict=True))
     same = {
         "png rgba transparent": "white",  # transparency is shown as white, not as the hidden red
         "png 16-bit grey": "grey 128",  # 0x8080 of 65535 is 128 of 255, not clipped to white
+        "png 16-bit dark grey": "black",  # 200 of 65535 is 0 of 255, not 200 of 255
         "gif two frames": "red",  # the first frame
         "png palette": "png",
         "webp": "png",
