@@ -148,6 +148,34 @@ def camera_photo_decoding(model: ClipModel, repeats: int = 5) -> tuple[str, list
     )
 
 
+def pathological_inputs(resolution: int, repeats: int = 3) -> list[list[str]]:
+    """What an attacker's cheap input costs on the host, CLIP's own steps against the service's, side by side:
+    a word of 4,096 random letters tokenised (CLIP's byte-pair loop rescans the whole word every round), and
+    a 2,000x1 strip resized and cropped (CLIP's resize makes it 224 x 448,000 pixels first)."""
+    rng = np.random.default_rng(3)
+    # A new word for every call: both tokenizers remember the words they have split.
+    words = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 4096)) for _ in range(repeats + 1)]
+    clips_words, our_words = iter(words), iter(words)
+    clips_tokenizer = clip.simple_tokenizer.SimpleTokenizer()
+    strip = Image.new("RGB", (2000, 1), (120, 60, 200))
+    resize, crop = clip_transform(resolution).transforms[:2]
+    pairs = {
+        "tokenise one word of 4,096 random letters": (
+            lambda: clips_tokenizer.encode(next(clips_words)),
+            lambda: tokenize([next(our_words)], 77),
+        ),
+        "resize and crop a 2,000x1 picture": (
+            lambda: crop(resize(strip)),
+            lambda: clip_pixels(strip, resolution),
+        ),
+    }
+    rows = []
+    for what, (clips_way, ours) in pairs.items():
+        clips_ms, our_ms = p50_ms(clips_way, repeats), p50_ms(ours, repeats)
+        rows.append([what, f"{clips_ms:.1f}", f"{our_ms:.1f}", f"{clips_ms / our_ms:.0f}"])
+    return rows
+
+
 def text_weights_floor(model: ClipModel) -> list[str]:
     text_weights = sum(
         p.numel() * p.element_size()
@@ -183,6 +211,7 @@ def main() -> None:
         in_process = in_process_rates(model, images, texts, batch=32)
         floor_rows = short_query_floor(model, args.queries)
         decoding_title, decoding_rows = camera_photo_decoding(model)
+        pathological_rows = pathological_inputs(model.image_resolution)
         serve = ["--model", checkpoint, "--device", args.device, "--port", "0"]
         with (
             service("encoder_service", serve, "encoder serving") as (address, _),
@@ -245,6 +274,11 @@ def main() -> None:
         )
     print_table("Encoder throughput", ["what", "rate", "÷ ceiling", "÷ one-at-a-time"], rows)
     print_table(decoding_title, ["how", "ms", "speed-up"], decoding_rows)
+    print_table(
+        "Cheap inputs that cost the host, p50 of 3",
+        ["input", "CLIP's own, ms", "the service, ms", "÷"],
+        pathological_rows,
+    )
     p50, p99 = percentiles_ms(latencies)
     beside, _ = percentiles_ms(alongside)
     print_table("One short text query in-process ('a white dog'), p50", ["how", "ms"], floor_rows)

@@ -65,16 +65,22 @@ def pictures(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def site(pictures: Path) -> Iterator[str]:
-    """The demo collection (small CLIP, unseen synthetic pictures) behind the web tier."""
+def demo_search(pictures: Path) -> Iterator[str]:
+    """The demo collection (small CLIP, unseen synthetic pictures) in a search service: its address."""
     with (
         running_encoder(SMALL_CLIP) as encoder,
         running_search(encoder.grpc.address, pictures.parent / "milvus.db") as search,
         SearchClient(search.grpc.address, collection=COLLECTION) as client,
     ):
         assert client.ingest([pictures]).stored == 96
-        with running_web(search.grpc.address, collection=COLLECTION) as url:
-            yield url
+        yield search.grpc.address
+
+
+@pytest.fixture(scope="module")
+def site(demo_search: str) -> Iterator[str]:
+    """The demo collection behind the web tier."""
+    with running_web(demo_search, collection=COLLECTION) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +169,16 @@ def test_a_text_query_shows_a_grid_of_thumbnails_and_loads_more(site: str, page:
     page.get_by_role("button", name="Load more").click()
     expect(page.locator(".hit")).to_have_count(48)
     assert [item[0] for item in shown(page)[:24]] == [item[0] for item in results]
+
+
+def test_the_page_shows_as_many_hits_at_a_time_as_its_web_tier_says(demo_search: str, page: Page) -> None:
+    """The page asked for 24 whatever --page-size said."""
+    with running_web(demo_search, collection=COLLECTION, page_size=10) as url:
+        page.goto(url)
+        search_for(page, "a red circle")
+        expect(page.locator(".hit")).to_have_count(10)
+        page.get_by_role("button", name="Load more").click()
+        expect(page.locator(".hit")).to_have_count(20)
 
 
 def test_more_like_this_then_back_then_reload(site: str, page: Page) -> None:

@@ -2,7 +2,6 @@
 // come from /api/search, thumbnails from /thumbnails/<id>. Nothing is loaded from any other host.
 "use strict";
 
-const PAGE_SIZE = 24;
 const SLIDER_SETTLE_MS = 500;
 const $ = (id) => document.getElementById(id);
 
@@ -48,7 +47,7 @@ function apiParams(q, offset) {
   params.delete("picture");
   const picture = q.parts.find((part) => part.kind === "picture");
   if (picture) params.set("picture_weight", String(picture.weight));
-  params.set("top_k", String(PAGE_SIZE));
+  // No top_k: the page asks for the web tier's --page-size, and the answer says what it was.
   params.set("offset", String(offset));
   return params;
 }
@@ -173,7 +172,7 @@ async function search(append) {
       return;
     }
     hideBanner();
-    renderHits(body.hits, append);
+    renderHits(body.hits, append, body.top_k);
     const stats = await loadStatus();
     if (request === latest) describe(body, stats);
   } catch (error) {
@@ -248,7 +247,7 @@ function showMessage(text) {
 
 // ---- rendering ----------------------------------------------------------------------------------------------
 
-function renderHits(hits, append) {
+function renderHits(hits, append, pageSize) {
   const list = $("results");
   if (!append) list.replaceChildren();
   $("message").hidden = true;
@@ -275,7 +274,7 @@ function renderHits(hits, append) {
     list.append(card);
   }
   shown = list.children.length;
-  $("more").hidden = hits.length < PAGE_SIZE;
+  $("more").hidden = hits.length < pageSize;
 }
 
 function placeholder() {
