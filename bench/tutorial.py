@@ -16,7 +16,9 @@ def tutorial_ingest(checkpoint: str, images: list[bytes], milvus_file: str, devi
     """Pictures per second."""
     model = ClipModel(checkpoint, device)
     preprocess = clip_transform(model.image_resolution)
-    client = MilvusClient(milvus_file)
+    # Milvus Lite's process may take a while to start while the bench's client processes load torch: one
+    # rehearsal on 2 cores lost its baseline to pymilvus's default wait.
+    client = MilvusClient(milvus_file, timeout=120)
     client.create_collection("tutorial", dimension=model.dimension, metric_type="COSINE", auto_id=True)
     started = time.perf_counter()
     with torch.inference_mode():
