@@ -9,6 +9,7 @@ from __future__ import annotations  # argparse's sub-parser type is generic to t
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -21,6 +22,7 @@ from imagesearch.defaults import (
     SEARCH_METRICS_PORT,
     SEARCH_PORT,
     WEB_PORT,
+    is_port,
 )
 
 from .commands import (
@@ -72,16 +74,21 @@ def _seconds(text: str) -> float:
     return seconds
 
 
-def port_argument(text: str) -> int:
-    """A port to listen on: 1 to 65535, or 0 for any free one."""
-    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
+def _port(text: str, none: int | None) -> int:
+    """`text` as a port (the services' own rule), or `none`; a usage error otherwise."""
+    if not (re.fullmatch(r"-?[0-9]+", text) and is_port(int(text), none)):
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535, or 0: any free one)")
     return int(text)
 
 
+def port_argument(text: str) -> int:
+    """A port to listen on: 1 to 65535, or 0 for any free one."""
+    return _port(text, none=None)
+
+
 def metrics_port_argument(text: str) -> int:
     """A metrics page's port, or -1: none."""
-    return -1 if text == "-1" else port_argument(text)
+    return _port(text, none=-1)
 
 
 class AddQueryPart(argparse.Action):

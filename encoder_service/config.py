@@ -9,14 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
-from imagesearch.defaults import ENCODER_METRICS_PORT, ENCODER_PORT, available_cores
+from imagesearch.defaults import ENCODER_METRICS_PORT, ENCODER_PORT, GRPC_LARGEST_MESSAGE, available_cores
 from imagesearch.flags import parse_config, require_at_least, require_at_most, setting
 from imagesearch.serving import ServerSettings
 
 from .model import DEFAULT_MODEL
 
 _SIZED_FOR_THE_DEVICE = ["grpc_workers", "max_batch_size", "max_queue_size", "decode_workers"]
-_LARGEST_MESSAGE = 2**31 - 1  # gRPC's ceiling
 _REQUEST_ROOM = 1 << 20  # what a request holds beside its images
 
 
@@ -68,7 +67,7 @@ class EncoderConfig(ServerSettings):
             self, ["max_items_per_request", "max_image_bytes", "max_image_pixels", "max_text_chars"]
         )
         # A picture travels in one gRPC message, and gRPC's ceiling is 2 GiB with the rest of the request.
-        require_at_most(self, ["max_image_bytes"], _LARGEST_MESSAGE - _REQUEST_ROOM)
+        require_at_most(self, ["max_image_bytes"], GRPC_LARGEST_MESSAGE - _REQUEST_ROOM)
         require_at_least(self, ["text_cache_size"], -1)
         require_at_least(self, [*_SIZED_FOR_THE_DEVICE, "max_batch_delay_ms"], 0)
         if 0 < self.max_queue_size < self.max_items_per_request:
@@ -98,7 +97,7 @@ class EncoderConfig(ServerSettings):
     @property
     def max_message_bytes(self) -> int:
         """Room for a full request of the largest images, within gRPC's 2 GiB ceiling."""
-        return min(self.max_items_per_request * self.max_image_bytes + _REQUEST_ROOM, _LARGEST_MESSAGE)
+        return min(self.max_items_per_request * self.max_image_bytes + _REQUEST_ROOM, GRPC_LARGEST_MESSAGE)
 
 
 def parse_args(argv: list[str] | None = None) -> EncoderConfig:

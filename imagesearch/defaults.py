@@ -16,6 +16,12 @@ SEARCH_ADDRESS = f"localhost:{SEARCH_PORT}"
 
 # The largest request a search service accepts by default: one picture and its metadata.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+GRPC_LARGEST_MESSAGE = 2**31 - 1  # gRPC's ceiling on any one message
+
+
+def is_port(number: int, none: int | None = None) -> bool:
+    """Whether `number` is a port to listen on (0: any free one), or `none` if given (the flag's "none")."""
+    return 0 <= number <= 65535 or number == none
 
 
 def _words(path: Path) -> list[str]:

@@ -12,6 +12,8 @@ import os
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from .defaults import is_port
+
 Config = TypeVar("Config")
 
 
@@ -75,6 +77,6 @@ def require_ports(config: object, names: Sequence[str], none: int | None = None)
     """ValueError naming the first of `names` that is not a port (0: any free one), nor `none` if given."""
     for name in names:
         port = getattr(config, name)
-        if not (0 <= port <= 65535 or port == none):
+        if not is_port(port, none):
             allowed = "0 to 65535" if none is None else f"0 to 65535, or {none} for none"
             raise ValueError(f"{name} must be {allowed}, not {port}")

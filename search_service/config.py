@@ -3,7 +3,13 @@
 import json
 from dataclasses import dataclass
 
-from imagesearch.defaults import ENCODER_PORT, MAX_MESSAGE_BYTES, SEARCH_METRICS_PORT, SEARCH_PORT
+from imagesearch.defaults import (
+    ENCODER_PORT,
+    GRPC_LARGEST_MESSAGE,
+    MAX_MESSAGE_BYTES,
+    SEARCH_METRICS_PORT,
+    SEARCH_PORT,
+)
 from imagesearch.flags import parse_config, require_at_least, require_at_most, require_seconds, setting
 from imagesearch.serving import ServerSettings
 
@@ -11,7 +17,6 @@ from .names import collection_name_problem
 
 _LITE_INDEX_TYPES = ("AUTOINDEX", "FLAT", "IVF_FLAT")
 _MILVUS_LARGEST_WINDOW = 16384  # offset + limit of one search
-_GRPC_LARGEST_MESSAGE = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ class SearchConfig(ServerSettings):
             ],
         )
         require_at_least(self, ["thumbnail_workers", "max_offset"], 0)
-        require_at_most(self, ["max_message_bytes"], _GRPC_LARGEST_MESSAGE)
+        require_at_most(self, ["max_message_bytes"], GRPC_LARGEST_MESSAGE)
         require_seconds(self, ["encoder_timeout_s", "milvus_timeout_s", "health_interval_s"])
         if self.max_top_k + self.max_offset > _MILVUS_LARGEST_WINDOW:
             raise ValueError(
