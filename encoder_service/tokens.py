@@ -82,10 +82,9 @@ def _word_ids(tokenizer, word: str) -> list[int]:  # type: ignore[no-untyped-def
     return [tokenizer.encoder[symbol] for symbol in tokenizer.cache[word].split(" ")]
 
 
-def _ids(text: str, most: int) -> list[int]:
+def _ids(module: ModuleType, tokenizer, text: str, most: int) -> list[int]:  # type: ignore[no-untyped-def]
     """The first `most` ids of SimpleTokenizer.encode(text): the words after those are not split at all (a
     100 KB text used to be split to its end, to keep 75 tokens)."""
-    module, tokenizer = _module_and_tokenizer()
     ids: list[int] = []
     for match in tokenizer.pat.finditer(module.whitespace_clean(module.basic_clean(text)).lower()):
         word = "".join(tokenizer.byte_encoder[byte] for byte in match.group().encode("utf-8"))
@@ -98,7 +97,7 @@ def _ids(text: str, most: int) -> list[int]:
 def tokenize(texts: list[str], context_length: int) -> TokenizedTexts:
     """CLIP's tokens for `texts`, cut to `context_length` as `clip.tokenize(..., truncate=True)` cuts them,
     and which texts were cut."""
-    _, tokenizer = _module_and_tokenizer()
+    module, tokenizer = _module_and_tokenizer()
     if len(tokenizer.cache) > _MAX_MEMOISED_WORDS:
         tokenizer.cache = {token: token for token in ("<|startoftext|>", "<|endoftext|>")}
     start, end = tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]
@@ -106,7 +105,7 @@ def tokenize(texts: list[str], context_length: int) -> TokenizedTexts:
     truncated = []
     for row, text in enumerate(texts):
         # One id past what fits tells whether the text was cut.
-        ids = [start, *_ids(text, context_length - 1), end]
+        ids = [start, *_ids(module, tokenizer, text, context_length - 1), end]
         truncated.append(len(ids) > context_length)
         if truncated[-1]:
             ids = [*ids[: context_length - 1], end]
