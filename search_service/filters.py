@@ -63,13 +63,13 @@ def _render_list(name: str, values: list[search_pb2.FilterValue]) -> str:
             f"filter_params[{name!r}] is an empty list, which Milvus Lite cannot evaluate: leave out the "
             "condition that uses it"
         )
-    types = sorted({_TYPE_OF_KIND.get(item.WhichOneof("kind") or "", "nothing") for item in values})
+    kinds = {item.WhichOneof("kind") for item in values}
+    types = sorted({_TYPE_OF_KIND.get(kind or "", "nothing") for kind in kinds})
     if len(types) > 1:
         raise invalid_argument(
             f"filter_params[{name!r}] mixes {' and '.join(types)}: a field is compared with values of one "
             "type"
         )
-    kinds = {item.WhichOneof("kind") for item in values}
     if kinds == {"int_value", "float_value"}:  # Lite fails on a list that mixes them; as floats, it matches
         values = [search_pb2.FilterValue(float_value=_as_float(item)) for item in values]
     return "[" + ", ".join(render_value(name, item) for item in values) + "]"
