@@ -1,11 +1,18 @@
-"""The error model of both services: handlers raise ServiceError, one interceptor turns it into a status."""
+"""The error model of both services: handlers raise ServiceError, one interceptor turns it into a status.
+
+A request message that protobuf cannot parse (a text field that is not UTF-8, or bytes that are no such
+message) is refused the same way, with INVALID_ARGUMENT, where gRPC alone would answer INTERNAL.
+"""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from .handlers import wrap_handler
+from .handlers import Deserializer, RequestReading, wrap_handler
 
 
 class ServiceError(Exception):
@@ -44,9 +51,40 @@ def _status_of_service_errors(context: grpc.ServicerContext) -> Iterator[None]:
         context.abort(error.code, status_message(error.message))
 
 
+@dataclass(frozen=True)
+class _Unparsed:
+    """A request message that protobuf could not parse, in place of the message: refused when it is taken."""
+
+    problem: str
+
+
+def _parsing_or_marking(deserializer: Deserializer) -> Deserializer:
+    if deserializer is None:
+        return None
+    parse = deserializer
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as error:
+            return _Unparsed(str(error))
+
+    return deserialize
+
+
+def _refusing_unparsed(request: Any) -> Any:
+    if isinstance(request, _Unparsed):
+        raise invalid_argument(f"the request cannot be read: {request.problem}")
+    return request
+
+
+_READING = RequestReading(_parsing_or_marking, _refusing_unparsed)
+
+
 class ServiceErrorInterceptor(grpc.ServerInterceptor):
-    """Turns a ServiceError raised by any handler, of any kind, into its gRPC status and message."""
+    """Turns a ServiceError raised by any handler, of any kind, into its gRPC status and message, and refuses
+    a request message that cannot be parsed."""
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)
-        return None if handler is None else wrap_handler(handler, _status_of_service_errors)
+        return None if handler is None else wrap_handler(handler, _status_of_service_errors, _READING)

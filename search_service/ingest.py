@@ -98,12 +98,15 @@ def _fill_in_id(item: _Item) -> None:
 
 def take_arrived(inbox: "queue.Queue[object]", first: object, size: int) -> tuple[list[_Item], bool]:
     """`first` and the items already waiting in `inbox` after it, up to `size` items; and whether the stream
-    has ended. A broken stream ends the call with CANCELLED."""
+    has ended. A request refused as it was read ends the call with its status; a broken stream, with
+    CANCELLED."""
     batch: list[_Item] = []
     message = first
     while True:
         if message is _END:
             return batch, True
+        if isinstance(message, ServiceError):
+            raise message
         if isinstance(message, BaseException):
             raise ServiceError(grpc.StatusCode.CANCELLED, f"the ingest stream broke: {message}")
         if isinstance(message, _Item):
@@ -184,13 +187,14 @@ class Ingestion:
 
     def _read(self, requests: Iterator[search_pb2.IngestRequest]) -> None:
         """Reads the stream, hashing each picture as it arrives (hashlib lets other threads run meanwhile)."""
+        taken = 0
         try:
-            for index, request in enumerate(requests):
+            for request in requests:
                 while not self._room.acquire(timeout=1.0):
                     if self._finished.is_set():
                         return
                 item = _Item(
-                    index,
+                    taken,
                     request.uri,
                     request.image,
                     dict(request.metadata),
@@ -199,7 +203,10 @@ class Ingestion:
                 )
                 _fill_in_id(item)
                 self._inbox.put(item)
+                taken += 1
             self._inbox.put(_END)
+        except ServiceError as refusal:  # a request that cannot be read
+            self._inbox.put(ServiceError(refusal.code, f"requests[{taken}]: {refusal.message}"))
         except Exception as error:  # the client went away; the loop ends the call
             self._inbox.put(error)
 

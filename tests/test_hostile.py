@@ -20,7 +20,7 @@ from PIL import Image
 from encoder_service.images import ImageLimits, ImageRejected, decode_image
 from imagesearch.v1 import encoder_pb2, search_pb2
 
-STORED, FAILED = search_pb2.OUTCOME_STORED, search_pb2.OUTCOME_FAILED
+STORED, PRESENT, FAILED = search_pb2.OUTCOME_STORED, search_pb2.OUTCOME_PRESENT, search_pb2.OUTCOME_FAILED
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -175,16 +175,41 @@ def test_hostile_texts_get_vectors_from_both_services(tiny_encoder, tmp_path) ->
             assert len(stub.SearchText(search_pb2.SearchTextRequest(text=text)).hits) == 1
 
 
-def test_invalid_utf8_in_a_request_is_refused_and_the_encoder_stays_up(tiny_encoder) -> None:
-    # Field 1 (texts), length 3: a lone surrogate's bytes, which no Python client would send.
-    raw = b"\x0a\x03\xed\xa0\x80"
-    with grpc.insecure_channel(tiny_encoder.grpc.address) as channel:
-        call = channel.unary_unary("/imagesearch.v1.EncoderService/EncodeText")
-        with pytest.raises(grpc.RpcError) as refused:
-            call(raw, timeout=10)
-        assert refused.value.code() in {grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT}
+def refusal_of_raw(address: str, method: str, *messages: bytes) -> grpc.RpcError:
+    """What a service answers to request messages sent as raw bytes (one: a unary call; more: a stream)."""
+    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as refused:
+        if len(messages) == 1:
+            channel.unary_unary(method)(messages[0], timeout=20)
+        else:
+            list(channel.stream_stream(method)(iter(messages), timeout=20))
+    return refused.value
+
+
+# Field 1 (texts, text or uri: each is a string), length 3: a lone surrogate's bytes, which no Python client
+# would send.
+NOT_UTF8 = b"\x0a\x03\xed\xa0\x80"
+
+
+def test_a_request_that_cannot_be_read_is_invalid_argument_and_the_services_stay_up(
+    tiny_encoder, tmp_path
+) -> None:
+    refused = refusal_of_raw(tiny_encoder.grpc.address, "/imagesearch.v1.EncoderService/EncodeText", NOT_UTF8)
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "imagesearch.v1.EncodeTextRequest" in refused.details()
     with encoder_stub(tiny_encoder.grpc.address) as stub:
         assert len(stub.EncodeText(encoder_pb2.EncodeTextRequest(texts=["a dog"])).results) == 1
+    picture = search_pb2.IngestRequest(image=png(two_tone((1, 2, 3), (9, 9, 9))), uri="a")
+    with running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db") as search:
+        address = search.grpc.address
+        refused = refusal_of_raw(address, "/imagesearch.v1.SearchService/SearchText", NOT_UTF8)
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "imagesearch.v1.SearchTextRequest" in refused.details()
+        stream = [picture.SerializeToString(), NOT_UTF8]
+        refused = refusal_of_raw(address, "/imagesearch.v1.SearchService/Ingest", *stream)
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.details().startswith("requests[1]: ")
+        with search_stub(address) as stub:
+            assert [result.outcome for result in stub.Ingest(iter([picture]))] in ([STORED], [PRESENT])
 
 
 LIMITS = ImageLimits(max_bytes=1 << 20, max_pixels=4_000_000)

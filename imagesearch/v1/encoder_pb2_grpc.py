@@ -29,7 +29,8 @@ class EncoderServiceStub:
     """The GPU tier: turns texts and images into L2-normalised CLIP vectors.
 
     Status codes:
-    INVALID_ARGUMENT    an empty text, an empty request, or more items than the limit (the message names it).
+    INVALID_ARGUMENT    an empty text, an empty request, or more items than the limit (the message names it);
+    a request message that cannot be parsed (a string that is not UTF-8).
     RESOURCE_EXHAUSTED  the batching queue is full; retry later or on another replica.
     UNAVAILABLE         the model is not loaded yet, or the server is shutting down.
     A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error and .reason.
@@ -62,7 +63,8 @@ class EncoderServiceServicer:
     """The GPU tier: turns texts and images into L2-normalised CLIP vectors.
 
     Status codes:
-    INVALID_ARGUMENT    an empty text, an empty request, or more items than the limit (the message names it).
+    INVALID_ARGUMENT    an empty text, an empty request, or more items than the limit (the message names it);
+    a request message that cannot be parsed (a string that is not UTF-8).
     RESOURCE_EXHAUSTED  the batching queue is full; retry later or on another replica.
     UNAVAILABLE         the model is not loaded yet, or the server is shutting down.
     A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error and .reason.
@@ -116,7 +118,8 @@ class EncoderService:
     """The GPU tier: turns texts and images into L2-normalised CLIP vectors.
 
     Status codes:
-    INVALID_ARGUMENT    an empty text, an empty request, or more items than the limit (the message names it).
+    INVALID_ARGUMENT    an empty text, an empty request, or more items than the limit (the message names it);
+    a request message that cannot be parsed (a string that is not UTF-8).
     RESOURCE_EXHAUSTED  the batching queue is full; retry later or on another replica.
     UNAVAILABLE         the model is not loaded yet, or the server is shutting down.
     A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error and .reason.

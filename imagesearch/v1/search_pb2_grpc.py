@@ -32,7 +32,8 @@ class SearchServiceStub:
 
     Status codes:
     INVALID_ARGUMENT     a bad filter, filter parameter, top_k, offset, min_score, id, output field or query
-    part (the message names it).
+    part (the message names it); a request message that cannot be parsed (a string
+    that is not UTF-8).
     NOT_FOUND            the collection does not exist; Search: a part's id is not stored; GetThumbnail: the
     picture has no thumbnail.
     FAILED_PRECONDITION  the collection was made with another model than the encoder serves (both are named).
@@ -101,7 +102,8 @@ class SearchServiceServicer:
 
     Status codes:
     INVALID_ARGUMENT     a bad filter, filter parameter, top_k, offset, min_score, id, output field or query
-    part (the message names it).
+    part (the message names it); a request message that cannot be parsed (a string
+    that is not UTF-8).
     NOT_FOUND            the collection does not exist; Search: a part's id is not stored; GetThumbnail: the
     picture has no thumbnail.
     FAILED_PRECONDITION  the collection was made with another model than the encoder serves (both are named).
@@ -238,7 +240,8 @@ class SearchService:
 
     Status codes:
     INVALID_ARGUMENT     a bad filter, filter parameter, top_k, offset, min_score, id, output field or query
-    part (the message names it).
+    part (the message names it); a request message that cannot be parsed (a string
+    that is not UTF-8).
     NOT_FOUND            the collection does not exist; Search: a part's id is not stored; GetThumbnail: the
     picture has no thumbnail.
     FAILED_PRECONDITION  the collection was made with another model than the encoder serves (both are named).
