@@ -15,7 +15,7 @@ def _on_white(image: Image.Image) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """The picture in RGB: transparency on white, 16-bit greys by their top 8 bits."""
+    """The picture in RGB: transparency on white, 16-bit greys by their top 8 bits, float greys from 0-1."""
     if image.mode in _SIXTEEN_BIT_GREY or image.mode == "I":
         pixels = np.asarray(image, dtype=np.int64)
         # Pillow's own convert would clip everything above 255 to white. A 16-bit grey is its top 8 bits
@@ -24,6 +24,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
         sixteen_bit = image.mode != "I" or pixels.max() > 255
         eight_bit = np.clip(pixels >> 8 if sixteen_bit else pixels, 0, 255)
         return Image.fromarray(eight_bit.astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        # Pillow's own convert would read 0.5 as black. Floats from 0 to 1 are how float greys are usually
+        # kept; larger values, like a 32-bit "I" grey's, are taken as levels of 255.
+        levels = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        if levels.max() <= 1.0:
+            levels = levels * 255.0
+        return Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8)).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         return _on_white(image)
     return image.convert("RGB")

@@ -173,6 +173,8 @@ def test_every_photo_library_format_is_encoded(vit_stub) -> None:
         "webp": encode(picture, "WEBP", lossless=True),
         "bmp": encode(picture, "BMP"),
         "tiff": encode(picture, "TIFF"),
+        "tiff lab": encode(picture.convert("LAB"), "TIFF"),
+        "tiff float grey": encode(Image.fromarray(np.full((48, 64), 128 / 255, dtype=np.float32)), "TIFF"),
         "grey jpeg": jpeg(picture.convert("L")),
         "cmyk jpeg": jpeg(picture.convert("CMYK")),
         "exif rotated jpeg": exif_rotated_jpeg(picture),
@@ -193,6 +195,8 @@ def test_every_photo_library_format_is_encoded(vit_stub) -> None:
         "webp": "png",
         "bmp": "png",
         "tiff": "png",
+        "tiff lab": "png",
+        "tiff float grey": "grey 128",  # floats from 0 to 1: 0.5 is mid-grey, not black
         "exif rotated jpeg": "jpeg",
     }
     for name, twin in same.items():
