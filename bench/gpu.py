@@ -16,6 +16,7 @@ GPU, to check the script before a GPU's time is spent on it; its figures mean no
 
 import argparse
 import io
+import math
 import multiprocessing
 import multiprocessing.pool
 import struct
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +50,7 @@ from synthetic.pictures import camera_photo
 BATCH = 256  # the in-process ceiling's batch
 WORDS = ["a", "white", "dog", "red", "circle", "photo", "of", "the", "cat", "on", "grass", "beach", "car"]
 OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+CALL_TIMEOUT_S = 60  # no call takes near this: one that does is a wedged service, which must not eat the run
 
 
 def photos(count: int) -> list[bytes]:
@@ -97,18 +100,29 @@ def lowest_cosine(vectors: np.ndarray, reference: np.ndarray) -> float:
     return float(np.min(np.sum(vectors * reference, axis=1)))
 
 
+@contextmanager
+def client_channel(address: str) -> Iterator[grpc.Channel]:
+    """A client process's channel; a failed call raises what the pool can report (an RpcError does not
+    pickle)."""
+    with grpc.insecure_channel(address, OPTIONS) as channel:
+        try:
+            yield channel
+        except grpc.RpcError as error:
+            raise RuntimeError(f"{error.code()} {error.details()}") from None
+
+
 def image_client(
     address: str, images: list[bytes], reference: np.ndarray, start_at: float, stop_at: float
 ) -> tuple[int, float]:
     """Vectors received within the window, for calls of `images`, and the lowest cosine of any of them to
     `reference` (the same pictures' vectors from a call made alone)."""
-    with grpc.insecure_channel(address, OPTIONS) as channel:
+    with client_channel(address) as channel:
         stub, done, lowest = encoder_pb2_grpc.EncoderServiceStub(channel), 0, 1.0
         request = encoder_pb2.EncodeImagesRequest(images=images)
-        stub.EncodeImages(request)
+        stub.EncodeImages(request, timeout=CALL_TIMEOUT_S)
         _wait_for(start_at)
         while time.time() < stop_at:
-            vectors = image_vectors(stub.EncodeImages(request))
+            vectors = image_vectors(stub.EncodeImages(request, timeout=CALL_TIMEOUT_S))
             lowest = min(lowest, lowest_cosine(vectors, reference))
             done += len(vectors) if time.time() <= stop_at else 0
     return done, lowest
@@ -116,13 +130,13 @@ def image_client(
 
 def text_client(address: str, per_call: int, seed: int, start_at: float, stop_at: float) -> int:
     """Vectors received within the window, for calls of `per_call` captions never sent before."""
-    with grpc.insecure_channel(address, OPTIONS) as channel:
+    with client_channel(address) as channel:
         stub, done, call = encoder_pb2_grpc.EncoderServiceStub(channel), 0, 0
         _wait_for(start_at)
         while time.time() < stop_at:
             call += 1
             request = encoder_pb2.EncodeTextRequest(texts=captions(per_call, seed * 1_000_000 + call))
-            vectors = len(stub.EncodeText(request).results)
+            vectors = len(stub.EncodeText(request, timeout=CALL_TIMEOUT_S).results)
             done += vectors if time.time() <= stop_at else 0
     return done
 
@@ -137,11 +151,8 @@ def ingest_client(address: str, photos: list[bytes], first: int, count: int, sto
             picture = distinct(photos[number % len(photos)], number)
             yield search_pb2.IngestRequest(image=picture, uri=f"{number}.jpg")
 
-    with grpc.insecure_channel(address, OPTIONS) as channel:
-        try:
-            results = list(search_pb2_grpc.SearchServiceStub(channel).Ingest(requests()))
-        except grpc.RpcError as error:  # not picklable: the pool could not report it
-            raise RuntimeError(f"Ingest failed: {error.code()} {error.details()}") from None
+    with client_channel(address) as channel:
+        results = list(search_pb2_grpc.SearchServiceStub(channel).Ingest(requests()))
     return results[-1].totals.stored if results else 0
 
 
@@ -215,7 +226,8 @@ def in_window(
     """What `client` returns, run in every pool process for the same `seconds` of wall-clock time (they start
     together, 3 s from now, each having made its connection)."""
     start_at = time.time() + 3
-    return pool.starmap(client, [(*argument, start_at, start_at + seconds) for argument in arguments])
+    calls = [(*argument, start_at, start_at + seconds) for argument in arguments]
+    return pool.starmap_async(client, calls).get(timeout=seconds + CALL_TIMEOUT_S)
 
 
 def lone_queries_ms(stub: encoder_pb2_grpc.EncoderServiceStub, texts: list[str]) -> tuple[float, float]:
@@ -224,7 +236,7 @@ def lone_queries_ms(stub: encoder_pb2_grpc.EncoderServiceStub, texts: list[str])
     for text in texts:
         request = encoder_pb2.EncodeTextRequest(texts=[text])
         started = time.perf_counter()
-        stub.EncodeText(request)
+        stub.EncodeText(request, timeout=CALL_TIMEOUT_S)
         latencies.append(time.perf_counter() - started)
     return percentiles_ms(latencies)
 
@@ -246,11 +258,11 @@ def ingest(
     made."""
     share = 1_000_000  # pictures numbered apart for each stream: every one is new
     warm_up = [(search, jpegs, (streams + stream) * share, 64, time.time() + 60) for stream in range(streams)]
-    pool.starmap(ingest_client, warm_up)
+    pool.starmap_async(ingest_client, warm_up).get(timeout=2 * CALL_TIMEOUT_S)
     with cpu_used(search_pid) as used:
         started = time.time()
         arguments = [(search, jpegs, stream * share, share, started + seconds) for stream in range(streams)]
-        stored = sum(pool.starmap(ingest_client, arguments))
+        stored = sum(pool.starmap_async(ingest_client, arguments).get(timeout=seconds + CALL_TIMEOUT_S))
         elapsed = time.time() - started
     return stored / elapsed, cpu_ms_per_item(used, stored)
 
@@ -296,6 +308,8 @@ def stages_alone(device_name: str, jpegs: list[bytes], resolution: int, context_
     device_jpegs = [jpeg for data in jpegs if (jpeg := jpeg_for_device(data, limits)) is not None]
     assert len(device_jpegs) == len(jpegs), "every photo here is a plain RGB JPEG, which the device decodes"
     to_decode = [device_jpegs[index % len(device_jpegs)] for index in range(BATCH)]
+    failed = sum(pixels is None for pixels in decode_on_device(to_decode, device, resolution))
+    assert not failed, f"{failed} of {BATCH} photos failed to decode on the {device.type}: see the warning"
     texts = captions(BATCH, 1)
     decoder = "nvJPEG" if device.type == "cuda" else "libjpeg"
     print_table(
@@ -335,8 +349,9 @@ def images_under_load(
     clip_vectors: np.ndarray,
 ) -> None:
     """The Images table, and the exactness of the service's vectors under load, alone and against CLIP's."""
-    info = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
-    alone_vectors = image_vectors(stub.EncodeImages(encoder_pb2.EncodeImagesRequest(images=jpegs[:32])))
+    info = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), timeout=CALL_TIMEOUT_S)
+    alone_request = encoder_pb2.EncodeImagesRequest(images=jpegs[:32])
+    alone_vectors = image_vectors(stub.EncodeImages(alone_request, timeout=CALL_TIMEOUT_S))
     # The CPU time also holds each client's first call, made before the window: a few calls in thousands.
     with cpu_used(encoder_pid) as image_cpu:
         loaded = in_window(
@@ -344,7 +359,7 @@ def images_under_load(
         )
     images_done = sum(done for done, _ in loaded)
     image_rate = images_done / args.seconds
-    after = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+    after = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), timeout=CALL_TIMEOUT_S)
     passes = after.image_forward_passes - info.image_forward_passes
     mean_batch = (after.images_encoded - info.images_encoded) / max(1, passes)
     ceiling, tutorial = alone["images, device tensors"], alone["tutorial loop"]
@@ -483,8 +498,12 @@ def main() -> None:
         checkpoint = args.model or str(Path(folder) / "random-vit-b32.pt")
         if not args.model:
             save_state_dict(random_clip(VIT_B_32), checkpoint)
-        alone, clip_vectors = in_process(checkpoint, args.device, jpegs, seconds=5)
-        print_in_process(args.device, alone)
+        # Ratios to what was not measured read NaN; the service's own figures still count.
+        alone: dict[str, float] = defaultdict(lambda: math.nan)
+        clip_vectors = np.full((len(jpegs), 512), math.nan, dtype=np.float32)
+        with reported("the model in-process", failures):
+            alone, clip_vectors = in_process(checkpoint, args.device, jpegs, seconds=5)
+            print_in_process(args.device, alone)
         tutorial_ingest_rate = 0.0
         with reported("the tutorial's ingestion loop", failures):
             tutorial_ingest_rate = tutorial_ingest(
@@ -498,7 +517,7 @@ def main() -> None:
             grpc.insecure_channel(encoder, OPTIONS) as channel,
         ):
             stub = encoder_pb2_grpc.EncoderServiceStub(channel)
-            info = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+            info = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), timeout=CALL_TIMEOUT_S)
             print_setting(info, jpegs, args.clients)
             with reported("the stages alone", failures):
                 stages_alone(args.device, jpegs, info.image_resolution, info.context_length)

@@ -4,38 +4,92 @@ import glob
 import io
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
 
+_LAST_LINES = 50  # of a service's log, told when it fails to start
+_ECHOED_LINES = 20  # of its warnings and errors: a queue that is full under load may warn at every retry
+
+
+def _said(line: str) -> bool:
+    """Whether a service's log line is worth the reader's eye: a warning, an error, or what is not a log
+    record (a traceback, gRPC's own lines). The services log a JSON line for every call, which is not."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return True
+    return not isinstance(record, dict) or record.get("level") not in ("DEBUG", "INFO")
+
+
+class _ServiceLog:
+    """A service's log, read to its end (a full pipe would block the service): the address in its ready
+    line, the first warnings and errors echoed to stderr, and the last lines kept for a start that fails."""
+
+    def __init__(self, module: str, ready_line: str) -> None:
+        self.module, self.ready_line = module, ready_line
+        self.address: queue.Queue[str | None] = queue.Queue()  # None: the log ended before the ready line
+        self.last: deque[str] = deque(maxlen=_LAST_LINES)
+        self.echoed = self.left_out = 0
+
+    def follow(self, lines: Iterable[str]) -> None:
+        waiting = True
+        for line in lines:
+            self.last.append(line)
+            if _said(line):
+                self._echo(line)
+            if waiting and self.ready_line in line:
+                self.address.put(json.loads(line)["message"].split(" on ", 1)[1].split()[0])
+                waiting = False
+        self.address.put(None)
+
+    def _echo(self, line: str) -> None:
+        if self.echoed < _ECHOED_LINES:
+            print(f"[{self.module}] {line}", end="", file=sys.stderr)
+            self.echoed += 1
+        else:
+            self.left_out += 1
+
+    def failed_start(self, why: str) -> RuntimeError:
+        print(f"[{self.module}] its last lines:\n{''.join(self.last)}", end="", file=sys.stderr)
+        return RuntimeError(f"{self.module} {why} (its last lines are on stderr)")
+
 
 @contextmanager
-def service(module: str, args: Sequence[str], ready_line: str) -> Iterator[tuple[str, int]]:
+def service(
+    module: str, args: Sequence[str], ready_line: str, ready_within_s: float = 300
+) -> Iterator[tuple[str, int]]:
     """`python -m module args...` until the block ends; yields the address from its `ready_line` log line
-    and the process id."""
+    and the process id. Its first warnings and errors go to stderr as they come; a start that fails or takes
+    over `ready_within_s` raises, its last log lines on stderr."""
     command = [sys.executable, "-m", module, *args, "--metrics-port", "-1"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    log = _ServiceLog(module, ready_line)
+    reader = threading.Thread(target=log.follow, args=(process.stderr,), daemon=True)
+    reader.start()
     try:
-        assert process.stderr is not None
-        for line in process.stderr:
-            if ready_line in line:
-                address = json.loads(line)["message"].split(" on ", 1)[1].split()[0]
-                break
-        else:
-            raise RuntimeError(f"{module} exited with {process.wait()} before it was ready")
-        # Keep reading its log, so that a full pipe never blocks the service.
-        threading.Thread(target=process.stderr.read, daemon=True).start()
+        try:
+            address = log.address.get(timeout=ready_within_s)
+        except queue.Empty:
+            raise log.failed_start(f"was not ready within {ready_within_s:g} s") from None
+        if address is None:
+            raise log.failed_start(f"exited with {process.wait()} before it was ready")
         yield address, process.pid
     finally:
         process.terminate()
         process.wait(timeout=60)
+        reader.join(timeout=10)
+        if log.left_out:
+            print(f"[{module}] {log.left_out} more warnings and errors not shown", file=sys.stderr)
 
 
 def photos(count: int, size: tuple[int, int] = (320, 240), image_format: str = "JPEG") -> list[bytes]:

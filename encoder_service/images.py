@@ -36,7 +36,8 @@ class ImageLimits:
 
 @dataclass(frozen=True)
 class DeviceJpeg:
-    """A JPEG the GPU decodes exactly: its bytes, the EXIF orientation (1-8) still to apply, and its size."""
+    """A JPEG the GPU decodes as libjpeg would: its bytes, the EXIF orientation (1-8) still to apply, and its
+    size."""
 
     data: bytes
     orientation: int
@@ -145,10 +146,10 @@ def pixels_for_clip(data: bytes, limits: ImageLimits, resolution: int) -> np.nda
 
 
 def jpeg_for_device(data: bytes, limits: ImageLimits) -> DeviceJpeg | None:
-    """`data` as a JPEG that nvJPEG decodes exactly as libjpeg would, once within `limits`; None for what
-    only the PIL path does right: other formats, CMYK, greyscale and Adobe-marked JPEGs, strips, data that
-    does not end where a JPEG ends (truncated files, trailing bytes), unreadable EXIF. ImageRejected past a
-    limit."""
+    """`data` as a JPEG that nvJPEG decodes as libjpeg would (to a level or two of colour upsampling), once
+    within `limits`; None for what only the PIL path does right: other formats, CMYK, greyscale and
+    Adobe-marked JPEGs, strips, data that does not end where a JPEG ends (truncated files, trailing bytes),
+    unreadable EXIF. ImageRejected past a limit."""
     image = open_checked(data, limits)
     if image.format != "JPEG" or image.mode != "RGB" or "adobe" in image.info or is_a_strip(*image.size):
         return None

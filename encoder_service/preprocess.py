@@ -7,6 +7,7 @@ operations below; both hand over uint8 pixels, and `ModelInput` turns them into 
 Every function here runs on the CPU too, which is how CI tests the GPU's path.
 """
 
+import logging
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -17,6 +18,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import Compose, Normalize
 
 from .images import DeviceJpeg, centre_crop_offsets, resized_size
+
+log = logging.getLogger(__name__)
 
 # torchvision 0.29 deprecates its JPEG decoding for TorchCodec's; it still decodes (0.26 does not warn).
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision.io.image")
@@ -114,7 +117,12 @@ def decode_on_device(
             end += 1
         try:
             outcomes.extend(_decoded_pixels(jpegs[start:end], device, resolution))
-        except RuntimeError:
+        except RuntimeError as error:
+            # Said, so that a decoder failing for every call (a driver, a build without nvJPEG) is seen, not
+            # only paid for in throughput by the PIL path taking all the JPEGs.
+            log.warning(
+                "decoding %d JPEG(s) on %s failed, the PIL path decodes them: %s", end - start, device, error
+            )
             outcomes.extend([None] * (end - start))
         start = end
     return outcomes

@@ -151,7 +151,9 @@ def without_quantisation_tables(data: bytes) -> bytes:
     return bytes(kept + data[position:])
 
 
-def test_a_failed_decoding_call_fails_only_its_own_jpegs() -> None:
+def test_a_failed_decoding_call_fails_only_its_own_jpegs_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     good = [jpeg(camera_photo(64, 48, seed=seed)) for seed in range(3)]
     broken = without_quantisation_tables(good[0])
     assert jpeg_for_device(broken, LIMITS) is not None  # only decoding finds the fault
@@ -159,6 +161,11 @@ def test_a_failed_decoding_call_fails_only_its_own_jpegs() -> None:
     one_per_call = decode_on_device(jpegs, CPU, 224, pixels_per_call=64 * 48)
     assert [pixels is None for pixels in one_per_call] == [False, False, True, False]
     assert [pixels is None for pixels in decode_on_device(jpegs, CPU, 224)] == [True] * 4
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert [warning.split(",")[0] for warning in warnings] == [
+        "decoding 1 JPEG(s) on cpu failed",
+        "decoding 4 JPEG(s) on cpu failed",
+    ]
 
 
 @pytest.fixture(scope="module")
