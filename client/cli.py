@@ -258,7 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_commands(commands)
     for command in entry_points(group="imgsearch.commands"):
-        command.load()(commands)
+        try:
+            add_command = command.load()
+        except ModuleNotFoundError as error:
+            # The package's metadata names every command, but an image may leave out the package that adds
+            # one (the web image has no demo/): the rest of the command line still works there.
+            if not f"{command.module}.".startswith(f"{error.name}."):
+                raise
+            continue
+        add_command(commands)
     return parser
 
 

@@ -13,14 +13,17 @@ RUN mkdir imagesearch && pip install '.[encoder]' && pip uninstall --yes imagese
 COPY imagesearch ./imagesearch
 COPY encoder_service ./encoder_service
 RUN pip install --no-deps .
+# The demo's small CLIP (15 MB): ENCODER_MODEL=/app/checkpoints/small-clip-synthetic.pt starts offline.
+COPY demo/small-clip-synthetic.pt ./checkpoints/
 
-# Named models are downloaded once into this volume.
+# Named models are downloaded once into this volume (or read from a host folder mounted there).
 # Health checks also answer in plaintext on their own port, so probes work when the service speaks TLS.
 ENV ENCODER_MODEL_CACHE=/models ENCODER_HOST=0.0.0.0 ENCODER_PORT=50051 ENCODER_HEALTH_PORT=50061
 RUN mkdir /models && chown app /models
 VOLUME /models
 USER app
-EXPOSE 50051 50061
+# gRPC, plaintext health, Prometheus metrics (--metrics-port).
+EXPOSE 50051 50061 9151
 HEALTHCHECK --interval=15s --timeout=10s --start-period=300s --retries=3 \
     CMD ["python", "-m", "imagesearch.healthcheck", "127.0.0.1:50061"]
 ENTRYPOINT ["python", "-m", "encoder_service"]

@@ -25,9 +25,9 @@ class EncoderConfig(ServerSettings):
         DEFAULT_MODEL, "a clip.available_models() name (downloaded once) or a TorchScript or state-dict file"
     )
     model_cache: str = setting("", "folder where named models are downloaded (empty: clip's ~/.cache/clip)")
-    device: str = setting("auto", "CUDA when present (auto), or the CPU", None, ["auto", "cpu", "cuda"])
+    device: str = setting("auto", "CUDA when present (auto), or the CPU", ["auto", "cpu", "cuda"])
     precision: str = setting(
-        "auto", "fp16 on CUDA and fp32 on the CPU (auto), or either on both", None, ["auto", "fp16", "fp32"]
+        "auto", "fp16 on CUDA and fp32 on the CPU (auto), or either on both", ["auto", "fp16", "fp32"]
     )
     port: int = setting(ENCODER_PORT, "port to listen on (0: any free port)")
     grpc_workers: int = setting(0, "threads serving calls (0: 64, or 128 on CUDA)")
@@ -51,7 +51,6 @@ class EncoderConfig(ServerSettings):
     jpeg_decoding: str = setting(
         "auto",
         "where JPEGs are decoded: on the device (nvJPEG) or in the processes; auto: the device on CUDA",
-        None,
         ["auto", "device", "processes"],
     )
     text_cache_size: int = setting(

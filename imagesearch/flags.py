@@ -1,7 +1,7 @@
 """Settings dataclasses as command-line flags with environment-variable twins.
 
-Each field `max_batch_size` becomes the flag `--max-batch-size` and the variable `PREFIX_MAX_BATCH_SIZE`
-(or the `env` named in the field's metadata): the flag wins, then the variable, then the default.
+Each field `max_batch_size` becomes the flag `--max-batch-size` and the variable `PREFIX_MAX_BATCH_SIZE`:
+the flag wins, then the variable, then the default.
 The field's metadata also holds its `help` and any `choices`; the dataclass validates in __post_init__.
 """
 
@@ -17,9 +17,9 @@ from .defaults import is_port
 Config = TypeVar("Config")
 
 
-def setting(default: Any, help: str, env: str | None = None, choices: Sequence[str] | None = None) -> Any:
+def setting(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
     """A settings field with what its flag needs to know."""
-    return dataclasses.field(default=default, metadata={"help": help, "env": env, "choices": choices})
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
 def parse_config(
@@ -29,7 +29,7 @@ def parse_config(
     for field in dataclasses.fields(config_type):  # type: ignore[arg-type]
         default = field.default
         value_type = type(default)
-        env = field.metadata["env"] or env_prefix + field.name.upper()
+        env = env_prefix + field.name.upper()
         raw = os.environ.get(env)
         try:
             value: Any = default if raw is None else value_type(raw)

@@ -1,6 +1,7 @@
 """The lifecycle both services share: a gRPC server with health checking, reflection, and a graceful stop."""
 
 import logging
+import math
 import signal
 import sys
 import threading
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from .auth import BearerTokenInterceptor
 from .errors import ServiceError, ServiceErrorInterceptor
-from .flags import require_ports, require_seconds, setting
+from .flags import require_at_most, require_ports, require_seconds, setting
 from .observability import ObservabilityInterceptor, serve_metrics
 from .tls import server_credentials
 
@@ -42,13 +43,19 @@ class ServerSettings:
         -1,
         "also answer grpc.health.v1 alone, in plaintext, here: for probes that cannot speak TLS (-1: none)",
     )
-    log_format: str = setting("json", "log lines as JSON or as text", None, ["json", "text"])
+    log_format: str = setting("json", "log lines as JSON or as text", ["json", "text"])
+    max_connection_age_s: float = setting(
+        30.0,
+        "age at which a caller's connection is asked to close (GOAWAY; calls on it still finish), so that "
+        "callers reconnect and reach replicas added since (0: never)",
+    )
 
     def check_serving(self) -> None:
-        """ValueError naming a port that is none, or a grace that is no number of seconds."""
+        """ValueError naming a port that is none, or a duration that is no number of seconds."""
         require_ports(self, ["port"])
         require_ports(self, ["metrics_port", "health_port"], none=-1)
-        require_seconds(self, ["shutdown_grace_s"], zero_allowed=True)
+        require_seconds(self, ["shutdown_grace_s", "max_connection_age_s"], zero_allowed=True)
+        require_at_most(self, ["max_connection_age_s"], _FOREVER_MS // 1000)
 
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -56,6 +63,24 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # gRPC shares a port that another server holds by default (SO_REUSEPORT): a second service on the same port
 # would start and take half of the calls. Without it, the second one fails to bind and says so.
 _EXCLUSIVE_PORT = [("grpc.so_reuseport", 0)]
+_FOREVER_MS = 2**31 - 1  # gRPC reads INT_MAX milliseconds as no limit
+
+
+def _connection_age(max_age_s: float) -> list[tuple[str, int]]:
+    """Server options that end each connection after `max_age_s` (0: never), give or take gRPC's 10% jitter.
+
+    The server then sends GOAWAY: callers open new connections for new calls, and callers that look the
+    service up in DNS (round robin over `dns:///encoder:50051`) look again and find replicas added since;
+    behind a TCP load balancer the new connection may go to a new replica. Calls already on the old
+    connection run to their end however long (an Ingest stream, a health Watch): without an unlimited grace,
+    gRPC would cut them off after it.
+    """
+    if max_age_s == 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", math.ceil(max_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", _FOREVER_MS),
+    ]
 
 
 def _bind(
@@ -83,7 +108,8 @@ class GrpcServer:
     Every call is counted, timed and logged (metrics on `metrics_port`, 0: any free port, -1: none) and,
     when `auth_tokens` are given, must carry one of them as a bearer token. With `credentials` it speaks TLS;
     `health_port` (-1: none) then lets probes that cannot, such as Kubernetes' gRPC probes, reach the same
-    health statuses in plaintext, and nothing else.
+    health statuses in plaintext, and nothing else. Each caller's connection is asked to close after
+    `max_connection_age_s` (0: never), for callers to spread over replicas added since.
     """
 
     def __init__(
@@ -99,6 +125,7 @@ class GrpcServer:
         auth_tokens: Sequence[str] = (),
         credentials: grpc.ServerCredentials | None = None,
         health_port: int = -1,
+        max_connection_age_s: float = 0.0,
     ) -> None:
         self.service_names = [*service_names]
         authentication = [BearerTokenInterceptor(auth_tokens)] if auth_tokens else []
@@ -109,6 +136,7 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
                 *_EXCLUSIVE_PORT,
+                *_connection_age(max_connection_age_s),
             ],
             interceptors=interceptors,
         )
@@ -171,6 +199,7 @@ class GrpcServer:
             [token for token in settings.auth_tokens.split(",") if token],
             server_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca),
             settings.health_port,
+            settings.max_connection_age_s,
         )
 
     def set_serving(self, serving: bool) -> None:

@@ -1,13 +1,40 @@
 """`python -m search_service`: see --help."""
 
+import os
+import sys
+from urllib.parse import urlsplit
+
 from imagesearch.observability import configure_logging
 from imagesearch.serving import reported_startup, run_until_signalled
 
 from .config import parse_args
-from .server import SearchServer
+
+
+def pymilvus_takes(uri: str) -> bool:
+    """Whether importing pymilvus survives MILVUS_URI=`uri`: it parses the variable itself, on import, and
+    raises unless it is empty or a URL with a host part and a port below 65535 (orm/connections.py)."""
+    try:
+        parsed = urlsplit(uri)
+        port = parsed.port  # ValueError for a port that is no number, or above 65535, as in pymilvus
+    except ValueError:
+        return False
+    return not uri or (bool(parsed.netloc) and (port is None or port < 65535))
 
 
 def main() -> None:
+    uri = os.environ.get("MILVUS_URI", "")
+    if not pymilvus_takes(uri):
+        print(
+            f"search_service: MILVUS_URI={uri}: pymilvus reads MILVUS_URI itself and takes only a URL "
+            "(http://host:19530); name a Milvus Lite file with --milvus-uri or SEARCH_MILVUS_URI",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    # pymilvus also loads a .env file from any folder above its own into the environment, a checkout's .env
+    # for docker compose included: settings this process never named, and a MILVUS_URI checked by no one.
+    os.environ["PYTHON_DOTENV_DISABLED"] = "1"
+    from .server import SearchServer  # only now: importing it imports pymilvus
+
     config = parse_args()
     configure_logging(config.log_format)
     with reported_startup("search_service"):

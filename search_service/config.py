@@ -1,4 +1,4 @@
-"""The search service's settings, from flags with environment-variable twins (SEARCH_*, MILVUS_*)."""
+"""The search service's settings, from flags with environment-variable twins (SEARCH_*)."""
 
 import json
 from dataclasses import dataclass
@@ -25,12 +25,9 @@ class SearchConfig(ServerSettings):
         f"127.0.0.1:{ENCODER_PORT}",
         "encoder replicas: HOST:PORT, IP:PORT,IP:PORT, or a gRPC target such as dns:///encoder:50051",
     )
-    milvus_uri: str = setting(
-        "./milvus.db", "a Milvus Lite file, or http://host:19530 for a Milvus server", env="MILVUS_URI"
-    )
-    milvus_token: str = setting(
-        "", "token for a Milvus server or Zilliz Cloud (user:password)", env="MILVUS_TOKEN"
-    )
+    # SEARCH_MILVUS_*, not MILVUS_*: pymilvus reads MILVUS_URI itself on import, and takes no Lite file there.
+    milvus_uri: str = setting("./milvus.db", "a Milvus Lite file, or http://host:19530 for a Milvus server")
+    milvus_token: str = setting("", "token for a Milvus server or Zilliz Cloud (user:password)")
     collection: str = setting("images", "the collection a request that names none uses")
     port: int = setting(SEARCH_PORT, "port to listen on (0: any free port)")
     index_type: str = setting(
@@ -41,7 +38,7 @@ class SearchConfig(ServerSettings):
     ingest_in_flight: int = setting(3, "batches of one ingest stream encoded and written at once")
     max_concurrent_ingests: int = setting(16, "ingest streams at once; more get RESOURCE_EXHAUSTED")
     encoder_timeout_s: float = setting(60.0, "deadline of one encoder call, retries included")
-    milvus_timeout_s: float = setting(10.0, "deadline of one Milvus call", env="MILVUS_TIMEOUT_S")
+    milvus_timeout_s: float = setting(10.0, "deadline of one Milvus call")
     max_top_k: int = setting(1000, "largest top_k a search may ask for")
     max_offset: int = setting(10000, "largest offset a search may ask for")
     max_query_parts: int = setting(16, "most parts (texts, pictures, ids) one Search query may combine")

@@ -1,15 +1,22 @@
 """Deployment files, checked without a Docker engine or a cluster: schemas and the invariants that matter."""
 
+import dataclasses
 import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
+from encoder_service.config import EncoderConfig
+from imagesearch.defaults import ENCODER_METRICS_PORT, SEARCH_METRICS_PORT
+from search_service.config import SearchConfig
+from web.config import WebConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
@@ -116,7 +123,7 @@ def test_the_web_tier_reaches_search_and_search_shares_its_thumbnails() -> None:
     web, search = services["web"], services["search"]
     assert web["environment"]["WEB_SEARCH"] == "search:50052"
     assert web["depends_on"] == {"search": {"condition": "service_healthy"}}
-    assert web["ports"] == ["${WEB_PORT:-8080}:8080"]
+    assert web["ports"] == ["${WEB_PUBLISH_ADDRESS:-127.0.0.1}:${WEB_PORT:-8080}:8080"]
     assert "/healthz" in web["healthcheck"]["test"][-1]
     assert search["environment"]["SEARCH_THUMBNAIL_DIR"] == "/data/thumbnails"
     assert "thumbnails:/data/thumbnails" in search["volumes"]
@@ -174,5 +181,181 @@ def test_every_probe_asks_the_plaintext_health_port_so_that_tls_cannot_break_it(
             m for m in manifests() if m["kind"] == "Deployment" and m["metadata"]["name"] == service
         )["spec"]["template"]["spec"]["containers"]
         assert {"name": f"{prefix}_HEALTH_PORT", "value": health_port} in container["env"]
-        probes = [container[key] for key in container if key.endswith("Probe")]
+        probes = [container[key] for key in container if key.endswith("Probe") and "grpc" in container[key]]
         assert probes and all(probe["grpc"]["port"] == int(health_port) for probe in probes)
+
+
+# Each service's settings, and the prefix of their environment twins.
+SETTINGS = {
+    "encoder": (EncoderConfig, "ENCODER_"),
+    "search": (SearchConfig, "SEARCH_"),
+    "web": (WebConfig, "WEB_"),
+}
+
+
+def setting_variables(service: str, names: str = "") -> set[str]:
+    """The environment variables `service` reads as settings (those whose field name holds one of `names`)."""
+    config, prefix = SETTINGS[service]
+    return {
+        prefix + field.name.upper()
+        for field in dataclasses.fields(config)
+        if not names or any(part in field.name for part in names.split())
+    }
+
+
+def pod_templates() -> dict[str, dict]:
+    return {m["metadata"]["name"]: m["spec"]["template"] for m in manifests() if m["kind"] == "Deployment"}
+
+
+def kubernetes_container(service: str) -> dict:
+    [container] = pod_templates()[service]["spec"]["containers"]
+    return container
+
+
+def service_link_variables(service: dict) -> set[str]:
+    """What the kubelet sets in every pod of the namespace for a Service with a cluster IP, unless the pod
+    says enableServiceLinks: false: SEARCH_SERVICE_HOST, SEARCH_PORT=tcp://10.96.0.12:50052 and their kin."""
+    name = service["metadata"]["name"].upper().replace("-", "_")
+    names = {f"{name}_SERVICE_HOST", f"{name}_SERVICE_PORT", f"{name}_PORT"}
+    for port in service["spec"]["ports"]:
+        if "name" in port:
+            names.add(f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}")
+        link = f"{name}_PORT_{port['port']}_{port.get('protocol', 'TCP')}"
+        names |= {link, f"{link}_PROTO", f"{link}_PORT", f"{link}_ADDR"}
+    return names
+
+
+def test_no_variable_the_kubelet_sets_for_a_service_reaches_a_setting() -> None:
+    services = [m for m in manifests() if m["kind"] == "Service" and m["spec"].get("clusterIP") != "None"]
+    linked = set().union(*map(service_link_variables, services))
+    # Why it matters: the search pods exited at start on --port 'tcp://10.96.0.12:50052'.
+    assert {"SEARCH_PORT", "WEB_PORT"} <= linked & set().union(*map(setting_variables, SETTINGS))
+    # Every pod, not only those that read a name linked today: a Service added later would start it again.
+    assert {name: pod["spec"].get("enableServiceLinks") for name, pod in pod_templates().items()} == {
+        name: False for name in SETTINGS
+    }
+
+
+def test_only_readiness_asks_a_health_that_depends_on_milvus_and_the_encoder() -> None:
+    """The search service's health is SERVING only while Milvus and an encoder answer: a liveness probe on it
+    restarted every search pod whenever either was away, which a restart never mends."""
+    search = kubernetes_container("search")
+    assert search["readinessProbe"]["grpc"]["port"] == 50062
+    assert search["livenessProbe"]["tcpSocket"] == {"port": "grpc"} and "grpc" not in search["livenessProbe"]
+    assert {"name": "grpc", "containerPort": 50052} in search["ports"]
+
+
+@pytest.mark.parametrize(
+    ("service", "port"), [("encoder", ENCODER_METRICS_PORT), ("search", SEARCH_METRICS_PORT)]
+)
+def test_the_metrics_ports_are_declared_where_scrapers_look(service: str, port: int) -> None:
+    expose = re.search(r"^EXPOSE (.+)$", (ROOT / "docker" / f"{service}.Dockerfile").read_text(), re.M)
+    assert str(port) in expose.group(1).split()
+    assert str(port) in compose("docker-compose.yml")["services"][service]["expose"]
+    assert {"name": "metrics", "containerPort": port} in kubernetes_container(service)["ports"]
+    annotations = pod_templates()[service]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def dockerfile_variables(service: str) -> set[str]:
+    text = (ROOT / "docker" / f"{service}.Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.split()[1:] for line in text.splitlines() if line.startswith("ENV ")]
+    return {word.split("=", 1)[0] for words in lines for word in words}
+
+
+def test_every_variable_the_deployment_files_give_a_service_is_one_of_its_settings() -> None:
+    # MILVUS_URI was one, until it turned out that pymilvus reads it too (and refuses a Milvus Lite file).
+    services = compose("docker-compose.yml")["services"]
+    for service in SETTINGS:
+        given = {
+            "compose": set(services[service]["environment"]),
+            "kubernetes": {variable["name"] for variable in kubernetes_container(service)["env"]},
+            "image": {
+                name for name in dockerfile_variables(service) if not name.startswith(("PYTHON", "PIP_"))
+            },
+        }
+        assert {where: names - setting_variables(service) for where, names in given.items()} == {
+            where: set() for where in given
+        }, service
+
+
+def interpolated(value: str, env: dict[str, str]) -> str:
+    """`value` as Compose reads it with `env` as .env: ${NAME:-default} is NAME's value, or the default."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda match: env.get(match[1]) or match[2], value)
+
+
+def test_tokens_and_tls_files_in_env_reach_their_services() -> None:
+    services = compose("docker-compose.yml")["services"]
+    for service in SETTINGS:
+        secured = setting_variables(service, "token tls")
+        environment = services[service]["environment"]
+        # Empty unless .env names them: empty is off for every one of these settings.
+        assert {name: environment.get(name) for name in secured} == {
+            name: f"${{{name}:-}}" for name in secured
+        }
+        assert "${TLS_DIR:-tls}:/tls:ro" in services[service]["volumes"]
+    assert {"SEARCH_AUTH_TOKENS", "ENCODER_AUTH_TOKENS", "SEARCH_ENCODER_TOKEN", "WEB_SEARCH_TOKEN"} <= {
+        name for service in SETTINGS for name in setting_variables(service, "token tls")
+    }
+
+
+def test_published_ports_are_on_this_machine_unless_env_says_otherwise() -> None:
+    """The search port served every interface with authentication off; the page searches with its token."""
+    published = {
+        name: service["ports"]
+        for name, service in compose("docker-compose.yml")["services"].items()
+        if "ports" in service
+    }
+    assert {name: [interpolated(port, {}) for port in ports] for name, ports in published.items()} == {
+        "search": ["127.0.0.1:50052:50052"],
+        "web": ["127.0.0.1:8080:8080"],
+    }
+    anywhere = {"SEARCH_PUBLISH_ADDRESS": "0.0.0.0", "WEB_PUBLISH_ADDRESS": "0.0.0.0", "WEB_PORT": "80"}
+    assert [interpolated(port, anywhere) for ports in published.values() for port in ports] == [
+        "0.0.0.0:50052:50052",
+        "0.0.0.0:80:8080",
+    ]
+
+
+def test_every_image_of_the_manifests_comes_from_a_registry_the_kustomization_names() -> None:
+    kustomization = yaml.safe_load((ROOT / "deploy" / "k8s" / "kustomization.yaml").read_text())
+    entries = {entry["name"]: entry for entry in kustomization["images"]}
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    images = {kubernetes_container(service)["image"].rsplit(":", 1)[0] for service in SETTINGS}
+    assert images == entries.keys()
+    for name in images:
+        registry, _, repository = entries[name]["newName"].rpartition("/")
+        assert registry and repository == name and entries[name]["newTag"] == version
+
+
+def ignored(name: str) -> set[str]:
+    return {line for line in (ROOT / name).read_text().splitlines() if line and not line.startswith("#")}
+
+
+def test_secrets_and_gpu_wheels_stay_out_of_git_and_the_images() -> None:
+    assert {".env", ".whl"} <= ignored(".dockerignore")
+    assert ".env" in ignored(".gitignore")
+
+
+def test_the_encoder_starts_without_internet_on_a_checkpoint_in_its_image_or_a_host_folder() -> None:
+    dockerfile = (ROOT / "docker" / "encoder.Dockerfile").read_text()
+    assert "WORKDIR /app" in dockerfile and "COPY demo/small-clip-synthetic.pt ./checkpoints/" in dockerfile
+    assert (ROOT / "demo" / "small-clip-synthetic.pt").is_file() and "demo" not in ignored(".dockerignore")
+    encoder = compose("docker-compose.yml")["services"]["encoder"]
+    assert "${MODELS_DIR:-models}:/models" in encoder["volumes"]
+    assert interpolated("${MODELS_DIR:-models}", {"MODELS_DIR": "/srv/models"}) == "/srv/models"
+
+
+def test_imgsearch_works_in_the_web_image_which_has_no_demo() -> None:
+    """The package's metadata adds `imgsearch demo` from demo/, which the web image leaves out."""
+    assert "demo" not in (ROOT / "docker" / "web.Dockerfile").read_text()
+    probe = (
+        "import sys; sys.modules['demo'] = None; "
+        "from client.cli import main; sys.argv[1:] = ['--help']; main()"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "{up,ingest,search,stats,get,delete,encode}" in done.stdout, done.stderr

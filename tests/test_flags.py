@@ -13,9 +13,19 @@ def test_a_flag_wins_over_its_environment_twin_which_wins_over_the_default(monke
     assert search_flags(["--max-top-k", "20"]).max_top_k == 20
 
 
-def test_a_twin_may_have_its_own_name(monkeypatch) -> None:
-    monkeypatch.setenv("MILVUS_URI", "http://milvus:19530")
-    assert search_flags([]).milvus_uri == "http://milvus:19530"
+def test_the_milvus_settings_take_the_prefix_of_the_service(monkeypatch) -> None:
+    # MILVUS_URI is pymilvus's own variable: the service leaves it to pymilvus.
+    monkeypatch.setenv("MILVUS_URI", "http://elsewhere:19530")
+    assert search_flags([]).milvus_uri == "./milvus.db"
+    monkeypatch.setenv("SEARCH_MILVUS_URI", "http://milvus:19530")
+    monkeypatch.setenv("SEARCH_MILVUS_TOKEN", "root:Milvus")
+    monkeypatch.setenv("SEARCH_MILVUS_TIMEOUT_S", "3")
+    config = search_flags([])
+    assert (config.milvus_uri, config.milvus_token, config.milvus_timeout_s) == (
+        "http://milvus:19530",
+        "root:Milvus",
+        3.0,
+    )
 
 
 def test_a_bad_environment_value_is_a_usage_error_naming_the_variable(monkeypatch, capsys) -> None:
@@ -47,12 +57,21 @@ def test_a_bad_environment_value_is_a_usage_error_naming_the_variable(monkeypatc
         (encoder_flags, ["--health-port", "70000"], "health_port must be 0 to 65535, or -1 for none"),
         (encoder_flags, ["--shutdown-grace-s", "-5"], "shutdown_grace_s must be a number of seconds 0"),
         (encoder_flags, ["--max-image-bytes", "3000000000"], "max_image_bytes must be at most 2146435071"),
+        (encoder_flags, ["--max-connection-age-s", "-1"], "max_connection_age_s must be a number of seconds"),
+        (search_flags, ["--max-connection-age-s", "3000000"], "max_connection_age_s must be at most 2147483"),
     ],
 )
 def test_values_the_service_cannot_run_with_are_refused_at_start(parse, flags, message, capsys) -> None:
     with pytest.raises(SystemExit) as usage:
         parse(flags)
     assert usage.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_both_services_end_connections_after_an_age_that_zero_turns_off(monkeypatch) -> None:
+    assert encoder_flags([]).max_connection_age_s == search_flags([]).max_connection_age_s == 30.0
+    monkeypatch.setenv("ENCODER_MAX_CONNECTION_AGE_S", "0")
+    monkeypatch.setenv("SEARCH_MAX_CONNECTION_AGE_S", "120")
+    assert (encoder_flags([]).max_connection_age_s, search_flags([]).max_connection_age_s) == (0.0, 120.0)
 
 
 def test_a_milvus_server_takes_index_types_milvus_lite_does_not() -> None:

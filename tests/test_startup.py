@@ -45,3 +45,38 @@ def test_a_device_that_is_not_there_is_named(tiny_path: Path) -> None:
     done = start_encoder("--model", str(tiny_path), "--device", "cuda")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "encoder_service: --device cuda was asked for, but torch sees no CUDA device" in done.stderr
+
+
+def start_search(*flags: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "search_service", *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("uri", ["/data/milvus.db", "./milvus.db", "localhost:19530", "http://milvus:99999"])
+def test_a_milvus_uri_that_pymilvus_cannot_read_is_named(uri: str) -> None:
+    # pymilvus parses MILVUS_URI on import and raised a traceback before any of the service's code ran.
+    done = start_search("--help", env={**os.environ, "MILVUS_URI": uri})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr == (
+        f"search_service: MILVUS_URI={uri}: pymilvus reads MILVUS_URI itself and takes only a URL "
+        "(http://host:19530); name a Milvus Lite file with --milvus-uri or SEARCH_MILVUS_URI\n"
+    )
+
+
+def test_a_milvus_uri_pymilvus_reads_leaves_the_start_alone() -> None:
+    done = start_search("--help", env={**os.environ, "MILVUS_URI": "http://milvus:19530"})
+    assert done.returncode == 0 and "SEARCH_MILVUS_URI" in done.stdout
+
+
+def test_a_dotenv_file_does_not_reach_the_service(tmp_path: Path) -> None:
+    # pymilvus loads the nearest .env above its own folder (a checkout's, for docker compose, when the virtual
+    # environment lies inside it); run as `python -c`, it looks in the working folder instead.
+    (tmp_path / ".env").write_text("MILVUS_URI=/data/milvus.db\n")
+    run_main = (
+        "import runpy, sys; sys.argv[1:] = ['--help']; "
+        "runpy.run_module('search_service', run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", run_main], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr

@@ -23,9 +23,7 @@ class WebConfig:
         20 * 1024 * 1024, "largest picture a search by picture may upload (larger: 413)"
     )
     page_size: int = setting(24, "hits per page when a search names no top_k")
-    log_level: str = setting(
-        "info", "uvicorn's log level", None, ["critical", "error", "warning", "info", "debug"]
-    )
+    log_level: str = setting("info", "uvicorn's log level", ["critical", "error", "warning", "info", "debug"])
 
     def __post_init__(self) -> None:
         require_at_least(self, ["max_upload_bytes", "page_size"])
