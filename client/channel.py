@@ -59,9 +59,10 @@ class Connection:
             else api.insecure_channel(target, _CHANNEL_OPTIONS)
         )
 
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        """A call's metadata: the token, and a fresh request id that the services log and pass on."""
-        return (*bearer(self._token), (REQUEST_ID, uuid.uuid4().hex))
+    def metadata(self, request_id: str | None = None) -> tuple[tuple[str, str], ...]:
+        """A call's metadata: the token, and a request id that the services log and pass on (`request_id`,
+        or a fresh one)."""
+        return (*bearer(self._token), (REQUEST_ID, request_id or uuid.uuid4().hex))
 
     def error(self, error: grpc.RpcError) -> ImageSearchError:
         """The failure as the SDK reports it; a service that never answered is named as unreachable."""

@@ -88,7 +88,7 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
         return None
     try:
         return channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
-    except ValueError as error:  # a certificate without its key
+    except ValueError as error:  # a certificate without its key, or with a key not its own
         raise UsageError(f"--tls-cert and --tls-key: {error}") from None
 
 

@@ -4,6 +4,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
+from imagesearch.observability import LATENCY_BUCKETS
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -17,7 +19,11 @@ class EncoderMetrics:
             registry=registry,
         )
         self.forward_seconds = Histogram(
-            "encoder_forward_seconds", "Time of one forward pass", ["tower"], registry=registry
+            "encoder_forward_seconds",
+            "Time of one forward pass",
+            ["tower"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.queue_depth = Gauge(
             "encoder_queue_depth", "Items waiting for a forward pass", ["tower"], registry=registry

@@ -4,29 +4,50 @@ The health service stays open, so that load balancers and orchestrators can prob
 """
 
 import hmac
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any, NoReturn
 
 import grpc
 
-from .handlers import wrap_handler
 from .headers import AUTHORIZATION
+
+log = logging.getLogger(__name__)
 
 _OPEN = "/grpc.health.v1.Health/"
 
 
-def _refusal(message: str) -> Callable[[grpc.ServicerContext], Iterator[None]]:
-    @contextmanager
-    def refuse(context: grpc.ServicerContext) -> Iterator[None]:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # never reached: abort raises, so the handler never runs
+def bearer_tokens(setting: str) -> list[str]:
+    """The tokens of a comma-separated `auth_tokens` setting, each stripped; empty: none (no authentication).
 
-    return refuse
+    ValueError when the setting is not empty yet names no token ("," from two unset variables joined), which
+    would otherwise switch authentication off in silence."""
+    tokens = [token for token in (entry.strip() for entry in setting.split(",")) if token]
+    if setting and not tokens:
+        raise ValueError(f"auth_tokens {setting!r} holds no token: give one or more, or leave it empty")
+    return tokens
+
+
+def _refusing(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler for `handler`'s method that refuses at once. It takes the requests as a stream and never
+    reads them: a unary request would be read whole (up to the message limit) before any code of ours runs,
+    and flow control now stops a refused caller's upload instead."""
+
+    def refuse(requests: Iterator[Any], context: grpc.ServicerContext) -> NoReturn:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    constructor = (
+        grpc.stream_stream_rpc_method_handler
+        if handler.response_streaming
+        else grpc.stream_unary_rpc_method_handler
+    )
+    return constructor(refuse, handler.request_deserializer, handler.response_serializer)
 
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):
     def __init__(self, tokens: Iterable[str]) -> None:
-        self._tokens = [token.encode() for token in tokens if token]
+        self._tokens = [token.encode() for token in tokens]
+        log.info("authentication: %d bearer tokens", len(self._tokens))
 
     def _allowed(self, header: str | None) -> bool:
         if not header or not header.startswith("Bearer "):
@@ -43,4 +64,4 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
             return handler
         reason = "missing bearer token" if not header else "invalid bearer token"
         message = f"{reason}: send `authorization: Bearer <token>` (imgsearch --token / IMGSEARCH_TOKEN)"
-        return wrap_handler(handler, _refusal(message))
+        return _refusing(handler, message)

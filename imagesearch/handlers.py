@@ -1,4 +1,5 @@
-"""One way to wrap a gRPC method handler, whatever its kind: every interceptor of both services uses it.
+"""One way to wrap a gRPC method handler, whatever its kind: the interceptors of both services that run around
+a call use it (authentication does not wrap: it refuses without reading the request).
 
 gRPC has four kinds of handler (unary or streaming requests, unary or streaming responses), each with its
 own constructor; `around` sees only the call's context and runs around the handler's whole work, the

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from .auth import BearerTokenInterceptor
+from .auth import BearerTokenInterceptor, bearer_tokens
 from .errors import ServiceError, ServiceErrorInterceptor
 from .flags import require_at_most, require_ports, require_seconds, setting
 from .observability import ObservabilityInterceptor, serve_metrics
@@ -83,6 +83,24 @@ def _connection_age(max_age_s: float) -> list[tuple[str, int]]:
     ]
 
 
+class _Health(health.HealthServicer):
+    """The standard health service, for a fixed set of service names: watching any other name is NOT_FOUND, as
+    checking it is. The standard one keeps every name it was asked to watch, for good (grpc/grpc#43403): a
+    caller with no token could fill the memory with names as long as the message limit."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__(
+            experimental_non_blocking=True,
+            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+        )
+        self.names = frozenset(names)
+
+    def Watch(self, request, context, send_response_callback=None):  # type: ignore[no-untyped-def]
+        if request.service not in self.names:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no service named {request.service[:200]!r} here")
+        return super().Watch(request, context, send_response_callback)
+
+
 def _bind(
     server: grpc.Server, host: str, port: int, flag: str, credentials: grpc.ServerCredentials | None = None
 ) -> int:
@@ -142,10 +160,7 @@ class GrpcServer:
         )
         register(self._server)
         # The health service gets its own threads so that it answers even when every worker is busy.
-        self.health = health.HealthServicer(
-            experimental_non_blocking=True,
-            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
-        )
+        self.health = _Health(["", *self.service_names])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
@@ -196,7 +211,7 @@ class GrpcServer:
             max_message_bytes,
             registry,
             settings.metrics_port,
-            [token for token in settings.auth_tokens.split(",") if token],
+            bearer_tokens(settings.auth_tokens),
             server_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca),
             settings.health_port,
             settings.max_connection_age_s,
@@ -208,8 +223,9 @@ class GrpcServer:
             self.health.set(name, status)
 
     def stop(self, grace_s: float) -> None:
-        """Refuses new calls, lets in-flight calls finish for up to `grace_s`, then stops."""
-        self.set_serving(False)
+        """Refuses new calls, lets in-flight calls finish for up to `grace_s`, then stops. Health is
+        NOT_SERVING from then on, whatever sets it: a health check in flight must not undo it mid-drain."""
+        self.health.enter_graceful_shutdown()
         self._server.stop(grace_s).wait()
         if self._health_server is not None:
             self._health_server.stop(None)

@@ -58,14 +58,15 @@ class EncoderReplicas:
         target: str,
         timeout_s: float,
         token: str = "",
-        observe: Callable[[str, float], None] = lambda method, seconds: None,
+        observe: Callable[[str, str, float], None] = lambda method, code, seconds: None,
         credentials: grpc.ChannelCredentials | None = None,
         attempts: int = 5,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
         self.attempts = attempts
-        self.observe = observe  # (method, seconds) of every call, retries included, for metrics
+        # (method, final status code's name, seconds) of every call, failed or not, its retries included
+        self.observe = observe
         self._token = bearer(token)
         round_robin = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
         options = [("grpc.service_config", round_robin), *CALLER_OPTIONS]
@@ -86,20 +87,29 @@ class EncoderReplicas:
         self._channel.close()
 
     def _call(self, name: str, method: Callable[..., Response], request: object) -> Response:
+        """One call, observed once with its final status and its whole time, retries included."""
+        started, code = time.monotonic(), grpc.StatusCode.UNKNOWN
+        try:
+            response = self._retried(method, request, started + self.timeout_s)
+            code = grpc.StatusCode.OK
+            return response
+        except ServiceError as error:
+            code = error.code
+            raise
+        finally:
+            self.observe(name, code.name, time.monotonic() - started)
+
+    def _retried(self, method: Callable[..., Response], request: object, deadline: float) -> Response:
         """One call with a deadline, retried (on another replica, where there are several) on UNAVAILABLE up
         to `attempts` times, and on RESOURCE_EXHAUSTED until the deadline: an encoder whose queue is full asks
         to be called later, and several ingest streams at once can keep it full for longer than a few retries
         take, which should slow them down, not fail them."""
-        started = time.monotonic()
-        deadline = started + self.timeout_s
         metadata = [*self._token, (REQUEST_ID, current_request_id())]
         backoff, attempt = 0.1, 1
         while True:
             remaining = deadline - time.monotonic()
             try:
-                response = method(request, timeout=max(remaining, 0.001), metadata=metadata)
-                self.observe(name, time.monotonic() - started)
-                return response
+                return method(request, timeout=max(remaining, 0.001), metadata=metadata)
             except grpc.RpcError as error:
                 code = error.code()
                 gave_up = attempt >= self.attempts and code != grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -17,6 +17,7 @@ from encoder_service.config import EncoderConfig
 from imagesearch.defaults import ENCODER_METRICS_PORT, SEARCH_METRICS_PORT
 from search_service.config import SearchConfig
 from web.config import WebConfig
+from web.hosts import UNCHECKED_PATHS
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
@@ -243,6 +244,18 @@ def test_only_readiness_asks_a_health_that_depends_on_milvus_and_the_encoder() -
     assert search["readinessProbe"]["grpc"]["port"] == 50062
     assert search["livenessProbe"]["tcpSocket"] == {"port": "grpc"} and "grpc" not in search["livenessProbe"]
     assert {"name": "grpc", "containerPort": 50052} in search["ports"]
+
+
+def test_the_page_hears_of_the_names_it_is_reached_by_and_answers_its_probes_by_address() -> None:
+    """The page refuses a Host header it was not told of (DNS rebinding): compose passes the setting on from
+    .env, the manifest sets it, and the probes ask a path that answers any Host (the kubelet's: a pod IP)."""
+    assert compose("docker-compose.yml")["services"]["web"]["environment"]["WEB_ALLOWED_HOSTS"] == (
+        "${WEB_ALLOWED_HOSTS:-}"
+    )
+    web = kubernetes_container("web")
+    assert "WEB_ALLOWED_HOSTS" in {variable["name"] for variable in web["env"]}
+    probes = [web[key] for key in web if key.endswith("Probe")]
+    assert probes and {probe["httpGet"]["path"] for probe in probes} <= UNCHECKED_PATHS
 
 
 @pytest.mark.parametrize(

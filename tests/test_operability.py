@@ -1,18 +1,29 @@
 """Metrics, request ids and token authentication, through real servers."""
 
+import json
 import logging
+import re
+import threading
 import urllib.request
+from datetime import datetime
 
 import grpc
 import pytest
 from conftest import encoder_stub, running_encoder, running_search, search_stub
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from test_search import folder, requests
 
 from client import ImageSearchError, SearchClient
 from client.cli import EXIT_FAILED, main
+from client.local import free_port
+from encoder_service.metrics import EncoderMetrics
+from imagesearch.errors import ServiceError
+from imagesearch.observability import ObservabilityInterceptor, log_formatter
 from imagesearch.v1 import encoder_pb2, search_pb2
+from search_service.encoder_replicas import EncoderReplicas
+from search_service.metrics import SearchMetrics
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -49,7 +60,16 @@ def test_metrics_count_calls_batches_outcomes_and_milvus_time(tiny_encoder, tmp_
     assert served[("search_ingest_items_total", (("outcome", "stored"),))] == 3
     assert served[("grpc_server_handled_total", (("code", "OK"), ("method", "SearchText")))] == 1
     assert served[("search_milvus_seconds_count", (("operation", "upsert into"),))] >= 1
-    assert served[("search_encoder_seconds_count", (("method", "EncodeText"),))] == 1
+    assert served[("search_encoder_seconds_count", (("code", "OK"), ("method", "EncodeText")))] == 1
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> set[tuple[str, str, str]]:
+    """(method, status code, request id) of every access log line."""
+    return {
+        (r.fields["method"], r.fields["code"], r.fields["request_id"])
+        for r in caplog.records
+        if hasattr(r, "fields")
+    }
 
 
 def test_request_id_follows_a_call_into_the_encoder(tiny_encoder, tmp_path, caplog) -> None:
@@ -59,9 +79,49 @@ def test_request_id_follows_a_call_into_the_encoder(tiny_encoder, tmp_path, capl
         search_stub(search.grpc.address) as stub,
     ):
         list(stub.Ingest(requests(folder(2, 950)), metadata=[("x-request-id", "trace-ingest-1")]))
-    calls = {(r.fields["method"], r.fields["request_id"]) for r in caplog.records if hasattr(r, "fields")}
-    assert ("Ingest", "trace-ingest-1") in calls
-    assert ("EncodeImages", "trace-ingest-1") in calls  # made by the search service, on a worker thread
+    calls = access_lines(caplog)
+    assert ("Ingest", "OK", "trace-ingest-1") in calls
+    assert ("EncodeImages", "OK", "trace-ingest-1") in calls  # made by the search service, on a worker thread
+
+
+@pytest.mark.parametrize("offered", ["x" * 1000, "two words", 'quote"<b>'])
+def test_an_unsafe_request_id_is_replaced_by_a_fresh_one_in_both_services(search, offered, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="imagesearch.access")
+    with search_stub(search.grpc.address) as stub:
+        stub.GetLimits(search_pb2.GetLimitsRequest(), metadata=[("x-request-id", offered)])
+    [given] = {request_id for method, _, request_id in access_lines(caplog) if method == "GetLimits"}
+    assert re.fullmatch("[0-9a-f]{32}", given)
+    assert ("GetModelInfo", "OK", given) in access_lines(caplog)  # the encoder's line for the same call
+
+
+def test_every_latency_histogram_counts_a_millisecond_within_two() -> None:
+    registry = CollectorRegistry()
+    ObservabilityInterceptor(registry).seconds.labels("Search").observe(0.001)
+    EncoderMetrics(registry).batch_observer("text")(1, 0.001)
+    search = SearchMetrics(registry)
+    search.observe_milvus("search", 0.001)
+    search.observe_encoder("EncodeText", "OK", 0.001)
+    for name, labels in {
+        "grpc_server_handling_seconds": {"method": "Search"},
+        "encoder_forward_seconds": {"tower": "text"},
+        "search_milvus_seconds": {"operation": "search"},
+        "search_encoder_seconds": {"method": "EncodeText", "code": "OK"},
+    }.items():
+        assert registry.get_sample_value(f"{name}_bucket", {**labels, "le": "0.002"}) == 1, name
+
+
+def test_a_failed_encoder_call_is_timed_with_its_status() -> None:
+    registry = CollectorRegistry()
+    observe = SearchMetrics(registry).observe_encoder
+    replicas = EncoderReplicas(f"127.0.0.1:{free_port()}", 10.0, observe=observe, attempts=1)  # nobody there
+    try:
+        with pytest.raises(ServiceError) as failed:
+            replicas.encode_text("a dog")
+    finally:
+        replicas.close()
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    labels = {"method": "EncodeText", "code": "UNAVAILABLE"}
+    assert registry.get_sample_value("search_encoder_seconds_count", labels) == 1
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +185,64 @@ def test_the_encoder_encodes_nothing_without_its_token(guarded) -> None:
 def test_cli_says_the_token_is_missing(guarded, capsys) -> None:
     assert main(["--server", guarded[0], "stats"]) == EXIT_FAILED
     assert "UNAUTHENTICATED: missing bearer token" in capsys.readouterr().err
+
+
+@pytest.fixture
+def access_record(tiny_encoder, caplog) -> logging.LogRecord:
+    """The access log's record of a real call, with request id trace-format-1."""
+    caplog.set_level(logging.INFO, logger="imagesearch.access")
+    with encoder_stub(tiny_encoder.grpc.address) as stub:
+        stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), metadata=[("x-request-id", "trace-format-1")])
+    [record] = [r for r in caplog.records if getattr(r, "fields", {}).get("request_id") == "trace-format-1"]
+    return record
+
+
+def test_text_log_lines_carry_the_request_id_and_milliseconds(access_record) -> None:
+    line = log_formatter("text").format(access_record)
+    assert "GetModelInfo OK" in line
+    assert "request_id=trace-format-1" in line.split()
+    assert re.search(r" ms=[0-9.]+( |$)", line)
+
+
+def test_json_log_time_has_milliseconds_and_the_utc_offset(access_record) -> None:
+    time = json.loads(log_formatter("json").format(access_record))["time"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", time)
+    assert abs(datetime.fromisoformat(time).timestamp() - access_record.created) < 0.001
+
+
+class Awaited(logging.Handler):
+    """Keeps the access log's line for a call of `method` in `fields`, and sets `logged` then."""
+
+    def __init__(self, method: str) -> None:
+        super().__init__()
+        self.method, self.fields, self.logged = method, {}, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "fields", {}).get("method") == self.method:
+            self.fields = record.fields
+            self.logged.set()
+
+
+def test_an_ingest_cut_by_its_deadline_counts_as_deadline_exceeded(search, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="imagesearch.access")
+    access, awaited = logging.getLogger("imagesearch.access"), Awaited("Ingest")
+    held = threading.Event()
+
+    def held_open():  # type: ignore[no-untyped-def]
+        yield from requests(folder(1, 990))
+        held.wait()  # the stream stays open until its deadline cuts it
+
+    before = scrape(search.grpc.metrics.server_port)
+    access.addHandler(awaited)
+    try:
+        with search_stub(search.grpc.address) as stub, pytest.raises(grpc.RpcError) as cut:
+            list(stub.Ingest(held_open(), timeout=1.0, metadata=[("x-request-id", "trace-ingest-2")]))
+        assert cut.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert awaited.logged.wait(30)
+    finally:
+        held.set()
+        access.removeHandler(awaited)
+    assert awaited.fields["code"] == "DEADLINE_EXCEEDED"
+    assert awaited.fields["request_id"] == "trace-ingest-2"
+    key = ("grpc_server_handled_total", (("code", "DEADLINE_EXCEEDED"), ("method", "Ingest")))
+    assert scrape(search.grpc.metrics.server_port)[key] == before.get(key, 0) + 1

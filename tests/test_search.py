@@ -21,7 +21,9 @@ from client.local import free_port
 from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
 from imagesearch.v1 import search_pb2
+from search_service.config import SearchConfig
 from search_service.filters import render_filter
+from search_service.server import SearchServer
 
 STORED, PRESENT, FAILED = search_pb2.OUTCOME_STORED, search_pb2.OUTCOME_PRESENT, search_pb2.OUTCOME_FAILED
 
@@ -427,6 +429,65 @@ def test_health_follows_the_encoder(tiny_path, tmp_path) -> None:
                 check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert check.status == health_pb2.HealthCheckResponse.SERVING
         assert server.check_health() is False
+
+
+def test_watching_a_name_no_service_has_is_not_found_while_its_own_names_are_watched(search) -> None:
+    with grpc.insecure_channel(search.grpc.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ["x" * 100_000, "imagesearch.v1.Nothing"]:
+            with pytest.raises(grpc.RpcError) as refused:
+                next(health.Watch(health_pb2.HealthCheckRequest(service=name), timeout=10))
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        for name in ["", "imagesearch.v1.SearchService"]:
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=name), timeout=10)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
+
+
+def test_health_stays_not_serving_while_a_stopping_service_drains(tiny_encoder, tmp_path) -> None:
+    """A health check that runs during the drain (the monitor's, every few seconds) finds Milvus and the
+    encoder well, and must not tell load balancers to send calls to a service that is going away."""
+    config = SearchConfig(
+        encoder=tiny_encoder.grpc.address,
+        milvus_uri=str(tmp_path / "milvus.db"),
+        port=0,
+        metrics_port=-1,
+        health_port=0,
+    )
+    server, held = SearchServer(config), threading.Event()
+
+    def a_stream_held_open() -> Iterator[search_pb2.IngestRequest]:
+        yield search_pb2.IngestRequest(image=png(Image.new("RGB", (33, 35), "purple")), uri="held")
+        held.wait()
+
+    server.start()
+    assert server.grpc is not None and server.grpc.health_address is not None
+    stopper = threading.Thread(target=server.stop)
+    try:
+        with (
+            search_stub(server.grpc.address) as stub,
+            grpc.insecure_channel(server.grpc.health_address) as probe,
+        ):
+            ingest = stub.Ingest(a_stream_held_open())
+            next(ingest)  # in flight: the drain waits for it
+            health = health_pb2_grpc.HealthStub(probe)
+            watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            stopper.start()
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert server.check_health() is True  # what the monitor finds mid-drain
+            assert (
+                health.Check(health_pb2.HealthCheckRequest()).status
+                == health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            held.set()
+            list(ingest)
+    finally:
+        held.set()
+        if stopper.ident is None:  # the test failed before the stop began
+            server.stop()
+        else:
+            stopper.join()
 
 
 texts_without_line_breaks = st.text(

@@ -7,12 +7,14 @@ import grpc
 import pytest
 from certificates import CertificateAuthority
 from conftest import running_encoder, running_search
+from prometheus_client import CollectorRegistry
 from test_search import folder
 
 from client import ImageSearchError, SearchClient
 from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
+from imagesearch.serving import GrpcServer, ServerSettings, reported_startup
 from imagesearch.tls import channel_credentials
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 
@@ -134,3 +136,37 @@ def test_probes_that_cannot_speak_tls_reach_health_alone_on_the_health_port(auth
     finally:
         server.stop()
     assert probe(health_address)[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "refusal"),
+    [
+        ("another's", "encoder: --tls-key does not match --tls-cert"),
+        ("garbage", "is no unencrypted PEM private key"),
+        ("missing", "cannot be read"),
+    ],
+)
+def test_a_key_not_the_certificates_stops_the_start_naming_it(authority, tmp_path, key, refusal) -> None:
+    """gRPC takes any bytes and fails only when it listens, which read as another process holding the port."""
+    identity = authority.issue("keyed-server", server=True)
+    garbage = tmp_path / "garbage.key"
+    garbage.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    keys = {
+        "another's": authority.issue("another-server", server=True).key,
+        "garbage": str(garbage),
+        "missing": str(tmp_path / "missing.key"),
+    }
+    settings = ServerSettings(port=0, metrics_port=-1, tls_cert=identity.cert, tls_key=keys[key])
+    with pytest.raises(SystemExit) as stopped, reported_startup("encoder"):
+        GrpcServer.serve(settings, "x.Svc", lambda server: None, 4 << 20, CollectorRegistry())
+    assert str(stopped.value.code).startswith("encoder: --tls-key ") and refusal in str(stopped.value.code)
+
+
+def test_cli_refuses_a_client_key_that_is_not_the_certificates(authority, capsys) -> None:
+    """gRPC would take them and fail each connection as if the service were out of reach."""
+    identity, other = (authority.issue(stem, server=False) for stem in ("keyed-client", "another-client"))
+    tls = ["--tls", "--tls-cert", identity.cert, "--tls-key", other.key]
+    with pytest.raises(SystemExit) as usage:
+        main(["--server", "127.0.0.1:1", "--timeout", "5", *tls, "stats"])
+    said = capsys.readouterr().err
+    assert usage.value.code == EXIT_USAGE and "the client key does not match the client certificate" in said

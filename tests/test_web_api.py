@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import io
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,9 +22,11 @@ from test_search import ingest, picture
 from client import AsyncSearchClient, SearchClient
 from client.local import free_port
 from demo.run import DEMO_SEED, SMALL_CLIP
+from imagesearch.observability import JsonFormatter
 from synthetic.evaluation import label_of, write_pictures
-from web.config import WebConfig
+from web.config import WebConfig, parse_args
 from web.headers import HEADERS
+from web.hosts import LOOPBACK, allowed_hosts
 from web.server import WebServer
 
 MAX_UPLOAD = 200_000
@@ -40,11 +43,14 @@ class Answer:
         return json.loads(self.body)
 
 
-def request(base: str, method: str, target: str, body: bytes | None = None) -> Answer:
-    """`target` is sent exactly as written (no normalising of `..` or of escapes), as an attacker would."""
+def request(
+    base: str, method: str, target: str, body: bytes | None = None, host: str | None = None
+) -> Answer:
+    """`target` is sent exactly as written (no normalising of `..` or of escapes), as an attacker would;
+    `host` is the Host header (default: the host and port of `base`)."""
     connection = http.client.HTTPConnection(urlsplit(base).netloc, timeout=60)
     try:
-        connection.request(method, target, body=body)
+        connection.request(method, target, body=body, headers={} if host is None else {"Host": host})
         response = connection.getresponse()
         return Answer(response.status, response.headers, response.read())
     finally:
@@ -74,6 +80,7 @@ def running_web(search_address: str, **settings: object) -> Iterator[str]:
 @dataclasses.dataclass(frozen=True)
 class Demo:
     url: str
+    search: str  # the search service's address
     pictures: Path
     ids: dict[str, str]  # file name -> id
 
@@ -91,7 +98,7 @@ def demo(tmp_path_factory) -> Iterator[Demo]:
         assert summary.stored == 48
         ids = {Path(item.uri).name: item.id for item in summary.items}
         with running_web(search.grpc.address, max_upload_bytes=MAX_UPLOAD) as url:
-            yield Demo(url, folder / "pictures", ids)
+            yield Demo(url, search.grpc.address, folder / "pictures", ids)
 
 
 def picture_of(demo: Demo, label: str) -> str:
@@ -301,7 +308,7 @@ def test_the_tier_is_read_only_and_keeps_the_page_to_its_own_origin(demo) -> Non
 
 
 def test_an_unexpected_failure_is_500_and_keeps_the_page_to_its_own_origin(monkeypatch) -> None:
-    async def failing_stats(client: AsyncSearchClient) -> None:
+    async def failing_stats(client: AsyncSearchClient, *, request_id: str) -> None:
         raise RuntimeError("a defect behind the web tier")
 
     monkeypatch.setattr(AsyncSearchClient, "stats", failing_stats)
@@ -323,3 +330,74 @@ def test_the_tier_sends_its_bearer_token_to_the_search_service(tiny_encoder, tmp
         with running_web(search.grpc.address) as url:
             refused = get(url, "/api/status")
     assert refused.status == 502 and "token" in refused.json()["error"].lower()
+
+
+REFUSED_HOST = "the host {!r} is not allowed: add it to --allowed-hosts (WEB_ALLOWED_HOSTS)"
+
+
+def test_a_page_that_rebinds_its_name_to_this_machine_reads_nothing(demo) -> None:
+    """DNS rebinding: another site's page points its name at 127.0.0.1 and asks with that name as Host."""
+    port = urlsplit(demo.url).port
+    picture_id = demo.ids[picture_of(demo, "red circle")]
+    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.nip.io", ""):
+        for target in ("/", "/api/search?q=a+red+circle", "/api/status", f"/thumbnails/{picture_id}"):
+            refused = request(demo.url, "GET", target, host=host)
+            assert refused.status == 400, (host, target)
+            assert refused.json() == {"error": REFUSED_HOST.format(host)}
+            assert {name: refused.headers[name] for name in HEADERS} == HEADERS
+    # The kubelet's probes name the pod's address, in no setting: /healthz answers them, and reveals nothing.
+    probed = request(demo.url, "GET", "/healthz", host=f"10.244.1.17:{port}")
+    assert probed.status == 200 and probed.json() == {"ok": True}
+
+
+def test_this_machines_names_and_the_allowed_ones_reach_the_page(demo) -> None:
+    port = urlsplit(demo.url).port
+    for name in (*LOOPBACK, "LocalHost"):
+        for host in (name, f"{name}:{port}"):
+            assert names(request(demo.url, "GET", "/api/search?q=a+red+circle", host=host)), host
+            assert request(demo.url, "GET", "/", host=host).status == 200, host
+    with running_web(demo.search, allowed_hosts="photos.example.lan, 192.168.1.20,fd00::7") as url:
+        for host in ("photos.example.lan", "Photos.Example.LAN:8080", "192.168.1.20:8080", "[fd00::7]:8080"):
+            assert names(request(url, "GET", "/api/search?q=a+red+circle", host=host)), host
+        assert request(url, "GET", "/", host=f"localhost:{port}").status == 200  # still, besides those
+        assert request(url, "GET", "/", host="photos.example.lan.attacker.example").status == 400
+    with running_web(demo.search, allowed_hosts="*") as url:
+        assert names(request(url, "GET", "/api/search?q=a+red+circle", host="attacker.example"))
+
+
+def test_allowed_hosts_come_from_the_flag_or_its_variable_and_are_host_names(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("WEB_ALLOWED_HOSTS", "")  # what docker compose passes when .env names none
+    assert allowed_hosts(parse_args([]).allowed_hosts) == set(LOOPBACK)
+    monkeypatch.setenv("WEB_ALLOWED_HOSTS", "Photos.Example.lan,::1")
+    assert allowed_hosts(parse_args([]).allowed_hosts) == {*LOOPBACK, "photos.example.lan"}
+    assert parse_args(["--allowed-hosts", "photos.lan"]).allowed_hosts == "photos.lan"
+    for bad in ("photos.lan:8080", "http://photos.lan", "*.example.com"):
+        with pytest.raises(SystemExit):
+            parse_args(["--allowed-hosts", bad])
+        assert f"allowed_hosts: {bad!r} is not a host name" in capsys.readouterr().err
+
+
+def test_the_access_log_is_one_short_line_without_the_search_and_with_the_calls_request_id(
+    demo, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="web.access")
+    caplog.set_level(logging.INFO, logger="imagesearch.access")
+    query = urlencode({"q": "a red circle " + "private words " * 1500, "top_k": 3})
+    assert len(query) > 20_000
+    # Stopping the tier waits for its requests to finish: their lines are written by then.
+    with running_web(demo.search) as url:
+        answer = request(url, "GET", f"/api/search?{query}")
+    assert len(names(answer)) == 3
+    [access] = [record for record in caplog.records if record.name == "web.access"]
+    line = JsonFormatter().format(access)
+    assert len(line.encode()) < 1024 and "private" not in line and "red" not in line
+    logged = json.loads(line)
+    expected = {"method": "GET", "path": "/api/search", "query_bytes": len(query), "status": 200}
+    assert {key: logged[key] for key in expected} == expected and logged["ms"] > 0
+    assert logged["request_id"] == answer.headers["x-request-id"]
+    searched = [
+        record.fields["request_id"]
+        for record in caplog.records
+        if record.name == "imagesearch.access" and record.fields["method"] == "Search"
+    ]
+    assert searched == [answer.headers["x-request-id"]]

@@ -1,6 +1,6 @@
 """`python -m web`: see --help."""
 
-import logging
+from imagesearch.observability import configure_logging
 
 from .config import parse_args
 from .server import WebServer
@@ -8,9 +8,7 @@ from .server import WebServer
 
 def main() -> None:
     config = parse_args()
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(config.log_format, config.log_level.upper())
     WebServer(config).run()
 
 

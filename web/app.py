@@ -5,7 +5,7 @@ GET  /api/status            the collection: pictures, model
 GET  /api/search?...        hits for texts and stored ids (web/query.py has the parameters)
 POST /api/search?...        the same with a picture as the body (at most --max-upload-bytes)
 GET  /thumbnails/<id>       a stored picture's JPEG thumbnail; only 64 lowercase hex digits reach the service
-GET  /healthz               the process answers
+GET  /healthz               the process answers, to any Host header (web/hosts.py)
 """
 
 import re
@@ -24,9 +24,11 @@ from starlette.types import ASGIApp
 from client import AsyncSearchClient, Hit
 from imagesearch.tls import channel_credentials_if_any
 
+from .access import AccessLog
 from .config import WebConfig
 from .errors import HANDLERS, ApiError
 from .headers import SecurityHeaders
+from .hosts import AllowedHosts, allowed_hosts
 from .query import parse_query
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -100,7 +102,7 @@ class SearchPage:
         return JSONResponse({"ok": True})
 
     async def status(self, request: Request) -> Response:
-        stats = await self.client.stats()
+        stats = await self.client.stats(request_id=request.state.request_id)
         return JSONResponse(
             {
                 "collection": stats.collection,
@@ -117,7 +119,11 @@ class SearchPage:
         query = parse_query(request.query_params, picture, self.config.page_size)
         started = time.perf_counter()
         hits = await self.client.search(
-            query.parts, top_k=query.top_k, offset=query.offset, min_score=query.min_score
+            query.parts,
+            top_k=query.top_k,
+            offset=query.offset,
+            min_score=query.min_score,
+            request_id=request.state.request_id,
         )
         return JSONResponse(
             {
@@ -132,7 +138,7 @@ class SearchPage:
         image_id = request.path_params["id"]
         if not PICTURE_ID.fullmatch(image_id):
             raise ApiError(404, "no such thumbnail: an id is 64 lowercase hexadecimal digits")
-        jpeg = await self.client.thumbnail(image_id)
+        jpeg = await self.client.thumbnail(image_id, request_id=request.state.request_id)
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -150,5 +156,6 @@ def create_app(config: WebConfig) -> ASGIApp:
         exception_handlers=HANDLERS,
         lifespan=page.lifespan,
     )
-    # Around the whole app: Starlette answers an unexpected exception (500) outside its own middleware.
-    return SecurityHeaders(app)
+    # Around the whole app: Starlette answers an unexpected exception (500) outside its own middleware. The
+    # access log outermost, to log every answer; the host check inside the headers, so its 400 has them too.
+    return AccessLog(SecurityHeaders(AllowedHosts(app, allowed_hosts(config.allowed_hosts))))

@@ -21,8 +21,15 @@ class WebServer:
         host = f"[{config.host}]" if family == socket.AF_INET6 else config.host
         self.url = f"http://{host}:{port}"
         self.search = config.search
+        # Logging as the process set it up (python -m web: JSON on stderr); the app writes the access log.
         self.server = uvicorn.Server(
-            uvicorn.Config(create_app(config), log_level=config.log_level, lifespan="on")
+            uvicorn.Config(
+                create_app(config),
+                log_level=config.log_level,
+                lifespan="on",
+                log_config=None,
+                access_log=False,
+            )
         )
         self._thread: threading.Thread | None = None
 

@@ -1,0 +1,59 @@
+"""One access-log line per request, of bounded size, with the request's id: the id is also sent to the search
+service as x-request-id (its own log lines of the call carry it) and back to the browser in x-request-id."""
+
+import logging
+import time
+import uuid
+from urllib.parse import quote
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imagesearch.headers import REQUEST_ID
+
+log = logging.getLogger("web.access")
+MAX_CHARS = 200  # of the method and of the path as logged
+
+
+def bounded(text: str) -> str:
+    """`text` percent-encoded (no control character reaches a log line) and cut at MAX_CHARS."""
+    quoted = quote(text, safe="/:@!$&'()*+,;=~")
+    return quoted if len(quoted) <= MAX_CHARS else quoted[:MAX_CHARS] + "..."
+
+
+class AccessLog:
+    """Logs each request's method, path, query string length (its text is users' searches), status and time;
+    handlers read the id as `request.state.request_id`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500  # what uvicorn answers for an app that fails before it answers
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append(REQUEST_ID, request_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            method, path = bounded(scope["method"]), bounded(scope["path"])
+            fields = {
+                "method": method,
+                "path": path,
+                "query_bytes": len(scope["query_string"]),
+                "status": status,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+                "request_id": request_id,
+            }
+            log.info("%s %s %s", method, path, status, extra={"fields": fields})
