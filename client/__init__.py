@@ -8,6 +8,7 @@ with SearchClient("localhost:50052") as search:
 """
 
 from .aio import AsyncEncoderClient, AsyncSearchClient
+from .channel import request_id
 from .errors import ImageSearchError, IngestInterrupted
 from .models import (
     Hit,
@@ -38,4 +39,5 @@ __all__ = [
     "Record",
     "SearchClient",
     "Stats",
+    "request_id",
 ]

@@ -31,13 +31,10 @@ class _Awaitable(Connection):
     channel: grpc.aio.Channel
 
     async def call(
-        self,
-        method: grpc.aio.UnaryUnaryMultiCallable[Request, Response],
-        request: Request,
-        request_id: str | None = None,
+        self, method: grpc.aio.UnaryUnaryMultiCallable[Request, Response], request: Request
     ) -> Response:
         try:
-            return await method(request, timeout=self.timeout, metadata=self.metadata(request_id))
+            return await method(request, timeout=self.timeout, metadata=self.metadata())
         except grpc.RpcError as error:
             raise self.error(error) from None
 
@@ -46,8 +43,7 @@ class AsyncSearchClient:
     """AsyncSearchClient("localhost:50052", collection="", timeout=60, credentials=None, token=None)
 
     `collection` empty means the service's default; `credentials` (grpc.ssl_channel_credentials) turn on
-    TLS; `token` is sent as `authorization: Bearer <token>`. The `request_id` of search, thumbnail and stats
-    is sent as `x-request-id`, which the services write in their log lines of the call (default: a fresh one).
+    TLS; `token` is sent as `authorization: Bearer <token>`.
     """
 
     def __init__(
@@ -142,8 +138,6 @@ class AsyncSearchClient:
         offset: int = 0,
         output_fields: Sequence[str] = (),
         min_score: float | None = None,
-        *,
-        request_id: str | None = None,
     ) -> list[Hit]:
         """The parts' vectors added up by weight (negative: away from it), as one query."""
         options = messages.search_options(
@@ -152,13 +146,13 @@ class AsyncSearchClient:
         pictures = [await asyncio.to_thread(part_picture, part, MAX_MESSAGE_BYTES) for part in parts]
         sent = [messages.query_part(part, picture) for part, picture in zip(parts, pictures, strict=True)]
         request = search_pb2.SearchRequest(parts=sent, options=options)
-        response = await self._connection.call(self._stub.Search, request, request_id)
+        response = await self._connection.call(self._stub.Search, request)
         return messages.hits(response, output_fields)
 
-    async def thumbnail(self, id: str, *, request_id: str | None = None) -> bytes:
+    async def thumbnail(self, id: str) -> bytes:
         """The stored picture's JPEG thumbnail (longest side 256 px); NOT_FOUND when it has none."""
         request = search_pb2.GetThumbnailRequest(collection=self.collection, id=id)
-        return (await self._connection.call(self._stub.GetThumbnail, request, request_id)).jpeg
+        return (await self._connection.call(self._stub.GetThumbnail, request)).jpeg
 
     async def get(self, ids: str | Sequence[str], output_fields: Sequence[str] = ()) -> list[Record]:
         """The stored records of `ids` (one id, or several)."""
@@ -176,9 +170,9 @@ class AsyncSearchClient:
         request = messages.delete_request(self.collection, ids, filter, filter_params, dry_run)
         return (await self._connection.call(self._stub.Delete, request)).deleted
 
-    async def stats(self, *, request_id: str | None = None) -> Stats:
+    async def stats(self) -> Stats:
         request = search_pb2.StatsRequest(collection=self.collection)
-        return messages.stats(await self._connection.call(self._stub.Stats, request, request_id))
+        return messages.stats(await self._connection.call(self._stub.Stats, request))
 
     async def limits(self) -> Limits:
         return messages.limits(

@@ -2,7 +2,9 @@
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from types import ModuleType
 from typing import Any
 
@@ -35,6 +37,20 @@ _SERVICE_CONFIG = json.dumps(
     }
 )
 _CHANNEL_OPTIONS = [("grpc.service_config", _SERVICE_CONFIG), *CALLER_OPTIONS]
+_chosen_request_id: ContextVar[str | None] = ContextVar("chosen_request_id", default=None)
+
+
+@contextmanager
+def request_id(value: str) -> Iterator[None]:
+    """Every call that the SDK's clients, blocking or asyncio, make in this block (in this thread, or this
+    task and what it awaits) sends `value` as its `x-request-id`, which both services write in their log
+    lines of the call; outside one, each call sends a fresh id. A service keeps only an id of 1-128 letters,
+    digits and `._:-`."""
+    token = _chosen_request_id.set(value)
+    try:
+        yield
+    finally:
+        _chosen_request_id.reset(token)
 
 
 class Connection:
@@ -59,10 +75,10 @@ class Connection:
             else api.insecure_channel(target, _CHANNEL_OPTIONS)
         )
 
-    def metadata(self, request_id: str | None = None) -> tuple[tuple[str, str], ...]:
-        """A call's metadata: the token, and a request id that the services log and pass on (`request_id`,
-        or a fresh one)."""
-        return (*bearer(self._token), (REQUEST_ID, request_id or uuid.uuid4().hex))
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """A call's metadata: the token, and a request id that the services log and pass on (the one chosen
+        with `request_id`, or a fresh one)."""
+        return (*bearer(self._token), (REQUEST_ID, _chosen_request_id.get() or uuid.uuid4().hex))
 
     def error(self, error: grpc.RpcError) -> ImageSearchError:
         """The failure as the SDK reports it; a service that never answered is named as unreachable."""

@@ -1,5 +1,6 @@
 """Metrics, request ids and token authentication, through real servers."""
 
+import asyncio
 import json
 import logging
 import re
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from test_search import folder, requests
 
-from client import ImageSearchError, SearchClient
+from client import AsyncSearchClient, ImageSearchError, SearchClient, request_id
 from client.cli import EXIT_FAILED, main
 from client.local import free_port
 from encoder_service.metrics import EncoderMetrics
@@ -82,6 +83,25 @@ def test_request_id_follows_a_call_into_the_encoder(tiny_encoder, tmp_path, capl
     calls = access_lines(caplog)
     assert ("Ingest", "OK", "trace-ingest-1") in calls
     assert ("EncodeImages", "OK", "trace-ingest-1") in calls  # made by the search service, on a worker thread
+
+
+def test_the_sdk_sends_the_request_id_chosen_for_a_block_and_a_fresh_one_outside(search, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="imagesearch.access")
+
+    async def asynchronously() -> None:
+        async with AsyncSearchClient(search.grpc.address) as client:
+            with request_id("trace-async-1"):
+                await client.limits()
+
+    with SearchClient(search.grpc.address) as client:
+        with request_id("trace-sync-1"):
+            client.limits()
+        client.limits()
+    asyncio.run(asynchronously())
+    given = [request_id for method, _, request_id in access_lines(caplog) if method == "GetLimits"]
+    assert {"trace-sync-1", "trace-async-1"} < set(given)
+    assert len(set(given)) == 3  # the call outside the block got an id of its own
+    assert ("GetModelInfo", "OK", "trace-sync-1") in access_lines(caplog)  # the encoder's line for that call
 
 
 @pytest.mark.parametrize("offered", ["x" * 1000, "two words", 'quote"<b>'])

@@ -308,7 +308,7 @@ def test_the_tier_is_read_only_and_keeps_the_page_to_its_own_origin(demo) -> Non
 
 
 def test_an_unexpected_failure_is_500_and_keeps_the_page_to_its_own_origin(monkeypatch) -> None:
-    async def failing_stats(client: AsyncSearchClient, *, request_id: str) -> None:
+    async def failing_stats(client: AsyncSearchClient) -> None:
         raise RuntimeError("a defect behind the web tier")
 
     monkeypatch.setattr(AsyncSearchClient, "stats", failing_stats)

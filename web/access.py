@@ -1,5 +1,6 @@
 """One access-log line per request, of bounded size, with the request's id: the id is also sent to the search
-service as x-request-id (its own log lines of the call carry it) and back to the browser in x-request-id."""
+service as x-request-id by every SDK call the request makes (its own log lines of the call carry it) and back
+to the browser in x-request-id."""
 
 import logging
 import time
@@ -9,6 +10,7 @@ from urllib.parse import quote
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from client import request_id as chosen_request_id
 from imagesearch.headers import REQUEST_ID
 
 log = logging.getLogger("web.access")
@@ -22,8 +24,7 @@ def bounded(text: str) -> str:
 
 
 class AccessLog:
-    """Logs each request's method, path, query string length (its text is users' searches), status and time;
-    handlers read the id as `request.state.request_id`."""
+    """Logs each request's method, path, query string length (its text: users' searches), status, time."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -33,7 +34,6 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         request_id = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
         status = 500  # what uvicorn answers for an app that fails before it answers
         started = time.perf_counter()
 
@@ -45,7 +45,8 @@ class AccessLog:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            with chosen_request_id(request_id):
+                await self.app(scope, receive, send_with_id)
         finally:
             method, path = bounded(scope["method"]), bounded(scope["path"])
             fields = {

@@ -102,7 +102,7 @@ class SearchPage:
         return JSONResponse({"ok": True})
 
     async def status(self, request: Request) -> Response:
-        stats = await self.client.stats(request_id=request.state.request_id)
+        stats = await self.client.stats()
         return JSONResponse(
             {
                 "collection": stats.collection,
@@ -123,7 +123,6 @@ class SearchPage:
             top_k=query.top_k,
             offset=query.offset,
             min_score=query.min_score,
-            request_id=request.state.request_id,
         )
         return JSONResponse(
             {
@@ -138,7 +137,7 @@ class SearchPage:
         image_id = request.path_params["id"]
         if not PICTURE_ID.fullmatch(image_id):
             raise ApiError(404, "no such thumbnail: an id is 64 lowercase hexadecimal digits")
-        jpeg = await self.client.thumbnail(image_id, request_id=request.state.request_id)
+        jpeg = await self.client.thumbnail(image_id)
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
