@@ -13,7 +13,7 @@ import numpy as np
 
 from imagesearch.channels import CALLER_OPTIONS
 from imagesearch.errors import ServiceError
-from imagesearch.headers import REQUEST_ID, bearer
+from imagesearch.headers import REQUEST_ID, SERVED_BY, bearer
 from imagesearch.observability import current_request_id
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 from imagesearch.wire import field_header
@@ -22,7 +22,12 @@ log = logging.getLogger(__name__)
 
 Response = TypeVar("Response")
 
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+def _said_by_the_encoder(error: grpc.RpcError) -> bool:
+    """Whether the encoder's own code answered (it names itself in the trailing metadata), not gRPC's."""
+    return SERVED_BY in {key for key, _ in error.trailing_metadata() or ()}
+
+
 _LONGEST_BACKOFF_S = 1.0
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
 _IMAGES_FIELD = 1  # EncodeImagesRequest.images
@@ -101,9 +106,11 @@ class EncoderReplicas:
 
     def _retried(self, method: Callable[..., Response], request: object, deadline: float) -> Response:
         """One call with a deadline, retried (on another replica, where there are several) on UNAVAILABLE up
-        to `attempts` times, and on RESOURCE_EXHAUSTED until the deadline: an encoder whose queue is full asks
-        to be called later, and several ingest streams at once can keep it full for longer than a few retries
-        take, which should slow them down, not fail them."""
+        to `attempts` times, and on RESOURCE_EXHAUSTED from an encoder until the deadline: an encoder whose
+        queue is full asks to be called later, and several ingest streams at once can keep it full for longer
+        than a few retries take, which should slow them down, not fail them. A RESOURCE_EXHAUSTED that no
+        encoder said (gRPC's own: a message over the encoder's size limit) fails at once: no retry mends it.
+        """
         metadata = [*self._token, (REQUEST_ID, current_request_id())]
         backoff, attempt = 0.1, 1
         while True:
@@ -112,8 +119,9 @@ class EncoderReplicas:
                 return method(request, timeout=max(remaining, 0.001), metadata=metadata)
             except grpc.RpcError as error:
                 code = error.code()
-                gave_up = attempt >= self.attempts and code != grpc.StatusCode.RESOURCE_EXHAUSTED
-                if code not in _RETRYABLE or gave_up or remaining <= backoff:
+                queue_full = code == grpc.StatusCode.RESOURCE_EXHAUSTED and _said_by_the_encoder(error)
+                unreachable = code == grpc.StatusCode.UNAVAILABLE and attempt < self.attempts
+                if not (queue_full or unreachable) or remaining <= backoff:
                     raise ServiceError(
                         code, f"encoder at {self.target}: {code.name}: {error.details()}"
                     ) from None

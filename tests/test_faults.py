@@ -20,7 +20,10 @@ from test_search import PRESENT, STORED, folder, requests
 from client.local import free_port
 from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
+from imagesearch.errors import ServiceError
+from imagesearch.headers import SERVED_BY
 from imagesearch.v1 import encoder_pb2_grpc, search_pb2
+from search_service.encoder_replicas import EncoderReplicas
 
 
 def test_search_service_killed_mid_ingest_then_rerun_stores_each_picture_once(tiny_encoder, tmp_path) -> None:
@@ -113,6 +116,8 @@ class Overloaded(encoder_pb2_grpc.EncoderServiceServicer):
             self.refusals -= 1
             refused = self.refusals >= 0
         if refused:
+            # As the encoder's own code answers: naming itself, where gRPC's own refusals do not.
+            context.set_trailing_metadata([(SERVED_BY, "imagesearch.v1.EncoderService")])
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the image queue is full; retry later")
         return self.encoder.EncodeImages(request)
 
@@ -141,6 +146,21 @@ def test_an_overloaded_encoder_slows_an_ingest_down_without_failing_it(tiny_enco
         results = list(stub.Ingest(requests(folder(4, 2300))))
     assert proxy.refusals < 0  # every refusal was answered, and the next call went through
     assert [result.outcome for result in results] == [STORED] * 4
+
+
+def test_a_call_over_the_encoders_message_limit_fails_at_once_not_as_a_full_queue(tiny_path, caplog) -> None:
+    """gRPC itself refuses a message over the encoder's limit with RESOURCE_EXHAUSTED too; retrying that as a
+    full queue would hold the call until its deadline, for nothing."""
+    with running_encoder(tiny_path, max_items_per_request=1, max_image_bytes=1000) as encoder:
+        assert encoder.grpc is not None
+        replicas = EncoderReplicas(encoder.grpc.address, 10.0)
+        try:
+            with pytest.raises(ServiceError) as refused:
+                replicas.encode_images([b"\xff" * (2 << 20)])  # over 1000 bytes + 1 MiB of room
+        finally:
+            replicas.close()
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "retrying" not in caplog.text
 
 
 def wait_until_listening(port: int, attempts: int = 600) -> None:
