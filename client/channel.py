@@ -2,7 +2,7 @@
 
 import json
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import ModuleType
@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from imagesearch.channels import CALLER_OPTIONS
-from imagesearch.headers import REQUEST_ID, SERVED_BY, bearer
+from imagesearch.headers import REQUEST_ID, answered_by_a_service, bearer
 
 from .errors import ImageSearchError
 
@@ -84,9 +84,7 @@ class Connection:
         """The failure as the SDK reports it; a service that never answered is named as unreachable."""
         code: grpc.StatusCode = error.code()
         message: str = error.details() or ""
-        # (key, value) pairs, whether grpc or grpc.aio made them.
-        trailing: Iterable[Any] = error.trailing_metadata() or ()
-        reached = SERVED_BY in {key for key, _ in trailing}
+        reached = answered_by_a_service(error)
         if not reached and code == grpc.StatusCode.UNAVAILABLE:
             message = f"cannot reach the {self.service} at {self.target}: {message}"
         elif not reached and code == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -13,7 +13,7 @@ import numpy as np
 
 from imagesearch.channels import CALLER_OPTIONS
 from imagesearch.errors import ServiceError
-from imagesearch.headers import REQUEST_ID, SERVED_BY, bearer
+from imagesearch.headers import REQUEST_ID, answered_by_a_service, bearer
 from imagesearch.observability import current_request_id
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 from imagesearch.wire import field_header
@@ -21,11 +21,6 @@ from imagesearch.wire import field_header
 log = logging.getLogger(__name__)
 
 Response = TypeVar("Response")
-
-
-def _said_by_the_encoder(error: grpc.RpcError) -> bool:
-    """Whether the encoder's own code answered (it names itself in the trailing metadata), not gRPC's."""
-    return SERVED_BY in {key for key, _ in error.trailing_metadata() or ()}
 
 
 _LONGEST_BACKOFF_S = 1.0
@@ -119,7 +114,7 @@ class EncoderReplicas:
                 return method(request, timeout=max(remaining, 0.001), metadata=metadata)
             except grpc.RpcError as error:
                 code = error.code()
-                queue_full = code == grpc.StatusCode.RESOURCE_EXHAUSTED and _said_by_the_encoder(error)
+                queue_full = code == grpc.StatusCode.RESOURCE_EXHAUSTED and answered_by_a_service(error)
                 unreachable = code == grpc.StatusCode.UNAVAILABLE and attempt < self.attempts
                 if not (queue_full or unreachable) or remaining <= backoff:
                     raise ServiceError(
