@@ -119,10 +119,7 @@ class SearchPage:
         query = parse_query(request.query_params, picture, self.config.page_size)
         started = time.perf_counter()
         hits = await self.client.search(
-            query.parts,
-            top_k=query.top_k,
-            offset=query.offset,
-            min_score=query.min_score,
+            query.parts, top_k=query.top_k, offset=query.offset, min_score=query.min_score
         )
         return JSONResponse(
             {
