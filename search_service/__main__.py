@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from imagesearch.observability import configure_logging
 from imagesearch.serving import reported_startup, run_until_signalled
 
-from .config import parse_args
+from .config import parse_args, shown_uri
 
 
 def pymilvus_takes(uri: str) -> bool:
@@ -25,8 +25,8 @@ def main() -> None:
     uri = os.environ.get("MILVUS_URI", "")
     if not pymilvus_takes(uri):
         print(
-            f"search_service: MILVUS_URI={uri}: pymilvus reads MILVUS_URI itself and takes only a URL "
-            "(http://host:19530); name a Milvus Lite file with --milvus-uri or SEARCH_MILVUS_URI",
+            f"search_service: MILVUS_URI={shown_uri(uri)}: pymilvus reads MILVUS_URI itself and takes only "
+            "a URL (http://host:19530); name a Milvus Lite file with --milvus-uri or SEARCH_MILVUS_URI",
             file=sys.stderr,
         )
         sys.exit(2)

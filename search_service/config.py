@@ -1,6 +1,7 @@
 """The search service's settings, from flags with environment-variable twins (SEARCH_*)."""
 
 import json
+import re
 from dataclasses import dataclass
 
 from imagesearch.defaults import (
@@ -106,8 +107,17 @@ class SearchConfig(ServerSettings):
             raise ValueError(f"index_params must be a JSON object, not {self.index_params!r}") from None
 
 
+# scheme://user:password@ (the password up to the last @ of the authority, as URL parsers read it)
+_PASSWORD_IN_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#:@]*):[^/?#]*@")
+
+
 def is_milvus_lite(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+
+
+def shown_uri(uri: str) -> str:
+    """`uri` as logs and error messages show it: a password in it (http://user:password@host) as ***."""
+    return _PASSWORD_IN_URI.sub(r"\1:***@", uri)
 
 
 def parse_args(argv: list[str] | None = None) -> SearchConfig:

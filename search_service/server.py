@@ -14,7 +14,7 @@ from imagesearch.serving import GrpcServer
 from imagesearch.tls import channel_credentials_if_any
 from imagesearch.v1 import search_pb2, search_pb2_grpc
 
-from .config import SearchConfig, is_milvus_lite
+from .config import SearchConfig, is_milvus_lite, shown_uri
 from .encoder_replicas import EncoderReplicas
 from .metrics import SearchMetrics
 from .service import SearchServicer
@@ -102,7 +102,7 @@ class SearchServer:
         log.info(
             "search service listening on %s (Milvus %s, encoder %s)",
             self.grpc.address,
-            self.config.milvus_uri,
+            shown_uri(self.config.milvus_uri),
             self.config.encoder,
         )
         return self.grpc.address

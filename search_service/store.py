@@ -20,7 +20,7 @@ from pymilvus.exceptions import ConnectionConfigException, MilvusUnavailableExce
 
 from imagesearch.errors import ServiceError, invalid_argument
 
-from .config import is_milvus_lite
+from .config import is_milvus_lite, shown_uri
 from .names import collection_name_problem
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class Store:
         observe: Callable[[str, float], None] = lambda operation, seconds: None,
     ) -> None:
         self.uri = uri
+        self._shown_uri = shown_uri(uri)  # for messages: without a password the URI carries
         self.observe = observe  # (operation, seconds) of every Milvus call, for metrics
         self.timeout_s = timeout_s
         self.index_type = index_type
@@ -88,7 +89,7 @@ class Store:
                     "time may open a Milvus Lite file: stop the other one, or serve it from a Milvus server",
                 ) from None
             raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE, f"cannot reach Milvus at {self.uri}: {error.message}"
+                grpc.StatusCode.UNAVAILABLE, f"cannot reach Milvus at {self._shown_uri}: {error.message}"
             ) from None
 
     def _reconnect(self) -> None:
@@ -127,7 +128,7 @@ class Store:
         except MilvusUnavailableException as error:
             self._reconnect_needed = True
             raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE, f"Milvus at {self.uri} is unavailable: {error}"
+                grpc.StatusCode.UNAVAILABLE, f"Milvus at {self._shown_uri} is unavailable: {error}"
             ) from None
         except MilvusException as error:
             if error.code == _MILVUS_CANNOT_CONNECT:
@@ -143,11 +144,11 @@ class Store:
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise ServiceError(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"{what}: Milvus at {self.uri} did not answer within {self.timeout_s} s",
+                    f"{what}: Milvus at {self._shown_uri} did not answer within {self.timeout_s} s",
                 ) from None
             self._reconnect_needed = True
             raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE, f"{what}: Milvus at {self.uri}: {error.details()}"
+                grpc.StatusCode.UNAVAILABLE, f"{what}: Milvus at {self._shown_uri}: {error.details()}"
             ) from None
         finally:
             self.observe(operation, time.perf_counter() - started)

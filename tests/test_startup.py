@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from client.local import free_port
+
 
 def start_encoder(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "encoder_service", "--port", "0", "--metrics-port", "-1", *flags]
@@ -61,6 +63,18 @@ def test_a_milvus_uri_that_pymilvus_cannot_read_is_named(uri: str) -> None:
         f"search_service: MILVUS_URI={uri}: pymilvus reads MILVUS_URI itself and takes only a URL "
         "(http://host:19530); name a Milvus Lite file with --milvus-uri or SEARCH_MILVUS_URI\n"
     )
+
+
+def test_a_password_in_a_milvus_uri_is_never_shown() -> None:
+    unreadable = start_search("--help", env={**os.environ, "MILVUS_URI": "http://root:s3cret@milvus:99999"})
+    assert unreadable.returncode == 2 and "s3cret" not in unreadable.stderr
+    assert unreadable.stderr.startswith("search_service: MILVUS_URI=http://root:***@milvus:99999: ")
+
+    unreachable_uri = f"http://root:s3cret@127.0.0.1:{free_port()}"
+    flags = ["--port", "0", "--metrics-port", "-1", "--milvus-timeout-s", "1", "--encoder", "127.0.0.1:9"]
+    unreachable = start_search(*flags, "--milvus-uri", unreachable_uri, env=dict(os.environ))
+    assert unreachable.returncode == 1 and "s3cret" not in unreachable.stderr
+    assert "search_service: cannot reach Milvus at http://root:***@127.0.0.1:" in unreachable.stderr
 
 
 def test_a_milvus_uri_pymilvus_reads_leaves_the_start_alone() -> None:
