@@ -44,13 +44,19 @@ class Answer:
 
 
 def request(
-    base: str, method: str, target: str, body: bytes | None = None, host: str | None = None
+    base: str,
+    method: str,
+    target: str,
+    body: bytes | None = None,
+    host: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Answer:
     """`target` is sent exactly as written (no normalising of `..` or of escapes), as an attacker would;
     `host` is the Host header (default: the host and port of `base`)."""
     connection = http.client.HTTPConnection(urlsplit(base).netloc, timeout=60)
     try:
-        connection.request(method, target, body=body, headers={} if host is None else {"Host": host})
+        sent = {**(headers or {}), **({} if host is None else {"Host": host})}
+        connection.request(method, target, body=body, headers=sent)
         response = connection.getresponse()
         return Answer(response.status, response.headers, response.read())
     finally:
@@ -401,3 +407,19 @@ def test_the_access_log_is_one_short_line_without_the_search_and_with_the_calls_
         if record.name == "imagesearch.access" and record.fields["method"] == "Search"
     ]
     assert searched == [answer.headers["x-request-id"]]
+
+
+def test_a_proxys_request_id_is_kept_when_it_is_a_safe_one(demo, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="imagesearch.access")
+    kept_or_not = {"proxy-7f3a.2": True, "bad id; drop": False, "x" * 129: False}
+    with running_web(demo.search) as url:
+        for sent, kept in kept_or_not.items():
+            answer = request(url, "GET", "/api/search?q=a+red+circle", headers={"X-Request-ID": sent})
+            assert answer.status == 200 and (answer.headers["x-request-id"] == sent) == kept
+            [searched] = [
+                record.fields["request_id"]
+                for record in caplog.records
+                if record.name == "imagesearch.access" and record.fields["method"] == "Search"
+            ]
+            assert searched == answer.headers["x-request-id"]
+            caplog.clear()

@@ -1,17 +1,18 @@
-"""One access-log line per request, of bounded size, with the request's id: the id is also sent to the search
+"""One access-log line per request, of bounded size, with the request's id: the X-Request-ID a proxy in front
+sent, if it is a safe one (as the services keep it), else a fresh one. The id is also sent to the search
 service as x-request-id by every SDK call the request makes (its own log lines of the call carry it) and back
 to the browser in x-request-id."""
 
 import logging
 import time
-import uuid
 from urllib.parse import quote
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from client import request_id as chosen_request_id
 from imagesearch.headers import REQUEST_ID
+from imagesearch.observability import request_id_of
 
 log = logging.getLogger("web.access")
 MAX_CHARS = 200  # of the method and of the path as logged
@@ -33,7 +34,7 @@ class AccessLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex
+        request_id = request_id_of(Headers(scope=scope))
         status = 500  # what uvicorn answers for an app that fails before it answers
         started = time.perf_counter()
 
