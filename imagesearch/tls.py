@@ -1,13 +1,19 @@
-"""TLS for the services and their callers, from PEM files; a CA on the server side makes it mutual TLS."""
+"""TLS for the services and their callers, from PEM files; a CA on the server side makes it mutual TLS.
 
+A service reads its files again when one of them changes (a renewed certificate, as cert-manager writes one),
+and serves what they then hold to every new connection: no restart. Connections already open keep theirs
+until --max-connection-age-s ends them.
+"""
+
+import logging
+import os
 import ssl
+import threading
 from pathlib import Path
 
 import grpc
 
-
-def _read(path: str) -> bytes | None:
-    return Path(path).read_bytes() if path else None
+log = logging.getLogger(__name__)
 
 
 def _file(path: str, name: str) -> bytes:
@@ -43,12 +49,50 @@ def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCreden
         return None
     if not (cert and key):
         raise ValueError("--tls-cert and --tls-key go together")
-    cert_pem, key_pem = _pair(cert, key, "--tls-cert", "--tls-key")
-    return grpc.ssl_server_credentials(
-        [(key_pem, cert_pem)],
-        root_certificates=_read(client_ca),
-        require_client_auth=bool(client_ca),
+    files = _ServerFiles(cert, key, client_ca)
+    return grpc.dynamic_ssl_server_credentials(
+        files.first,
+        files.changed,  # type: ignore[arg-type]  # None is "no change" (grpc's docstring; its stub omits it)
+        require_client_authentication=bool(client_ca),
     )
+
+
+class _ServerFiles:
+    """A server's certificate, key and client CA, as gRPC asks for them before each new connection: None
+    while no file changed, else what they now hold. Files that fail the checks (a certificate renewed
+    before its key, say) leave the current ones served, with a warning, until the files change again."""
+
+    def __init__(self, cert: str, key: str, client_ca: str) -> None:
+        self._paths = [path for path in (cert, key, client_ca) if path]
+        self._cert, self._key, self._client_ca = cert, key, client_ca
+        self._lock = threading.Lock()
+        self.first = self.read()  # checked before the stamps: a missing file is named, as read() names it
+        self._seen = self._stamps()
+
+    def _stamps(self) -> list[tuple[int, int, int]]:
+        return [(stat.st_ino, stat.st_size, stat.st_mtime_ns) for stat in map(os.stat, self._paths)]
+
+    def read(self) -> grpc.ServerCertificateConfiguration:
+        cert_pem, key_pem = _pair(self._cert, self._key, "--tls-cert", "--tls-key")
+        client_ca = _file(self._client_ca, "--tls-ca") if self._client_ca else None
+        return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], root_certificates=client_ca)
+
+    def changed(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            try:
+                stamps = self._stamps()
+            except OSError:
+                return None  # a file being replaced: the next connection looks again
+            if stamps == self._seen:
+                return None
+            self._seen = stamps
+            try:
+                configuration = self.read()
+            except ValueError as error:
+                log.warning("TLS files changed but cannot be served, the previous ones still are: %s", error)
+                return None
+            log.info("TLS files changed: serving the certificate now in %s", self._cert)
+            return configuration
 
 
 def channel_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCredentials:
@@ -56,7 +100,7 @@ def channel_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelC
     if bool(cert) != bool(key):
         raise ValueError("a client certificate and its key go together")
     cert_pem, key_pem = _pair(cert, key, "the client certificate", "the client key") if cert else (None, None)
-    return grpc.ssl_channel_credentials(_read(ca), key_pem, cert_pem)
+    return grpc.ssl_channel_credentials(Path(ca).read_bytes() if ca else None, key_pem, cert_pem)
 
 
 def channel_credentials_if_any(ca: str, cert: str, key: str) -> grpc.ChannelCredentials | None:

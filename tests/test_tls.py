@@ -1,12 +1,17 @@
 """TLS to both services, and mutual TLS between the search service and the encoder."""
 
+import logging
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
 from certificates import CertificateAuthority
 from conftest import running_encoder, running_search
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from test_search import folder
 
@@ -170,3 +175,43 @@ def test_cli_refuses_a_client_key_that_is_not_the_certificates(authority, capsys
         main(["--server", "127.0.0.1:1", "--timeout", "5", *tls, "stats"])
     said = capsys.readouterr().err
     assert usage.value.code == EXIT_USAGE and "the client key does not match the client certificate" in said
+
+
+def _replace(source: str, target: Path) -> None:
+    """As a certificate renewer writes a file: whole, under a new name, then moved over the old one."""
+    shutil.copy(source, target.with_suffix(".new"))
+    os.replace(target.with_suffix(".new"), target)
+
+
+def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(
+    authority, tmp_path, caplog
+) -> None:
+    renewing = CertificateAuthority(tmp_path, "renewing CA")
+    first, renewed = authority.issue("rotated-server", server=True), renewing.issue("renewed", server=True)
+    cert, key = tmp_path / "served.crt", tmp_path / "served.key"
+    _replace(first.cert, cert)
+    _replace(first.key, key)
+    settings = ServerSettings(port=0, metrics_port=-1, tls_cert=str(cert), tls_key=str(key))
+    server = GrpcServer.serve(settings, "x.Svc", lambda server: None, 4 << 20, CollectorRegistry())
+
+    def trusted_by(ca: str) -> bool:
+        """Whether a new connection verifies the served certificate with `ca`."""
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        with grpc.secure_channel(server.address, channel_credentials(ca), options) as channel:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                return False
+            return True
+
+    try:
+        assert trusted_by(authority.ca_file) and not trusted_by(renewing.ca_file)
+        with caplog.at_level(logging.WARNING, logger="imagesearch.tls"):
+            _replace(renewed.cert, cert)  # renewed before its key: a pair that does not match yet
+            assert trusted_by(authority.ca_file)
+        assert "--tls-key does not match --tls-cert" in caplog.text
+        _replace(renewed.key, key)
+        assert trusted_by(renewing.ca_file) and not trusted_by(authority.ca_file)
+    finally:
+        server.stop(0)
