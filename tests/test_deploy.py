@@ -169,6 +169,22 @@ def test_kubernetes_encoder_tier_has_gpus_probes_a_headless_service_and_an_autos
     ]
 
 
+def test_every_tier_leaves_its_callers_endpoint_lists_before_it_stops_and_then_drains_in_its_grace() -> None:
+    drain_s = {  # the web tier's uvicorn waits for its requests, whose calls end within --timeout-s
+        "encoder": EncoderConfig().shutdown_grace_s,
+        "search": SearchConfig().shutdown_grace_s,
+        "web": WebConfig().timeout_s,
+    }
+    deployments = {m["metadata"]["name"]: m for m in manifests() if m["kind"] == "Deployment"}
+    assert set(deployments) == set(drain_s)
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep" and int(command[1]) >= 5, name
+        assert pod["terminationGracePeriodSeconds"] > int(command[1]) + drain_s[name], name
+
+
 def test_every_probe_asks_the_plaintext_health_port_so_that_tls_cannot_break_it() -> None:
     """Docker's HEALTHCHECK and Kubernetes' gRPC probes cannot speak TLS: they must ask --health-port."""
     for service, prefix in (("encoder", "ENCODER"), ("search", "SEARCH")):
