@@ -332,6 +332,20 @@ def test_tokens_and_tls_files_in_env_reach_their_services() -> None:
     }
 
 
+def test_kubernetes_callers_send_the_token_their_service_demands_once_its_secret_exists() -> None:
+    def secret(service: str, variable: str) -> dict:
+        [given] = [v for v in kubernetes_container(service)["env"] if v["name"] == variable]
+        return given["valueFrom"]["secretKeyRef"]
+
+    pairs = [
+        (("encoder", "ENCODER_AUTH_TOKENS"), ("search", "SEARCH_ENCODER_TOKEN")),
+        (("search", "SEARCH_AUTH_TOKENS"), ("web", "WEB_SEARCH_TOKEN")),
+    ]
+    for demanded, sent in pairs:
+        assert secret(*demanded) == secret(*sent), (demanded, sent)
+        assert secret(*demanded)["optional"] is True  # no Secret: no authentication, and the pods still start
+
+
 def test_published_ports_are_on_this_machine_unless_env_says_otherwise() -> None:
     """The search port served every interface with authentication off; the page searches with its token."""
     published = {
