@@ -64,9 +64,14 @@ class LocalServices:
 
 
 def _wait_until(
-    ready: Callable[[], bool], what: str, process: subprocess.Popen[bytes], timeout_s: float
+    ready: Callable[[], bool],
+    what: str,
+    process: subprocess.Popen[bytes],
+    timeout_s: float,
+    log: IO[str] | None,
 ) -> None:
-    """Asks `ready` until it says yes; StartFailed if the process exits first or time runs out."""
+    """Asks `ready` until it says yes; StartFailed if the process (`python -m module …`) exits first, saying
+    why, or if time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if ready():
@@ -75,8 +80,20 @@ def _wait_until(
             code = process.wait(timeout=0.1)  # between two questions, see whether it died
         except subprocess.TimeoutExpired:
             continue
-        raise StartFailed(f"the {what} exited with code {code} while starting (its log says why)")
+        raise StartFailed(f"the {what} exited with code {code} while starting: {_why(log, process)}")
     raise StartFailed(f"the {what} did not start in {timeout_s} s")
+
+
+def _why(log: IO[str] | None, process: subprocess.Popen[bytes]) -> str:
+    """The line a service that cannot start ends with (`search_service: MILVUS_URI=…`), from the log file
+    the services share; otherwise where to look."""
+    if log is None:
+        return "its log above says why"
+    args = [str(arg) for arg in process.args] if isinstance(process.args, list) else []
+    module = args[args.index("-m") + 1] if "-m" in args else ""
+    with open(log.name, encoding="utf-8", errors="replace") as written:
+        said = [line.strip() for line in written if line.startswith(f"{module}: ")]
+    return said[-1].removeprefix(f"{module}: ") if said else f"its log {log.name} says why"
 
 
 def _serving(address: str) -> Callable[[], bool]:
@@ -169,17 +186,17 @@ def local_services(
         encoder_args = ["-m", "encoder_service", "--model", model, "--device", device]
         encoder_args += ["--port", str(encoder_port), "--metrics-port", str(metrics_ports[0])]
         encoder_process = stack.enter_context(_child(encoder_args, log))
-        _wait_until(_serving(encoder), f"encoder service at {encoder}", encoder_process, start_timeout_s)
+        _wait_until(_serving(encoder), f"encoder service at {encoder}", encoder_process, start_timeout_s, log)
         search_args = ["-m", "search_service", "--encoder", encoder, "--milvus-uri", milvus_uri]
         search_args += ["--port", str(search_port), "--metrics-port", str(metrics_ports[1])]
         search_process = stack.enter_context(_child(search_args, log))
-        _wait_until(_serving(search), f"search service at {search}", search_process, start_timeout_s)
+        _wait_until(_serving(search), f"search service at {search}", search_process, start_timeout_s, log)
         children = {"encoder service": encoder_process, "search service": search_process}
         web = ""
         if web_port is not None:
             web = f"http://127.0.0.1:{web_port}"
             web_args = ["-m", "web", "--search", search, "--port", str(web_port)]
             web_process = stack.enter_context(_child([*web_args, "--collection", web_collection], log))
-            _wait_until(_answering(web), f"search page at {web}", web_process, start_timeout_s)
+            _wait_until(_answering(web), f"search page at {web}", web_process, start_timeout_s, log)
             children["search page"] = web_process
         yield LocalServices(encoder, search, metrics_ports, children, web)

@@ -16,7 +16,7 @@ from conftest import running_encoder, running_search
 
 from client import SearchClient
 from client.cli import main
-from client.local import free_port
+from client.local import StartFailed, free_port, local_services
 from imagesearch.defaults import (
     ENCODER_METRICS_PORT,
     ENCODER_PORT,
@@ -179,3 +179,22 @@ def test_the_demo_runs_beside_what_holds_the_default_ports(tmp_path, capsys) -> 
             stack.enter_context(held(port))
         code = main(["demo", "--workdir", str(tmp_path), "--per-class", "1", "--no-progress"])
     assert code == 0 and "services stopped" in capsys.readouterr().out
+
+
+def test_a_local_service_that_cannot_start_says_why_in_its_own_words(
+    tiny_path, tmp_path, monkeypatch
+) -> None:
+    """`imgsearch demo` logs the services to a file: its one line used to point there, not say why."""
+    monkeypatch.setenv(
+        "MILVUS_URI", "./milvus.db"
+    )  # which pymilvus refuses: the search service stops at once
+    with (tmp_path / "services.log").open("w") as log, pytest.raises(StartFailed) as failed:
+        services = local_services(
+            str(tiny_path), str(tmp_path / "m.db"), "cpu", 0, 0, log, metrics_ports=(-1, -1)
+        )
+        with services:
+            pass
+    assert str(failed.value).endswith(
+        "exited with code 2 while starting: MILVUS_URI=./milvus.db: pymilvus reads MILVUS_URI itself and "
+        "takes only a URL (http://host:19530); name a Milvus Lite file with --milvus-uri or SEARCH_MILVUS_URI"
+    )
