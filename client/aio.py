@@ -19,7 +19,7 @@ from . import messages
 from .channel import Connection
 from .errors import IngestInterrupted
 from .files import part_picture, picture_bytes
-from .ingest import Ingestion, Progress
+from .ingest import AsyncProgress, Ingestion
 from .messages import FilterParam
 from .models import Hit, ImageVector, IngestSummary, Limits, MetadataValue, QueryPart, Record, Stats
 
@@ -37,6 +37,15 @@ class _Awaitable(Connection):
             return await method(request, timeout=self.timeout, metadata=self.metadata())
         except grpc.RpcError as error:
             raise self.error(error) from None
+
+
+async def _cancel_when_silent(call: grpc.aio.Call, ingestion: Ingestion, timeout: float) -> None:
+    """Cancels an ingest stream once the service has owed an answer for `timeout` s without giving any (as
+    the blocking client's `_cancel_when_silent`)."""
+    while (left := ingestion.silence_left(timeout)) > 0:
+        await asyncio.sleep(left)
+    ingestion.went_silent = True
+    call.cancel()
 
 
 class AsyncSearchClient:
@@ -63,7 +72,7 @@ class AsyncSearchClient:
         paths: str | Path | Sequence[str | Path],
         metadata: Mapping[str, MetadataValue] | None = None,
         recursive: bool = True,
-        progress: Progress | None = None,
+        progress: AsyncProgress | None = None,
     ) -> IngestSummary:
         """Streams every picture under `paths` (one path, or several) and says what happened to each file;
         `progress` is called with each item as it finishes, and what it raises ends the ingest. A stream
@@ -71,11 +80,24 @@ class AsyncSearchClient:
         ingestion = await asyncio.to_thread(Ingestion, paths, recursive, self.collection, metadata, progress)
         requests = ingestion.async_requests(await self.limits())
         call = self._stub.Ingest(requests, metadata=self._connection.metadata())
+        timeout = self._connection.timeout
+        watch = (
+            None if timeout is None else asyncio.create_task(_cancel_when_silent(call, ingestion, timeout))
+        )
         try:
             async for response in call:
-                ingestion.record(response)
+                if (told := ingestion.record(response)) is not None:
+                    await told
         except grpc.RpcError as error:
             raise IngestInterrupted(self._connection.error(error), ingestion.summary) from None
+        except asyncio.CancelledError:
+            if not ingestion.went_silent:
+                raise  # not our cancel of the call: whoever cancelled this task
+            raise IngestInterrupted(self._connection.silence(), ingestion.summary) from None
+        finally:
+            if watch is not None:
+                watch.cancel()
+            call.cancel()
         ingestion.raise_failure()
         return ingestion.summary
 

@@ -90,3 +90,10 @@ class Connection:
         elif not reached and code == grpc.StatusCode.DEADLINE_EXCEEDED:
             message = f"the {self.service} at {self.target} did not answer within {self.timeout} s"
         return ImageSearchError(code, message, self.target, self.service, reached)
+
+    def silence(self) -> ImageSearchError:
+        """An ingest stream the SDK cancelled: the service owed answers and gave none for `timeout` s."""
+        message = (
+            f"the {self.service} at {self.target} answered nothing for {self.timeout} s while it owed answers"
+        )
+        return ImageSearchError(grpc.StatusCode.DEADLINE_EXCEEDED, message, self.target, self.service)

@@ -6,8 +6,10 @@ the asyncio clients drive the same `Ingestion`, the latter reading files off the
 """
 
 import asyncio
+import inspect
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from imagesearch.v1 import search_pb2
@@ -17,6 +19,8 @@ from .files import HEAD_BYTES, Found, Unreadable, looks_like_image, read_picture
 from .models import IngestItem, IngestSummary, Limits, MetadataValue
 
 Progress = Callable[[IngestItem, IngestSummary], None]
+# The asyncio client's: a plain callback, or an `async def` one, which it awaits.
+AsyncProgress = Callable[[IngestItem, IngestSummary], Awaitable[None] | None]
 # Room in a request for what comes beside the image: its uri, metadata and the message's framing.
 _ENVELOPE_BYTES = 256 * 1024
 
@@ -27,7 +31,13 @@ def _largest_picture(limits: Limits) -> int:
 
 class Ingestion:
     """The files under `paths`, streamed as IngestRequests; `record` takes the service's answers. What can
-    be checked without the service (the paths, the metadata) is, when it is made."""
+    be checked without the service (the paths, the metadata) is, when it is made.
+
+    What `progress` raises, or what making the requests raises, ends the stream: nothing more is sent (gRPC
+    would replace the latter with "Exception iterating requests!"), what was sent is answered, and then the
+    call raises it (`raise_failure`). It also keeps count of the answers the service owes, so that a client
+    can tell a service that went silent (`silence_left`) from one that is busy.
+    """
 
     def __init__(
         self,
@@ -35,7 +45,7 @@ class Ingestion:
         recursive: bool,
         collection: str,
         metadata: Mapping[str, MetadataValue] | None,
-        progress: Progress | None,
+        progress: AsyncProgress | None,
     ) -> None:
         self._found = list(walk(paths, recursive))
         self._strings, self._typed = messages.metadata_maps(metadata or {})
@@ -43,9 +53,10 @@ class Ingestion:
         self._progress = progress
         self._lock = threading.Lock()  # the blocking client records answers while another thread sends
         self.summary = IngestSummary(total=len(self._found))
-        # What making the requests raised (`progress`, say): gRPC would replace it with "Exception iterating
-        # requests!". It ends the stream instead; what was sent is answered, and then the call raises it.
         self._failure: Exception | None = None
+        self._owed = 0  # requests sent and not answered yet
+        self._owed_since = 0.0  # when the service last answered one, or was sent one while it owed none
+        self.went_silent = False  # set by the client that cancelled the stream for it
 
     def _request(self, found: Found, max_bytes: int) -> search_pb2.IngestRequest | IngestItem:
         """The request for one entry, or its outcome when it is settled here."""
@@ -60,11 +71,11 @@ class Ingestion:
             return IngestItem(uri, "", "skipped", "not a picture (by its content)")
         return messages.ingest_request(self._collection, image, uri, self._strings, self._typed)
 
-    def _send(self, settled: search_pb2.IngestRequest | IngestItem) -> search_pb2.IngestRequest | None:
-        if isinstance(settled, IngestItem):
-            self._finish(settled)
-            return None
-        return settled
+    def _sent(self) -> None:
+        with self._lock:
+            if self._owed == 0:
+                self._owed_since = time.monotonic()
+            self._owed += 1
 
     def requests(self, limits: Limits) -> Iterator[search_pb2.IngestRequest]:
         """The requests, each file read as it is sent, so memory stays flat however many there are; a file
@@ -72,33 +83,74 @@ class Ingestion:
         max_bytes = _largest_picture(limits)
         try:
             for found in self._found:
-                if (request := self._send(self._request(found, max_bytes))) is not None:
-                    yield request
+                if self._failure is not None:
+                    return
+                settled = self._request(found, max_bytes)
+                if isinstance(settled, IngestItem):
+                    self._finish(settled)
+                    continue
+                self._sent()
+                yield settled
         except Exception as failure:
-            self._failure = failure
+            self._fail(failure)
 
     async def async_requests(self, limits: Limits) -> AsyncIterator[search_pb2.IngestRequest]:
         """The same, each file read in a worker thread so that the event loop never waits on a disk."""
         max_bytes = _largest_picture(limits)
         try:
             for found in self._found:
+                if self._failure is not None:
+                    return
                 settled = await asyncio.to_thread(self._request, found, max_bytes)
-                if (request := self._send(settled)) is not None:
-                    yield request
+                if isinstance(settled, IngestItem):
+                    if (told := self._finish(settled)) is not None:
+                        await told
+                    continue
+                self._sent()
+                yield settled
         except Exception as failure:
-            self._failure = failure
+            self._fail(failure)
 
     def raise_failure(self) -> None:
         """Raises what ended the requests early, if anything did."""
         if self._failure is not None:
             raise self._failure
 
-    def record(self, response: search_pb2.IngestResponse) -> None:
-        outcome = messages.OUTCOMES[response.outcome]
-        self._finish(IngestItem(response.uri, response.id, outcome, response.error))
+    def silence_left(self, timeout: float) -> float:
+        """Seconds until the service has owed an answer for `timeout` s without giving any (0: it has);
+        `timeout` while it owes none (the client is still reading files, say)."""
+        with self._lock:
+            if self._owed == 0:
+                return timeout
+            return max(0.0, self._owed_since + timeout - time.monotonic())
 
-    def _finish(self, item: IngestItem) -> None:
+    def record(self, response: search_pb2.IngestResponse) -> Awaitable[None] | None:
+        """Takes one answer; what the asyncio client must await (an `async def` progress's call), if any."""
+        with self._lock:
+            self._owed -= 1
+            self._owed_since = time.monotonic()
+        outcome = messages.OUTCOMES[response.outcome]
+        return self._finish(IngestItem(response.uri, response.id, outcome, response.error))
+
+    def _finish(self, item: IngestItem) -> Awaitable[None] | None:
         with self._lock:
             self.summary.add(item)
-        if self._progress is not None:
-            self._progress(item, self.summary)
+        if self._progress is None or self._failure is not None:
+            return None
+        try:
+            told = self._progress(item, self.summary)
+        except Exception as failure:
+            self._fail(failure)
+            return None
+        return self._awaited(told) if inspect.isawaitable(told) else None
+
+    async def _awaited(self, told: Awaitable[None]) -> None:
+        try:
+            await told
+        except Exception as failure:
+            self._fail(failure)
+
+    def _fail(self, failure: Exception) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = failure

@@ -2,6 +2,7 @@
 
 from __future__ import annotations  # grpc's call types are generic to type checkers only
 
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -34,6 +35,19 @@ class _Blocking(Connection):
             raise self.error(error) from None
 
 
+def _cancel_when_silent(
+    call: grpc.Call, ingestion: Ingestion, timeout: float, answered: threading.Event
+) -> None:
+    """Cancels an ingest stream once the service has owed an answer for `timeout` s without giving any:
+    a whole stream may take hours, but a service that stopped (or a network that dropped its packets) would
+    otherwise hold the caller for ever."""
+    while (left := ingestion.silence_left(timeout)) > 0:
+        if answered.wait(left):
+            return
+    ingestion.went_silent = True
+    call.cancel()
+
+
 class SearchClient:
     """SearchClient("localhost:50052", collection="", timeout=60, credentials=None, token=None)
 
@@ -64,12 +78,20 @@ class SearchClient:
         `progress` is called with each item as it finishes, and what it raises ends the ingest. A stream
         that breaks raises IngestInterrupted, with the results received until then."""
         ingestion = Ingestion(paths, recursive, self.collection, metadata, progress)
-        requests = ingestion.requests(self.limits())
+        call = self._stub.Ingest(ingestion.requests(self.limits()), metadata=self._connection.metadata())
+        answered = threading.Event()
+        if self._connection.timeout is not None:
+            watch = (call, ingestion, self._connection.timeout, answered)
+            threading.Thread(target=_cancel_when_silent, args=watch, daemon=True).start()
         try:
-            for response in self._stub.Ingest(requests, metadata=self._connection.metadata()):
+            for response in call:
                 ingestion.record(response)
         except grpc.RpcError as error:
-            raise IngestInterrupted(self._connection.error(error), ingestion.summary) from None
+            failure = self._connection.silence() if ingestion.went_silent else self._connection.error(error)
+            raise IngestInterrupted(failure, ingestion.summary) from None
+        finally:
+            answered.set()
+            call.cancel()  # when the caller stopped reading (Ctrl-C): the service stops too
         ingestion.raise_failure()
         return ingestion.summary
 

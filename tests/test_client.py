@@ -3,19 +3,32 @@
 import asyncio
 import json
 import os
+import signal
 import socket
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
-from conftest import running_search
+from conftest import running_search, service_process
 from images import jpeg, png, solid, two_tone
 from PIL import Image
 
-from client import AsyncSearchClient, EncoderClient, ImageSearchError, IngestItem, IngestSummary, SearchClient
+from client import (
+    AsyncSearchClient,
+    EncoderClient,
+    ImageSearchError,
+    IngestInterrupted,
+    IngestItem,
+    IngestSummary,
+    SearchClient,
+)
 from client.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, main
 from client.grid import COLUMNS, LABEL_HEIGHT, MARGIN, TILE
+from client.ingest import Ingestion
+from client.models import Limits
 from client.output import progress_bar
+from imagesearch.v1 import search_pb2
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +134,86 @@ def test_what_a_progress_callback_raises_ends_the_ingest_as_itself(services, pho
     with pytest.raises(Enough) as stopped:
         asyncio.run(scenario())
     assert stopped.value.args[0].endswith("fake.jpg")
+
+
+def _stop_at_the_first_answer(item: IngestItem, summary: IngestSummary) -> None:
+    if item.outcome in ("stored", "present"):  # answers of the service's
+        raise Enough(item.uri)
+
+
+def test_after_a_progress_callback_raised_for_an_answer_nothing_more_is_sent(photo_folder) -> None:
+    """It used to escape the loop over the answers while the requests went on being sent: the whole folder
+    was stored in the background after `ingest` had raised."""
+    ingestion = Ingestion(photo_folder, True, "c", None, _stop_at_the_first_answer)
+    requests = ingestion.requests(Limits(4 << 20, 4 << 20, 1000, 10000))
+    first = next(requests)
+    ingestion.record(search_pb2.IngestResponse(uri=first.uri, outcome=search_pb2.OUTCOME_STORED))
+    assert list(requests) == []
+    with pytest.raises(Enough):
+        ingestion.raise_failure()
+
+
+def test_the_async_client_awaits_an_async_progress_callback_and_what_it_raises_ends_the_ingest(
+    services, photo_folder
+) -> None:
+    told: list[str] = []
+
+    async def note(item: IngestItem, summary: IngestSummary) -> None:
+        await asyncio.sleep(0)
+        told.append(item.outcome)
+
+    async def stop(item: IngestItem, summary: IngestSummary) -> None:
+        _stop_at_the_first_answer(item, summary)
+
+    async def scenario() -> IngestSummary:
+        async with AsyncSearchClient(services[1], collection="sdk_async_progress") as client:
+            summary = await client.ingest(photo_folder, progress=note)
+            with pytest.raises(Enough):
+                await client.ingest(photo_folder, progress=stop, metadata={"again": True})
+            return summary
+
+    summary = asyncio.run(scenario())
+    assert sorted(told) == sorted(item.outcome for item in summary.items) and len(told) == summary.total
+
+
+def test_an_ingest_whose_service_stops_answering_ends_after_the_timeout_with_what_it_got(
+    tiny_encoder, photo_folder, tmp_path
+) -> None:
+    """Nothing else would end it: the stream has no deadline, as it may rightly take hours."""
+    (photo_folder / "0-first.txt").write_text("settled by the client, before any picture is sent")
+    search = service_process(
+        "search_service",
+        "search service listening",
+        "--encoder",
+        tiny_encoder.grpc.address,
+        "--milvus-uri",
+        str(tmp_path / "milvus.db"),
+    )
+    with search as (process, address):
+
+        def stop_the_service(item: IngestItem, summary: IngestSummary) -> None:
+            if item.uri.endswith("0-first.txt"):  # the stream is open, and no picture has been sent yet
+                process.send_signal(signal.SIGSTOP)
+
+        async def scenario() -> None:
+            async with AsyncSearchClient(address, timeout=1.0) as client:
+                await client.ingest(photo_folder, progress=stop_the_service)
+
+        try:
+            with SearchClient(address, timeout=1.0) as client, pytest.raises(IngestInterrupted) as silent:
+                client.ingest(photo_folder, progress=stop_the_service)
+            process.send_signal(signal.SIGCONT)
+            with pytest.raises(IngestInterrupted) as silent_to_async:
+                asyncio.run(scenario())
+        finally:
+            process.send_signal(signal.SIGCONT)
+    for interrupted in (silent.value, silent_to_async.value):
+        assert interrupted.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert interrupted.message == (
+            f"the search service at {address} answered nothing for 1.0 s while it owed answers"
+        )
+        assert str(photo_folder / "0-first.txt") in interrupted.summary.skipped
+        assert interrupted.summary.stored + interrupted.summary.present == 0  # none was answered
 
 
 def test_one_path_id_or_text_is_taken_as_one_not_as_its_letters(services, photo_folder) -> None:
