@@ -40,6 +40,11 @@ class SearchConfig(ServerSettings):
     max_concurrent_ingests: int = setting(16, "ingest streams at once; more get RESOURCE_EXHAUSTED")
     encoder_timeout_s: float = setting(60.0, "deadline of one encoder call, retries included")
     milvus_timeout_s: float = setting(10.0, "deadline of one Milvus call")
+    milvus_load_timeout_s: float = setting(
+        600.0,
+        "deadline of loading a collection into memory, once per start: a Milvus Lite file of a million "
+        "pictures loads for tens of seconds, and health stays NOT_SERVING until --collection is loaded",
+    )
     max_top_k: int = setting(1000, "largest top_k a search may ask for")
     max_offset: int = setting(10000, "largest offset a search may ask for")
     max_query_parts: int = setting(16, "most parts (texts, pictures, ids) one Search query may combine")
@@ -87,7 +92,9 @@ class SearchConfig(ServerSettings):
         )
         require_at_least(self, ["thumbnail_workers", "max_offset"], 0)
         require_at_most(self, ["max_message_bytes"], GRPC_LARGEST_MESSAGE)
-        require_seconds(self, ["encoder_timeout_s", "milvus_timeout_s", "health_interval_s"])
+        require_seconds(
+            self, ["encoder_timeout_s", "milvus_timeout_s", "milvus_load_timeout_s", "health_interval_s"]
+        )
         if self.max_top_k + self.max_offset > _MILVUS_LARGEST_WINDOW:
             raise ValueError(
                 f"max_top_k + max_offset must be at most {_MILVUS_LARGEST_WINDOW} (Milvus's limit on a "

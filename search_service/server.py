@@ -6,6 +6,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+import grpc
 from prometheus_client import CollectorRegistry
 
 from imagesearch.defaults import available_cores
@@ -74,6 +75,7 @@ class SearchServer:
             config.index_type,
             json.loads(config.index_params),
             self.metrics.observe_milvus,
+            config.milvus_load_timeout_s,
         )
         self.encoder = EncoderReplicas(
             config.encoder,
@@ -110,10 +112,13 @@ class SearchServer:
     def check_health(self) -> bool:
         try:
             self.store.ping()
+            # Loaded before health says SERVING (then a no-op): its first searches would wait for the load.
+            self.store.open_collection(self.config.collection)
             milvus_ok = True
         except ServiceError as error:
             log.warning("health: %s", error.message)
-            milvus_ok = False
+            # A default collection this service cannot use (another's) leaves the other collections usable.
+            milvus_ok = error.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         encoder_ok = self.encoder.healthy(timeout_s=min(2.0, self.config.health_interval_s))
         if not encoder_ok:
             log.warning("health: no encoder replica answers at %s", self.config.encoder)

@@ -62,15 +62,18 @@ class Store:
         index_type: str,
         index_params: dict,
         observe: Callable[[str, float], None] = lambda operation, seconds: None,
+        load_timeout_s: float = 600.0,
     ) -> None:
         self.uri = uri
         self._shown_uri = shown_uri(uri)  # for messages: without a password the URI carries
         self.observe = observe  # (operation, seconds) of every Milvus call, for metrics
         self.timeout_s = timeout_s
+        self.load_timeout_s = load_timeout_s
         self.index_type = index_type
         self.index_params = index_params
         self._collections: dict[str, CollectionInfo] = {}
         self._create_lock = threading.Lock()
+        self._open_lock = threading.Lock()  # so that callers who find a collection unloaded wait for one load
         self._write_lock = threading.Lock()
         self._token = token
         self._reconnect_lock = threading.Lock()
@@ -115,10 +118,12 @@ class Store:
         call: Callable[[], Result],
         expression: str = "",
         refused: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        timeout_s: float | None = None,
     ) -> Result:
         """Runs one Milvus call, timed, turning its failures into the status a caller should get. A call with
         a filter `expression` that Milvus fails, and not for want of a connection, failed for its filter:
-        Milvus Lite checks some filters only while it runs them. Any other refusal gets `refused`."""
+        Milvus Lite checks some filters only while it runs them. Any other refusal gets `refused`.
+        `timeout_s` names the call's deadline in its message where it is not the usual one."""
         what = f"{operation} {collection!r}" if collection else operation
         if self._reconnect_needed:
             self._reconnect()
@@ -144,7 +149,8 @@ class Store:
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise ServiceError(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"{what}: Milvus at {self._shown_uri} did not answer within {self.timeout_s} s",
+                    f"{what}: Milvus at {self._shown_uri} did not answer within "
+                    f"{timeout_s or self.timeout_s} s",
                 ) from None
             self._reconnect_needed = True
             raise ServiceError(
@@ -157,11 +163,19 @@ class Store:
         self._call("list collections", "", lambda: self._client.list_collections(timeout=self.timeout_s))
 
     def open_collection(self, name: str) -> CollectionInfo | None:
-        """The collection's stamp, once it is loaded into memory for searches; None when it does not exist."""
+        """The collection's stamp, once it is loaded into memory for searches; None when it does not exist.
+        The load (once per start) has a deadline of its own: Milvus Lite loads a large file for longer than
+        a call's (Milvus Lite's other calls wait behind it meanwhile)."""
         if name in self._collections:
             return self._collections[name]
         if problem := collection_name_problem(name):
             raise invalid_argument(problem)
+        with self._open_lock:
+            if name not in self._collections:
+                self._open(name)
+        return self._collections.get(name)
+
+    def _open(self, name: str) -> None:
         if not self._call(
             "has collection", name, lambda: self._client.has_collection(name, timeout=self.timeout_s)
         ):
@@ -181,10 +195,12 @@ class Store:
             ) from None
         self._index(name)
         self._call(
-            "load collection", name, lambda: self._client.load_collection(name, timeout=self.timeout_s)
+            "load collection",
+            name,
+            lambda: self._client.load_collection(name, timeout=self.load_timeout_s),
+            timeout_s=self.load_timeout_s,
         )
         self._collections[name] = info
-        return info
 
     def _index(self, name: str) -> None:
         """Indexes the vectors of a collection that has no index yet: one just made, or one whose indexing

@@ -73,6 +73,23 @@ def access_lines(caplog: pytest.LogCaptureFixture) -> set[tuple[str, str, str]]:
     }
 
 
+def test_a_restarted_service_loads_its_collection_before_it_says_serving(tiny_encoder, tmp_path) -> None:
+    """Loaded on the first search instead, a large Milvus Lite collection outlasted that call's deadline
+    (--milvus-timeout-s): every search failed DEADLINE_EXCEEDED for a while after each restart."""
+    milvus = tmp_path / "milvus.db"
+    with running_search(tiny_encoder.grpc.address, milvus) as first, search_stub(first.grpc.address) as stub:
+        assert len(list(stub.Ingest(requests(folder(2))))) == 2
+    with (
+        running_search(tiny_encoder.grpc.address, milvus) as again,
+        grpc.insecure_channel(again.grpc.address) as channel,
+    ):
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        loads = again.registry.get_sample_value(
+            "search_milvus_seconds_count", {"operation": "load collection"}
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING and loads == 1  # before any call
+
+
 def test_request_id_follows_a_call_into_the_encoder(tiny_encoder, tmp_path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="imagesearch.access")
     with (
