@@ -251,9 +251,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         collection = self._collection(request.collection)
         if request.dry_run:
             return search_pb2.DeleteResponse(deleted=self.store.count(collection.name, expression))
-        deleted = self.store.delete(collection.name, expression)
-        self.thumbnails.remove(collection.name, deleted)
-        return search_pb2.DeleteResponse(deleted=len(deleted))
+        # Each batch's thumbnails go as soon as its rows do: a later failure leaves none of a deleted picture.
+        deleted = self.store.delete(
+            collection.name, expression, lambda batch: self.thumbnails.remove(collection.name, batch)
+        )
+        return search_pb2.DeleteResponse(deleted=deleted)
 
     def Stats(
         self, request: search_pb2.StatsRequest, context: grpc.ServicerContext

@@ -341,17 +341,27 @@ class Store:
         )
         return int(rows[0]["count(*)"])
 
-    def delete(self, name: str, expression: str) -> set[str]:
-        """Deletes the rows that match `expression` and returns their ids, found first, a batch at a time."""
+    def delete(self, name: str, expression: str, deleted_batch: Callable[[list[str]], None]) -> int:
+        """Deletes the rows that match `expression`, found first, a batch at a time, and counts them;
+        `deleted_batch` gets each batch's ids once Milvus deleted it. A failure part-way says how many rows
+        were deleted before it."""
         deleted: set[str] = set()
-        while batch := self._ids_matching(name, expression, DELETE_BATCH):
-            if not deleted.isdisjoint(batch):  # never loop forever on rows Milvus did not delete
-                raise ServiceError(
-                    grpc.StatusCode.UNAVAILABLE, f"delete from {name!r}: Milvus still holds rows it deleted"
-                )
-            self._delete_ids(name, batch)
-            deleted.update(batch)
-        return deleted
+        try:
+            while batch := self._ids_matching(name, expression, DELETE_BATCH):
+                if not deleted.isdisjoint(batch):  # never loop forever on rows Milvus did not delete
+                    raise ServiceError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"delete from {name!r}: Milvus still holds rows it deleted",
+                    )
+                self._delete_ids(name, batch)
+                deleted.update(batch)
+                deleted_batch(batch)
+        except ServiceError as error:
+            if not deleted:
+                raise
+            done = f"{len(deleted)} matching pictures were deleted before it; delete again for the rest"
+            raise ServiceError(error.code, f"{error.message} ({done})") from None
+        return len(deleted)
 
     def _ids_matching(self, name: str, expression: str, limit: int) -> list[str]:
         rows = self._call(

@@ -505,7 +505,7 @@ def test_no_parameter_value_changes_the_filter_structure(search, values, probe) 
     store = search.store
     name = "filter_property"
     collection = store.create(name, "property-test", 4)
-    store.delete(name, 'id != ""')
+    store.delete(name, 'id != ""', lambda batch: None)
     rows = [
         {
             "id": hashlib.sha256(v.encode()).hexdigest(),

@@ -11,7 +11,9 @@ import pytest
 from conftest import encoder_stub, running_search, search_stub
 from images import jpeg, png, two_tone
 from PIL import Image
+from pymilvus import MilvusException
 
+import search_service.store
 from imagesearch.v1 import encoder_pb2, search_pb2
 
 STORED = search_pb2.OUTCOME_STORED
@@ -197,6 +199,33 @@ def test_thumbnails_go_when_their_pictures_are_deleted(search, stub, collection)
     assert all(thumbnail(stub, collection, kept.id) for kept in cats[1:])
     left = sorted(path.stem for path in (search.servicer.thumbnails.folder / collection).iterdir())
     assert left == sorted(kept.id for kept in cats[1:])
+
+
+def test_a_delete_that_fails_part_way_leaves_no_thumbnail_of_what_it_deleted(
+    search, stub, collection, monkeypatch
+) -> None:
+    """The thumbnails used to go only once every batch was deleted: a later batch's failure left those of
+    the earlier ones, served for pictures no longer stored, and no retry could find them again."""
+    pictures = ingest(stub, folder(3, 420, prefix="gone"), collection)
+    monkeypatch.setattr(search_service.store, "DELETE_BATCH", 1)
+    deletes, milvus_delete = [], search.store._client.delete
+
+    def second_fails(*args, **kwargs):  # Milvus failing the second batch
+        deletes.append(args)
+        if len(deletes) == 2:
+            raise MilvusException(code=65535, message="injected: Milvus failed this batch")
+        return milvus_delete(*args, **kwargs)
+
+    monkeypatch.setattr(search.store._client, "delete", second_fails)
+    everything = search_pb2.DeleteRequest(collection=collection, filter='id != ""')
+    error = refused(lambda: stub.Delete(everything))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.details().endswith("(1 matching pictures were deleted before it; delete again for the rest)")
+    ids = [result.id for result in pictures]
+    kept = {record.id for record in stub.Get(search_pb2.GetRequest(collection=collection, ids=ids)).records}
+    [deleted] = set(ids) - kept
+    assert refused(lambda: thumbnail(stub, collection, deleted)).code() == grpc.StatusCode.NOT_FOUND
+    assert len(kept) == 2 and all(thumbnail(stub, collection, image_id) for image_id in kept)
 
 
 def test_a_picture_whose_thumbnail_cannot_be_made_is_stored_without_one(
