@@ -170,7 +170,7 @@ class Ingestion:
             batch, ended = self._take_batch(first)
             while True:
                 if batch:
-                    fresh = self._first_sightings(batch)
+                    fresh = self._first_sightings(batch, collection.name)
                     # A copy of this call's context carries its request id into the worker thread.
                     context = contextvars.copy_context()
                     future = workers.submit(context.run, self._encode_and_store, fresh, collection)
@@ -217,11 +217,17 @@ class Ingestion:
         self._totals.received += len(batch)
         return batch, ended
 
-    def _first_sightings(self, batch: list[_Item]) -> list[_Item]:
-        """Settles the items that failed and the repeats of items this stream still has in hand; returns the
-        rest."""
+    def _first_sightings(self, batch: list[_Item], collection: str) -> list[_Item]:
+        """Settles the items that failed, those that name another collection than the stream's, and the
+        repeats of items this stream still has in hand; returns the rest."""
         fresh: list[_Item] = []
         for item in batch:
+            if item.outcome != FAILED and item.collection not in ("", collection):
+                item.outcome = FAILED
+                item.error = (
+                    f"collection {item.collection!r} is not this stream's {collection!r} (its first "
+                    "request's): one stream ingests into one collection"
+                )
             if item.outcome == FAILED:
                 continue
             if item.id in self._seen:

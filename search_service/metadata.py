@@ -33,6 +33,8 @@ def stored_metadata(
     """The JSON object to store; BadMetadata when a key is in both maps or a value has no JSON form."""
     for key in strings.keys() & typed.keys():
         raise BadMetadata(f"metadata key {key!r} is in both metadata and typed_metadata")
+    if "" in strings.keys() | typed.keys():
+        raise BadMetadata("metadata key '' is empty: no filter could name it")
     return {**strings, **{key: _plain(key, value) for key, value in typed.items()}}
 
 

@@ -114,6 +114,39 @@ def test_same_picture_under_two_paths_is_stored_once(stub, collection) -> None:
     assert [record.uri for record in records] == ["a/7.png"]
 
 
+def test_a_request_naming_another_collection_than_its_streams_fails_alone(stub, collection) -> None:
+    """It was stored in the stream's collection without a word: a picture filed where nobody looks."""
+    sent = [
+        search_pb2.IngestRequest(collection=collection, image=picture(11), uri="a.png"),
+        search_pb2.IngestRequest(collection=f"{collection}_other", image=picture(12), uri="b.png"),
+        search_pb2.IngestRequest(image=picture(13), uri="c.png"),  # none named: the stream's
+    ]
+    results = list(stub.Ingest(iter(sent)))
+    assert [r.outcome for r in results] == [STORED, FAILED, STORED]
+    assert results[1].error == (
+        f"collection '{collection}_other' is not this stream's '{collection}' (its first request's): "
+        "one stream ingests into one collection"
+    )
+    assert stub.Stats(search_pb2.StatsRequest(collection=collection)).count == 2
+
+
+def test_an_empty_metadata_key_fails_its_item(stub, collection) -> None:
+    """Milvus stores it, but refuses every filter that names it."""
+    sent = [
+        search_pb2.IngestRequest(collection=collection, image=picture(14), uri="a.png", metadata={"": "x"}),
+        search_pb2.IngestRequest(
+            collection=collection,
+            image=picture(15),
+            uri="b.png",
+            typed_metadata={"": search_pb2.FilterValue(int_value=1)},
+        ),
+    ]
+    results = list(stub.Ingest(iter(sent)))
+    assert [(r.outcome, r.error) for r in results] == [
+        (FAILED, "metadata key '' is empty: no filter could name it")
+    ] * 2
+
+
 def test_a_picture_sent_again_after_its_answer_in_one_stream_is_present_or_fails_alike(
     stub, collection
 ) -> None:

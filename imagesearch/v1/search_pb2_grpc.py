@@ -114,7 +114,8 @@ class SearchServiceServicer:
 
     def Ingest(self, request_iterator, context):
         """One IngestResponse per IngestRequest, in order, each with running totals. The collection is taken from
-        the first request. A failed item never fails the stream; an unreachable encoder or Milvus ends it.
+        the first request; a later one that names another fails as an item. A failed item never fails the
+        stream; an unreachable encoder or Milvus ends it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

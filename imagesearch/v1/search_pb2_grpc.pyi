@@ -49,7 +49,8 @@ class SearchServiceStub:
     def __new__(cls, channel: _aio.Channel) -> SearchServiceAsyncStub: ...
     Ingest: _grpc.StreamStreamMultiCallable[_search_pb2.IngestRequest, _search_pb2.IngestResponse]
     """One IngestResponse per IngestRequest, in order, each with running totals. The collection is taken from
-    the first request. A failed item never fails the stream; an unreachable encoder or Milvus ends it.
+    the first request; a later one that names another fails as an item. A failed item never fails the
+    stream; an unreachable encoder or Milvus ends it.
     """
     SearchText: _grpc.UnaryUnaryMultiCallable[_search_pb2.SearchTextRequest, _search_pb2.SearchTextResponse]
     SearchImage: _grpc.UnaryUnaryMultiCallable[_search_pb2.SearchImageRequest, _search_pb2.SearchImageResponse]
@@ -92,7 +93,8 @@ class SearchServiceAsyncStub(SearchServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Ingest: _aio.StreamStreamMultiCallable[_search_pb2.IngestRequest, _search_pb2.IngestResponse]  # type: ignore[assignment]
     """One IngestResponse per IngestRequest, in order, each with running totals. The collection is taken from
-    the first request. A failed item never fails the stream; an unreachable encoder or Milvus ends it.
+    the first request; a later one that names another fails as an item. A failed item never fails the
+    stream; an unreachable encoder or Milvus ends it.
     """
     SearchText: _aio.UnaryUnaryMultiCallable[_search_pb2.SearchTextRequest, _search_pb2.SearchTextResponse]  # type: ignore[assignment]
     SearchImage: _aio.UnaryUnaryMultiCallable[_search_pb2.SearchImageRequest, _search_pb2.SearchImageResponse]  # type: ignore[assignment]
@@ -138,7 +140,8 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_search_pb2.IngestResponse], _abc.AsyncIterator[_search_pb2.IngestResponse]]:
         """One IngestResponse per IngestRequest, in order, each with running totals. The collection is taken from
-        the first request. A failed item never fails the stream; an unreachable encoder or Milvus ends it.
+        the first request; a later one that names another fails as an item. A failed item never fails the
+        stream; an unreachable encoder or Milvus ends it.
         """
 
     @_abc_1.abstractmethod
