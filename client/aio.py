@@ -229,9 +229,12 @@ class AsyncEncoderClient:
         request = messages.encode_text_request(texts)
         return messages.text_vectors(await self._connection.call(self._stub.EncodeText, request))
 
-    async def encode_images(self, images: Sequence[bytes | str | Path]) -> list[ImageVector]:
+    async def encode_images(
+        self, images: bytes | str | Path | Sequence[bytes | str | Path]
+    ) -> list[ImageVector]:
         """One result per image (its bytes, or a picture file's path), in order: `.vector`, or `.error`."""
-        pictures = [await asyncio.to_thread(picture_bytes, image, MAX_MESSAGE_BYTES) for image in images]
+        listed = messages.image_list(images)
+        pictures = [await asyncio.to_thread(picture_bytes, image, MAX_MESSAGE_BYTES) for image in listed]
         request = encoder_pb2.EncodeImagesRequest(images=pictures)
         return messages.image_vectors(await self._connection.call(self._stub.EncodeImages, request))
 

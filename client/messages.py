@@ -6,6 +6,7 @@ outside its field's range) is refused here, as ImageSearchError, before anything
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -169,6 +170,11 @@ def records(response: search_pb2.GetResponse, output_fields: Sequence[str]) -> l
     """Records as Get returns them: with their model and time of ingestion, and what else was asked for."""
     asked = [*output_fields, "model", "ingested_at"]
     return [_record(record, asked) for record in response.records]
+
+
+def image_list(images: bytes | str | Path | Sequence[bytes | str | Path]) -> list[bytes | str | Path]:
+    """One image (its bytes, or a path), or several: bytes or a path are one, not a sequence of letters."""
+    return [images] if isinstance(images, bytes | str | Path) else list(images)
 
 
 def _id_list(ids: str | Sequence[str] | None) -> list[str]:

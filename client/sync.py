@@ -220,9 +220,9 @@ class EncoderClient:
         request = messages.encode_text_request(texts)
         return messages.text_vectors(self._connection.call(self._stub.EncodeText, request))
 
-    def encode_images(self, images: Sequence[bytes | str | Path]) -> list[ImageVector]:
+    def encode_images(self, images: bytes | str | Path | Sequence[bytes | str | Path]) -> list[ImageVector]:
         """One result per image (its bytes, or a picture file's path), in order: `.vector`, or `.error`."""
-        pictures = [picture_bytes(image, MAX_MESSAGE_BYTES) for image in images]
+        pictures = [picture_bytes(image, MAX_MESSAGE_BYTES) for image in messages.image_list(images)]
         request = encoder_pb2.EncodeImagesRequest(images=pictures)
         return messages.image_vectors(self._connection.call(self._stub.EncodeImages, request))
 

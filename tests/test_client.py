@@ -15,6 +15,7 @@ from images import jpeg, png, solid, two_tone
 from PIL import Image
 
 from client import (
+    AsyncEncoderClient,
     AsyncSearchClient,
     EncoderClient,
     ImageSearchError,
@@ -98,6 +99,22 @@ def test_sdk_search_get_delete_and_encode(services, photo_folder) -> None:
     assert texts.shape == (2, 512) and texts.dtype == np.float32
     assert float(images[0].vector @ record.vector) == pytest.approx(1.0, abs=1e-4)
     assert images[1].vector is None and "not a recognised image format" in images[1].error
+
+
+def test_a_lone_picture_is_one_image_to_encode_not_a_list_of_letters(services, photo_folder) -> None:
+    beach = photo_folder / "trips" / "beach.jpg"
+    with EncoderClient(services[0]) as encoder:
+        [by_path] = encoder.encode_images(str(beach))
+        [by_bytes] = encoder.encode_images(beach.read_bytes())
+        [listed] = encoder.encode_images([beach])
+
+    async def scenario() -> list:
+        async with AsyncEncoderClient(services[0]) as encoder:
+            return await encoder.encode_images(beach)
+
+    [awaited] = asyncio.run(scenario())
+    for vector in (by_path.vector, by_bytes.vector, awaited.vector):
+        assert vector is not None and float(vector @ listed.vector) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_async_client_against_the_same_servers(services, photo_folder) -> None:
