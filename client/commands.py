@@ -87,9 +87,13 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
             raise UsageError(f"{flag} is given but TLS is off: add --tls (or set IMGSEARCH_TLS=1)")
         return None
     try:
-        return channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
-    except ValueError as error:  # a certificate without its key, or with a key not its own
-        raise UsageError(f"--tls-cert and --tls-key: {error}") from None
+        return channel_credentials(
+            args.tls_ca, args.tls_cert, args.tls_key, ("--tls-ca", "--tls-cert", "--tls-key")
+        )
+    except (
+        ValueError
+    ) as error:  # a file missing or holding no PEM, a certificate without its key or another's
+        raise UsageError(str(error)) from None
 
 
 def _connection_options(args: argparse.Namespace) -> dict[str, Any]:

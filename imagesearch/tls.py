@@ -23,15 +23,21 @@ def _file(path: str, name: str) -> bytes:
         raise ValueError(f"{name} {path} cannot be read: {error.strerror}") from None
 
 
-def _pair(cert: str, key: str, cert_name: str, key_name: str) -> tuple[bytes, bytes]:
-    """The PEM bytes of a certificate chain and of its private key, checked here: gRPC takes any bytes and
-    fails only when it listens (which reads as a port in use) or connects (as a service out of reach)."""
-    pems = _file(cert, cert_name), _file(key, key_name)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+def _certificates(path: str, name: str) -> bytes:
+    """The PEM bytes of a file of certificates (a chain, or CAs), checked here: gRPC takes any bytes and fails
+    only when it listens (which reads as a port in use) or connects (as a service out of reach)."""
+    pem = _file(path, name)
     try:
-        context.load_verify_locations(cert)
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(path)
     except ssl.SSLError:
-        raise ValueError(f"{cert_name} {cert} holds no PEM certificate") from None
+        raise ValueError(f"{name} {path} holds no PEM certificate") from None
+    return pem
+
+
+def _pair(cert: str, key: str, cert_name: str, key_name: str) -> tuple[bytes, bytes]:
+    """The PEM bytes of a certificate chain and of its private key, checked as `_certificates` checks."""
+    pems = _certificates(cert, cert_name), _file(key, key_name)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(cert, key, password=b"")  # an encrypted key fails instead of prompting
     except ssl.SSLError as error:
@@ -74,7 +80,7 @@ class _ServerFiles:
 
     def read(self) -> grpc.ServerCertificateConfiguration:
         cert_pem, key_pem = _pair(self._cert, self._key, "--tls-cert", "--tls-key")
-        client_ca = _file(self._client_ca, "--tls-ca") if self._client_ca else None
+        client_ca = _certificates(self._client_ca, "--tls-ca") if self._client_ca else None
         return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], root_certificates=client_ca)
 
     def changed(self) -> grpc.ServerCertificateConfiguration | None:
@@ -95,14 +101,25 @@ class _ServerFiles:
             return configuration
 
 
-def channel_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCredentials:
-    """TLS: `ca` verifies the server (empty: the system's roots), `cert`/`key` identify us (mutual TLS)."""
+# How a caller's messages name its three files: the flags that gave them.
+CallerFiles = tuple[str, str, str]
+_SDK_FILES: CallerFiles = ("the CA", "the client certificate", "the client key")
+
+
+def channel_credentials(
+    ca: str, cert: str = "", key: str = "", named: CallerFiles = _SDK_FILES
+) -> grpc.ChannelCredentials:
+    """TLS: `ca` verifies the server (empty: the system's roots), `cert`/`key` identify us (mutual TLS).
+    Files that are missing or hold no PEM are a ValueError naming them as `named` says."""
+    ca_name, cert_name, key_name = named
     if bool(cert) != bool(key):
-        raise ValueError("a client certificate and its key go together")
-    cert_pem, key_pem = _pair(cert, key, "the client certificate", "the client key") if cert else (None, None)
-    return grpc.ssl_channel_credentials(Path(ca).read_bytes() if ca else None, key_pem, cert_pem)
+        raise ValueError(f"{cert_name} and {key_name} go together")
+    cert_pem, key_pem = _pair(cert, key, cert_name, key_name) if cert else (None, None)
+    return grpc.ssl_channel_credentials(_certificates(ca, ca_name) if ca else None, key_pem, cert_pem)
 
 
-def channel_credentials_if_any(ca: str, cert: str, key: str) -> grpc.ChannelCredentials | None:
+def channel_credentials_if_any(
+    ca: str, cert: str, key: str, named: CallerFiles
+) -> grpc.ChannelCredentials | None:
     """A service's calls to another: TLS when any of the files is named, plaintext (None) otherwise."""
-    return channel_credentials(ca, cert, key) if (ca or cert or key) else None
+    return channel_credentials(ca, cert, key, named) if (ca or cert or key) else None

@@ -83,7 +83,10 @@ class SearchServer:
             config.encoder_token,
             self.metrics.observe_encoder,
             channel_credentials_if_any(
-                config.encoder_tls_ca, config.encoder_tls_cert, config.encoder_tls_key
+                config.encoder_tls_ca,
+                config.encoder_tls_cert,
+                config.encoder_tls_key,
+                ("--encoder-tls-ca", "--encoder-tls-cert", "--encoder-tls-key"),
             ),
         )
         self.servicer = SearchServicer(config, self.store, self.encoder, self.metrics, self.thumbnails)

@@ -94,7 +94,7 @@ def test_cli_tls_is_never_plaintext_in_silence(search, authority, capsys, monkey
     assert main(plain) == EXIT_FAILED and answered in capsys.readouterr().err
     for flags, message in (
         (["--tls-ca", authority.ca_file], "--tls-ca is given but TLS is off: add --tls"),
-        (["--tls", "--tls-cert", authority.ca_file], "--tls-cert and --tls-key: a client certificate"),
+        (["--tls", "--tls-cert", authority.ca_file], "--tls-cert and --tls-key go together"),
     ):
         with pytest.raises(SystemExit) as usage:
             main([*flags, *plain])
@@ -174,7 +174,18 @@ def test_cli_refuses_a_client_key_that_is_not_the_certificates(authority, capsys
     with pytest.raises(SystemExit) as usage:
         main(["--server", "127.0.0.1:1", "--timeout", "5", *tls, "stats"])
     said = capsys.readouterr().err
-    assert usage.value.code == EXIT_USAGE and "the client key does not match the client certificate" in said
+    assert usage.value.code == EXIT_USAGE and "--tls-key does not match --tls-cert" in said
+
+
+def test_cli_refuses_a_ca_file_that_is_missing_or_holds_no_certificate(tmp_path, capsys) -> None:
+    """A CA that gRPC cannot load failed every handshake as a service out of reach ("is it running?")."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a certificate")
+    for ca, refusal in ((notes, "holds no PEM certificate"), (tmp_path / "missing.pem", "cannot be read")):
+        with pytest.raises(SystemExit) as usage:
+            main(["--server", "127.0.0.1:1", "--tls", "--tls-ca", str(ca), "stats"])
+        said = capsys.readouterr().err
+        assert usage.value.code == EXIT_USAGE and f"error: --tls-ca {ca} {refusal}" in said
 
 
 def _replace(source: str, target: Path) -> None:
