@@ -1,6 +1,7 @@
 """What every client shares about reaching a service: the channel, each call's metadata, and its errors."""
 
 import json
+import math
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ import grpc
 from imagesearch.channels import CALLER_OPTIONS
 from imagesearch.headers import REQUEST_ID, answered_by_a_service, bearer
 
-from .errors import ImageSearchError
+from .errors import ImageSearchError, refused
 
 # Unary calls are retried by gRPC itself when no server answered or a service said UNAVAILABLE (its encoder
 # or Milvus is restarting, say): what can succeed on retry. Ingest streams are not retried.
@@ -65,6 +66,10 @@ class Connection:
         credentials: grpc.ChannelCredentials | None,
         token: str | None,
     ) -> None:
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf
+        ):
+            raise refused(f"timeout = {timeout!r} is not a number of seconds above 0 (or None: no deadline)")
         self.service = service
         self.target = target
         self.timeout = timeout

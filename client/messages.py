@@ -5,6 +5,7 @@ outside its field's range) is refused here, as ImageSearchError, before anything
 """
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -91,9 +92,14 @@ def metadata_maps(
 
 
 def _bounded(name: str, value: int, lowest: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= _INT32_MAX:
+    """`value` as an int, if it is a whole number (numpy's too) in range; never a bool or a float."""
+    try:
+        whole = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        whole = None
+    if whole is None or not lowest <= whole <= _INT32_MAX:
         raise refused(f"{name} = {value!r} is not a whole number from {lowest} to {_INT32_MAX}")
-    return value
+    return whole
 
 
 def _score(name: str, value: float | None) -> float | None:

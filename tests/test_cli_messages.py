@@ -7,13 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from test_operability import scrape
 from test_search import picture
 
-from client import ImageSearchError, SearchClient
+from client import AsyncEncoderClient, AsyncSearchClient, EncoderClient, ImageSearchError, SearchClient
 from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from client.messages import search_options
 
 NOWHERE = "127.0.0.1:1"  # refused before any connection is tried
 
@@ -63,6 +65,25 @@ def test_the_sdk_refuses_what_it_cannot_send_with_its_own_error() -> None:
             with pytest.raises(ImageSearchError) as refused:
                 call()
             assert refused.value.code.name == "INVALID_ARGUMENT" and message in refused.value.message
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "5", True])
+def test_a_client_refuses_a_timeout_that_is_no_number_of_seconds(timeout) -> None:
+    """It was taken, and every call failed DEADLINE_EXCEEDED blaming the service (or raised TypeError)."""
+    for client_type in (SearchClient, EncoderClient, AsyncSearchClient, AsyncEncoderClient):
+        with pytest.raises(ImageSearchError) as refused:
+            client_type(NOWHERE, timeout=timeout)
+        assert refused.value.code.name == "INVALID_ARGUMENT"
+        assert refused.value.message == (
+            f"timeout = {timeout!r} is not a number of seconds above 0 (or None: no deadline)"
+        )
+
+
+def test_a_numpy_whole_number_is_a_whole_number_and_a_float_is_not() -> None:
+    options = search_options("", np.int64(3), np.int32(2), None, None, (), None)
+    assert (options.top_k, options.offset) == (3, 2)
+    with pytest.raises(ImageSearchError, match=r"top_k = 3.0 is not a whole number"):
+        search_options("", 3.0, 0, None, None, (), None)
 
 
 @pytest.mark.parametrize(
