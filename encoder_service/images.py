@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from imagesearch.pictures import to_rgb
+from imagesearch.pictures import FORMATS, NOT_A_PICTURE, to_rgb
 
 # Our own pixel limit is checked from the header; Pillow's global bomb check would only duplicate it.
 Image.MAX_IMAGE_PIXELS = None
@@ -67,9 +67,9 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
-        raise ImageRejected("not a recognised image format (JPEG, PNG, GIF, WebP, BMP or TIFF)") from None
+        raise ImageRejected(NOT_A_PICTURE) from None
     except Exception as error:
         raise ImageRejected(f"unreadable image header: {error}") from None
     width, height = image.size

@@ -5,6 +5,10 @@ import numpy as np
 from PIL import Image
 
 _SIXTEEN_BIT_GREY = {"I;16", "I;16L", "I;16B", "I;16N"}
+# The formats both services decode: Pillow's most used decoders, and no others (its rarer ones, PSD or FITS
+# say, have had the most security flaws). AVIF needs a Pillow with libavif, as its PyPI wheels have.
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
+NOT_A_PICTURE = "not a recognised image format (JPEG, PNG, GIF, WebP, BMP, TIFF or AVIF)"
 
 
 def _on_white(image: Image.Image) -> Image.Image:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from imagesearch.pictures import to_rgb
+from imagesearch.pictures import FORMATS, to_rgb
 
 from .names import COLLECTION_NAME
 
@@ -47,7 +47,7 @@ def make_thumbnail(data: bytes, max_pixels: int) -> bytes:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise ThumbnailError(f"{width}x{height} pixels is over the limit of {max_pixels} pixels")

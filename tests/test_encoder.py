@@ -23,6 +23,7 @@ from encoder_service.config import EncoderConfig
 from encoder_service.images import ImageLimits, decode_image
 from encoder_service.preprocess import clip_transform
 from encoder_service.server import EncoderServer
+from imagesearch.pictures import NOT_A_PICTURE
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 from synthetic.pictures import camera_photo
 
@@ -430,3 +431,14 @@ def test_jpegs_decoded_the_gpu_way_equal_clip_reference(vit_b32_path, reference_
     vectors = np.array([result.vector.values for result in response.results[: len(pictures)]])
     cosines = (vectors * expected).sum(axis=1)
     assert cosines.min() >= 0.999, dict(zip(pictures, cosines.round(5), strict=True))
+
+
+def test_only_the_formats_it_names_are_decoded_though_pillow_reads_more(tiny_encoder) -> None:
+    """Pillow's rarer decoders (PSD and FITS, say) have had the most security flaws: none of them is asked."""
+    pictures = [
+        encode(two_tone((200, 30, 30), (20, 20, 220)), kind) for kind in ("ICO", "PPM", "TGA", "AVIF")
+    ]
+    with encoder_stub(tiny_encoder.grpc.address) as stub:
+        response = stub.EncodeImages(encoder_pb2.EncodeImagesRequest(images=pictures))
+    assert [result.reason for result in response.results] == [NOT_A_PICTURE] * 3 + [""]
+    assert response.results[3].WhichOneof("outcome") == "vector"

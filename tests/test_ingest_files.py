@@ -145,6 +145,27 @@ def test_a_file_that_changes_while_the_ingest_runs_fails_alone(search_address, t
     }
 
 
+def test_avif_photos_are_stored_and_phones_heic_ones_fail_naming_why(search_address, tmp_path) -> None:
+    """Both were skipped as "not a picture" and never named, though the encoder reads AVIF."""
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    Image.new("RGB", (96, 64), (30, 160, 90)).save(folder / "IMG_0001.avif", "AVIF")
+    # What an iPhone writes: an ISO media file whose `ftyp` box says HEIC; Pillow has no decoder for it.
+    (folder / "IMG_0002.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    Image.new("RGB", (8, 8)).save(folder / "icon.ico", "ICO")  # a picture, of a format no service decodes
+    with SearchClient(search_address, collection="phone") as client:
+        summary = client.ingest([folder])
+    by_name = {Path(item.uri).name: (item.outcome, item.error) for item in summary.items}
+    assert by_name == {
+        "IMG_0001.avif": ("stored", ""),
+        "IMG_0002.HEIC": (
+            "failed",
+            "not a recognised image format (JPEG, PNG, GIF, WebP, BMP, TIFF or AVIF)",
+        ),
+        "icon.ico": ("skipped", "not a picture (by its content)"),
+    }
+
+
 def test_uris_are_absolute_so_grids_work_from_any_folder(search_address, tmp_path) -> None:
     (tmp_path / "here").mkdir()
     (tmp_path / "here" / "p.png").write_bytes(picture(30))
