@@ -78,7 +78,10 @@ class SearchPage:
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         credentials = channel_credentials_if_any(
-            self.config.search_tls_ca, self.config.search_tls_cert, self.config.search_tls_key
+            self.config.search_tls_ca,
+            self.config.search_tls_cert,
+            self.config.search_tls_key,
+            ("--search-tls-ca", "--search-tls-cert", "--search-tls-key"),
         )
         async with AsyncSearchClient(
             self.config.search,
