@@ -349,26 +349,63 @@ def test_a_refused_search_leaves_no_status_of_the_previous_one(site: str, page: 
     expect(page.locator(".hit")).to_have_count(0)
 
 
-def test_a_file_without_an_extension_is_told_by_its_bytes(
+def test_any_file_is_sent_and_told_by_its_bytes_whatever_its_name(
     site: str, pictures: Path, page: Page, tmp_path: Path
 ) -> None:
-    path = next(path for path in sorted(pictures.iterdir()) if label_of(path.name) == "orange hexagon")
-    nameless = tmp_path / path.stem
-    shutil.copy(path, nameless)
-    page.goto(site)
-    page.set_input_files("#picture-input", str(nameless))
-    expect(page.locator(".hit").first).to_have_attribute(
-        "data-id", hashlib.sha256(nameless.read_bytes()).hexdigest()
-    )
+    """The page refused a file by the type the browser guesses from its name: a JPEG named photo.bin
+    (application/octet-stream) never left it, and a text file got the page's words, not the server's."""
 
-    words = tmp_path / "notes"
+    def copy_of(label: str, name: str) -> Path:
+        path = next(path for path in sorted(pictures.iterdir()) if label_of(path.name) == label)
+        return Path(shutil.copy(path, tmp_path / name))
+
+    page.goto(site)
+    for chosen in (copy_of("orange hexagon", "hexagon"), copy_of("blue square", "photo.bin")):
+        search_by_file(page, chosen)
+        expect(page.locator(".hit").first).to_have_attribute(
+            "data-id", hashlib.sha256(chosen.read_bytes()).hexdigest()
+        )
+
+    pasted = copy_of("red circle", "pasted.bin").read_bytes()
+    transfer = page.evaluate_handle(
+        """(data) => {
+            const transfer = new DataTransfer();
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            transfer.items.add(new File([bytes], "pasted.bin", { type: "application/octet-stream" }));
+            return transfer;
+        }""",
+        base64.b64encode(pasted).decode(),
+    )
+    page.evaluate(
+        "(transfer) => document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: transfer }))",
+        transfer,
+    )
+    expect(page.locator(".hit").first).to_have_attribute("data-id", hashlib.sha256(pasted).hexdigest())
+
+    words = tmp_path / "notes.txt"
     words.write_text("just some text")
-    page.set_input_files("#picture-input", str(words))
-    expect(page.locator("#message")).to_contain_text("not a recognised image format")
-    typed = tmp_path / "notes.txt"
-    typed.write_text("just some text")
-    page.set_input_files("#picture-input", str(typed))  # a known type that is not a picture never leaves
-    expect(page.locator("#message")).to_contain_text("That is not a picture")
+    search_by_file(page, words)
+    expect(page.locator("#message")).to_contain_text("image: not a recognised image format")
+    expect(page.locator(".hit")).to_have_count(0)
+
+
+def test_a_links_weights_and_minimum_score_reach_the_search_as_written(site: str, page: Page) -> None:
+    """A weight that is no number became NaN ("parts[0].weight = nan is not a finite number"), and a minimum
+    score of 0 or less was left out of the search while the link kept it."""
+    page.goto(f"{site}/?part=text:abc:people")
+    expect(page.locator("#message")).to_have_text("part[0] weight = 'abc' is not a number")
+
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(f"{site}/?q=a+red+circle&min_score=-0.5")
+    expect(page.locator("#status")).to_contain_text("scoring at least -0.5")
+    expect(page.locator("#min-score-value")).to_have_text("-0.5")
+    assert url_query(page) == {"q": ["a red circle"], "min_score": ["-0.5"]}
+    [search] = [url for url in requested if "/api/search?" in url]
+    assert parse_qs(urlsplit(search).query)["min_score"] == ["-0.5"]
+
+    page.goto(f"{site}/?q=a+red+circle&min_score=high")
+    expect(page.locator("#message")).to_have_text("min_score = 'high' is not a number")
 
 
 def test_moving_the_slider_by_keyboard_searches_once_it_settles(site: str, page: Page) -> None:

@@ -6,8 +6,10 @@ const SLIDER_SETTLE_MS = 500;
 const $ = (id) => document.getElementById(id);
 
 // A query is a list of parts {kind: "text" | "id" | "picture", value, weight}. A picture part's value is a
-// key into `pictures` (kept in sessionStorage too, so that a reload of the same tab still has it).
-let query = { parts: [], minScore: 0 };
+// key into `pictures` (kept in sessionStorage too, so that a reload of the same tab still has it). A link's
+// weights and minimum score stay the text it spells ("" when there is no minimum score): the web tier
+// parses them, so that its refusal names what was typed, and takes any minimum score from -1 to 1.
+let query = { parts: [], minScore: "" };
 let shown = 0;
 let latest = 0; // the newest request; answers to older ones are dropped
 let sliderSettling = 0; // the timer that searches with the minimum score once the slider stops moving
@@ -22,7 +24,7 @@ function toParams(q) {
     else if (part.weight === 1) params.append(part.kind === "text" ? "q" : "like", part.value);
     else params.append("part", `${part.kind}:${part.weight}:${part.value}`);
   }
-  if (q.minScore > 0) params.set("min_score", q.minScore.toFixed(2));
+  if (q.minScore !== "") params.set("min_score", q.minScore);
   return params;
 }
 
@@ -33,13 +35,13 @@ function fromParams(params) {
   ];
   for (const spec of params.getAll("part")) {
     const [kind, weight, ...rest] = spec.split(":");
-    if ((kind === "text" || kind === "id") && rest.length) parts.push({ kind, value: rest.join(":"), weight: Number(weight) });
+    if ((kind === "text" || kind === "id") && rest.length) parts.push({ kind, value: rest.join(":"), weight });
   }
   for (const spec of params.getAll("picture")) {
     const [weight, key] = spec.split(":");
-    parts.push({ kind: "picture", value: key, weight: Number(weight) });
+    parts.push({ kind: "picture", value: key, weight });
   }
-  return { parts, minScore: Number(params.get("min_score")) || 0 };
+  return { parts, minScore: params.get("min_score") ?? "" };
 }
 
 function apiParams(q, offset) {
@@ -92,9 +94,13 @@ function dataUrl(blob) {
   });
 }
 
+// Larger files cannot fit the tab's storage (its text takes 4/3 of their size): they are never read into
+// memory as text, so that a film dropped by mistake is only sent (and refused), not copied in the tab.
+const KEEPABLE_BYTES = 4 * 1024 * 1024;
+
 async function rememberPicture(key, blob, name) {
   pictures.set(key, { blob, name, url: URL.createObjectURL(blob) });
-  keepPicture(key, JSON.stringify({ name, data: await dataUrl(blob) }));
+  if (blob.size <= KEEPABLE_BYTES) keepPicture(key, JSON.stringify({ name, data: await dataUrl(blob) }));
 }
 
 function recallPicture(key) {
@@ -109,14 +115,10 @@ function recallPicture(key) {
   return pictures.get(key);
 }
 
-// A file without an extension has no type in the browser: the server tells a picture by its bytes.
-const mayBePicture = (file) => file.type === "" || file.type.startsWith("image/");
-
+// Any file is sent: the server tells a picture by its bytes (a JPEG named photo.bin is one), not by the type
+// the browser guesses from the name, and its refusal says why.
 async function searchByPicture(file) {
-  if (!file || !mayBePicture(file)) {
-    showMessage("That is not a picture: choose a JPEG, PNG, GIF, WebP, BMP or TIFF file.");
-    return;
-  }
+  if (!file) return;
   const key = Math.random().toString(16).slice(2, 10);
   await rememberPicture(key, file, file.name || "pasted picture");
   navigate({ parts: [{ kind: "picture", value: key, weight: 1 }], minScore: query.minScore });
@@ -134,8 +136,8 @@ function show(next) {
   query = next;
   const single = query.parts.length === 1 && query.parts[0].kind === "text" ? query.parts[0].value : null;
   if (single !== null) $("query").value = single;
-  $("min-score").value = String(query.minScore);
-  $("min-score-value").textContent = query.minScore > 0 ? query.minScore.toFixed(2) : "off";
+  $("min-score").value = String(Number(query.minScore) || 0); // a range input clamps what it cannot show
+  $("min-score-value").textContent = query.minScore || "off";
   renderParts();
   shown = 0;
   if (query.parts.length) search(false);
@@ -205,11 +207,11 @@ function collectionLine(stats) {
 
 function describe(body, stats) {
   const hits = shown === 1 ? "1 hit" : `${shown} hits`;
-  const cut = query.minScore > 0 ? ` scoring at least ${query.minScore.toFixed(2)}` : "";
+  const cut = query.minScore ? ` scoring at least ${query.minScore}` : "";
   const collection = stats ? `${collectionLine(stats)} · ` : "";
   $("status").textContent = `${collection}${hits}${cut} · ${body.took_ms} ms`;
   $("message").hidden = shown > 0;
-  if (shown === 0) showMessage(query.minScore > 0 ? "No picture scores that high: lower the minimum score." : "No pictures found.");
+  if (shown === 0) showMessage(query.minScore ? "No picture scores that high: lower the minimum score." : "No pictures found.");
 }
 
 function failed(status, error) {
@@ -377,7 +379,8 @@ $("min-score").addEventListener("input", (event) => {
 // Each arrow key on the slider is a change: only the value it settles on is searched and becomes a history entry.
 $("min-score").addEventListener("change", (event) => {
   clearTimeout(sliderSettling);
-  const minScore = Number(event.target.value);
+  const value = Number(event.target.value);
+  const minScore = value > 0 ? value.toFixed(2) : "";
   sliderSettling = setTimeout(() => {
     if (minScore !== query.minScore) navigate({ ...query, minScore });
   }, SLIDER_SETTLE_MS);
@@ -411,7 +414,7 @@ document.addEventListener("drop", (event) => {
   searchByPicture(event.dataTransfer.files[0]);
 });
 document.addEventListener("paste", (event) => {
-  const file = [...(event.clipboardData?.files ?? [])].find(mayBePicture);
+  const file = event.clipboardData?.files[0];
   if (!file) return; // text pastes into the query box as usual
   event.preventDefault();
   searchByPicture(file);
