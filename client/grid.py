@@ -1,32 +1,45 @@
 """Contact sheets of search hits, like the Milvus tutorial's: thumbnails in rows of 5, each labelled."""
 
+import io
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .files import named_files
+from imagesearch.defaults import MAX_MESSAGE_BYTES
+
+from .files import named_files, read_picture
 from .models import Hit
 
 TILE = (220, 165)
 LABEL_HEIGHT = 40
 COLUMNS = 5
 MARGIN = 8
+MISSING = (200, 200, 200)  # the grey of a tile whose picture cannot be read here
 
 
-def _tile(uri: str) -> Image.Image:
-    """The picture at `uri`, fitted to a tile; grey when no file there can be read."""
+def _tile(uri: str) -> Image.Image | None:
+    """The picture at `uri`, fitted to a tile; None when no file there can be read as a picture.
+
+    Only regular files are read (a named pipe would block the grid), and no larger than the message that
+    ingested them could have been."""
     for path in named_files(uri):
         try:
-            with Image.open(path) as picture:
+            data = read_picture(path, MAX_MESSAGE_BYTES)  # Unreadable: gone, not a regular file, too large
+            with Image.open(io.BytesIO(data)) as picture:
                 return ImageOps.pad(ImageOps.exif_transpose(picture).convert("RGB"), TILE, color="white")
-        except OSError:
+        # The file may have changed since it was ingested: Pillow refuses a huge picture with
+        # DecompressionBombError, and bad data with OSError, ValueError, EOFError and others. One tile is
+        # never worth the grid.
+        except Exception:
             continue
-    return Image.new("RGB", TILE, (200, 200, 200))
+    return None
 
 
 def write_grid(hits: Sequence[Hit], out: str | Path, title: str = "") -> Path:
-    """Writes a PNG of the hits whose URIs are readable files; unreadable ones get a grey tile."""
+    """Writes a PNG of the hits; a hit whose file cannot be read here gets a grey tile, and stderr says
+    how many did."""
     rows = max(1, -(-len(hits) // COLUMNS))
     header = 34 if title else 0
     width = COLUMNS * (TILE[0] + MARGIN) + MARGIN
@@ -36,14 +49,25 @@ def write_grid(hits: Sequence[Hit], out: str | Path, title: str = "") -> Path:
     font = ImageFont.load_default(size=13)
     if title:
         draw.text((MARGIN, 8), title, fill="black", font=ImageFont.load_default(size=18))
+    missing = 0
     for rank, hit in enumerate(hits, start=1):
         column, row = (rank - 1) % COLUMNS, (rank - 1) // COLUMNS
         x = MARGIN + column * (TILE[0] + MARGIN)
         y = header + MARGIN + row * (TILE[1] + LABEL_HEIGHT + MARGIN)
-        sheet.paste(_tile(hit.uri), (x, y))
+        tile = _tile(hit.uri)
+        if tile is None:
+            missing += 1
+            tile = Image.new("RGB", TILE, MISSING)
+        sheet.paste(tile, (x, y))
         draw.text((x, y + TILE[1] + 3), f"#{rank}  score {hit.score:.3f}", fill="black", font=font)
         draw.text((x, y + TILE[1] + 20), Path(hit.uri).name[:30], fill=(60, 60, 60), font=font)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out, "PNG")  # whatever the name ends with
+    if missing:
+        print(
+            f"{missing} of {len(hits)} pictures cannot be read on this machine (moved, deleted or no longer "
+            "a picture): their tiles are grey",
+            file=sys.stderr,
+        )
     return out

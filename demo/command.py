@@ -9,42 +9,77 @@ from client.cli import port_argument
 from client.commands import UsageError, stop_on_signal
 from imagesearch.defaults import WEB_PORT
 
-from .run import DemoPlan, run_demo, serve_page, synthetic_plan
+from .run import TOP_K, DemoPlan, run_demo, serve_page, synthetic_plan
+
+PER_CLASS = 10
+
+
+def positive_int(text: str) -> int:
+    """--per-class, --top-k: 0 would start the services only to ingest or find nothing."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return number
+
+
+def _refuse_ignored_flags(args: argparse.Namespace) -> None:
+    """Each flag serves one kind of demo; given to another, it would be ignored without a word."""
+    queries = "goes with --pictures, and not with --web (the page takes the queries there)"
+    for ignored, flag, why in (
+        (args.query and (not args.pictures or args.web), "--query", queries),
+        (args.image_query and (not args.pictures or args.web), "--image-query", queries),
+        (
+            args.per_class is not None and args.pictures,
+            "--per-class",
+            "is for the synthetic pictures, not --pictures",
+        ),
+        (args.top_k is not None and args.web, "--top-k", "is for the printed hits, not --web"),
+        (args.web_port is not None and not args.web, "--web-port", "goes with --web"),
+    ):
+        if ignored:
+            raise UsageError(f"demo {flag} {why}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    _refuse_ignored_flags(args)
     workdir = Path(args.workdir)
     if args.pictures:
-        if not args.query or not args.image_query:
-            raise UsageError("demo --pictures also needs --query TEXT and --image-query PATH")
-        plan = DemoPlan(
-            Path(args.pictures), args.model or "ViT-B/32", tuple(args.query), Path(args.image_query), False
-        )
+        if not args.web and not (args.query and args.image_query):
+            raise UsageError("demo --pictures also needs --query TEXT and --image-query PATH (or --web)")
+        image_query = Path(args.image_query) if args.image_query else None
+        plan = DemoPlan(Path(args.pictures), args.model or "ViT-B/32", tuple(args.query), image_query, False)
     else:
-        plan = synthetic_plan(workdir, args.model, args.per_class)
+        plan = synthetic_plan(workdir, args.model, args.per_class or PER_CLASS)
     if args.web:
-        return serve_page(workdir, plan, args.web_port, stop_on_signal(), progress=not args.no_progress)
-    return run_demo(workdir, plan, args.top_k, progress=not args.no_progress)
+        web_port = WEB_PORT if args.web_port is None else args.web_port
+        return serve_page(workdir, plan, web_port, stop_on_signal(), progress=not args.no_progress)
+    return run_demo(workdir, plan, args.top_k or TOP_K, progress=not args.no_progress)
 
 
 def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = commands.add_parser(
         "demo", help="the whole product on synthetic pictures, offline, in one command"
     )
+    # Defaults that depend on other flags are None here, so that a flag given where it does nothing is told.
     demo.add_argument("--workdir", default=".work/demo", help="where pictures, the database and grids go")
     demo.add_argument("--model", default="", help="default: the small CLIP trained on synthetic pictures")
     demo.add_argument(
-        "--per-class", type=int, default=10, help="pictures of each of the 48 colour x shape pairs"
+        "--per-class",
+        type=positive_int,
+        help=f"pictures of each of the 48 colour x shape pairs (default {PER_CLASS})",
     )
     demo.add_argument("--pictures", help="a folder of your own pictures instead of synthetic ones")
     demo.add_argument("--query", action="append", default=[], help="a text query for --pictures (repeatable)")
     demo.add_argument("--image-query", help="a picture to search by, for --pictures")
-    demo.add_argument("--top-k", type=int, default=10)
+    demo.add_argument("--top-k", type=positive_int, help=f"hits per query (default {TOP_K})")
     demo.add_argument("--no-progress", action="store_true")
     demo.add_argument(
         "--web", action="store_true", help="serve the search page on the collection until Ctrl-C (make web)"
     )
     demo.add_argument(
-        "--web-port", type=port_argument, default=WEB_PORT, help="the search page's port (with --web)"
+        "--web-port", type=port_argument, help=f"the search page's port (with --web; default {WEB_PORT})"
     )
     demo.set_defaults(run=cmd_demo)

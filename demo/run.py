@@ -35,6 +35,7 @@ SYNTHETIC_QUERIES = (
 )
 SYNTHETIC_IMAGE_QUERY = ("purple", "cross")
 COLLECTION = "demo"
+TOP_K = 10
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class DemoPlan:
     pictures: Path
     model: str
     queries: tuple[str, ...]
-    image_query: Path
+    image_query: Path | None  # None: no search by picture (the search page's demo of --pictures)
     labelled: bool  # file names say what each picture shows, so hits can be checked
 
 
@@ -101,7 +102,7 @@ def _ingested(
     print("services stopped")
 
 
-def run_demo(workdir: Path, plan: DemoPlan, top_k: int = 10, progress: bool = True) -> int:
+def run_demo(workdir: Path, plan: DemoPlan, top_k: int = TOP_K, progress: bool = True) -> int:
     grids = workdir / "grids"
     with _ingested(workdir, plan, progress) as (_, client):
         for query in plan.queries:
@@ -110,14 +111,15 @@ def run_demo(workdir: Path, plan: DemoPlan, top_k: int = 10, progress: bool = Tr
                 hits, grids / f"{re.sub(r'[^a-z0-9]+', '-', query.lower())}.png", f"text: {query}"
             )
             _show(f'"{query}"', hits, grid, " ".join(query.split()[-2:]) if plan.labelled else None)
-        hits = client.search_image(plan.image_query, top_k=top_k)
-        grid = write_grid(hits, grids / "image-query.png", f"image: {plan.image_query.name}")
-        _show(
-            f"image {plan.image_query}",
-            hits,
-            grid,
-            " ".join(SYNTHETIC_IMAGE_QUERY) if plan.labelled else None,
-        )
+        if plan.image_query is not None:
+            hits = client.search_image(plan.image_query, top_k=top_k)
+            grid = write_grid(hits, grids / "image-query.png", f"image: {plan.image_query.name}")
+            _show(
+                f"image {plan.image_query}",
+                hits,
+                grid,
+                " ".join(SYNTHETIC_IMAGE_QUERY) if plan.labelled else None,
+            )
         stats = client.stats()
         print(f"\ncollection {stats.collection!r}: {stats.count} pictures, model {stats.model}")
     return 0
