@@ -36,13 +36,13 @@ class _Blocking(Connection):
 
 
 def _cancel_when_silent(
-    call: grpc.Call, ingestion: Ingestion, timeout: float, answered: threading.Event
+    call: grpc.Call, ingestion: Ingestion, timeout: float, ended: threading.Event
 ) -> None:
     """Cancels an ingest stream once the service has owed an answer for `timeout` s without giving any:
     a whole stream may take hours, but a service that stopped (or a network that dropped its packets) would
     otherwise hold the caller for ever."""
     while (left := ingestion.silence_left(timeout)) > 0:
-        if answered.wait(left):
+        if ended.wait(left):
             return
     ingestion.went_silent = True
     call.cancel()
@@ -79,9 +79,9 @@ class SearchClient:
         that breaks raises IngestInterrupted, with the results received until then."""
         ingestion = Ingestion(paths, recursive, self.collection, metadata, progress)
         call = self._stub.Ingest(ingestion.requests(self.limits()), metadata=self._connection.metadata())
-        answered = threading.Event()
+        ended = threading.Event()
         if self._connection.timeout is not None:
-            watch = (call, ingestion, self._connection.timeout, answered)
+            watch = (call, ingestion, self._connection.timeout, ended)
             threading.Thread(target=_cancel_when_silent, args=watch, daemon=True).start()
         try:
             for response in call:
@@ -90,7 +90,7 @@ class SearchClient:
             failure = self._connection.silence() if ingestion.went_silent else self._connection.error(error)
             raise IngestInterrupted(failure, ingestion.summary) from None
         finally:
-            answered.set()
+            ended.set()
             call.cancel()  # when the caller stopped reading (Ctrl-C): the service stops too
         ingestion.raise_failure()
         return ingestion.summary
