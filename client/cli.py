@@ -306,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(str(error))
         return EXIT_FAILED
     except KeyboardInterrupt:
+        _say("interrupted (Ctrl-C)")
         return 130
     return EXIT_OK
 

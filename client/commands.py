@@ -16,7 +16,7 @@ from imagesearch.tls import channel_credentials
 from .errors import ImageSearchError, IngestInterrupted
 from .grid import write_grid
 from .local import local_services
-from .models import IngestSummary, MetadataValue, QueryPart
+from .models import IngestItem, IngestSummary, MetadataValue, QueryPart
 from .output import print_hits, print_json, print_summary, print_summary_json, progress_bar, shown
 from .sync import EncoderClient, SearchClient
 
@@ -152,14 +152,25 @@ def _report(summary: IngestSummary, as_json: bool, interrupted: str = "") -> Non
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     metadata = tags(args)
+    latest: list[IngestSummary] = []  # the ingestion's summary, once an item has finished
+
+    def advance(item: IngestItem, summary: IngestSummary) -> None:
+        latest[:] = [summary]
+        if bar is not None:
+            bar(item, summary)
+
     with _search_client(args) as client:
         try:
-            with progress_bar(not args.no_progress) as progress:
+            with progress_bar(not args.no_progress) as bar:
                 summary = client.ingest(
-                    args.paths, metadata, recursive=not args.no_recursive, progress=progress
+                    args.paths, metadata, recursive=not args.no_recursive, progress=advance
                 )
         except IngestInterrupted as interrupted:
             _report(interrupted.summary, args.json, str(interrupted))
+            raise
+        except KeyboardInterrupt:  # the stream is cancelled; what was answered until then is reported
+            if latest:
+                _report(latest[0], args.json, "interrupted (Ctrl-C)")
             raise
     _report(summary, args.json)
     return EXIT_PARTIAL if summary.failed else EXIT_OK

@@ -17,6 +17,7 @@ from milvus_lite.server import Server as MilvusLiteServer
 from pymilvus import MilvusClient
 from test_search import PRESENT, STORED, folder, requests
 
+from client.cli import main
 from client.local import free_port
 from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
@@ -122,9 +123,28 @@ class Overloaded(encoder_pb2_grpc.EncoderServiceServicer):
         return self.encoder.EncodeImages(request)
 
 
+class Stalling(Overloaded):
+    """In front of a real encoder: holds every EncodeImages call until `released` is set (a GPU that hangs),
+    and says when the first one arrived."""
+
+    def __init__(self, encoder: str) -> None:
+        super().__init__(encoder, refusals=0)
+        self.arrived, self.released = threading.Event(), threading.Event()
+
+    def EncodeImages(self, request, context):
+        self.arrived.set()
+        self.released.wait(timeout=120)
+        return super().EncodeImages(request, context)
+
+
 @contextmanager
 def overloaded(encoder: str, refusals: int) -> Iterator[tuple[str, Overloaded]]:
-    proxy = Overloaded(encoder, refusals)
+    with standing_in(Overloaded(encoder, refusals)) as served:
+        yield served
+
+
+@contextmanager
+def standing_in(proxy: Overloaded) -> Iterator[tuple[str, Overloaded]]:
     server = grpc.server(ThreadPoolExecutor(4))
     encoder_pb2_grpc.add_EncoderServiceServicer_to_server(proxy, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -146,6 +166,37 @@ def test_an_overloaded_encoder_slows_an_ingest_down_without_failing_it(tiny_enco
         results = list(stub.Ingest(requests(folder(4, 2300))))
     assert proxy.refusals < 0  # every refusal was answered, and the next call went through
     assert [result.outcome for result in results] == [STORED] * 4
+
+
+def test_ctrl_c_during_an_ingest_reports_what_was_answered_and_what_was_not_done(
+    tiny_encoder, tmp_path, capsys
+) -> None:
+    """Ctrl-C used to end `imgsearch ingest` with nothing printed, while its stream went on."""
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    (pictures / "0-notes.txt").write_text("settled by the client: the first result")
+    for name, image in folder(3):
+        (pictures / Path(name).name).write_bytes(image)
+    main_thread = threading.main_thread().ident
+    assert main_thread is not None and threading.get_ident() == main_thread  # where Python raises it
+
+    def press_ctrl_c(proxy: Stalling) -> None:
+        if proxy.arrived.wait(timeout=60):  # the pictures are with the encoder, which holds them
+            signal.pthread_kill(main_thread, signal.SIGINT)
+
+    with (
+        standing_in(Stalling(tiny_encoder.grpc.address)) as (target, proxy),
+        running_search(target, tmp_path / "milvus.db") as search,
+    ):
+        threading.Thread(target=press_ctrl_c, args=(proxy,), daemon=True).start()
+        try:
+            code = main(["--server", search.grpc.address, "ingest", str(pictures), "--no-progress"])
+        finally:
+            proxy.released.set()
+    out, err = capsys.readouterr()
+    assert code == 130
+    assert out == "stored 0, already present 0, failed 0, skipped 1 (not images), not done 3\n"
+    assert err == "imgsearch: interrupted (Ctrl-C)\n"
 
 
 def test_a_call_over_the_encoders_message_limit_fails_at_once_not_as_a_full_queue(tiny_path, caplog) -> None:
