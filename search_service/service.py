@@ -4,7 +4,7 @@ import math
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -22,8 +22,12 @@ from .store import CollectionInfo, Store
 from .thumbnails import Thumbnails
 
 DEFAULT_TOP_K = 10
+Item = TypeVar("Item", search_pb2.Hit, search_pb2.Record)
 EXTRA_OUTPUT_FIELDS = {"vector", "ingested_at", "model"}
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# Room in an answer for what comes beside its hits or records: the model's name, each item's framing.
+_ANSWER_ENVELOPE_BYTES = 64 * 1024
+_ITEM_FRAMING_BYTES = 8
 
 
 def _record(row: dict[str, Any]) -> search_pb2.Record:
@@ -37,6 +41,21 @@ def _record(row: dict[str, Any]) -> search_pb2.Record:
         ingested_at=row.get("ingested_at", 0),
         vector=row.get("vector", []),
     )
+
+
+def _within_limit(items: list[Item], limit: int, asked: str) -> list[Item]:
+    """`items`, if an answer holding them stays within the message limit; otherwise INVALID_ARGUMENT saying
+    how many would (gRPC would fail the answer with RESOURCE_EXHAUSTED "Sent message larger than max",
+    naming nothing a caller could change). Only large metadata comes near it: 64 KiB a picture, twice."""
+    room = limit - _ANSWER_ENVELOPE_BYTES
+    for count, item in enumerate(items):
+        room -= item.ByteSize() + _ITEM_FRAMING_BYTES
+        if room < 0:
+            raise invalid_argument(
+                f"{asked}: the answer would be over the search service's message limit of {limit} bytes "
+                f"(their metadata is large); at most {count} fit"
+            )
+    return items
 
 
 def _output_fields(requested: list[str]) -> list[str]:
@@ -139,7 +158,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             for row in rows
             if min_score is None or row["distance"] >= min_score
         ]
-        return hits, model
+        return _within_limit(hits, self.config.max_message_bytes, f"top_k = {top_k}"), model
 
     def SearchText(
         self, request: search_pb2.SearchTextRequest, context: grpc.ServicerContext
@@ -230,9 +249,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         fields = _output_fields([*request.output_fields, "ingested_at", "model"])  # a record is always whole
         collection = self._collection(request.collection)
         rows = {row["id"]: row for row in self.store.get(collection.name, ids, fields)}
-        return search_pb2.GetResponse(
-            records=[_record(rows[image_id]) for image_id in ids if image_id in rows]
-        )
+        records = [_record(rows[image_id]) for image_id in ids if image_id in rows]
+        limit = self.config.max_message_bytes
+        return search_pb2.GetResponse(records=_within_limit(records, limit, f"{len(ids)} ids"))
 
     def Delete(
         self, request: search_pb2.DeleteRequest, context: grpc.ServicerContext

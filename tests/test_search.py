@@ -1,6 +1,7 @@
 """The search service with real encoder servers and real Milvus Lite files, over gRPC on loopback."""
 
 import hashlib
+import re
 import subprocess
 import sys
 import threading
@@ -145,6 +146,34 @@ def test_an_empty_metadata_key_fails_its_item(stub, collection) -> None:
     assert [(r.outcome, r.error) for r in results] == [
         (FAILED, "metadata key '' is empty: no filter could name it")
     ] * 2
+
+
+def test_an_answer_over_the_message_limit_is_refused_saying_how_many_fit(tiny_encoder, tmp_path) -> None:
+    """gRPC failed it with its own RESOURCE_EXHAUSTED ("Sent message larger than max"), naming nothing to
+    change: top_k hits or ids with metadata near its 64 KiB limit (carried twice, as text and typed)."""
+    limit = 1 << 20
+    with (
+        running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db", max_message_bytes=limit) as server,
+        search_stub(server.grpc.address) as stub,
+    ):
+        stored = ingest(stub, folder(20), metadata={"notes": "x" * 60_000})
+        assert [result.outcome for result in stored] == [STORED] * 20
+        too_many = search_pb2.SearchTextRequest(text="a picture", options=search_pb2.SearchOptions(top_k=20))
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.SearchText(too_many)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        said = refused.value.details()
+        assert said.startswith(
+            f"top_k = 20: the answer would be over the search service's message limit of {limit} bytes"
+        )
+        fit = int(re.fullmatch(r".*; at most (\d+) fit", said)[1])
+        assert 0 < fit < 20
+        fitting = search_pb2.SearchTextRequest(text="a picture", options=search_pb2.SearchOptions(top_k=fit))
+        assert len(stub.SearchText(fitting).hits) == fit
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Get(search_pb2.GetRequest(ids=[result.id for result in stored]))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == said.replace("top_k = 20", "20 ids")
 
 
 def test_a_picture_sent_again_after_its_answer_in_one_stream_is_present_or_fails_alike(
