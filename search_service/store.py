@@ -35,6 +35,14 @@ _MILVUS_INVALID_PARAMETER = 1100
 _MILVUS_COLLECTION_NOT_FOUND = 100
 _MILVUS_CANNOT_CONNECT = 2
 DELETE_BATCH = 1000
+FIELDS = (
+    "id",
+    "vector",
+    "uri",
+    "model",
+    "metadata",
+    "ingested_at",
+)  # each collection's, as `create` makes it
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,18 @@ class CollectionInfo:
                 f"collection {self.name!r} holds vectors of model {self.model!r}, but the encoder serves "
                 f"{model!r}: use an encoder of {self.model!r}, or another collection",
             )
+
+
+def _schema_problem(fields: list[dict[str, Any]], dimension: int) -> str:
+    """What sets a collection's fields apart from those `create` makes, or ""."""
+    by_name = {field["name"]: field for field in fields}
+    if sorted(by_name) != sorted(FIELDS):
+        return f"has the fields {sorted(by_name)}, where this service makes {sorted(FIELDS)}"
+    kind, dim = by_name["vector"].get("type"), int(by_name["vector"].get("params", {}).get("dim", 0))
+    if kind != DataType.FLOAT_VECTOR or dim != dimension:
+        named = getattr(kind, "name", kind)
+        return f"holds {named} vectors of {dim} dimensions, not FLOAT_VECTOR ones of {dimension} (its stamp)"
+    return ""
 
 
 class Store:
@@ -193,6 +213,11 @@ class Store:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"collection {name!r} was not made by this service (no model stamp); use another collection",
             ) from None
+        if problem := _schema_problem(description.get("fields", []), info.dimension):
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"collection {name!r} {problem}; use another collection",
+            )
         self._index(name)
         self._call(
             "load collection",
@@ -208,6 +233,17 @@ class Store:
         if self._call(
             "list indexes of", name, lambda: self._client.list_indexes(name, timeout=self.timeout_s)
         ):
+            index = self._call(
+                "describe the index of",
+                name,
+                lambda: self._client.describe_index(name, "vector", timeout=self.timeout_s),
+            )
+            if index.get("metric_type") != "COSINE":
+                raise ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"collection {name!r} indexes its vectors by {index.get('metric_type')}, where this "
+                    "service searches by COSINE; use another collection",
+                )
             return
         index = MilvusClient.prepare_index_params()
         index.add_index("vector", index_type=self.index_type, metric_type="COSINE", params=self.index_params)

@@ -1,5 +1,6 @@
 """Faults on loopback: a killed search service, lost encoders, an unreachable Milvus server; nothing lost."""
 
+import json
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ import pytest
 from conftest import running_encoder, running_search, search_stub, service_process, wait_for_health
 from grpc_health.v1 import health_pb2
 from milvus_lite.server import Server as MilvusLiteServer
-from pymilvus import MilvusClient
+from pymilvus import DataType, MilvusClient
 from test_search import PRESENT, STORED, folder, requests
 
 from client.cli import main
@@ -289,6 +290,45 @@ def test_a_milvus_lite_process_that_is_killed_is_started_again(tiny_encoder, tmp
                 assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
         assert answers == 3
         assert {r.outcome for r in stub.Ingest(requests(folder(4, 2300)))} == {PRESENT, STORED}
+
+
+def test_a_collection_stamped_as_this_services_but_of_another_shape_is_refused(
+    tiny_encoder, tmp_path
+) -> None:
+    """It was opened on the stamp's word: vectors of 256 dimensions were cut to size and reported stored, and
+    an L2 index failed every search with Milvus's "metric type not match"."""
+    db_file = tmp_path / "foreign.db"
+    milvus = MilvusClient(str(db_file))
+    stamp = json.dumps({"model": "tiny", "dimension": 512})
+    for name, dimension, metric in (("short", 256, "COSINE"), ("l2", 512, "L2"), ("bare", 512, "COSINE")):
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=stamp)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
+        if name != "bare":
+            schema.add_field("uri", DataType.VARCHAR, max_length=4096)
+            schema.add_field("model", DataType.VARCHAR, max_length=512)
+            schema.add_field("metadata", DataType.JSON)
+            schema.add_field("ingested_at", DataType.INT64)
+        milvus.create_collection(name, schema=schema)
+        index = MilvusClient.prepare_index_params()
+        index.add_index("vector", index_type="FLAT", metric_type=metric)
+        milvus.create_index(name, index)
+    milvus.close()
+    fields = "['id', 'ingested_at', 'metadata', 'model', 'uri', 'vector']"
+    refusals = {
+        "short": "holds FLOAT_VECTOR vectors of 256 dimensions, not FLOAT_VECTOR ones of 512 (its stamp)",
+        "l2": "indexes its vectors by L2, where this service searches by COSINE",
+        "bare": f"has the fields ['id', 'vector'], where this service makes {fields}",
+    }
+    with (
+        running_search(tiny_encoder.grpc.address, db_file) as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        for name, refusal in refusals.items():
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stub.Ingest(requests(folder(1), collection=name)))
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert refused.value.details() == f"collection {name!r} {refusal}; use another collection"
 
 
 def test_a_collection_left_without_an_index_gets_one_when_it_is_opened(tiny_encoder, tmp_path) -> None:
