@@ -14,6 +14,7 @@ import logging
 import re
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -89,6 +90,12 @@ class TextFormatter(logging.Formatter):
 def log_formatter(format: str) -> logging.Formatter:
     """The formatter of `--log-format` (json or text)."""
     return JsonFormatter() if format == "json" else TextFormatter()
+
+
+def ignore_setuptools_deprecation() -> None:
+    """clip and milvus_lite import pkg_resources (setuptools<81 keeps it for them): its deprecation warning is
+    no concern of whoever runs a service, and it was the one line of every start's log that is not JSON."""
+    warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
 
 
 def configure_logging(format: str = "json", level: str = "INFO") -> None:
