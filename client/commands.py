@@ -226,9 +226,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    """The stored records as JSON; an id that is not stored is named on stderr, and changes the exit code."""
     with _search_client(args) as client:
-        print_json(client.get(args.ids))
-    return EXIT_OK
+        records = client.get(args.ids)
+    print_json(records)
+    found = {record.id for record in records}
+    missing = [image_id for image_id in dict.fromkeys(args.ids) if image_id not in found]
+    for image_id in missing:
+        print(f"imgsearch: not stored: {shown(image_id)}", file=sys.stderr)
+    if not missing:
+        return EXIT_OK
+    return EXIT_PARTIAL if records else EXIT_FAILED
 
 
 def _confirmed(client: SearchClient, args: argparse.Namespace, params: dict[str, Any]) -> bool:

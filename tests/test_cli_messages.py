@@ -1,5 +1,6 @@
 """The command line and the SDK say what went wrong, with the right code, and never print a lie or a trace."""
 
+import hashlib
 import json
 import os
 import pty
@@ -14,7 +15,7 @@ from test_operability import scrape
 from test_search import picture
 
 from client import AsyncEncoderClient, AsyncSearchClient, EncoderClient, ImageSearchError, SearchClient
-from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from client.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, main
 from client.messages import search_options
 
 NOWHERE = "127.0.0.1:1"  # refused before any connection is tried
@@ -207,6 +208,20 @@ def test_filters_milvus_refuses_are_invalid_argument_and_asked_once(search, caps
     for method, calls in (("Search", 5), ("Delete", 1)):
         key = ("grpc_server_handled_total", (("code", "INVALID_ARGUMENT"), ("method", method)))
         assert after[key] - before.get(key, 0) == calls, method  # none retried
+
+
+def test_get_names_the_ids_that_are_not_stored_and_says_so_in_its_exit_code(search, capsys, tmp_path) -> None:
+    """An unknown id used to print [] (or be left out of the list) with exit 0."""
+    (tmp_path / "kept.png").write_bytes(picture(150))
+    server = ["--server", search.grpc.address, "--collection", "getting"]
+    assert cli(capsys, *server, "ingest", str(tmp_path), "--no-progress")[0] == EXIT_OK
+    stored, unknown = hashlib.sha256(picture(150)).hexdigest(), "f" * 64
+    code, out, err = cli(capsys, *server, "get", stored, unknown)
+    assert (code, [record["id"] for record in json.loads(out)]) == (EXIT_PARTIAL, [stored])
+    assert err == f"imgsearch: not stored: {unknown}\n"
+    code, out, err = cli(capsys, *server, "get", unknown)
+    assert (code, json.loads(out), err) == (EXIT_FAILED, [], f"imgsearch: not stored: {unknown}\n")
+    assert cli(capsys, *server, "get", stored)[0] == EXIT_OK
 
 
 def test_delete_by_filter_on_a_terminal_asks_first(search, capsys, tmp_path) -> None:
