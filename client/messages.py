@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imagesearch.defaults import MAX_METADATA_BYTES, metadata_bytes
 from imagesearch.v1 import encoder_pb2, search_pb2
 
 from .errors import refused
@@ -88,6 +89,9 @@ def metadata_maps(
         for key, value in metadata.items()
         if not isinstance(value, str)
     }
+    # Refused here, as the service would refuse every picture of an ingest for it, one by one.
+    if (size := metadata_bytes(metadata)) > MAX_METADATA_BYTES:
+        raise refused(f"metadata is {size} bytes as JSON, over the limit of {MAX_METADATA_BYTES} bytes")
     return strings, typed
 
 

@@ -1,9 +1,12 @@
 """Where each part listens unless told otherwise, and how many cores its processes may use: the one place
 these are written."""
 
+import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 ENCODER_PORT = 50051
 SEARCH_PORT = 50052
@@ -16,7 +19,14 @@ SEARCH_ADDRESS = f"localhost:{SEARCH_PORT}"
 
 # The largest request a search service accepts by default: one picture and its metadata.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_METADATA_BYTES = 64 * 1024  # a picture's metadata, as `metadata_bytes` measures it
 GRPC_LARGEST_MESSAGE = 2**31 - 1  # gRPC's ceiling on any one message
+
+
+def metadata_bytes(metadata: Mapping[str, Any]) -> int:
+    """A picture's metadata as Milvus is sent it: compact UTF-8 JSON, not json.dumps's \\uXXXX for every
+    non-ASCII character."""
+    return len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def is_port(number: int, none: int | None = None) -> bool:

@@ -9,7 +9,6 @@ which holds the vector and every field at once.
 
 import contextvars
 import hashlib
-import json
 import queue
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import grpc
 from prometheus_client import Counter
 
+from imagesearch.defaults import MAX_METADATA_BYTES, metadata_bytes
 from imagesearch.errors import ServiceError
 from imagesearch.v1 import search_pb2
 
@@ -31,7 +31,6 @@ from .store import MAX_URI_LENGTH, CollectionInfo, Store
 from .thumbnails import Thumbnails
 
 STORED, PRESENT, FAILED = search_pb2.OUTCOME_STORED, search_pb2.OUTCOME_PRESENT, search_pb2.OUTCOME_FAILED
-MAX_METADATA_BYTES = 65536
 
 
 @dataclass
@@ -78,11 +77,7 @@ def _problem(item: _Item) -> str:
         item.metadata = stored_metadata(item.text_metadata, item.typed_metadata)
     except BadMetadata as problem:
         return str(problem)
-    # Measured as Milvus is sent it: compact UTF-8, not json.dumps's \uXXXX for every non-ASCII character.
-    if (
-        len(json.dumps(item.metadata, ensure_ascii=False, separators=(",", ":")).encode())
-        > MAX_METADATA_BYTES
-    ):
+    if metadata_bytes(item.metadata) > MAX_METADATA_BYTES:
         return f"metadata is over the limit of {MAX_METADATA_BYTES} bytes as JSON"
     return ""
 

@@ -62,6 +62,10 @@ def test_the_sdk_refuses_what_it_cannot_send_with_its_own_error() -> None:
             (lambda: client.search_text("a", min_score="0.1"), "min_score = '0.1' is not a number"),
             (lambda: client.search_text("caf\udce9"), "text = 'caf\\udce9' is not UTF-8 text"),
             (lambda: client.ingest([], metadata={"a": "\udcff"}), "metadata['a'] = '\\udcff' is not UTF-8"),
+            (  # before a file is read: the service would fail every picture for it, one by one
+                lambda: client.ingest([], metadata={"notes": "é" * 40_000}),
+                "metadata is 80012 bytes as JSON, over the limit of 65536 bytes",
+            ),
         ):
             with pytest.raises(ImageSearchError) as refused:
                 call()

@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from imagesearch.defaults import MAX_METADATA_BYTES
 from imagesearch.errors import ServiceError
 from imagesearch.v1 import encoder_pb2, search_pb2
 from search_service.encoder_replicas import encode_images_request
-from search_service.ingest import _END, MAX_METADATA_BYTES, _fill_in_id, _Item, take_arrived
+from search_service.ingest import _END, _fill_in_id, _Item, take_arrived
 from search_service.store import MAX_URI_LENGTH
 
 
