@@ -90,9 +90,8 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
         return channel_credentials(
             args.tls_ca, args.tls_cert, args.tls_key, ("--tls-ca", "--tls-cert", "--tls-key")
         )
-    except (
-        ValueError
-    ) as error:  # a file missing or holding no PEM, a certificate without its key or another's
+    # A file missing or holding no PEM, a certificate without its key or with another's.
+    except ValueError as error:
         raise UsageError(str(error)) from None
 
 
