@@ -59,6 +59,20 @@ def filter_params(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def _numbers_given_as_text(pairs: Sequence[str]) -> list[str]:
+    """The --param pairs whose value JSON reads as a number or true/false (`year=2024`): a filter that
+    compares a number stored in metadata with one of them finds nothing, and no error says why."""
+    given = key_values(pairs, "--param")
+    return [f"{key}={value}" for key, value in given.items() if _is_json_scalar(value)]
+
+
+def _is_json_scalar(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), int | float | bool)
+    except ValueError:
+        return False
+
+
 def tags(args: argparse.Namespace) -> dict[str, MetadataValue]:
     return _merged(
         (key_values(args.tag, "--tag"), "--tag"),
@@ -205,6 +219,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         print_json(hits)
     else:
         print_hits(hits)
+    for pair in _numbers_given_as_text(args.param) if not hits else []:
+        print(
+            f"imgsearch: no hits; --param {pair} is text to the filter, and text matches no number or "
+            f"true/false in metadata: --param-json {pair} gives it a number",
+            file=sys.stderr,
+        )
     if args.grid:
         title = ", ".join(_described(part) for part in parts)
         print(f"grid: {write_grid(hits, args.grid, title)}", file=sys.stderr)

@@ -228,6 +228,25 @@ def test_get_names_the_ids_that_are_not_stored_and_says_so_in_its_exit_code(sear
     assert cli(capsys, *server, "get", stored)[0] == EXIT_OK
 
 
+def test_no_hits_for_a_number_given_as_text_say_how_to_give_a_number(search, capsys, tmp_path) -> None:
+    """`--param year=2024` compared with a year stored as a number matched nothing, and nothing said why."""
+    (tmp_path / "p.png").write_bytes(picture(160))
+    server = ["--server", search.grpc.address, "--collection", "typed"]
+    tagged = ["ingest", str(tmp_path), "--tag-json", "year=2024", "--tag", "album=x", "--no-progress"]
+    assert cli(capsys, *server, *tagged)[0] == EXIT_OK
+    query = [*server, "search", "a picture", "--filter", 'metadata["year"] == {y}']
+    code, out, err = cli(capsys, *query, "--param", "y=2024")
+    assert (code, out) == (EXIT_OK, "no hits\n")
+    assert err == (
+        "imgsearch: no hits; --param y=2024 is text to the filter, and text matches no number or true/false "
+        "in metadata: --param-json y=2024 gives it a number\n"
+    )
+    code, out, err = cli(capsys, *query, "--param-json", "y=2024")
+    assert code == EXIT_OK and "p.png" in out and err == ""
+    album = [*server, "search", "a picture", "--filter", 'metadata["album"] == {a}', "--param", "a=y"]
+    assert cli(capsys, *album) == (EXIT_OK, "no hits\n", "")  # no number given as text: nothing to say
+
+
 def test_delete_by_filter_on_a_terminal_asks_first(search, capsys, tmp_path) -> None:
     for index in range(3):
         (tmp_path / f"{index}.png").write_bytes(picture(140 + index))
