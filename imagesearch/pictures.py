@@ -6,9 +6,12 @@ from PIL import Image
 
 _SIXTEEN_BIT_GREY = {"I;16", "I;16L", "I;16B", "I;16N"}
 # The formats both services decode: Pillow's most used decoders, and no others (its rarer ones, PSD or FITS
-# say, have had the most security flaws). AVIF needs a Pillow with libavif, as its PyPI wheels have.
-FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
-NOT_A_PICTURE = "not a recognised image format (JPEG, PNG, GIF, WebP, BMP, TIFF or AVIF)"
+# say, have had the most security flaws). AVIF only where this Pillow has its decoder (11.2 on): Image.open
+# fails with a KeyError on a format it does not know.
+Image.init()
+FORMATS = tuple(name for name in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF") if name in Image.OPEN)
+_NAMED = [name.replace("WEBP", "WebP") for name in FORMATS]
+NOT_A_PICTURE = f"not a recognised image format ({', '.join(_NAMED[:-1])} or {_NAMED[-1]})"
 
 
 def _on_white(image: Image.Image) -> Image.Image:
