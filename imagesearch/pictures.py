@@ -1,15 +1,18 @@
 """Decoded pictures as people see them, for both services: the encoder's input and the search service's
 thumbnails. Needs Pillow, which both services' extras install (the SDK's core does not import this)."""
 
+import importlib.util
+
 import numpy as np
 from PIL import Image
 
 _SIXTEEN_BIT_GREY = {"I;16", "I;16L", "I;16B", "I;16N"}
 # The formats both services decode: Pillow's most used decoders, and no others (its rarer ones, PSD or FITS
-# say, have had the most security flaws). AVIF only where this Pillow has its decoder (11.2 on): Image.open
-# fails with a KeyError on a format it does not know.
-Image.init()
-FORMATS = tuple(name for name in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF") if name in Image.OPEN)
+# say, have had the most security flaws). AVIF only where this Pillow has its plugin (11.2 on): Image.open
+# fails with a KeyError on a format it does not know. Looked up, not loaded: Image.init() would load every
+# plugin (90 ms) in each process that imports this, where Image.open loads them only when a picture needs it.
+_HAS_AVIF = importlib.util.find_spec("PIL.AvifImagePlugin") is not None
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", *(("AVIF",) if _HAS_AVIF else ()))
 _NAMED = [name.replace("WEBP", "WebP") for name in FORMATS]
 NOT_A_PICTURE = f"not a recognised image format ({', '.join(_NAMED[:-1])} or {_NAMED[-1]})"
 
