@@ -254,25 +254,42 @@ class Ingestion:
         model, results = self.encoder.encode_images([item.image for item in items])
         collection.require_model(model)  # replicas could serve different models
         now = int(time.time())
-        rows = []
+        rows: list[tuple[_Item, dict[str, Any]]] = []
         for item, result in zip(items, results, strict=True):
             if isinstance(result, RejectedImage):
                 item.outcome, item.error = FAILED, result.reason
             else:
-                rows.append(
-                    {
-                        "id": item.id,
-                        "vector": result.tolist(),
-                        "uri": item.uri,
-                        "model": model,
-                        "metadata": item.metadata,
-                        "ingested_at": now,
-                    }
-                )
-        present = self.store.store_new(collection.name, rows)  # another stream may have stored some meanwhile
-        for item in items:
+                row = {
+                    "id": item.id,
+                    "vector": result.tolist(),
+                    "uri": item.uri,
+                    "model": model,
+                    "metadata": item.metadata,
+                    "ingested_at": now,
+                }
+                rows.append((item, row))
+        present = self._write(collection.name, rows)  # another stream may have stored some meanwhile
+        for item, _ in rows:
             if item.outcome != FAILED:
                 item.outcome = PRESENT if item.id in present else STORED
+
+    def _write(self, collection: str, rows: list[tuple[_Item, dict[str, Any]]]) -> set[str]:
+        """Writes the rows whose id is not stored yet; returns the ids that were. A batch that Milvus refuses
+        as malformed is written again row by row, so that only the items whose rows it refuses fail."""
+        try:
+            return self.store.store_new(collection, [row for _, row in rows])
+        except ServiceError as refusal:
+            if refusal.code != grpc.StatusCode.INVALID_ARGUMENT:
+                raise  # Milvus unreachable or failing: no row of the stream can be stored now
+        present: set[str] = set()
+        for item, row in rows:
+            try:
+                present |= self.store.store_new(collection, [row])
+            except ServiceError as refusal:
+                if refusal.code != grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+                item.outcome, item.error = FAILED, refusal.message
+        return present
 
     def _results(self, batch: list[_Item]) -> Iterator[search_pb2.IngestResponse]:
         for item in batch:

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from images import png
 from PIL import Image
+from pymilvus import MilvusException
 
 from client.local import free_port
 from encoder_service.config import EncoderConfig
@@ -249,6 +250,27 @@ def test_a_bad_picture_fails_alone(stub, collection) -> None:
     assert results[4].error == "empty image (0 bytes)"
     assert results[-1].totals == search_pb2.IngestTotals(received=8, stored=6, failed=2)
     assert stub.Stats(search_pb2.StatsRequest(collection=collection)).count == 6
+
+
+def test_a_row_that_milvus_refuses_fails_its_item_and_the_stream_goes_on(
+    search, stub, collection, monkeypatch
+) -> None:
+    """A refused batch write used to end the whole stream with INVALID_ARGUMENT naming no item. Milvus is
+    made to refuse one row (no real picture was found that it refuses: the service checks uris, metadata and
+    vectors before writing)."""
+    milvus_insert = search.store._client.insert
+
+    def refuses_one_row(name, rows, **kwargs):  # type: ignore[no-untyped-def]
+        if any(row["uri"] == "pics/1.png" for row in rows):
+            raise MilvusException(code=1100, message="injected: a row Milvus refuses")
+        return milvus_insert(name, rows, **kwargs)
+
+    monkeypatch.setattr(search.store._client, "insert", refuses_one_row)
+    results = ingest(stub, folder(4), collection=collection)
+    assert [r.outcome for r in results] == [STORED, FAILED, STORED, STORED]
+    assert results[1].error.endswith("Milvus refused the request: injected: a row Milvus refuses")
+    assert results[-1].totals == search_pb2.IngestTotals(received=4, stored=3, failed=1)
+    assert stub.Stats(search_pb2.StatsRequest(collection=collection)).count == 3
 
 
 def test_delete_by_id_and_by_filter(stub, collection) -> None:
