@@ -202,7 +202,7 @@ class AsyncSearchClient:
         )
 
     async def close(self) -> None:
-        await self._connection.channel.close()
+        await self._connection.close()
 
     async def __aenter__(self) -> AsyncSearchClient:
         return self
@@ -242,7 +242,7 @@ class AsyncEncoderClient:
         return await self._connection.call(self._stub.GetModelInfo, encoder_pb2.GetModelInfoRequest())
 
     async def close(self) -> None:
-        await self._connection.channel.close()
+        await self._connection.close()
 
     async def __aenter__(self) -> AsyncEncoderClient:
         return self

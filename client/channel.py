@@ -74,15 +74,27 @@ class Connection:
         self.target = target
         self.timeout = timeout
         self._token = token or ""
+        self._closed = False
         self.channel: Any = (
             api.secure_channel(target, credentials, _CHANNEL_OPTIONS)
             if credentials
             else api.insecure_channel(target, _CHANNEL_OPTIONS)
         )
 
+    def close(self) -> Any:
+        """Closes the channel (awaitable for grpc.aio); every later call raises ImageSearchError."""
+        self._closed = True
+        return self.channel.close()
+
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """A call's metadata: the token, and a request id that the services log and pass on (the one chosen
-        with `request_id`, or a fresh one)."""
+        with `request_id`, or a fresh one). Every call asks for it first, so a closed client is refused here
+        (grpc's own refusal is a ValueError)."""
+        if self._closed:
+            raise ImageSearchError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this client of the {self.service} at {self.target} is closed: make a new one",
+            )
         return (*bearer(self._token), (REQUEST_ID, _chosen_request_id.get() or uuid.uuid4().hex))
 
     def error(self, error: grpc.RpcError) -> ImageSearchError:

@@ -193,7 +193,7 @@ class SearchClient:
         return messages.limits(self._connection.call(self._stub.GetLimits, search_pb2.GetLimitsRequest()))
 
     def close(self) -> None:
-        self._connection.channel.close()
+        self._connection.close()
 
     def __enter__(self) -> SearchClient:
         return self
@@ -230,7 +230,7 @@ class EncoderClient:
         return self._connection.call(self._stub.GetModelInfo, encoder_pb2.GetModelInfoRequest())
 
     def close(self) -> None:
-        self._connection.channel.close()
+        self._connection.close()
 
     def __enter__(self) -> EncoderClient:
         return self

@@ -255,6 +255,41 @@ def test_sdk_raises_its_own_error_with_the_status(services) -> None:
     assert "'no_such_collection' does not exist" in error.value.message
 
 
+def test_a_closed_client_raises_the_sdks_own_error(services, photo_folder) -> None:
+    """grpc's closed channel raised ValueError (blocking) or its own UsageError (asyncio)."""
+    encoder_address, search_address = services
+
+    def closed(error: pytest.ExceptionInfo[ImageSearchError], service: str, address: str) -> bool:
+        message = f"this client of the {service} at {address} is closed: make a new one"
+        return error.value.code == grpc.StatusCode.FAILED_PRECONDITION and error.value.message == message
+
+    client = SearchClient(search_address)
+    client.close()
+    for call in (client.stats, lambda: client.ingest(photo_folder)):
+        with pytest.raises(ImageSearchError) as error:
+            call()
+        assert closed(error, "search service", search_address)
+    encoder = EncoderClient(encoder_address)
+    encoder.close()
+    with pytest.raises(ImageSearchError) as error:
+        encoder.encode_texts("a dog")
+    assert closed(error, "encoder service", encoder_address)
+
+    async def asynchronously() -> None:
+        client = AsyncSearchClient(search_address)
+        await client.close()
+        with pytest.raises(ImageSearchError) as error:
+            await client.search_text("a dog")
+        assert closed(error, "search service", search_address)
+        encoder = AsyncEncoderClient(encoder_address)
+        await encoder.close()
+        with pytest.raises(ImageSearchError) as error:
+            await encoder.info()
+        assert closed(error, "encoder service", encoder_address)
+
+    asyncio.run(asynchronously())
+
+
 def test_cli_ingest_search_and_grid(services, photo_folder, tmp_path, capsys) -> None:
     server = ["--server", services[1], "--collection", "cli"]
     code, out, _ = cli(capsys, *server, "ingest", str(photo_folder), "--tag", "album=summer", "--no-progress")
