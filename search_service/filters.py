@@ -7,8 +7,10 @@ A placeholder is only recognised outside string literals, so `uri like "{x}%"` k
 
 What Milvus would evaluate differently on Lite and on a server, or not survive, is refused here: unbalanced
 parentheses (Lite accepts them), an empty list or a list of mixed types (Lite fails while running it), more
-than MAX_OPERATORS `and`/`or` (Lite fails past about 50, a server parses for seconds past a few hundred), and
-a `like` pattern of wildcards alone (Lite matches nothing with `%`).
+than MAX_OPERATORS `and`/`or` (Lite fails past about 50, a server parses for seconds past a few hundred), a
+`like` pattern of wildcards alone (Lite matches nothing with `%`), and the `like` patterns Lite reads as an
+equality or a prefix but wrongly: with an escape (it compares the text with its backslashes), or ending in
+`_` (it reads that `_` as `%`).
 """
 
 import math
@@ -139,6 +141,33 @@ def _substitute(expression: str, params: dict[str, search_pb2.FilterValue]) -> s
     return "".join(pieces)
 
 
+def _like_pattern(literal: str) -> str:
+    """The pattern a `like` string literal holds: Milvus removes the literal's own escapes first."""
+    return re.sub(r"\\(.)", r"\1", literal[1:-1], flags=re.DOTALL)
+
+
+def _misread_by_lite(literal: str) -> str:
+    """Why Milvus Lite 2.5.1 would match the `like` pattern in `literal` otherwise than it means, or "".
+
+    Lite drops the pattern's trailing run of `%` and `_`; when what is left holds no wildcard, it compares
+    that text as written (escapes included) for equality, or as a prefix if it dropped anything."""
+    pattern = _like_pattern(literal)
+    end = len(pattern)
+    while end and pattern[end - 1] in "%_" and pattern[end - 2 : end - 1] != "\\":
+        end -= 1
+    if re.search(r"(?<!\\)[%_]", pattern[:end]):
+        return ""  # a wildcard inside: Lite matches the whole pattern as it should
+    if "\\" in pattern[:end]:
+        return (
+            "which Milvus Lite compares as it is written, escapes included, and so misses what it should "
+            "match: compare with == for a whole value, or write _ (any one character) for each escaped "
+            "character"
+        )
+    if "_" in pattern[end:]:
+        return "whose trailing _ Milvus Lite reads as % (any number of characters, not one)"
+    return ""
+
+
 def _check_structure(expression: str) -> None:
     """Refuses what Milvus Lite and a Milvus server would evaluate differently, or not survive."""
     open_brackets: list[str] = []
@@ -151,6 +180,8 @@ def _check_structure(expression: str) -> None:
                     f"filter has the pattern like {text}, which matches every value (and none on Milvus "
                     "Lite): leave out the condition"
                 )
+            if follows_like and (misread := _misread_by_lite(text)):
+                raise invalid_argument(f"filter has the pattern like {text}, {misread}")
             follows_like = False
             continue
         operators += len(_OPERATOR.findall(text))

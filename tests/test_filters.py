@@ -26,14 +26,14 @@ def test_placeholders_become_escaped_literals_of_their_type() -> None:
     rendered = render_filter(
         'uri like {prefix} and metadata["year"] in {years} and metadata["ok"] == {ok} or x > {f}',
         {
-            "prefix": text('a "quoted" \\ path/%'),
+            "prefix": text('%a "quoted" \\ path/%'),
             "years": listed(FilterValue(int_value=2023), FilterValue(float_value=2024.5)),
             "ok": FilterValue(bool_value=True),
             "f": FilterValue(float_value=0.25),
         },
     )
     assert rendered == (
-        'uri like "a \\"quoted\\" \\\\ path/%" and metadata["year"] in [2023.0, 2024.5] and '
+        'uri like "%a \\"quoted\\" \\\\ path/%" and metadata["year"] in [2023.0, 2024.5] and '
         'metadata["ok"] == true or x > 0.25'
     )
 
@@ -99,3 +99,15 @@ def test_a_like_pattern_of_wildcards_alone_is_refused_however_it_is_written() ->
         assert "matches every value" in refusal(written, **({"p": text("_")} if "{p}" in written else {}))
     assert render_filter("uri like {p}", {"p": text("%.jpg")}) == 'uri like "%.jpg"'
     assert render_filter('uri == "%"', {}) == 'uri == "%"'
+
+
+def test_a_like_pattern_milvus_lite_would_read_wrongly_is_refused_saying_why() -> None:
+    """A Windows folder's pattern matched nothing on Lite, which compared it with its escapes."""
+    windows = refusal("uri like {p}", p=text("C:\\\\photos\\\\%"))
+    assert windows.startswith(
+        'filter has the pattern like "C:\\\\\\\\photos\\\\\\\\%", which Milvus Lite compares'
+    )
+    assert "compare with == for a whole value, or write _ (any one character)" in windows
+    assert "trailing _ Milvus Lite reads as %" in refusal('uri like "pics/00_"')
+    for read_right in ("C:_photos_%", "%\\\\photos\\\\%", "pics/0_.png", "pics/%", "%/100\\%"):
+        assert render_filter("uri like {p}", {"p": text(read_right)})

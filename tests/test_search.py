@@ -1,6 +1,7 @@
 """The search service with real encoder servers and real Milvus Lite files, over gRPC on loopback."""
 
 import hashlib
+import itertools
 import re
 import subprocess
 import sys
@@ -22,9 +23,10 @@ from pymilvus import MilvusException
 from client.local import free_port
 from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
+from imagesearch.errors import ServiceError
 from imagesearch.v1 import search_pb2
 from search_service.config import SearchConfig
-from search_service.filters import render_filter
+from search_service.filters import render_filter, render_value
 from search_service.server import SearchServer
 
 STORED, PRESENT, FAILED = search_pb2.OUTCOME_STORED, search_pb2.OUTCOME_PRESENT, search_pb2.OUTCOME_FAILED
@@ -607,3 +609,52 @@ def test_no_parameter_value_changes_the_filter_structure(search, values, probe) 
             expression = render_filter(f"{field} == {{v}}", {"v": search_pb2.FilterValue(string_value=value)})
             matched = {row["uri"] for row in store.search(name, [1.0, 0, 0, 0], 16, 0, expression, ["uri"])}
             assert matched == ({value} & set(values)), (field, value)
+
+
+def like_regex(tokens: list[str]) -> re.Pattern[str]:
+    """What a `like` pattern means: `%` any characters, `_` any one, and a backslash escapes the next."""
+    meaning = {"%": ".*", "_": ".", "\\%": "%", "\\_": "_", "\\\\": re.escape("\\")}
+    return re.compile("".join(meaning.get(token, re.escape(token)) for token in tokens), re.DOTALL)
+
+
+# Every uri of up to 4 of these characters, so that each pattern of up to 4 tokens below matches some.
+LIKE_URIS = ["".join(chars) for size in range(1, 5) for chars in itertools.product("ab/\\%_", repeat=size)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    tokens=st.lists(st.sampled_from(["a", "b", "/", "%", "_", "\\%", "\\_", "\\\\"]), min_size=1, max_size=4)
+)
+def test_a_like_pattern_is_refused_exactly_when_milvus_lite_would_match_it_wrongly(search, tokens) -> None:
+    """Lite reads a pattern with no wildcard before its trailing ones as an equality or a prefix, comparing
+    the text with its escapes and taking a trailing `_` for `%`: `C:\\photos\\%` matched nothing."""
+    store, name = search.store, "like_property"
+    collection = store.create(name, "property-test", 4)
+    if store.count(name) == 0:
+        store.upsert(
+            collection.name,
+            [
+                {
+                    "id": hashlib.sha256(uri.encode()).hexdigest(),
+                    "vector": [1.0, 0, 0, 0],
+                    "uri": uri,
+                    "model": "property-test",
+                    "metadata": {},
+                    "ingested_at": 0,
+                }
+                for uri in LIKE_URIS
+            ],
+        )
+    pattern = search_pb2.FilterValue(string_value="".join(tokens))
+    meant = {uri for uri in LIKE_URIS if like_regex(tokens).fullmatch(uri)}
+
+    def matched(expression: str) -> set[str]:
+        rows = store.search(name, [1.0, 0, 0, 0], len(LIKE_URIS), 0, expression, ["uri"])
+        return {row["uri"] for row in rows}
+
+    try:
+        expression = render_filter("uri like {p}", {"p": pattern})
+    except ServiceError:
+        assert matched(f"uri like {render_value('p', pattern)}") != meant
+    else:
+        assert matched(expression) == meant
