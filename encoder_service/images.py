@@ -9,9 +9,9 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from imagesearch.pictures import FORMATS, NOT_A_PICTURE, to_rgb
+from imagesearch.pictures import FORMATS, NOT_A_PICTURE, orientation, to_rgb, upright
 
 # Our own pixel limit is checked from the header; Pillow's global bomb check would only duplicate it.
 Image.MAX_IMAGE_PIXELS = None
@@ -79,7 +79,8 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
         )
     if width == 0 or height == 0:
         raise ImageRejected(f"{width}x{height} pixels: the image is empty")
-    if image.format == "JPEG" and (scans := data.count(_START_OF_SCAN)) > MAX_JPEG_SCANS:
+    # MPO: a phone's multi-picture JPEG, whose first picture Pillow decodes as any JPEG.
+    if image.format in ("JPEG", "MPO") and (scans := data.count(_START_OF_SCAN)) > MAX_JPEG_SCANS:
         raise ImageRejected(f"a JPEG of {scans} scans is over the limit of {MAX_JPEG_SCANS} scans")
     return image
 
@@ -98,8 +99,7 @@ def decode_image(data: bytes, limits: ImageLimits, smallest_side: int) -> Image.
             image.seek(0)
             image.draft(image.mode, (smallest_side, smallest_side))
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image)
+            return to_rgb(upright(image))
     except Exception as error:
         raise ImageRejected(f"cannot decode {image.format or 'image'} data: {error}") from None
 
@@ -148,15 +148,11 @@ def pixels_for_clip(data: bytes, limits: ImageLimits, resolution: int) -> np.nda
 def jpeg_for_device(data: bytes, limits: ImageLimits) -> DeviceJpeg | None:
     """`data` as a JPEG that nvJPEG decodes as libjpeg would (to a level or two of colour upsampling), once
     within `limits`; None for what only the PIL path does right: other formats, CMYK, greyscale and
-    Adobe-marked JPEGs, strips, data that does not end where a JPEG ends (truncated files, trailing bytes),
-    unreadable EXIF. ImageRejected past a limit."""
+    Adobe-marked JPEGs, strips, data that does not end where a JPEG ends (truncated files, trailing bytes).
+    ImageRejected past a limit."""
     image = open_checked(data, limits)
     if image.format != "JPEG" or image.mode != "RGB" or "adobe" in image.info or is_a_strip(*image.size):
         return None
     if not data.endswith(_END_OF_IMAGE):
         return None
-    try:
-        orientation = int(image.getexif().get(ExifTags.Base.Orientation, 1))
-    except Exception:
-        return None
-    return DeviceJpeg(data, orientation if 1 <= orientation <= 8 else 1, image.width * image.height)
+    return DeviceJpeg(data, orientation(image), image.width * image.height)

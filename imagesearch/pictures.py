@@ -4,7 +4,7 @@ thumbnails. Needs Pillow, which both services' extras install (the SDK's core do
 import importlib.util
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image
 
 _SIXTEEN_BIT_GREY = {"I;16", "I;16L", "I;16B", "I;16N"}
 # The formats both services decode: Pillow's most used decoders, and no others (its rarer ones, PSD or FITS
@@ -15,6 +15,34 @@ _HAS_AVIF = importlib.util.find_spec("PIL.AvifImagePlugin") is not None
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", *(("AVIF",) if _HAS_AVIF else ()))
 _NAMED = [name.replace("WEBP", "WebP") for name in FORMATS]
 NOT_A_PICTURE = f"not a recognised image format ({', '.join(_NAMED[:-1])} or {_NAMED[-1]})"
+
+
+# How to turn a picture upright for each EXIF orientation, as Pillow's ImageOps.exif_transpose does.
+_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def orientation(image: Image.Image) -> int:
+    """The picture's EXIF orientation, 1-8; 1 (as stored) when its EXIF cannot be read or says no more."""
+    try:
+        value = int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:
+        return 1
+    return value if value in _TURNS else 1
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The picture turned as its EXIF orientation says. Not ImageOps.exif_transpose: it also rewrites the
+    EXIF, and fails on one mistyped tag, in a picture whose pixels and orientation read well."""
+    turn = _TURNS.get(orientation(image))
+    return image.transpose(turn) if turn is not None else image
 
 
 def _on_white(image: Image.Image) -> Image.Image:
