@@ -51,6 +51,7 @@ EPILOG = """exit codes:
   1  failed (the message says why and what to do)
   2  usage error, or a request refused for its arguments before it was sent
   3  some items failed, the rest were done (ingest)
+  130  Ctrl-C
 
 environment: IMGSEARCH_SERVER, IMGSEARCH_ENCODER, IMGSEARCH_COLLECTION, IMGSEARCH_TOKEN,
   IMGSEARCH_TLS, IMGSEARCH_TLS_CA, IMGSEARCH_TLS_CERT, IMGSEARCH_TLS_KEY"""
@@ -77,7 +78,8 @@ def _seconds(text: str) -> float:
 def _port(text: str, none: int | None) -> int:
     """`text` as a port (the services' own rule), or `none`; a usage error otherwise."""
     if not (re.fullmatch(r"-?[0-9]+", text) and is_port(int(text), none)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535, or 0: any free one)")
+        off = "" if none is None else f", or {none}: none"
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535, 0: any free one{off})")
     return int(text)
 
 
@@ -213,7 +215,7 @@ def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     get.set_defaults(run=cmd_get)
 
     delete = commands.add_parser("delete", help="delete pictures by id or by filter")
-    delete.add_argument("--id", action="append", default=[], metavar="ID")
+    delete.add_argument("--id", action="extend", nargs="+", default=[], metavar="ID")
     _add_filter_arguments(delete)
     delete.add_argument("--yes", action="store_true", help="do not ask before deleting what a filter matches")
     delete.set_defaults(run=cmd_delete)

@@ -99,7 +99,10 @@ def test_a_numpy_whole_number_is_a_whole_number_and_a_float_is_not() -> None:
         (["search", "caf\udce9"], "'caf\\udce9' is not UTF-8 text"),
         (["up", "--encoder-port", "70000"], "argument --encoder-port: '70000' is not a port"),
         (["up", "--web-port", "-1"], "argument --web-port: '-1' is not a port"),
-        (["up", "--search-metrics-port", "-2"], "argument --search-metrics-port: '-2' is not a port"),
+        (
+            ["up", "--search-metrics-port", "-2"],
+            "argument --search-metrics-port: '-2' is not a port (1 to 65535, 0: any free one, or -1: none)",
+        ),
     ],
 )
 def test_arguments_no_call_could_use_are_usage_errors(capsys, arguments, message) -> None:

@@ -317,6 +317,14 @@ def test_cli_ingest_search_and_grid(services, photo_folder, tmp_path, capsys) ->
     code, out, _ = cli(capsys, *server, "stats")
     assert code == EXIT_OK and "collection cli: 7 pictures" in out
 
+    first, second, third = (
+        hit["id"] for hit in json.loads(cli(capsys, *server, "search", "x", "--json")[1])[:3]
+    )
+    code, out, _ = cli(
+        capsys, *server, "delete", "--id", first, second, "--id", third
+    )  # as the README writes
+    assert code == EXIT_OK and "deleted 3" in out
+
 
 def test_the_ingest_progress_bar_is_redrawn_a_few_times_a_second_not_for_every_picture(capsys) -> None:
     pictures = 2000
