@@ -3,6 +3,7 @@
 import logging
 import math
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -101,10 +102,28 @@ class _Health(health.HealthServicer):
         return super().Watch(request, context, send_response_callback)
 
 
+def _not_this_machines(host: str) -> str:
+    """Why nothing can listen on `host` whatever the port (it does not resolve, or names no address of this
+    machine); "" when something can."""
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), 0, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        return f"{host!r} does not resolve ({error.strerror})"
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            try:
+                probe.bind(address)
+            except OSError:
+                continue
+            return ""
+    return f"{host!r} is not an address of this machine"
+
+
 def _bind(
     server: grpc.Server, host: str, port: int, flag: str, credentials: grpc.ServerCredentials | None = None
 ) -> int:
-    """The port `server` listens on at host:port; OSError naming the flag when another process holds it."""
+    """The port `server` listens on at host:port; OSError naming `--host` when that is not this machine's,
+    or the port's flag when another process holds it."""
     address = f"{host}:{port}"
     try:
         bound = (
@@ -113,10 +132,9 @@ def _bind(
     except RuntimeError:
         bound = 0
     if bound == 0:
-        raise OSError(
-            f"cannot listen on {address} ({flag}): another process holds that port, or the address is not "
-            "one of this machine's"
-        )
+        if problem := _not_this_machines(host):
+            raise OSError(f"cannot listen on {address} (--host): {problem}")
+        raise OSError(f"cannot listen on {address} ({flag}): another process holds that port")
     return bound
 
 

@@ -42,6 +42,18 @@ def test_a_second_server_on_a_taken_port_fails_and_names_the_flag(tiny_encoder, 
             pass
 
 
+def test_a_host_that_is_not_this_machines_is_named_not_the_port(tiny_path) -> None:
+    """It was blamed on --port: "another process holds that port, or the address is not one of this
+    machine's"."""
+    for host, problem in (
+        ("no-such-host.invalid", "'no-such-host.invalid' does not resolve"),
+        ("192.0.2.1", "'192.0.2.1' is not an address of this machine"),  # TEST-NET-1: nobody's
+    ):
+        with pytest.raises(OSError) as refused, running_encoder(tiny_path, host=host):
+            pass
+        assert str(refused.value).startswith(f"cannot listen on {host}:0 (--host): {problem}")
+
+
 def test_a_search_service_on_a_taken_port_exits_with_one_line(tiny_encoder, tmp_path) -> None:
     port = tiny_encoder.grpc.address.rsplit(":", 1)[1]
     command = [sys.executable, "-m", "search_service", "--port", port, "--metrics-port", "-1"]
