@@ -61,11 +61,15 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {**({"request_id": request_id} if request_id else {}), **getattr(record, "fields", {})}
 
 
+def _time(record: logging.LogRecord) -> str:
+    """ISO 8601 with milliseconds and the UTC offset: 2026-11-28T13:27:45.123+00:00."""
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            # ISO 8601 with milliseconds and the UTC offset, 2026-11-28T13:27:45.123+00:00
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": _time(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -81,6 +85,9 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _time(record)  # as the JSON lines' time, not logging's local time without its offset
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         fields = (f"{key}={value}" for key, value in _fields(record).items())

@@ -241,9 +241,11 @@ def test_text_log_lines_carry_the_request_id_and_milliseconds(access_record) -> 
     assert re.search(r" ms=[0-9.]+( |$)", line)
 
 
-def test_json_log_time_has_milliseconds_and_the_utc_offset(access_record) -> None:
+def test_log_time_has_milliseconds_and_the_utc_offset_in_json_and_text(access_record) -> None:
+    """Text lines had logging's local time, without its offset."""
+    text_time = log_formatter("text").format(access_record).split()[0]
     time = json.loads(log_formatter("json").format(access_record))["time"]
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", time)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", time) and text_time == time
     assert abs(datetime.fromisoformat(time).timestamp() - access_record.created) < 0.001
 
 
