@@ -46,7 +46,7 @@ class EncoderConfig(ServerSettings):
     )
     decode_workers: int = setting(
         0,
-        "processes that decode images and tokenise long requests (0: 4, or half the cores up to 16 on CUDA)",
+        "processes that decode images and tokenise long requests (0: 4; on CUDA half the cores, 4 to 16)",
     )
     jpeg_decoding: str = setting(
         "auto",
