@@ -17,7 +17,7 @@ from .images import ImageLimits, RejectedImage
 from .metrics import EncoderMetrics
 from .model import ClipModel
 from .towers import CpuThread, ImageTower, JpegDecoding, TextTower, Turn
-from .workers import WorkerPool
+from .workers import WhenCallEnds, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,12 @@ class EncoderRuntime:
                 self.cache.put(name, texts[index], results[index])
         return results  # type: ignore[return-value]
 
-    def encode_images(self, images: Sequence[bytes]) -> list[np.ndarray | RejectedImage]:
+    def encode_images(
+        self, images: Sequence[bytes], when_call_ends: WhenCallEnds | None = None
+    ) -> list[np.ndarray | RejectedImage]:
         """For each image in order, its vector or why it has none."""
         with self.images.expect(len(images)) as arrival:
-            prepared = self.image_tower.prepare(images)
+            prepared = self.image_tower.prepare(images, when_call_ends)
             good = [item for item in prepared if not isinstance(item, RejectedImage)]
             future = arrival.submit(good)
         vectors = iter(future.result())

@@ -14,6 +14,7 @@ from .batcher import BatcherClosed, QueueFull
 from .config import EncoderConfig
 from .images import RejectedImage
 from .runtime import EncoderRuntime
+from .workers import WorkerDied
 
 _VALUES_FIELD = 1  # Vector.values
 
@@ -35,6 +36,10 @@ def _batching_errors() -> Iterator[None]:
         ) from None
     except BatcherClosed as error:
         raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
+    except WorkerDied as error:  # tokenising: one text cannot be told from the others, so the call fails
+        raise ServiceError(
+            grpc.StatusCode.UNAVAILABLE, f"tokenising the texts crashed: {error}; retry"
+        ) from None
 
 
 def _image_result(index: int, outcome: np.ndarray | RejectedImage) -> encoder_pb2.ImageResult:
@@ -87,7 +92,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         runtime = self._ready()
         self._check_count("images", len(request.images))
         with _batching_errors():
-            outcomes = runtime.encode_images(request.images)
+            outcomes = runtime.encode_images(request.images, context.add_callback)
         return encoder_pb2.EncodeImagesResponse(
             model=runtime.model.name,
             results=[_image_result(index, outcome) for index, outcome in enumerate(outcomes)],

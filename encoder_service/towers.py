@@ -13,7 +13,7 @@ from .graphs import GraphedForward
 from .images import DeviceJpeg, ImageLimits, ImageRejected, RejectedImage, jpeg_for_device
 from .model import ClipModel
 from .preprocess import decode_on_device
-from .workers import WorkerPool
+from .workers import WhenCallEnds, WorkerPool
 
 # What the image batcher queues: pixels from a worker process, or pixels already on the device.
 ImagePixels = np.ndarray | torch.Tensor
@@ -148,10 +148,12 @@ class ImageTower:
         self.jpegs = jpegs
         self.turn = turn
 
-    def prepare(self, images: Sequence[bytes]) -> list[ImagePixels | RejectedImage]:
+    def prepare(
+        self, images: Sequence[bytes], when_call_ends: WhenCallEnds | None = None
+    ) -> list[ImagePixels | RejectedImage]:
         """Each image's pixels for the batcher, or why it cannot be encoded."""
         if self.jpegs is None:
-            return list(self.workers.decode(images))
+            return list(self.workers.decode(images, when_call_ends))
         prepared: list = [self._route(data) for data in images]
         jpegs = [index for index, item in enumerate(prepared) if isinstance(item, DeviceJpeg)]
         decoded = self.jpegs([prepared[i] for i in jpegs])
@@ -159,7 +161,8 @@ class ImageTower:
             # A JPEG whose decoding call failed goes to the workers, which decode it or say why not.
             prepared[index] = prepared[index].data if pixels is None else pixels
         left = [index for index, item in enumerate(prepared) if isinstance(item, bytes)]
-        for index, outcome in zip(left, self.workers.decode([prepared[i] for i in left]), strict=True):
+        decoded_here = self.workers.decode([prepared[i] for i in left], when_call_ends)
+        for index, outcome in zip(left, decoded_here, strict=True):
             prepared[index] = outcome
         return prepared
 

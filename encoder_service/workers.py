@@ -4,7 +4,8 @@ Threads would share one interpreter lock, and PIL's and the tokenizer's Python w
 processes do not. They are started with `spawn` (forking a process that already runs torch or gRPC threads
 can hang), import nothing heavier than PIL, numpy and the tokenizer, and hand pixels back as CLIP's final
 uint8 picture (150 KB for 224x224) read straight into an array. A worker that dies is replaced and its task
-retried once, so other requests never see it; a task that kills two workers in a row fails alone.
+retried once, so other requests never see it; a task that kills two workers in a row fails alone. The
+pictures of a call that ended (its caller gone, its deadline passed) are dropped from the queue.
 """
 
 import logging
@@ -14,7 +15,7 @@ import queue
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -29,6 +30,8 @@ _READY = "ready"
 _DECODE, _TOKENIZE = "decode", "tokenize"
 # Fewer texts than this are not worth a trip to another process: a lone query is tokenised where it arrives.
 MIN_TEXTS_PER_TASK = 8
+# Registers what to run once the caller's call has ended, however it ended (grpc's context.add_callback).
+WhenCallEnds = Callable[[Callable[[], None]], object]
 
 
 class WorkerDied(RuntimeError):
@@ -78,11 +81,16 @@ class _Worker:
         raise WorkerDied("the worker process died twice on this item")
 
     def _replace(self) -> None:
+        """A new process in place of the dead one; WorkerDied if that one dies too before it is ready (the
+        next task replaces it again)."""
         self.connection.close()
         self.process.kill()
         self.process.join()
         self.process, self.connection = self._start()
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except (EOFError, OSError):
+            raise WorkerDied("a new worker process died as it started") from None
 
     def close(self) -> None:
         self.connection.close()  # the worker reads EOF and returns
@@ -131,6 +139,8 @@ class WorkerPool:
     def _feed(self, worker: _Worker) -> None:
         while (entry := self._tasks.get()) is not None:
             task, receive, future = entry
+            if not future.set_running_or_notify_cancel():
+                continue  # its call has ended
             try:
                 future.set_result(worker.call(task, receive))
             except Exception as error:
@@ -150,15 +160,22 @@ class WorkerPool:
             raise RuntimeError("a worker sent a picture of the wrong size")
         return pixels
 
-    def decode(self, images: Sequence[bytes]) -> list[np.ndarray | RejectedImage]:
-        """For each image in order: CLIP's (resolution, resolution, 3) uint8 input pixels, or why not."""
+    def decode(
+        self, images: Sequence[bytes], when_call_ends: WhenCallEnds | None = None
+    ) -> list[np.ndarray | RejectedImage]:
+        """For each image in order: CLIP's (resolution, resolution, 3) uint8 input pixels, or why not. Those
+        not yet decoding when the call ends are left undecoded: its caller will not read them."""
         futures = [self._submit((_DECODE, data), self._receive_pixels) for data in images]
+        if when_call_ends is not None:
+            when_call_ends(lambda: [future.cancel() for future in futures])
         outcomes: list[np.ndarray | RejectedImage] = []
         for future in futures:
             try:
                 outcomes.append(future.result())
             except WorkerDied as error:
                 outcomes.append(RejectedImage(f"decoding crashed: {error}"))
+            except CancelledError:
+                outcomes.append(RejectedImage("not decoded: the call ended first"))
         return outcomes
 
     def tokenize(self, texts: list[str]) -> TokenizedTexts:

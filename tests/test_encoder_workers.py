@@ -1,10 +1,13 @@
 """The worker processes that decode images and tokenise texts, and the tokenizer they share."""
 
+import multiprocessing
 import os
 import signal
 from collections.abc import Iterator
+from multiprocessing.connection import Connection
 
 import clip
+import grpc
 import numpy as np
 import pytest
 from hypothesis import example, given
@@ -13,8 +16,10 @@ from images import jpeg, png, png_with_size_header, solid, two_tone
 from PIL import Image
 
 from encoder_service.images import ImageLimits, RejectedImage, pixels_for_clip
+from encoder_service.service import _batching_errors
 from encoder_service.tokens import _word_ids, tokenize
-from encoder_service.workers import MIN_TEXTS_PER_TASK, WorkerPool
+from encoder_service.workers import MIN_TEXTS_PER_TASK, WorkerDied, WorkerPool, _serve, _Worker
+from imagesearch.errors import ServiceError
 
 LIMITS = ImageLimits(max_bytes=40_000, max_pixels=1_000_000)
 RESOLUTION, CONTEXT = 32, 77
@@ -72,6 +77,57 @@ def test_a_worker_that_dies_is_replaced_and_no_request_fails() -> None:
     expected = [pixels_for_clip(data, LIMITS, RESOLUTION) for data in images]
     assert all(same_outcome(got, want) for got, want in zip(outcomes, expected, strict=True))
     assert after != before
+
+
+def test_a_worker_whose_replacement_dies_as_it_starts_fails_its_item_alone() -> None:
+    """The replacement's death came out as a bare EOFError: the whole call failed UNKNOWN, with no message."""
+    context = multiprocessing.get_context("spawn")
+    started: list[int] = []
+
+    def start() -> tuple[multiprocessing.process.BaseProcess, Connection]:
+        parent, child = context.Pipe()
+        first = not started
+        target, args = (_serve, (child, LIMITS, RESOLUTION, CONTEXT)) if first else (os._exit, (1,))
+        process = context.Process(target=target, args=args, daemon=True)
+        process.start()
+        child.close()
+        started.append(process.pid or 0)
+        return process, parent
+
+    worker = _Worker(start)
+    try:
+        worker.wait_ready()
+        os.kill(started[0], signal.SIGKILL)
+        with pytest.raises(WorkerDied, match="a new worker process died as it started"):
+            worker.call(("decode", png(solid((1, 2, 3)))), Connection.recv)
+    finally:
+        worker.close()
+
+
+def test_pictures_still_queued_when_their_call_ends_are_not_decoded() -> None:
+    """They were: a caller gone at its deadline kept the workers busy, and the callers after it waited."""
+    pool = WorkerPool(1, LIMITS, RESOLUTION, CONTEXT)
+    try:
+        images = [png(solid((index, 0, 0))) for index in range(6)]
+        # The call "ends" as soon as the pool registers for it: only what the one worker holds goes on.
+        outcomes = pool.decode(images, lambda end: end())
+        after = pool.decode(images)
+    finally:
+        pool.close()
+    dropped = [outcome for outcome in outcomes if isinstance(outcome, RejectedImage)]
+    assert len(dropped) >= len(images) - 1
+    assert set(dropped) == {RejectedImage("not decoded: the call ended first")}
+    assert not any(isinstance(outcome, RejectedImage) for outcome in after)
+
+
+def test_texts_whose_tokenising_crashed_fail_unavailable_to_be_retried() -> None:
+    """It was UNKNOWN, "Exception calling application": texts have no per-item errors to carry it."""
+    with pytest.raises(ServiceError) as refused, _batching_errors():
+        raise WorkerDied("the worker process died twice on this item")
+    assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+    assert refused.value.message == (
+        "tokenising the texts crashed: the worker process died twice on this item; retry"
+    )
 
 
 def test_long_requests_are_tokenised_in_the_processes_as_clip_tokenises(pool: WorkerPool) -> None:
