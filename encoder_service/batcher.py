@@ -151,8 +151,10 @@ class DynamicBatcher(Generic[Item, Output]):
         return request.future
 
     def queue_depth(self) -> int:
+        """Items queued, and those of requests still being prepared (their room is held): what a full queue
+        counts when it refuses a request."""
         with self._changed:
-            return len(self._queue)
+            return len(self._queue) + self._held
 
     def close(self) -> None:
         """Runs what is queued, then stops the worker."""

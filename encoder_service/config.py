@@ -17,6 +17,9 @@ from .model import DEFAULT_MODEL
 
 _SIZED_FOR_THE_DEVICE = ["grpc_workers", "max_batch_size", "max_queue_size", "decode_workers"]
 _REQUEST_ROOM = 1 << 20  # what a request holds beside its images
+_LARGEST_INT32 = 2**31 - 1  # GetModelInfo reports the sizes as int32: a larger one failed every call of it
+# A longer wait overflowed the batcher's timer and stopped its thread; no batch pays off after a minute.
+_LONGEST_BATCH_DELAY_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class EncoderConfig(ServerSettings):
         require_at_most(self, ["max_image_bytes"], GRPC_LARGEST_MESSAGE - _REQUEST_ROOM)
         require_at_least(self, ["text_cache_size"], -1)
         require_at_least(self, [*_SIZED_FOR_THE_DEVICE, "max_batch_delay_ms"], 0)
+        sizes = [*_SIZED_FOR_THE_DEVICE, "max_items_per_request", "text_cache_size"]
+        require_at_most(self, sizes, _LARGEST_INT32)
+        require_at_most(self, ["max_batch_delay_ms"], _LONGEST_BATCH_DELAY_MS)
         if 0 < self.max_queue_size < self.max_items_per_request:
             raise ValueError(
                 f"max_items_per_request ({self.max_items_per_request}) must not exceed "

@@ -26,7 +26,10 @@ class EncoderMetrics:
             registry=registry,
         )
         self.queue_depth = Gauge(
-            "encoder_queue_depth", "Items waiting for a forward pass", ["tower"], registry=registry
+            "encoder_queue_depth",
+            "Items waiting for a forward pass, those still being decoded or tokenised included",
+            ["tower"],
+            registry=registry,
         )
         self.model_loaded = Gauge(
             "encoder_model_loaded", "1 once the model is loaded and warm", registry=registry

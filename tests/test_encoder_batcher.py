@@ -134,6 +134,7 @@ def test_a_request_being_prepared_holds_its_room_and_one_that_cannot_fit_is_refu
         running = batcher.submit([1, 2])
         held.started.wait()
         with batcher.expect(3) as preparing:
+            assert batcher.queue_depth() == 3  # as the refusals count it: it read 0 while calls were refused
             with pytest.raises(QueueFull, match="the test queue holds 3 of 4 items; 2 more do not fit"):
                 batcher.expect(2)
             with pytest.raises(QueueFull, match="the test queue holds 3 of 4 items; 2 more do not fit"):

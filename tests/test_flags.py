@@ -58,6 +58,14 @@ def test_a_bad_environment_value_is_a_usage_error_naming_the_variable(monkeypatc
         (encoder_flags, ["--shutdown-grace-s", "-5"], "shutdown_grace_s must be a number of seconds 0"),
         (encoder_flags, ["--max-image-bytes", "3000000000"], "max_image_bytes must be at most 2146435071"),
         (encoder_flags, ["--max-connection-age-s", "-1"], "max_connection_age_s must be a number of seconds"),
+        # GetModelInfo failed for ever after (int32 fields); the batcher's thread died on the first wait.
+        (encoder_flags, ["--max-queue-size", "3000000000"], "max_queue_size must be at most 2147483647"),
+        (encoder_flags, ["--text-cache-size", "3000000000"], "text_cache_size must be at most 2147483647"),
+        (
+            encoder_flags,
+            ["--max-batch-delay-ms", "10000000000000000"],
+            "max_batch_delay_ms must be at most 60000",
+        ),
         (search_flags, ["--max-connection-age-s", "3000000"], "max_connection_age_s must be at most 2147483"),
     ],
 )
