@@ -28,6 +28,17 @@ class TextVector:
     truncated: bool  # the text was cut, at max_text_chars or at the model's context
 
 
+class NoWords(ValueError):
+    """A text in which CLIP's tokenizer finds no word: its vector would be the same for all of them."""
+
+    def __init__(self, index: int, text: str) -> None:
+        shown = text if len(text) <= 40 else f"{text[:40]}…"
+        super().__init__(
+            f"texts[{index}] ({shown!r}) has no words: CLIP reads only spaces, control characters or markup "
+            "in it"
+        )
+
+
 def text_length_buckets(context_length: int) -> list[int]:
     """Text lengths (in tokens) whose forward passes are captured as CUDA graphs: short queries are common."""
     return [*(length for length in (8, 16, 32) if length < context_length), context_length]
@@ -101,13 +112,17 @@ class EncoderRuntime:
                 log.exception("capturing CUDA graphs failed; forward passes run eagerly")
 
     def encode_texts(self, texts: Sequence[str]) -> list[TextVector]:
-        """A vector for each text, from the cache where a recent query had the same text."""
+        """A vector for each text, from the cache where a recent query had the same text; NoWords for a text
+        with none."""
         limit, name = self.config.max_text_chars, self.model.name
         results = [self.cache.get(name, text) for text in texts]
         missing = [index for index, result in enumerate(results) if result is None]
         if missing:
             with self.texts.expect(len(missing)) as arrival:
                 tokenized = self.workers.tokenize([texts[index][:limit] for index in missing])
+                wordless = np.flatnonzero(np.count_nonzero(tokenized.tokens, axis=1) <= 2)  # start, end
+                if wordless.size:
+                    raise NoWords(missing[wordless[0]], texts[missing[wordless[0]]])
                 future = arrival.submit(list(tokenized.tokens))
             for index, vector, cut in zip(missing, future.result(), tokenized.truncated, strict=True):
                 results[index] = TextVector(vector, cut or len(texts[index]) > limit)

@@ -13,7 +13,7 @@ from imagesearch.wire import field_header
 from .batcher import BatcherClosed, QueueFull
 from .config import EncoderConfig
 from .images import RejectedImage
-from .runtime import EncoderRuntime
+from .runtime import EncoderRuntime, NoWords
 from .workers import WorkerDied
 
 _VALUES_FIELD = 1  # Vector.values
@@ -77,7 +77,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             if not text.strip():
                 raise invalid_argument(f"texts[{index}] is empty")
         with _batching_errors():
-            results = runtime.encode_texts(list(request.texts))
+            try:
+                results = runtime.encode_texts(list(request.texts))
+            except NoWords as error:
+                raise invalid_argument(str(error)) from None
         return encoder_pb2.EncodeTextResponse(
             model=runtime.model.name,
             results=[

@@ -8,6 +8,7 @@ import os
 import struct
 import zlib
 
+import clip
 import grpc
 import numpy as np
 import pytest
@@ -292,7 +293,25 @@ def test_fuzz_text_requests_give_vectors_or_invalid_argument(tiny_encoder, texts
         try:
             response = stub.EncodeText(request)
         except grpc.RpcError as error:
-            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "is empty" in error.details()
-            assert any(not text.strip() for text in request.texts)
+            details = error.details()
+            text = request.texts[int(details.removeprefix("texts[").split("]")[0])]
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert not text.strip() if details.endswith("is empty") else has_no_words(text), details
         else:
             assert len(response.results) == len(texts)
+            assert not any(has_no_words(text) for text in texts)
+
+
+def has_no_words(text: str) -> bool:
+    """CLIP's own tokens for the text are its start and end alone."""
+    return int(np.count_nonzero(clip.tokenize(text, truncate=True))) == 2
+
+
+def test_a_text_without_words_is_refused_naming_it_not_given_the_vector_of_nothing(tiny_encoder) -> None:
+    """ "&nbsp;", NUL or a byte-order mark each got a vector, the same one: a search for nothing."""
+    with encoder_stub(tiny_encoder.grpc.address) as stub, pytest.raises(grpc.RpcError) as refused:
+        stub.EncodeText(encoder_pb2.EncodeTextRequest(texts=["a dog", "&nbsp;", "\x00"]))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == (
+        "texts[1] ('&nbsp;') has no words: CLIP reads only spaces, control characters or markup in it"
+    )
