@@ -18,8 +18,8 @@ from .model import DEFAULT_MODEL
 _SIZED_FOR_THE_DEVICE = ["grpc_workers", "max_batch_size", "max_queue_size", "decode_workers"]
 _REQUEST_ROOM = 1 << 20  # what a request holds beside its images
 _LARGEST_INT32 = 2**31 - 1  # GetModelInfo reports the sizes as int32: a larger one failed every call of it
-# A longer wait overflowed the batcher's timer and stopped its thread; no batch pays off after a minute.
-_LONGEST_BATCH_DELAY_MS = 60_000
+# A much longer wait overflowed the batcher's timer and stopped its thread; no batch pays off after an hour.
+_LONGEST_BATCH_DELAY_MS = 3_600_000
 
 
 @dataclass(frozen=True)
