@@ -120,9 +120,9 @@ class EncoderRuntime:
         if missing:
             with self.texts.expect(len(missing)) as arrival:
                 tokenized = self.workers.tokenize([texts[index][:limit] for index in missing])
-                wordless = np.flatnonzero(np.count_nonzero(tokenized.tokens, axis=1) <= 2)  # start, end
-                if wordless.size:
-                    raise NoWords(missing[wordless[0]], texts[missing[wordless[0]]])
+                if True in tokenized.wordless:
+                    index = missing[tokenized.wordless.index(True)]
+                    raise NoWords(index, texts[index])
                 future = arrival.submit(list(tokenized.tokens))
             for index, vector, cut in zip(missing, future.result(), tokenized.truncated, strict=True):
                 results[index] = TextVector(vector, cut or len(texts[index]) > limit)

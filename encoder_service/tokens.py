@@ -25,6 +25,7 @@ _LONGEST_MEMOISED_WORD = 64
 class TokenizedTexts:
     tokens: np.ndarray  # (n, context_length) int64, zero-padded, as clip.tokenize(texts, truncate=True)
     truncated: list[bool]
+    wordless: list[bool]  # the text has no word: its tokens are the start and the end alone
 
 
 def _module() -> ModuleType:
@@ -100,18 +101,19 @@ def _ids(module: ModuleType, tokenizer, text: str, most: int) -> list[int]:  # t
 
 def tokenize(texts: list[str], context_length: int) -> TokenizedTexts:
     """CLIP's tokens for `texts`, cut to `context_length` as `clip.tokenize(..., truncate=True)` cuts them,
-    and which texts were cut."""
+    which texts were cut, and which have no word."""
     module, tokenizer = _module_and_tokenizer()
     if len(tokenizer.cache) > _MAX_MEMOISED_WORDS:
         tokenizer.cache = {token: token for token in ("<|startoftext|>", "<|endoftext|>")}
     start, end = tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]
     tokens = np.zeros((len(texts), context_length), dtype=np.int64)
-    truncated = []
+    truncated, wordless = [], []
     for row, text in enumerate(texts):
         # One id past what fits tells whether the text was cut.
         ids = [start, *_ids(module, tokenizer, text, context_length - 1), end]
         truncated.append(len(ids) > context_length)
+        wordless.append(len(ids) == 2)
         if truncated[-1]:
             ids = [*ids[: context_length - 1], end]
         tokens[row, : len(ids)] = ids
-    return TokenizedTexts(tokens, truncated)
+    return TokenizedTexts(tokens, truncated, wordless)

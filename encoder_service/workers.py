@@ -192,6 +192,7 @@ class WorkerPool:
         return TokenizedTexts(
             np.concatenate([part.tokens for part in parts]),
             [cut for part in parts for cut in part.truncated],
+            [empty for part in parts for empty in part.wordless],
         )
 
     def close(self) -> None:
