@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from imagesearch.defaults import ENCODER_METRICS_PORT, ENCODER_PORT, GRPC_LARGEST_MESSAGE, available_cores
-from imagesearch.flags import parse_config, require_at_least, require_at_most, setting
+from imagesearch.flags import parse_config, require_at_least, require_at_most, require_seconds, setting
 from imagesearch.serving import ServerSettings
 
 from .model import DEFAULT_MODEL
@@ -51,6 +51,11 @@ class EncoderConfig(ServerSettings):
         0,
         "processes that decode images and tokenise long requests (0: 4; on CUDA half the cores, 4 to 16)",
     )
+    decode_timeout_s: float = setting(
+        30.0,
+        "longest a decode worker may take on one picture (or one share of a request's texts): past it, the "
+        "worker is stopped and replaced, and that item fails",
+    )
     jpeg_decoding: str = setting(
         "auto",
         "where JPEGs are decoded: on the device (nvJPEG) or in the processes; auto: the device on CUDA",
@@ -71,6 +76,7 @@ class EncoderConfig(ServerSettings):
         # A picture travels in one gRPC message, and gRPC's ceiling is 2 GiB with the rest of the request.
         require_at_most(self, ["max_image_bytes"], GRPC_LARGEST_MESSAGE - _REQUEST_ROOM)
         require_at_least(self, ["text_cache_size"], -1)
+        require_seconds(self, ["decode_timeout_s"])
         require_at_least(self, [*_SIZED_FOR_THE_DEVICE, "max_batch_delay_ms"], 0)
         sizes = [*_SIZED_FOR_THE_DEVICE, "max_items_per_request", "text_cache_size"]
         require_at_most(self, sizes, _LARGEST_INT32)

@@ -55,7 +55,13 @@ class EncoderRuntime:
         )
         model = self.model
         limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
-        self.workers = WorkerPool(config.decode_workers, limits, model.image_resolution, model.context_length)
+        self.workers = WorkerPool(
+            config.decode_workers,
+            limits,
+            model.image_resolution,
+            model.context_length,
+            config.decode_timeout_s,
+        )
         self.image_forward = GraphedForward(model.image_vectors)
         self.text_forward = GraphedForward(model.text_vectors)
         on_device = config.jpeg_decoding == "device"

@@ -38,7 +38,7 @@ def _batching_errors() -> Iterator[None]:
         raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
     except WorkerDied as error:  # tokenising: one text cannot be told from the others, so the call fails
         raise ServiceError(
-            grpc.StatusCode.UNAVAILABLE, f"tokenising the texts crashed: {error}; retry"
+            grpc.StatusCode.UNAVAILABLE, f"tokenising the texts failed: {error}; retry"
         ) from None
 
 

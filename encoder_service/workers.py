@@ -4,8 +4,10 @@ Threads would share one interpreter lock, and PIL's and the tokenizer's Python w
 processes do not. They are started with `spawn` (forking a process that already runs torch or gRPC threads
 can hang), import nothing heavier than PIL, numpy and the tokenizer, and hand pixels back as CLIP's final
 uint8 picture (150 KB for 224x224) read straight into an array. A worker that dies is replaced and its task
-retried once, so other requests never see it; a task that kills two workers in a row fails alone. The
-pictures of a call that ended (its caller gone, its deadline passed) are dropped from the queue.
+retried once, so other requests never see it; a task that kills two workers in a row fails alone, and so
+does one that takes a worker past its time limit (the worker is stopped and replaced: a decoder that hangs
+holds no worker for good). The pictures of a call that ended (its caller gone, its deadline passed) are
+dropped from the queue.
 """
 
 import logging
@@ -60,10 +62,15 @@ def _serve(connection: Connection, limits: ImageLimits, resolution: int, context
 
 
 class _Worker:
-    """One process and the pipe to it."""
+    """One process and the pipe to it; a task that takes it over `time_limit_s` gets WorkerDied."""
 
-    def __init__(self, start: Callable[[], tuple[multiprocessing.process.BaseProcess, Connection]]) -> None:
+    def __init__(
+        self,
+        start: Callable[[], tuple[multiprocessing.process.BaseProcess, Connection]],
+        time_limit_s: float,
+    ) -> None:
         self._start = start
+        self.time_limit_s = time_limit_s
         self.process, self.connection = start()
 
     def wait_ready(self) -> None:
@@ -74,6 +81,14 @@ class _Worker:
         for attempt in (1, 2):
             try:
                 self.connection.send(task)
+                if not self.connection.poll(self.time_limit_s):  # an answer, or the end of a dead worker
+                    log.warning(
+                        "worker process %d took over %g s on one task; replacing it",
+                        self.process.pid,
+                        self.time_limit_s,
+                    )
+                    self._replace()
+                    raise WorkerDied(f"it took over {self.time_limit_s:g} s (its worker process was stopped)")
                 return receive(self.connection)
             except (EOFError, OSError):
                 log.warning("worker process %d died (attempt %d); replacing it", self.process.pid, attempt)
@@ -103,7 +118,9 @@ class _Worker:
 class WorkerPool:
     """`count` worker processes, each fed by its own thread from one queue of tasks."""
 
-    def __init__(self, count: int, limits: ImageLimits, resolution: int, context_length: int) -> None:
+    def __init__(
+        self, count: int, limits: ImageLimits, resolution: int, context_length: int, time_limit_s: float
+    ) -> None:
         self.resolution = resolution
         self.context_length = context_length
         context = multiprocessing.get_context("spawn")
@@ -118,7 +135,7 @@ class WorkerPool:
             child.close()
             return process, parent
 
-        self._workers = [_Worker(start) for _ in range(count)]
+        self._workers = [_Worker(start, time_limit_s) for _ in range(count)]
         for worker in self._workers:
             worker.wait_ready()
         self._tasks: queue.SimpleQueue[tuple[tuple[str, Any], Callable, Future] | None] = queue.SimpleQueue()
@@ -173,7 +190,7 @@ class WorkerPool:
             try:
                 outcomes.append(future.result())
             except WorkerDied as error:
-                outcomes.append(RejectedImage(f"decoding crashed: {error}"))
+                outcomes.append(RejectedImage(f"decoding failed: {error}"))
             except CancelledError:
                 outcomes.append(RejectedImage("not decoded: the call ended first"))
         return outcomes

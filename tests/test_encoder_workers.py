@@ -23,11 +23,12 @@ from imagesearch.errors import ServiceError
 
 LIMITS = ImageLimits(max_bytes=40_000, max_pixels=1_000_000)
 RESOLUTION, CONTEXT = 32, 77
+TIME_LIMIT_S = 60.0
 
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[WorkerPool]:
-    workers = WorkerPool(2, LIMITS, RESOLUTION, CONTEXT)
+    workers = WorkerPool(2, LIMITS, RESOLUTION, CONTEXT, TIME_LIMIT_S)
     try:
         yield workers
     finally:
@@ -65,7 +66,7 @@ def test_processes_decode_as_this_process_would_in_order_with_each_error_alone(p
 
 
 def test_a_worker_that_dies_is_replaced_and_no_request_fails() -> None:
-    pool = WorkerPool(1, LIMITS, RESOLUTION, CONTEXT)
+    pool = WorkerPool(1, LIMITS, RESOLUTION, CONTEXT, TIME_LIMIT_S)
     try:
         [before] = pool.pids()
         os.kill(before, signal.SIGKILL)  # as the kernel's out-of-memory killer would
@@ -94,7 +95,7 @@ def test_a_worker_whose_replacement_dies_as_it_starts_fails_its_item_alone() -> 
         started.append(process.pid or 0)
         return process, parent
 
-    worker = _Worker(start)
+    worker = _Worker(start, TIME_LIMIT_S)
     try:
         worker.wait_ready()
         os.kill(started[0], signal.SIGKILL)
@@ -104,9 +105,27 @@ def test_a_worker_whose_replacement_dies_as_it_starts_fails_its_item_alone() -> 
         worker.close()
 
 
+def test_a_picture_that_takes_a_worker_past_its_time_limit_fails_alone_and_the_worker_is_replaced() -> None:
+    """A decoder that hung held its worker for good; with every worker held, the encoder answered nothing
+    while its health said SERVING. An 8000x8000 PNG takes most of a second, far past the limit here."""
+    limits = ImageLimits(max_bytes=1 << 24, max_pixels=64_000_000)
+    slow = png(Image.new("L", (8000, 8000)))
+    pool = WorkerPool(1, limits, RESOLUTION, CONTEXT, time_limit_s=0.01)
+    try:
+        [before] = pool.pids()
+        outcomes = pool.decode([slow, png(solid((1, 2, 3)))])
+        [after] = pool.pids()
+    finally:
+        pool.close()
+    assert outcomes[0] == RejectedImage(
+        "decoding failed: it took over 0.01 s (its worker process was stopped)"
+    )
+    assert isinstance(outcomes[1], np.ndarray) and after != before
+
+
 def test_pictures_still_queued_when_their_call_ends_are_not_decoded() -> None:
     """They were: a caller gone at its deadline kept the workers busy, and the callers after it waited."""
-    pool = WorkerPool(1, LIMITS, RESOLUTION, CONTEXT)
+    pool = WorkerPool(1, LIMITS, RESOLUTION, CONTEXT, TIME_LIMIT_S)
     try:
         images = [png(solid((index, 0, 0))) for index in range(6)]
         # The call "ends" as soon as the pool registers for it: only what the one worker holds goes on.
@@ -126,7 +145,7 @@ def test_texts_whose_tokenising_crashed_fail_unavailable_to_be_retried() -> None
         raise WorkerDied("the worker process died twice on this item")
     assert refused.value.code == grpc.StatusCode.UNAVAILABLE
     assert refused.value.message == (
-        "tokenising the texts crashed: the worker process died twice on this item; retry"
+        "tokenising the texts failed: the worker process died twice on this item; retry"
     )
 
 
