@@ -7,10 +7,12 @@ models never meet in one collection.
 import contextlib
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -35,6 +37,9 @@ _MILVUS_INVALID_PARAMETER = 1100
 _MILVUS_COLLECTION_NOT_FOUND = 100
 _MILVUS_CANNOT_CONNECT = 2
 DELETE_BATCH = 1000
+# Free space under which a failed write to Milvus Lite is put down to a full disk: Lite itself says only
+# "Unexpected error in RPC handling".
+LITE_LOW_SPACE_BYTES = 64 << 20
 FIELDS = (
     "id",
     "vector",
@@ -304,10 +309,32 @@ class Store:
         self._write(name, rows, self._client.upsert)
 
     def _write(self, name: str, rows: list[dict[str, Any]], write: Callable[..., object]) -> None:
-        if rows:
+        if not rows:
+            return
+        try:
             # Timed as "upsert into" whichever call writes: to a reader of the metrics it is the one write of
             # rows by id (store_new's insert leaves what an upsert would).
             self._call("upsert into", name, lambda: write(name, rows, timeout=self.timeout_s))
+        except ServiceError as error:
+            if error.code == grpc.StatusCode.INVALID_ARGUMENT or not is_milvus_lite(self.uri):
+                raise
+            # Lite keeps the rows of a write that failed (a full disk) in memory, and pymilvus's retries add
+            # them again each time: searches and "already stored?" checks would see rows that the file never
+            # got, lost at the next start. Lite is started again on its file before the next call.
+            self._reconnect_needed = True
+            raise self._disk_full(error) or error from None
+
+    def _disk_full(self, error: ServiceError) -> ServiceError | None:
+        """`error` said as a full disk, where the Milvus Lite file's disk has little space left."""
+        folder = Path(self.uri).resolve().parent
+        free = shutil.disk_usage(folder).free
+        if free >= LITE_LOW_SPACE_BYTES:
+            return None
+        return ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{error.message} ({folder}, where the Milvus Lite file is, has {free // 1024} KiB free: the "
+            "disk is full; free space, then ingest again: nothing it did not report stored was kept)",
+        )
 
     def store_new(self, name: str, rows: list[dict[str, Any]]) -> set[str]:
         """Writes the rows whose id is not stored yet; returns the ids that were (and are left alone).
