@@ -26,6 +26,7 @@ from imagesearch.errors import ServiceError
 from imagesearch.v1 import search_pb2
 
 from .encoder_replicas import EncoderReplicas, RejectedImage
+from .exclusion import SharedOrAlone
 from .metadata import BadMetadata, stored_metadata
 from .store import MAX_URI_LENGTH, CollectionInfo, Store
 from .thumbnails import Thumbnails
@@ -125,9 +126,11 @@ class Ingestion:
         in_flight: int,
         outcomes: Counter,
         thumbnails: Thumbnails,
+        changes: SharedOrAlone,
     ) -> None:
         self.outcomes = outcomes  # a metric, by outcome name
         self.thumbnails = thumbnails
+        self.changes = changes  # held while a batch writes its rows and thumbnails
         self.store = store
         self.encoder = encoder
         self.default_collection = default_collection
@@ -233,24 +236,32 @@ class Ingestion:
         return fresh
 
     def _encode_and_store(self, items: list[_Item], collection: CollectionInfo) -> None:
-        """Skips the pictures Milvus already holds, encodes the others and writes them."""
+        """Skips the pictures Milvus already holds, encodes the others and writes them with their thumbnails;
+        each gets its outcome."""
         stored = self.store.existing_ids(collection.name, [item.id for item in items])
         for item in items:
             if item.id in stored:
                 item.outcome = PRESENT
-        # A stored picture without its thumbnail (the disk was full then, or it predates thumbnails) gets one
-        # when it is ingested again.
-        unmade = self.thumbnails.lacking(collection.name, stored)
         new = [item for item in items if item.id not in stored]
-        if new:
-            self._encode_and_write(new, collection)
-        self.thumbnails.save(
-            collection.name,
-            [(item.id, item.image) for item in items if item.outcome == STORED or item.id in unmade],
-        )
+        rows = self._encoded_rows(new, collection) if new else []
+        with self.changes.shared():  # no delete batch comes between the rows and their thumbnails
+            present = self._write(collection.name, rows)  # another stream may have stored some meanwhile
+            for item, _ in rows:
+                if item.outcome != FAILED:
+                    item.outcome = PRESENT if item.id in present else STORED
+            # A stored picture without its thumbnail (the disk was full then, or it predates thumbnails) gets
+            # one when it is ingested again, if a delete has not removed it since it was looked up.
+            if unmade := self.thumbnails.lacking(collection.name, stored):
+                unmade &= self.store.existing_ids(collection.name, list(unmade))
+            self.thumbnails.save(
+                collection.name,
+                [(item.id, item.image) for item in items if item.outcome == STORED or item.id in unmade],
+            )
 
-    def _encode_and_write(self, items: list[_Item], collection: CollectionInfo) -> None:
-        """Encodes pictures that Milvus did not hold and writes their rows; each gets its outcome."""
+    def _encoded_rows(
+        self, items: list[_Item], collection: CollectionInfo
+    ) -> list[tuple[_Item, dict[str, Any]]]:
+        """The rows of the pictures the encoder encodes; those it does not, FAILED with its reason."""
         model, results = self.encoder.encode_images([item.image for item in items])
         collection.require_model(model)  # replicas could serve different models
         now = int(time.time())
@@ -268,10 +279,7 @@ class Ingestion:
                     "ingested_at": now,
                 }
                 rows.append((item, row))
-        present = self._write(collection.name, rows)  # another stream may have stored some meanwhile
-        for item, _ in rows:
-            if item.outcome != FAILED:
-                item.outcome = PRESENT if item.id in present else STORED
+        return rows
 
     def _write(self, collection: str, rows: list[tuple[_Item, dict[str, Any]]]) -> set[str]:
         """Writes the rows whose id is not stored yet; returns the ids that were. A batch that Milvus refuses

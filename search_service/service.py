@@ -14,6 +14,7 @@ from imagesearch.v1 import search_pb2, search_pb2_grpc
 
 from .config import SearchConfig
 from .encoder_replicas import EncoderReplicas, RejectedImage
+from .exclusion import SharedOrAlone
 from .filters import render_filter, render_value
 from .ingest import Ingestion
 from .metadata import record_metadata
@@ -130,6 +131,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self.metrics = metrics
         self.thumbnails = thumbnails
         self._ingest_slots = threading.BoundedSemaphore(config.max_concurrent_ingests)
+        self.changes = SharedOrAlone()  # ingest batches write rows and thumbnails side by side, deletes alone
 
     def _collection(self, name: str) -> CollectionInfo:
         return self.store.require(name or self.config.collection)
@@ -272,7 +274,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             return search_pb2.DeleteResponse(deleted=self.store.count(collection.name, expression))
         # Each batch's thumbnails go as soon as its rows do: a later failure leaves none of a deleted picture.
         deleted = self.store.delete(
-            collection.name, expression, lambda batch: self.thumbnails.remove(collection.name, batch)
+            collection.name,
+            expression,
+            lambda batch: self.thumbnails.remove(collection.name, batch),
+            self.changes.alone,
         )
         return search_pb2.DeleteResponse(deleted=deleted)
 
@@ -315,6 +320,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 self.config.ingest_in_flight,
                 self.metrics.ingested,
                 self.thumbnails,
+                self.changes,
             )
             yield from ingestion.run(request_iterator)
         finally:

@@ -4,6 +4,7 @@ this" by id included) and thumbnails made at ingestion, served, and removed with
 import hashlib
 import io
 import logging
+import threading
 
 import grpc
 import numpy as np
@@ -226,6 +227,46 @@ def test_a_delete_that_fails_part_way_leaves_no_thumbnail_of_what_it_deleted(
     [deleted] = set(ids) - kept
     assert refused(lambda: thumbnail(stub, collection, deleted)).code() == grpc.StatusCode.NOT_FOUND
     assert len(kept) == 2 and all(thumbnail(stub, collection, image_id) for image_id in kept)
+
+
+def test_a_delete_between_an_ingests_rows_and_their_thumbnails_leaves_no_thumbnail_of_a_deleted_picture(
+    search, stub, collection, monkeypatch
+) -> None:
+    """The delete is made to come right after a batch's rows are written, as a delete looped beside an
+    ingest did in every round: it left the thumbnails of pictures it had deleted, served for good."""
+    changes, thumbnails, save = (
+        search.servicer.changes,
+        search.servicer.thumbnails,
+        search.servicer.thumbnails.save,
+    )
+    delete_waits, raced, deleted, racers = threading.Event(), [], [], []
+    ask_alone = changes.alone
+
+    def alone_when_asked():  # type: ignore[no-untyped-def]
+        delete_waits.set()
+        return ask_alone()
+
+    def delete_then_save(name: str, made: list[tuple[str, bytes]]) -> None:
+        monkeypatch.setattr(thumbnails, "save", save)  # the first batch only
+        raced.extend(image_id for image_id, _ in made)
+        request = search_pb2.DeleteRequest(collection=collection, ids=raced)
+        racers.append(threading.Thread(target=lambda: deleted.append(stub.Delete(request).deleted)))
+        racers[0].start()
+        delete_waits.wait(timeout=60)  # the delete found the rows just written and asks for its turn
+        save(name, made)
+
+    monkeypatch.setattr(changes, "alone", alone_when_asked)
+    monkeypatch.setattr(thumbnails, "save", delete_then_save)
+    assert {result.outcome for result in ingest(stub, folder(3, 520, prefix="raced"), collection)} == {STORED}
+    racers[0].join(timeout=60)
+    assert (
+        deleted == [len(raced)]
+        and not stub.Get(search_pb2.GetRequest(collection=collection, ids=raced)).records
+    )
+    for image_id in raced:
+        assert refused(lambda image_id=image_id: thumbnail(stub, collection, image_id)).code() == (
+            grpc.StatusCode.NOT_FOUND
+        )
 
 
 def test_a_picture_whose_thumbnail_cannot_be_made_is_stored_without_one(
