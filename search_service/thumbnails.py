@@ -11,6 +11,7 @@ JPEG encoder holds the interpreter lock, so in the service's own threads they ca
 hundred pictures a second whatever the encoder's speed.
 """
 
+import contextlib
 import io
 import logging
 import math
@@ -19,6 +20,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -36,6 +38,9 @@ log = logging.getLogger(__name__)
 LONGEST_SIDE = 256
 JPEG_QUALITY = 85
 _ID = re.compile(r"[0-9a-f]{64}")
+# A part-written thumbnail this old was left by a process that died writing it (another service on the same
+# folder writes its own for milliseconds).
+STALE_PART_S = 3600.0
 
 
 class ThumbnailError(ValueError):
@@ -109,7 +114,16 @@ class Thumbnails:
         self.max_pixels = max_pixels
         self.workers = workers
         self._replacing = threading.Lock()
+        self._remove_stale_parts()
         self._pool = self._new_pool()
+
+    def _remove_stale_parts(self) -> None:
+        """Removes the temporary files of thumbnails whose writing process was killed mid-write."""
+        stale = time.time() - STALE_PART_S
+        for part in self.folder.glob("*/*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if part.stat().st_mtime < stale:
+                    part.unlink()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(

@@ -13,13 +13,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from search_service.server import default_thumbnail_workers
-from search_service.thumbnails import Thumbnails
+from search_service.thumbnails import STALE_PART_S, Thumbnails
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -95,6 +96,18 @@ def test_pictures_shared_among_processes_each_get_their_own_thumbnail_or_failure
     assert [Image.open(io.BytesIO(jpeg)).size if jpeg else None for jpeg in made.values()] == expected
     [warning] = caplog.messages
     assert warning.startswith(f"no thumbnail for {ids[2]} in 'pictures': cannot decode the picture")
+
+
+def test_a_start_removes_thumbnails_left_part_written_by_a_killed_process_long_ago(tmp_path) -> None:
+    """A service killed mid-write left `tmp….part` files that nothing removed."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    left, writing = folder / "tmpleft.part", folder / "tmpwriting.part"
+    for part in (left, writing):
+        part.write_bytes(b"\xff\xd8")
+    os.utime(left, (time.time() - STALE_PART_S - 1,) * 2)
+    Thumbnails(tmp_path, 10**8, workers=1).close()
+    assert not left.exists() and writing.exists()  # the other may be another service's, writing now
 
 
 def test_a_thumbnail_process_that_dies_costs_its_pictures_and_is_replaced(tmp_path) -> None:
