@@ -233,6 +233,22 @@ def test_a_hit_is_named_by_the_last_part_of_its_path_on_the_ingesting_machine(ti
                 assert (hit["uri"], hit["name"]) == (item.uri, named[item.uri])
 
 
+def test_a_page_size_over_the_services_max_top_k_is_cut_to_it_with_a_warning(
+    tiny_encoder, tmp_path, caplog
+) -> None:
+    """Every page search (which names no top_k) failed with 400 "top_k = 50 is outside 1..20"."""
+    with (
+        running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db", max_top_k=20) as search,
+        running_web(search.grpc.address, page_size=50) as url,
+        caplog.at_level(logging.WARNING, logger="web.app"),
+    ):
+        with search_stub(search.grpc.address) as stub:
+            ingest(stub, [(f"/pics/{seed}.png", picture(seed)) for seed in range(3)])
+        answer = get(url, "/api/search", q="anything")
+        assert answer.status == 200 and answer.json()["top_k"] == 20 and len(answer.json()["hits"]) == 3
+    assert "--page-size 50 is over the search service's max_top_k: pages hold 20 hits" in caplog.text
+
+
 def test_thumbnails_are_small_jpegs_of_stored_pictures(demo) -> None:
     name = picture_of(demo, "orange hexagon")
     answer = get(demo.url, f"/thumbnails/{demo.ids[name]}")

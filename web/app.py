@@ -8,6 +8,7 @@ GET  /thumbnails/<id>       a stored picture's JPEG thumbnail; only 64 lowercase
 GET  /healthz               the process answers, to any Host header (web/hosts.py)
 """
 
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +31,8 @@ from .errors import HANDLERS, ApiError
 from .headers import SecurityHeaders
 from .hosts import AllowedHosts, allowed_hosts
 from .query import parse_query
+
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 PICTURE_ID = re.compile(r"[0-9a-f]{64}")
@@ -74,6 +77,7 @@ class SearchPage:
     def __init__(self, config: WebConfig) -> None:
         self.config = config
         self._client: AsyncSearchClient | None = None
+        self._page_size: int | None = None  # once the search service's limits are known
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -98,6 +102,20 @@ class SearchPage:
         assert self._client is not None, "the app's lifespan opens the client"
         return self._client
 
+    async def page_size(self) -> int:
+        """--page-size, or the search service's max_top_k where that is lower: a page size over it failed
+        every search that named no top_k (the page's own)."""
+        if self._page_size is None:
+            largest = (await self.client.limits()).max_top_k
+            if self.config.page_size > largest:
+                log.warning(
+                    "--page-size %d is over the search service's max_top_k: pages hold %d hits",
+                    self.config.page_size,
+                    largest,
+                )
+            self._page_size = min(self.config.page_size, largest)
+        return self._page_size
+
     async def page(self, request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
 
@@ -119,7 +137,7 @@ class SearchPage:
         picture = (
             await read_picture(request, self.config.max_upload_bytes) if request.method == "POST" else None
         )
-        query = parse_query(request.query_params, picture, self.config.page_size)
+        query = parse_query(request.query_params, picture, await self.page_size())
         started = time.perf_counter()
         hits = await self.client.search(
             query.parts, top_k=query.top_k, offset=query.offset, min_score=query.min_score
