@@ -20,6 +20,7 @@ _REQUEST_ROOM = 1 << 20  # what a request holds beside its images
 _LARGEST_INT32 = 2**31 - 1  # GetModelInfo reports the sizes as int32: a larger one failed every call of it
 # A much longer wait overflowed the batcher's timer and stopped its thread; no batch pays off after an hour.
 _LONGEST_BATCH_DELAY_MS = 3_600_000
+_LONGEST_DECODE_S = 86_400  # a longer limit overflowed the pipe's wait for an answer, failing every call
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class EncoderConfig(ServerSettings):
         require_at_most(self, ["max_image_bytes"], GRPC_LARGEST_MESSAGE - _REQUEST_ROOM)
         require_at_least(self, ["text_cache_size"], -1)
         require_seconds(self, ["decode_timeout_s"])
+        require_at_most(self, ["decode_timeout_s"], _LONGEST_DECODE_S)
         require_at_least(self, [*_SIZED_FOR_THE_DEVICE, "max_batch_delay_ms"], 0)
         sizes = [*_SIZED_FOR_THE_DEVICE, "max_items_per_request", "text_cache_size"]
         require_at_most(self, sizes, _LARGEST_INT32)

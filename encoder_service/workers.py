@@ -32,8 +32,10 @@ _READY = "ready"
 _DECODE, _TOKENIZE = "decode", "tokenize"
 # Fewer texts than this are not worth a trip to another process: a lone query is tokenised where it arrives.
 MIN_TEXTS_PER_TASK = 8
-# Registers what to run once the caller's call has ended, however it ended (grpc's context.add_callback).
+# Registers what to run once the caller's call has ended, however it ended (grpc's context.add_callback);
+# False when the call has ended already.
 WhenCallEnds = Callable[[Callable[[], None]], object]
+_START_S = 120.0  # longest a worker process may take to start (imports included) before it counts as dead
 
 
 class WorkerDied(RuntimeError):
@@ -74,8 +76,8 @@ class _Worker:
         self.process, self.connection = start()
 
     def wait_ready(self) -> None:
-        if self.connection.recv() != _READY:
-            raise WorkerDied(f"worker {self.process.pid} did not start")
+        if not self.connection.poll(_START_S) or self.connection.recv() != _READY:
+            raise WorkerDied(f"worker process {self.process.pid} did not start within {_START_S:g} s")
 
     def call(self, task: tuple[str, Any], receive: Callable[[Connection], Any]) -> Any:
         for attempt in (1, 2):
@@ -139,6 +141,8 @@ class WorkerPool:
         for worker in self._workers:
             worker.wait_ready()
         self._tasks: queue.SimpleQueue[tuple[tuple[str, Any], Callable, Future] | None] = queue.SimpleQueue()
+        self._closing = threading.Lock()  # no task is queued behind the feeders' stop
+        self._closed = False
         self._threads = [
             threading.Thread(target=self._feed, args=(worker,), name=f"worker-feed-{index}", daemon=True)
             for index, worker in enumerate(self._workers)
@@ -165,7 +169,11 @@ class WorkerPool:
 
     def _submit(self, task: tuple[str, Any], receive: Callable[[Connection], Any]) -> Future:
         future: Future = Future()
-        self._tasks.put((task, receive, future))
+        with self._closing:
+            if self._closed:  # no feeder would ever take it
+                future.set_exception(WorkerDied("the worker processes are stopping"))
+            else:
+                self._tasks.put((task, receive, future))
         return future
 
     def _receive_pixels(self, connection: Connection) -> np.ndarray | RejectedImage:
@@ -183,8 +191,13 @@ class WorkerPool:
         """For each image in order: CLIP's (resolution, resolution, 3) uint8 input pixels, or why not. Those
         not yet decoding when the call ends are left undecoded: its caller will not read them."""
         futures = [self._submit((_DECODE, data), self._receive_pixels) for data in images]
-        if when_call_ends is not None:
-            when_call_ends(lambda: [future.cancel() for future in futures])
+
+        def drop() -> None:
+            for future in futures:
+                future.cancel()
+
+        if when_call_ends is not None and when_call_ends(drop) is False:
+            drop()  # the call ended before it could say so
         outcomes: list[np.ndarray | RejectedImage] = []
         for future in futures:
             try:
@@ -213,8 +226,10 @@ class WorkerPool:
         )
 
     def close(self) -> None:
-        for _ in self._threads:
-            self._tasks.put(None)
+        with self._closing:
+            self._closed = True
+            for _ in self._threads:
+                self._tasks.put(None)
         for thread in self._threads:
             thread.join()
         for worker in self._workers:

@@ -110,12 +110,12 @@ def _not_this_machines(host: str) -> str:
     except socket.gaierror as error:
         return f"{host!r} does not resolve ({error.strerror})"
     for family, kind, protocol, _, address in addresses:
-        with socket.socket(family, kind, protocol) as probe:
-            try:
+        try:
+            with socket.socket(family, kind, protocol) as probe:  # no IPv6 here: that family fails
                 probe.bind(address)
-            except OSError:
-                continue
-            return ""
+        except OSError:
+            continue
+        return ""
     return f"{host!r} is not an address of this machine"
 
 

@@ -317,7 +317,8 @@ class Store:
             # rows by id (store_new's insert leaves what an upsert would).
             self._call("upsert into", name, lambda: write(name, rows, timeout=self.timeout_s))
         except ServiceError as error:
-            if error.code == grpc.StatusCode.INVALID_ARGUMENT or not is_milvus_lite(self.uri):
+            # UNAVAILABLE: a write that Milvus failed (not one it refused, or a deadline that passed)
+            if error.code != grpc.StatusCode.UNAVAILABLE or not is_milvus_lite(self.uri):
                 raise
             # Lite keeps the rows of a write that failed (a full disk) in memory, and pymilvus's retries add
             # them again each time: searches and "already stored?" checks would see rows that the file never
@@ -334,7 +335,7 @@ class Store:
         return ServiceError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"{error.message} ({folder}, where the Milvus Lite file is, has {free // 1024} KiB free: the "
-            "disk is full; free space, then ingest again: nothing it did not report stored was kept)",
+            "disk is full; free space, then ingest again: what was kept is reported present)",
         )
 
     def store_new(self, name: str, rows: list[dict[str, Any]]) -> set[str]:

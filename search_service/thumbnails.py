@@ -121,7 +121,7 @@ class Thumbnails:
         """Removes the temporary files of thumbnails whose writing process was killed mid-write."""
         stale = time.time() - STALE_PART_S
         for part in self.folder.glob("*/*.part"):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove: never stops a start
                 if part.stat().st_mtime < stale:
                     part.unlink()
 

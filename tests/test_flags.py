@@ -60,6 +60,7 @@ def test_a_bad_environment_value_is_a_usage_error_naming_the_variable(monkeypatc
         (encoder_flags, ["--max-connection-age-s", "-1"], "max_connection_age_s must be a number of seconds"),
         # GetModelInfo failed for ever after (int32 fields); the batcher's thread died on the first wait.
         (encoder_flags, ["--max-queue-size", "3000000000"], "max_queue_size must be at most 2147483647"),
+        (encoder_flags, ["--decode-timeout-s", "1e7"], "decode_timeout_s must be at most 86400"),
         (encoder_flags, ["--text-cache-size", "3000000000"], "text_cache_size must be at most 2147483647"),
         (
             encoder_flags,
