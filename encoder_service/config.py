@@ -20,7 +20,8 @@ _REQUEST_ROOM = 1 << 20  # what a request holds beside its images
 _LARGEST_INT32 = 2**31 - 1  # GetModelInfo reports the sizes as int32: a larger one failed every call of it
 # A much longer wait overflowed the batcher's timer and stopped its thread; no batch pays off after an hour.
 _LONGEST_BATCH_DELAY_MS = 3_600_000
-_LONGEST_DECODE_S = 86_400  # a longer limit overflowed the pipe's wait for an answer, failing every call
+# A day; from about 25 days on, the wait for a worker's answer overflowed and every call failed.
+_LONGEST_DECODE_S = 86_400
 
 
 @dataclass(frozen=True)
