@@ -239,11 +239,7 @@ class Store:
         if self._call(
             "list indexes of", name, lambda: self._client.list_indexes(name, timeout=self.timeout_s)
         ):
-            index = self._call(
-                "describe the index of",
-                name,
-                lambda: self._client.describe_index(name, "vector", timeout=self.timeout_s),
-            )
+            index = self._index_description(name)
             if index.get("metric_type") != "COSINE":
                 raise ServiceError(
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -449,10 +445,13 @@ class Store:
     def _delete_ids(self, name: str, ids: list[str]) -> None:
         self._call("delete from", name, lambda: self._client.delete(name, ids=ids, timeout=self.timeout_s))
 
-    def describe_index(self, name: str) -> str:
+    def _index_description(self, name: str) -> dict[str, Any]:
         index = self._call(
             "describe index of",
             name,
             lambda: self._client.describe_index(name, index_name="vector", timeout=self.timeout_s),
         )
-        return str((index or {}).get("index_type", self.index_type))
+        return index or {}
+
+    def describe_index(self, name: str) -> str:
+        return str(self._index_description(name).get("index_type", self.index_type))
