@@ -1,15 +1,15 @@
 """Contact sheets of search hits, like the Milvus tutorial's: thumbnails in rows of 5, each labelled."""
 
-import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from imagesearch.defaults import MAX_MESSAGE_BYTES
+from imagesearch.defaults import MAX_IMAGE_PIXELS, MAX_MESSAGE_BYTES
+from imagesearch.pictures import UnreadablePicture, fitted
 
-from .files import named_files, read_picture
+from .files import Unreadable, named_files, read_picture
 from .models import Hit
 
 TILE = (220, 165)
@@ -27,12 +27,9 @@ def _tile(uri: str) -> Image.Image | None:
     for path in named_files(uri):
         try:
             data = read_picture(path, MAX_MESSAGE_BYTES)  # Unreadable: gone, not a regular file, too large
-            with Image.open(io.BytesIO(data)) as picture:
-                return ImageOps.pad(ImageOps.exif_transpose(picture).convert("RGB"), TILE, color="white")
-        # The file may have changed since it was ingested: Pillow refuses a huge picture with
-        # DecompressionBombError, and bad data with OSError, ValueError, EOFError and others. One tile is
-        # never worth the grid.
-        except Exception:
+            # Decoded as the services decode it: the picture may have changed since it was ingested.
+            return ImageOps.pad(fitted(data, TILE, MAX_IMAGE_PIXELS), TILE, color="white")
+        except (Unreadable, UnreadablePicture):
             continue
     return None
 

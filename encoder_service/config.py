@@ -9,7 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
-from imagesearch.defaults import ENCODER_METRICS_PORT, ENCODER_PORT, GRPC_LARGEST_MESSAGE, available_cores
+from imagesearch.defaults import (
+    ENCODER_METRICS_PORT,
+    ENCODER_PORT,
+    GRPC_LARGEST_MESSAGE,
+    MAX_IMAGE_PIXELS,
+    available_cores,
+)
 from imagesearch.flags import parse_config, require_at_least, require_at_most, require_seconds, setting
 from imagesearch.serving import ServerSettings
 
@@ -45,7 +51,7 @@ class EncoderConfig(ServerSettings):
     )
     max_items_per_request: int = setting(64, "most texts or images in one call")
     max_image_bytes: int = setting(20 * 1024 * 1024, "largest image file accepted")
-    max_image_pixels: int = setting(64_000_000, "largest width x height accepted (decompression bombs)")
+    max_image_pixels: int = setting(MAX_IMAGE_PIXELS, "largest width x height accepted (decompression bombs)")
     max_text_chars: int = setting(
         4096, "characters of a text that are tokenised; the rest is cut and flagged"
     )

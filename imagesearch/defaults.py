@@ -20,6 +20,7 @@ SEARCH_ADDRESS = f"localhost:{SEARCH_PORT}"
 # The largest request a search service accepts by default: one picture and its metadata.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_METADATA_BYTES = 64 * 1024  # a picture's metadata, as `metadata_bytes` measures it
+MAX_IMAGE_PIXELS = 64_000_000  # the largest width x height decoded (decompression bombs)
 GRPC_LARGEST_MESSAGE = 2**31 - 1  # gRPC's ceiling on any one message
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from imagesearch.defaults import (
     ENCODER_PORT,
     GRPC_LARGEST_MESSAGE,
+    MAX_IMAGE_PIXELS,
     MAX_MESSAGE_BYTES,
     SEARCH_METRICS_PORT,
     SEARCH_PORT,
@@ -55,7 +56,7 @@ class SearchConfig(ServerSettings):
         "replica must share one folder (a shared volume)",
     )
     thumbnail_max_pixels: int = setting(
-        64_000_000, "largest width x height decoded to make a thumbnail (decompression bombs)"
+        MAX_IMAGE_PIXELS, "largest width x height decoded to make a thumbnail (decompression bombs)"
     )
     thumbnail_workers: int = setting(
         0, "processes that make the thumbnails (0: all the cores but two, from 1 to 16)"

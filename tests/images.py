@@ -30,6 +30,16 @@ def jpeg(image: Image.Image, **options: object) -> bytes:
     return encode(image, "JPEG", quality=95, **options)
 
 
+def mistyped_exif_jpeg(picture: Image.Image) -> bytes:
+    """Stored turned by 90 degrees, EXIF orientation 6, and one EXIF tag holding text where a number goes, as
+    cameras and editors write: Pillow reads the pixels and the orientation, and fails to write that EXIF
+    back."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "Camera"
+    tag_as_text = exif.tobytes().replace(b"\x01\x0f\x00\x02", b"\x01\x07\x00\x02")  # 0x0107: a SHORT
+    return jpeg(picture.transpose(Image.Transpose.ROTATE_90), exif=tag_as_text)
+
+
 def png(image: Image.Image) -> bytes:
     return encode(image, "PNG")
 

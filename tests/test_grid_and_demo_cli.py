@@ -5,8 +5,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
-from images import png, png_with_size_header, solid
+from images import mistyped_exif_jpeg, png, png_with_size_header, solid, two_tone
 from PIL import Image
 
 import demo.command
@@ -52,6 +53,32 @@ def test_a_grid_of_pictures_all_here_says_nothing_more(tmp_path, capsys) -> None
     present.write_bytes(png(solid((20, 20, 220))))
     write_grid([Hit(id="0" * 64, uri=str(present), metadata={}, score=0.5)], tmp_path / "grid.png")
     assert capsys.readouterr().err == ""
+
+
+def test_a_grid_shows_each_picture_as_the_services_decode_it(tmp_path, capsys) -> None:
+    """Pillow's exif_transpose refused a JPEG with one mistyped EXIF tag (a grey tile, where its thumbnail
+    showed it); a 16-bit grey came out white, and transparency black."""
+    mistyped = tmp_path / "mistyped.jpg"
+    mistyped.write_bytes(mistyped_exif_jpeg(two_tone((200, 40, 40), (40, 40, 200), (220, 165))))
+    grey = tmp_path / "grey16.png"
+    Image.fromarray(np.full((165, 220), 100 * 256, dtype=np.uint16)).save(grey)
+    clear = tmp_path / "clear.png"
+    Image.new("RGBA", (220, 165), (0, 0, 0, 0)).save(clear)
+    hits = [
+        Hit(id=f"{n:064x}", uri=str(uri), metadata={}, score=0.5)
+        for n, uri in enumerate([mistyped, grey, clear])
+    ]
+    write_grid(hits, tmp_path / "grid.png")
+    assert capsys.readouterr().err == ""
+    sheet = Image.open(tmp_path / "grid.png").convert("RGB")
+    left, right = (
+        (MARGIN + TILE[0] // 6, MARGIN + TILE[1] // 2),
+        (MARGIN + TILE[0] * 5 // 6, MARGIN + TILE[1] // 2),
+    )
+    assert sheet.getpixel(left) == pytest.approx((200, 40, 40), abs=12)  # upright: red on the left
+    assert sheet.getpixel(right) == pytest.approx((40, 40, 200), abs=12)
+    middles = [(MARGIN + slot * (TILE[0] + MARGIN) + TILE[0] // 2, MARGIN + TILE[1] // 2) for slot in (1, 2)]
+    assert [sheet.getpixel(middle) for middle in middles] == [(100, 100, 100), (255, 255, 255)]
 
 
 @pytest.mark.parametrize(

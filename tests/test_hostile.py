@@ -15,7 +15,7 @@ import pytest
 from conftest import encoder_stub, running_search, search_stub
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from images import encode, jpeg, png, png_with_size_header, two_tone
+from images import encode, jpeg, mistyped_exif_jpeg, png, png_with_size_header, two_tone
 from PIL import Image
 
 from encoder_service.images import ImageLimits, ImageRejected, decode_image
@@ -69,16 +69,6 @@ def many_scans_mpo(scans: int) -> bytes:
     last_scan = data[data.rindex(b"\xff\xda", 0, first_end) : first_end - 2]
     repeated = last_scan * (scans - data.count(b"\xff\xda"))
     return data[: first_end - 2] + repeated + data[first_end - 2 :]
-
-
-def mistyped_exif_jpeg(picture: Image.Image) -> bytes:
-    """Stored turned by 90 degrees, EXIF orientation 6, and one EXIF tag holding text where a number goes, as
-    cameras and editors write: Pillow reads the pixels and the orientation, and fails to write that EXIF
-    back."""
-    exif = Image.Exif()
-    exif[0x0112], exif[0x010F] = 6, "Camera"
-    tag_as_text = exif.tobytes().replace(b"\x01\x0f\x00\x02", b"\x01\x07\x00\x02")  # 0x0107: a SHORT
-    return jpeg(picture.transpose(Image.Transpose.ROTATE_90), exif=tag_as_text)
 
 
 def many_frames_gif(frames: int = 300) -> bytes:
