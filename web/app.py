@@ -137,16 +137,19 @@ class SearchPage:
         picture = (
             await read_picture(request, self.config.max_upload_bytes) if request.method == "POST" else None
         )
-        query = parse_query(request.query_params, picture, await self.page_size())
+        query = parse_query(
+            request.query_params, picture
+        )  # a malformed one is 400 without asking the service
+        top_k = await self.page_size() if query.top_k is None else query.top_k
         started = time.perf_counter()
         hits = await self.client.search(
-            query.parts, top_k=query.top_k, offset=query.offset, min_score=query.min_score
+            query.parts, top_k=top_k, offset=query.offset, min_score=query.min_score
         )
         return JSONResponse(
             {
                 "hits": [hit_json(hit) for hit in hits],
                 "took_ms": round((time.perf_counter() - started) * 1000, 1),
-                "top_k": query.top_k,
+                "top_k": top_k,
                 "offset": query.offset,
             }
         )

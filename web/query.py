@@ -27,7 +27,7 @@ PART_KINDS = ("text", "id")
 @dataclass(frozen=True)
 class SearchQuery:
     parts: list[QueryPart]
-    top_k: int
+    top_k: int | None  # None: the page's own size
     offset: int
     min_score: float | None
 
@@ -52,7 +52,7 @@ def _weighted_part(spec: str, index: int) -> QueryPart:
     return QueryPart(**{kind: value}, weight=_number(weight, f"part[{index}] weight", float))
 
 
-def parse_query(params: QueryParams, picture: bytes | None, default_top_k: int) -> SearchQuery:
+def parse_query(params: QueryParams, picture: bytes | None) -> SearchQuery:
     parts = [
         *(QueryPart(text=text) for text in params.getlist("q")),
         *(QueryPart(id=image_id) for image_id in params.getlist("like")),
@@ -68,10 +68,10 @@ def parse_query(params: QueryParams, picture: bytes | None, default_top_k: int) 
         raise ApiError(
             400, "nothing to search for: give q=TEXT, like=ID or part=KIND:WEIGHT:VALUE, or POST a picture"
         )
-    min_score = params.get("min_score", "")
+    top_k, min_score = params.get("top_k", ""), params.get("min_score", "")
     return SearchQuery(
         parts,
-        _number(params.get("top_k", str(default_top_k)), "top_k", int),
+        _number(top_k, "top_k", int) if top_k else None,
         _number(params.get("offset", "0"), "offset", int),
         _number(min_score, "min_score", float) if min_score else None,
     )
