@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from imagesearch.pictures import FORMATS, NOT_A_PICTURE, orientation, to_rgb, upright
+from imagesearch.pictures import FORMATS, NOT_A_PICTURE, orientation, to_rgb, too_many_scans, upright
 
 # Our own pixel limit is checked from the header; Pillow's global bomb check would only duplicate it.
 Image.MAX_IMAGE_PIXELS = None
@@ -46,10 +46,6 @@ class DeviceJpeg:
 
 _END_OF_IMAGE = b"\xff\xd9"
 STRIP_ASPECT = 16  # long side over short side, past which only the crop is resized
-_START_OF_SCAN = b"\xff\xda"  # a marker: never in a JPEG's coded data, where 0xff is always escaped
-# A progressive JPEG has about 10 scans, and each one walks the whole picture again: 0.6 MB of a repeated
-# cheap scan kept a decoding process busy for half a minute at 4000x4000.
-MAX_JPEG_SCANS = 100
 
 
 def smallest_useful_side(model_resolution: int) -> int:
@@ -79,9 +75,8 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
         )
     if width == 0 or height == 0:
         raise ImageRejected(f"{width}x{height} pixels: the image is empty")
-    # MPO: a phone's multi-picture JPEG, whose first picture Pillow decodes as any JPEG.
-    if image.format in ("JPEG", "MPO") and (scans := data.count(_START_OF_SCAN)) > MAX_JPEG_SCANS:
-        raise ImageRejected(f"a JPEG of {scans} scans is over the limit of {MAX_JPEG_SCANS} scans")
+    if problem := too_many_scans(image, data):
+        raise ImageRejected(problem)
     return image
 
 

@@ -41,6 +41,20 @@ def orientation(image: Image.Image) -> int:
     return value if value in _TURNS else 1
 
 
+_START_OF_SCAN = b"\xff\xda"  # a marker: never in a JPEG's coded data, where 0xff is always escaped
+# A progressive JPEG has about 10 scans, and each one walks the whole picture again: 0.6 MB of a repeated
+# cheap scan kept a decoding process busy for half a minute at 4000x4000.
+MAX_JPEG_SCANS = 100
+
+
+def too_many_scans(image: Image.Image, data: bytes) -> str:
+    """Why the picture opened from `data` must not be decoded for its many JPEG scans; "" if it may."""
+    # MPO: a phone's multi-picture JPEG, whose first picture Pillow decodes as any JPEG.
+    if image.format in ("JPEG", "MPO") and (scans := data.count(_START_OF_SCAN)) > MAX_JPEG_SCANS:
+        return f"a JPEG of {scans} scans is over the limit of {MAX_JPEG_SCANS} scans"
+    return ""
+
+
 def upright(image: Image.Image) -> Image.Image:
     """The picture turned as its EXIF orientation says. Not ImageOps.exif_transpose: it also rewrites the
     EXIF, and fails on one mistyped tag, in a picture whose pixels and orientation read well."""
@@ -89,8 +103,8 @@ class UnreadablePicture(ValueError):
 def fitted(data: bytes, box: tuple[int, int], max_pixels: int) -> Image.Image:
     """The picture in `data` upright and in RGB, shrunk (never enlarged) to fit `box`: a thumbnail or a tile.
 
-    Only FORMATS are decoded, and no picture of over `max_pixels` pixels: that is checked from the header,
-    before any pixel is decoded, and libjpeg decodes a large JPEG at a reduced scale."""
+    Only FORMATS are decoded, and no picture of over `max_pixels` pixels or MAX_JPEG_SCANS scans: that is
+    checked before any pixel is decoded, and libjpeg decodes a large JPEG at a reduced scale."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: max_pixels is the limit here
@@ -98,6 +112,8 @@ def fitted(data: bytes, box: tuple[int, int], max_pixels: int) -> Image.Image:
             width, height = opened.size
             if width * height > max_pixels:
                 raise UnreadablePicture(f"{width}x{height} pixels is over the limit of {max_pixels} pixels")
+            if problem := too_many_scans(opened, data):
+                raise UnreadablePicture(problem)
             longest = max(box)  # the scale is chosen before the picture is turned upright
             opened.draft(opened.mode, (longest, longest))
             image = upright(opened)

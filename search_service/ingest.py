@@ -26,7 +26,6 @@ from imagesearch.errors import ServiceError
 from imagesearch.v1 import search_pb2
 
 from .encoder_replicas import EncoderReplicas, RejectedImage
-from .exclusion import SharedOrAlone
 from .metadata import BadMetadata, stored_metadata
 from .store import MAX_URI_LENGTH, CollectionInfo, Store
 from .thumbnails import Thumbnails
@@ -126,11 +125,9 @@ class Ingestion:
         in_flight: int,
         outcomes: Counter,
         thumbnails: Thumbnails,
-        changes: SharedOrAlone,
     ) -> None:
         self.outcomes = outcomes  # a metric, by outcome name
         self.thumbnails = thumbnails
-        self.changes = changes  # held while a batch writes its rows and thumbnails
         self.store = store
         self.encoder = encoder
         self.default_collection = default_collection
@@ -243,20 +240,29 @@ class Ingestion:
             if item.id in stored:
                 item.outcome = PRESENT
         new = [item for item in items if item.id not in stored]
-        rows = self._encoded_rows(new, collection) if new else []
-        with self.changes.shared():  # no delete batch comes between the rows and their thumbnails
-            present = self._write(collection.name, rows)  # another stream may have stored some meanwhile
+        # A stored picture without its thumbnail (the disk was full then, or it predates thumbnails) gets one
+        # when it is ingested again, if a delete has not removed it meanwhile.
+        unmade = self.thumbnails.lacking(collection.name, stored)
+        wanted = [(item.id, item.image) for item in items if item.id not in stored or item.id in unmade]
+        with self.thumbnails.making(collection.name, wanted) as thumbnails:
+            rows = self._encoded_rows(new, collection) if new else []
+            thumbnails.wait()  # made while the pictures were encoded
+            # In place before their rows: a delete (here or on another replica) that finds a row removes its
+            # thumbnail too, once it has removed the row.
+            encoded = {item.id for item, _ in rows}
+            thumbnails.place(encoded | unmade)
+            try:
+                present = self._write(collection.name, rows)  # another stream may have stored some meanwhile
+            except Exception:
+                self.thumbnails.remove(collection.name, encoded)
+                raise
             for item, _ in rows:
                 if item.outcome != FAILED:
                     item.outcome = PRESENT if item.id in present else STORED
-            # A stored picture without its thumbnail (the disk was full then, or it predates thumbnails) gets
-            # one when it is ingested again, if a delete has not removed it since it was looked up.
-            if unmade := self.thumbnails.lacking(collection.name, stored):
-                unmade &= self.store.existing_ids(collection.name, list(unmade))
-            self.thumbnails.save(
-                collection.name,
-                [(item.id, item.image) for item in items if item.outcome == STORED or item.id in unmade],
-            )
+            rowless = {item.id for item, _ in rows if item.outcome == FAILED}
+            if unmade:  # a delete may have removed some since they were looked up
+                rowless |= unmade - self.store.existing_ids(collection.name, list(unmade))
+            self.thumbnails.remove(collection.name, rowless)
 
     def _encoded_rows(
         self, items: list[_Item], collection: CollectionInfo

@@ -14,7 +14,6 @@ from imagesearch.v1 import search_pb2, search_pb2_grpc
 
 from .config import SearchConfig
 from .encoder_replicas import EncoderReplicas, RejectedImage
-from .exclusion import SharedOrAlone
 from .filters import render_filter, render_value
 from .ingest import Ingestion
 from .metadata import record_metadata
@@ -131,7 +130,6 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self.metrics = metrics
         self.thumbnails = thumbnails
         self._ingest_slots = threading.BoundedSemaphore(config.max_concurrent_ingests)
-        self.changes = SharedOrAlone()  # ingest batches write rows and thumbnails side by side, deletes alone
 
     def _collection(self, name: str) -> CollectionInfo:
         return self.store.require(name or self.config.collection)
@@ -273,11 +271,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if request.dry_run:
             return search_pb2.DeleteResponse(deleted=self.store.count(collection.name, expression))
         # Each batch's thumbnails go as soon as its rows do: a later failure leaves none of a deleted picture.
+        # An ingest puts a thumbnail in place before its row, so a delete here or on another replica that
+        # finds the row removes its thumbnail too.
         deleted = self.store.delete(
-            collection.name,
-            expression,
-            lambda batch: self.thumbnails.remove(collection.name, batch),
-            self.changes.alone,
+            collection.name, expression, lambda batch: self.thumbnails.remove(collection.name, batch)
         )
         return search_pb2.DeleteResponse(deleted=deleted)
 
@@ -320,7 +317,6 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 self.config.ingest_in_flight,
                 self.metrics.ingested,
                 self.thumbnails,
-                self.changes,
             )
             yield from ingestion.run(request_iterator)
         finally:

@@ -9,6 +9,10 @@ They are made in worker processes (started with `spawn`, importing only this mod
 resizing, encoding and writing cost about 3 ms of CPU for a 500x375 photo on a 2-core machine, and Pillow's
 JPEG encoder holds the interpreter lock, so in the service's own threads they capped an ingest at a few
 hundred pictures a second whatever the encoder's speed.
+
+A batch's thumbnails are made aside (temporary files) while its pictures are encoded, renamed into place
+just before their rows are written (so a delete that finds a row finds its thumbnail, and removes it after
+the row), and removed if their rows are not written.
 """
 
 import contextlib
@@ -22,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -35,9 +39,11 @@ log = logging.getLogger(__name__)
 LONGEST_SIDE = 256
 JPEG_QUALITY = 85
 _ID = re.compile(r"[0-9a-f]{64}")
-# A part-written thumbnail this old was left by a process that died writing it (another service on the same
-# folder writes its own for milliseconds).
+# A part-written thumbnail this old was left by a process that died: a service's own live while their batch is
+# encoded (at most its --encoder-timeout-s).
 STALE_PART_S = 3600.0
+# A worker's share of a batch: the pictures' ids, and the future of what `write_aside` says of each.
+Task = tuple[list[str], Future[list[tuple[str, str]]]]
 
 
 def make_thumbnail(data: bytes, max_pixels: int) -> bytes:
@@ -49,31 +55,27 @@ def make_thumbnail(data: bytes, max_pixels: int) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".part")
+def _write_aside(path: Path, data: bytes, max_pixels: int) -> tuple[str, str]:
+    """The picture's thumbnail written to a temporary file beside `path`: (its path, ""), or ("", why not)."""
     try:
-        with os.fdopen(descriptor, "wb") as part:
-            part.write(data)
-        os.replace(temporary, path)
-    except OSError:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _write_thumbnail(path: Path, data: bytes, max_pixels: int) -> str:
-    """The picture's thumbnail written to `path`; or why not."""
-    try:
-        _write_atomically(path, make_thumbnail(data, max_pixels))
+        thumbnail = make_thumbnail(data, max_pixels)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".part")
+        try:
+            with os.fdopen(descriptor, "wb") as part:
+                part.write(thumbnail)
+        except OSError:
+            Path(temporary).unlink(missing_ok=True)
+            raise
     except (UnreadablePicture, OSError) as error:
-        return str(error)
-    return ""
+        return "", str(error)
+    return temporary, ""
 
 
-def write_thumbnails(pictures: list[tuple[Path, bytes]], max_pixels: int) -> list[str]:
-    """A worker process's task: each (path, image bytes)'s thumbnail written; for each, why not ("": made)."""
-    return [_write_thumbnail(path, data, max_pixels) for path, data in pictures]
+def write_aside(pictures: list[tuple[Path, bytes]], max_pixels: int) -> list[tuple[str, str]]:
+    """A worker process's task: each (path, image bytes)'s thumbnail written beside its path; for each, the
+    temporary file's path or why there is none."""
+    return [_write_aside(path, data, max_pixels) for path, data in pictures]
 
 
 def _end_with_the_service() -> None:
@@ -84,8 +86,7 @@ def _end_with_the_service() -> None:
 
 
 class Thumbnails:
-    """`folder/<collection>/<id>.jpg`, written atomically (a temporary file renamed into place) by `workers`
-    processes."""
+    """`folder/<collection>/<id>.jpg`, made aside by `workers` processes and renamed into place (`making`)."""
 
     def __init__(self, folder: Path, max_pixels: int, workers: int) -> None:
         self.folder = folder
@@ -115,32 +116,28 @@ class Thumbnails:
             raise ValueError(f"not a collection and id: {collection!r}, {image_id!r}")
         return self.folder / collection / f"{image_id}.jpg"
 
-    def save(self, collection: str, pictures: Sequence[tuple[str, bytes]]) -> None:
-        """Makes and writes the thumbnail of each (id, image bytes); a failure is logged and skipped. A worker
-        process that dies costs the thumbnails of the pictures then in the workers' hands, and is replaced.
+    def making(self, collection: str, pictures: Sequence[tuple[str, bytes]]) -> "Making":
+        """Starts making the thumbnail of each (id, image bytes) aside, in the worker processes.
 
         The pictures go to the workers in one task per worker, not one per picture: handing a task to a
         process cost the service about 0.25 ms of its own CPU, a third of all its work on a picture."""
-        pool, limit = self._pool, self.max_pixels
         size = max(1, math.ceil(len(pictures) / self.workers))
-        chunks = [pictures[start : start + size] for start in range(0, len(pictures), size)]
-        tasks = [[(self._path(collection, image_id), data) for image_id, data in chunk] for chunk in chunks]
+        pool, tasks = self._pool, list[Task]()
         try:
-            futures = [pool.submit(write_thumbnails, task, limit) for task in tasks]
-            problems = [
-                (image_id, problem)
-                for chunk, future in zip(chunks, futures, strict=True)
-                for (image_id, _), problem in zip(chunk, future.result(), strict=True)
-            ]
+            for start in range(0, len(pictures), size):
+                chunk = pictures[start : start + size]
+                aside = [(self._path(collection, image_id), data) for image_id, data in chunk]
+                tasks.append(
+                    ([image_id for image_id, _ in chunk], pool.submit(write_aside, aside, self.max_pixels))
+                )
         except BrokenProcessPool:
-            log.warning("a thumbnail process died; pictures just stored in %r may lack one", collection)
-            self._replace(pool)
-            return
-        for image_id, problem in problems:
-            if problem:
-                log.warning("no thumbnail for %s in %r: %s", image_id, collection, problem)
+            self.lost(pool, collection)
+        return Making(self, pool, collection, tasks)
 
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
+    def lost(self, broken: ProcessPoolExecutor, collection: str) -> None:
+        """A worker process died: the thumbnails then in the workers' hands are lost, and the workers are
+        started again, once, whoever finds them broken first."""
+        log.warning("a thumbnail process died; pictures just stored in %r may lack one", collection)
         with self._replacing:
             if self._pool is broken:
                 self._pool = self._new_pool()
@@ -162,3 +159,55 @@ class Thumbnails:
     def remove(self, collection: str, ids: Iterable[str]) -> None:
         for image_id in ids:
             self._path(collection, image_id).unlink(missing_ok=True)
+
+
+class Making:
+    """A batch's thumbnails being made aside; `place` puts those of the pictures to store in place. As a
+    context manager, it removes on leaving whatever was not placed."""
+
+    def __init__(
+        self,
+        thumbnails: Thumbnails,
+        pool: ProcessPoolExecutor,
+        collection: str,
+        tasks: list[Task],
+    ) -> None:
+        self._thumbnails, self._pool, self._collection, self._tasks = thumbnails, pool, collection, tasks
+        self._aside: dict[str, Path] = {}
+
+    def __enter__(self) -> "Making":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        """Removes the thumbnails made aside and never placed."""
+        self.wait()
+        aside, self._aside = self._aside, {}
+        for path in aside.values():
+            with contextlib.suppress(OSError):  # a part left is removed at a later start
+                path.unlink()
+
+    def wait(self) -> None:
+        """Waits for the workers. A thumbnail that cannot be made is logged and skipped."""
+        tasks, self._tasks = self._tasks, []
+        try:
+            for ids, future in tasks:
+                for image_id, (aside, problem) in zip(ids, future.result(), strict=True):
+                    if problem:
+                        log.warning("no thumbnail for %s in %r: %s", image_id, self._collection, problem)
+                    else:
+                        self._aside[image_id] = Path(aside)
+        except BrokenProcessPool:
+            self._thumbnails.lost(self._pool, self._collection)
+
+    def place(self, ids: Iterable[str]) -> None:
+        """Renames the thumbnails of `ids` into place: readers see the old file or the whole new one, never a
+        part."""
+        self.wait()
+        for image_id in ids:
+            if (path := self._aside.pop(image_id, None)) is None:
+                continue
+            try:
+                os.replace(path, path.with_name(f"{image_id}.jpg"))  # made beside its place
+            except OSError as error:
+                log.warning("no thumbnail for %s in %r: %s", image_id, self._collection, error)
+                path.unlink(missing_ok=True)

@@ -1,9 +1,12 @@
 """The search service against a real Milvus standalone server (the `milvus` package), not only Milvus Lite."""
 
+import itertools
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import grpc
 import pytest
 from conftest import running_search, search_stub
 from milvus import MilvusServer
@@ -81,3 +84,36 @@ def test_two_replicas_ingesting_the_same_pictures_at_once_store_each_once(
             ).hits
         ]
         assert len(ids) == len(set(ids)) == 40
+
+
+def test_a_delete_on_another_replica_leaves_no_thumbnail_of_a_picture_it_deleted(
+    tiny_encoder, milvus_uri, tmp_path, monkeypatch
+) -> None:
+    """Replicas share the thumbnails folder, but not the lock that keeps one replica's deletes from coming
+    between an ingest batch's rows and their thumbnails. A delete on another replica right after a batch's
+    rows were written left their thumbnails, served for good; now they are in place before the rows."""
+    with (
+        running_search(tiny_encoder.grpc.address, milvus_uri, thumbnail_dir=str(tmp_path)) as first,
+        running_search(tiny_encoder.grpc.address, milvus_uri, thumbnail_dir=str(tmp_path)) as second,
+        search_stub(first.grpc.address) as first_stub,
+        search_stub(second.grpc.address) as second_stub,
+    ):
+        store_new, deleted = first.store.store_new, []
+
+        def then_deleted_by_the_other_replica(name: str, rows: list[dict[str, Any]]) -> set[str]:
+            present = store_new(name, rows)
+            request = search_pb2.DeleteRequest(collection="raced", ids=[row["id"] for row in rows])
+            deleted.append(second_stub.Delete(request).deleted)
+            return present
+
+        monkeypatch.setattr(first.store, "store_new", then_deleted_by_the_other_replica)
+        results = ingest(first_stub, folder(3, 900, prefix="raced"), collection="raced")
+        ids = [result.id for result in results]
+        assert {result.outcome for result in results} == {STORED} and sum(deleted) == 3
+        assert not first_stub.Get(search_pb2.GetRequest(collection="raced", ids=ids)).records
+        for stub, image_id in itertools.product((first_stub, second_stub), ids):
+            request = search_pb2.GetThumbnailRequest(collection="raced", id=image_id)
+            with pytest.raises(grpc.RpcError) as missing:
+                stub.GetThumbnail(request)
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        assert not list((tmp_path / "raced").iterdir())

@@ -41,16 +41,17 @@ def picture(shade):
 if __name__ == "__main__":
     folder, action = Path(sys.argv[1]), sys.argv[2]
     thumbnails = Thumbnails(folder, 10**8, workers=1)
+    save = lambda made: thumbnails.making("pictures", [made]).place([made[0]])
     first, second, third = picture(10), picture(20), picture(30)
-    thumbnails.save("pictures", [first])
+    save(first)
     [worker] = multiprocessing.active_children()
     if action == "wait":
         print(json.dumps({"worker": worker.pid}), flush=True)
         sys.stdin.read()
     os.kill(worker.pid, signal.SIGKILL)
     worker.join()
-    thumbnails.save("pictures", [second])  # finds the pool broken: logged, and replaced
-    thumbnails.save("pictures", [third])
+    save(second)  # finds the pool broken: logged, and replaced
+    save(third)
     made = sorted(path.stem for path in (folder / "pictures").glob("*.jpg"))
     print(json.dumps({"made": made, "ids": [first[0], second[0], third[0]]}))
     thumbnails.close()
@@ -88,7 +89,7 @@ def test_pictures_shared_among_processes_each_get_their_own_thumbnail_or_failure
     thumbnails = Thumbnails(tmp_path, 10**8, workers=2)  # 5 pictures: tasks of 3 and 2
     try:
         with caplog.at_level(logging.WARNING, logger="search_service.thumbnails"):
-            thumbnails.save("pictures", list(zip(ids, pictures, strict=True)))
+            thumbnails.making("pictures", list(zip(ids, pictures, strict=True))).place(ids)
         made = {image_id: thumbnails.read("pictures", image_id) for image_id in ids}
     finally:
         thumbnails.close()

@@ -4,15 +4,15 @@ this" by id included) and thumbnails made at ingestion, served, and removed with
 import hashlib
 import io
 import logging
-import threading
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from conftest import encoder_stub, running_search, search_stub
+from conftest import encoder_stub, running_encoder, running_search, search_stub
 from images import jpeg, png, two_tone
 from PIL import Image
-from pymilvus import MilvusException
+from pymilvus import MilvusClient, MilvusException
 
 import search_service.store
 from imagesearch.v1 import encoder_pb2, search_pb2
@@ -232,33 +232,21 @@ def test_a_delete_that_fails_part_way_leaves_no_thumbnail_of_what_it_deleted(
 def test_a_delete_between_an_ingests_rows_and_their_thumbnails_leaves_no_thumbnail_of_a_deleted_picture(
     search, stub, collection, monkeypatch
 ) -> None:
-    """The delete is made to come right after a batch's rows are written, as a delete looped beside an
-    ingest did in every round: it left the thumbnails of pictures it had deleted, served for good."""
-    changes, thumbnails, save = (
-        search.servicer.changes,
-        search.servicer.thumbnails,
-        search.servicer.thumbnails.save,
-    )
-    delete_waits, raced, deleted, racers = threading.Event(), [], [], []
-    ask_alone = changes.alone
+    """The delete comes right after a batch's rows are written, as a delete looped beside an ingest did in
+    every round: it left the thumbnails of pictures it had deleted, served for good. It waits for nothing of
+    the batch (it is made from inside it: a wait would be its deadline)."""
+    store_new, raced, deleted = search.store.store_new, [], []
 
-    def alone_when_asked():  # type: ignore[no-untyped-def]
-        delete_waits.set()
-        return ask_alone()
-
-    def delete_then_save(name: str, made: list[tuple[str, bytes]]) -> None:
-        monkeypatch.setattr(thumbnails, "save", save)  # the first batch only
-        raced.extend(image_id for image_id, _ in made)
+    def then_delete(name: str, rows: list[dict[str, Any]]) -> set[str]:
+        present = store_new(name, rows)
+        monkeypatch.setattr(search.store, "store_new", store_new)  # the first batch only
+        raced.extend(row["id"] for row in rows)
         request = search_pb2.DeleteRequest(collection=collection, ids=raced)
-        racers.append(threading.Thread(target=lambda: deleted.append(stub.Delete(request).deleted)))
-        racers[0].start()
-        delete_waits.wait(timeout=60)  # the delete found the rows just written and asks for its turn
-        save(name, made)
+        deleted.append(stub.Delete(request, timeout=30).deleted)
+        return present
 
-    monkeypatch.setattr(changes, "alone", alone_when_asked)
-    monkeypatch.setattr(thumbnails, "save", delete_then_save)
+    monkeypatch.setattr(search.store, "store_new", then_delete)
     assert {result.outcome for result in ingest(stub, folder(3, 520, prefix="raced"), collection)} == {STORED}
-    racers[0].join(timeout=60)
     assert (
         deleted == [len(raced)]
         and not stub.Get(search_pb2.GetRequest(collection=collection, ids=raced)).records
@@ -267,6 +255,33 @@ def test_a_delete_between_an_ingests_rows_and_their_thumbnails_leaves_no_thumbna
         assert refused(lambda image_id=image_id: thumbnail(stub, collection, image_id)).code() == (
             grpc.StatusCode.NOT_FOUND
         )
+
+
+def test_pictures_not_stored_leave_no_thumbnail_and_nothing_part_written(
+    tiny_path, tmp_path, monkeypatch
+) -> None:
+    """Thumbnails are made while the encoder encodes: a picture it refuses, and a batch that Milvus fails to
+    write, must not keep theirs."""
+    small, large = png(two_tone((200, 30, 30), (30, 30, 200), (40, 30))), picture(550)  # 1200, 2240 pixels
+    with (
+        running_encoder(tiny_path, max_image_pixels=2000) as encoder,
+        running_search(encoder.grpc.address, tmp_path / "milvus.db") as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        results = ingest(stub, [("small.png", small), ("large.png", large)], "")
+
+        def fails(*_: object, **__: object) -> None:
+            raise MilvusException(code=65535, message="injected: Milvus failed this write")
+
+        monkeypatch.setattr(MilvusClient, "insert", fails)  # also in the client made again after a failure
+        unwritten = [(f"{red}.png", png(two_tone((red, 30, 30), (30, 30, 200), (40, 30)))) for red in (1, 2)]
+        error = refused(lambda: ingest(stub, unwritten, ""))
+        assert stub.Stats(search_pb2.StatsRequest()).count == 1
+        made = search.servicer.thumbnails.folder / "images"  # the default collection
+    assert [result.outcome for result in results] == [STORED, search_pb2.OUTCOME_FAILED]
+    assert "over the limit of 2000 pixels" in results[1].error
+    assert error.code() == grpc.StatusCode.UNAVAILABLE and "injected" in error.details()
+    assert sorted(path.name for path in made.iterdir()) == [f"{results[0].id}.jpg"]
 
 
 def test_a_picture_whose_thumbnail_cannot_be_made_is_stored_without_one(
