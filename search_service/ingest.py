@@ -26,6 +26,7 @@ from imagesearch.errors import ServiceError
 from imagesearch.v1 import search_pb2
 
 from .encoder_replicas import EncoderReplicas, RejectedImage
+from .exclusion import SharedOrAlone
 from .metadata import BadMetadata, stored_metadata
 from .store import MAX_URI_LENGTH, CollectionInfo, Store
 from .thumbnails import Thumbnails
@@ -125,9 +126,11 @@ class Ingestion:
         in_flight: int,
         outcomes: Counter,
         thumbnails: Thumbnails,
+        changes: SharedOrAlone,
     ) -> None:
         self.outcomes = outcomes  # a metric, by outcome name
         self.thumbnails = thumbnails
+        self.changes = changes  # held while a batch places its thumbnails and writes its rows
         self.store = store
         self.encoder = encoder
         self.default_collection = default_collection
@@ -247,22 +250,24 @@ class Ingestion:
         with self.thumbnails.making(collection.name, wanted) as thumbnails:
             rows = self._encoded_rows(new, collection) if new else []
             thumbnails.wait()  # made while the pictures were encoded
-            # In place before their rows: a delete (here or on another replica) that finds a row removes its
-            # thumbnail too, once it has removed the row.
-            encoded = {item.id for item, _ in rows}
-            thumbnails.place(encoded | unmade)
-            try:
-                present = self._write(collection.name, rows)  # another stream may have stored some meanwhile
-            except Exception:
-                self.thumbnails.remove(collection.name, encoded)
-                raise
-            for item, _ in rows:
-                if item.outcome != FAILED:
-                    item.outcome = PRESENT if item.id in present else STORED
-            rowless = {item.id for item, _ in rows if item.outcome == FAILED}
-            if unmade:  # a delete may have removed some since they were looked up
-                rowless |= unmade - self.store.existing_ids(collection.name, list(unmade))
-            self.thumbnails.remove(collection.name, rowless)
+            # No delete batch of this service comes between these thumbnails and their rows (it would remove a
+            # thumbnail just placed for a row then written). The thumbnails go in place first: a delete on
+            # another replica, which this hold does not hold back, finds a row only with its thumbnail.
+            with self.changes.shared():
+                encoded = {item.id for item, _ in rows}
+                thumbnails.place(encoded | unmade)
+                try:
+                    present = self._write(collection.name, rows)  # another stream may have stored some
+                except Exception:
+                    self.thumbnails.remove(collection.name, encoded)
+                    raise
+                for item, _ in rows:
+                    if item.outcome != FAILED:
+                        item.outcome = PRESENT if item.id in present else STORED
+                rowless = {item.id for item, _ in rows if item.outcome == FAILED}
+                if unmade:  # a delete may have removed some since they were looked up
+                    rowless |= unmade - self.store.existing_ids(collection.name, list(unmade))
+                self.thumbnails.remove(collection.name, rowless)
 
     def _encoded_rows(
         self, items: list[_Item], collection: CollectionInfo

@@ -14,6 +14,7 @@ from imagesearch.v1 import search_pb2, search_pb2_grpc
 
 from .config import SearchConfig
 from .encoder_replicas import EncoderReplicas, RejectedImage
+from .exclusion import SharedOrAlone
 from .filters import render_filter, render_value
 from .ingest import Ingestion
 from .metadata import record_metadata
@@ -130,6 +131,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self.metrics = metrics
         self.thumbnails = thumbnails
         self._ingest_slots = threading.BoundedSemaphore(config.max_concurrent_ingests)
+        self.changes = SharedOrAlone()  # ingest batches place thumbnails, write rows together; deletes alone
 
     def _collection(self, name: str) -> CollectionInfo:
         return self.store.require(name or self.config.collection)
@@ -274,7 +276,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         # An ingest puts a thumbnail in place before its row, so a delete here or on another replica that
         # finds the row removes its thumbnail too.
         deleted = self.store.delete(
-            collection.name, expression, lambda batch: self.thumbnails.remove(collection.name, batch)
+            collection.name,
+            expression,
+            lambda batch: self.thumbnails.remove(collection.name, batch),
+            self.changes.alone,
         )
         return search_pb2.DeleteResponse(deleted=deleted)
 
@@ -317,6 +322,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 self.config.ingest_in_flight,
                 self.metrics.ingested,
                 self.thumbnails,
+                self.changes,
             )
             yield from ingestion.run(request_iterator)
         finally:

@@ -11,6 +11,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -401,10 +402,16 @@ class Store:
         )
         return int(rows[0]["count(*)"])
 
-    def delete(self, name: str, expression: str, deleted_batch: Callable[[list[str]], None]) -> int:
+    def delete(
+        self,
+        name: str,
+        expression: str,
+        deleted_batch: Callable[[list[str]], None],
+        each_batch: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+    ) -> int:
         """Deletes the rows that match `expression`, found first, a batch at a time, and counts them;
-        `deleted_batch` gets each batch's ids once Milvus deleted it. A failure part-way says how many rows
-        were deleted before it."""
+        `deleted_batch` gets each batch's ids once Milvus deleted it, both inside `each_batch()`. A failure
+        part-way says how many rows were deleted before it."""
         deleted: set[str] = set()
         try:
             while batch := self._ids_matching(name, expression, DELETE_BATCH):
@@ -413,9 +420,10 @@ class Store:
                         grpc.StatusCode.UNAVAILABLE,
                         f"delete from {name!r}: Milvus still holds rows it deleted",
                     )
-                self._delete_ids(name, batch)
-                deleted.update(batch)
-                deleted_batch(batch)
+                with each_batch():
+                    self._delete_ids(name, batch)
+                    deleted.update(batch)
+                    deleted_batch(batch)
         except ServiceError as error:
             if not deleted:
                 raise

@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 LONGEST_SIDE = 256
 JPEG_QUALITY = 85
 _ID = re.compile(r"[0-9a-f]{64}")
-# A part-written thumbnail this old was left by a process that died: a service's own live while their batch is
-# encoded (at most its --encoder-timeout-s).
+# A part-written thumbnail this old was left by a process that died: a live service's own last while their
+# batch is encoded and written (the encoder's and Milvus's deadlines, retries included: minutes at most).
 STALE_PART_S = 3600.0
 # A worker's share of a batch: the pictures' ids, and the future of what `write_aside` says of each.
 Task = tuple[list[str], Future[list[tuple[str, str]]]]
@@ -137,9 +137,9 @@ class Thumbnails:
     def lost(self, broken: ProcessPoolExecutor, collection: str) -> None:
         """A worker process died: the thumbnails then in the workers' hands are lost, and the workers are
         started again, once, whoever finds them broken first."""
-        log.warning("a thumbnail process died; pictures just stored in %r may lack one", collection)
         with self._replacing:
             if self._pool is broken:
+                log.warning("a thumbnail process died; pictures ingested into %r may lack one", collection)
                 self._pool = self._new_pool()
         broken.shutdown(wait=False)
 
@@ -189,14 +189,19 @@ class Making:
     def wait(self) -> None:
         """Waits for the workers. A thumbnail that cannot be made is logged and skipped."""
         tasks, self._tasks = self._tasks, []
-        try:
-            for ids, future in tasks:
-                for image_id, (aside, problem) in zip(ids, future.result(), strict=True):
-                    if problem:
-                        log.warning("no thumbnail for %s in %r: %s", image_id, self._collection, problem)
-                    else:
-                        self._aside[image_id] = Path(aside)
-        except BrokenProcessPool:
+        broken = False
+        for ids, future in tasks:
+            try:
+                made = future.result()
+            except BrokenProcessPool:  # the other tasks' thumbnails may still have been made
+                broken = True
+                continue
+            for image_id, (aside, problem) in zip(ids, made, strict=True):
+                if problem:
+                    log.warning("no thumbnail for %s in %r: %s", image_id, self._collection, problem)
+                else:
+                    self._aside[image_id] = Path(aside)
+        if broken:
             self._thumbnails.lost(self._pool, self._collection)
 
     def place(self, ids: Iterable[str]) -> None:

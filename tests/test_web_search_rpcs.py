@@ -4,6 +4,8 @@ this" by id included) and thumbnails made at ingestion, served, and removed with
 import hashlib
 import io
 import logging
+import threading
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -232,21 +234,30 @@ def test_a_delete_that_fails_part_way_leaves_no_thumbnail_of_what_it_deleted(
 def test_a_delete_between_an_ingests_rows_and_their_thumbnails_leaves_no_thumbnail_of_a_deleted_picture(
     search, stub, collection, monkeypatch
 ) -> None:
-    """The delete comes right after a batch's rows are written, as a delete looped beside an ingest did in
-    every round: it left the thumbnails of pictures it had deleted, served for good. It waits for nothing of
-    the batch (it is made from inside it: a wait would be its deadline)."""
-    store_new, raced, deleted = search.store.store_new, [], []
+    """The delete is made to come right after a batch's rows are written, as a delete looped beside an
+    ingest did in every round: it left the thumbnails of pictures it had deleted, served for good."""
+    changes, store_new = search.servicer.changes, search.store.store_new
+    delete_waits, raced, deleted, racers = threading.Event(), [], [], []
+    ask_alone = changes.alone
+
+    def alone_when_asked():  # type: ignore[no-untyped-def]
+        delete_waits.set()
+        return ask_alone()
 
     def then_delete(name: str, rows: list[dict[str, Any]]) -> set[str]:
         present = store_new(name, rows)
         monkeypatch.setattr(search.store, "store_new", store_new)  # the first batch only
         raced.extend(row["id"] for row in rows)
         request = search_pb2.DeleteRequest(collection=collection, ids=raced)
-        deleted.append(stub.Delete(request, timeout=30).deleted)
+        racers.append(threading.Thread(target=lambda: deleted.append(stub.Delete(request).deleted)))
+        racers[0].start()
+        delete_waits.wait(timeout=60)  # the delete found the rows just written and asks for its turn
         return present
 
+    monkeypatch.setattr(changes, "alone", alone_when_asked)
     monkeypatch.setattr(search.store, "store_new", then_delete)
     assert {result.outcome for result in ingest(stub, folder(3, 520, prefix="raced"), collection)} == {STORED}
+    racers[0].join(timeout=60)
     assert (
         deleted == [len(raced)]
         and not stub.Get(search_pb2.GetRequest(collection=collection, ids=raced)).records
@@ -255,6 +266,42 @@ def test_a_delete_between_an_ingests_rows_and_their_thumbnails_leaves_no_thumbna
         assert refused(lambda image_id=image_id: thumbnail(stub, collection, image_id)).code() == (
             grpc.StatusCode.NOT_FOUND
         )
+
+
+def test_a_picture_ingested_again_between_a_deletes_rows_and_thumbnails_keeps_its_thumbnail(
+    search, stub, collection, monkeypatch
+) -> None:
+    """Ingested again right after a delete batch removed its row and before it removed the thumbnails: the
+    thumbnail just placed was removed by the delete, and the picture was stored without one."""
+    [gone] = folder(1, 580, prefix="again")
+    [first] = ingest(stub, [gone], collection)
+    changes, thumbnails = search.servicer.changes, search.servicer.thumbnails
+    remove, share, turn_asked, again, racers = thumbnails.remove, changes.shared, threading.Event(), [], []
+
+    def shared_when_asked():  # type: ignore[no-untyped-def]
+        turn_asked.set()
+        return share()
+
+    def ingest_again_then_remove(name: str, ids: Iterable[str]) -> None:
+        monkeypatch.setattr(thumbnails, "remove", remove)  # the delete's batch only
+
+        def ingest_again() -> None:
+            again.extend(ingest(stub, [gone], collection))
+            turn_asked.set()
+
+        racer = threading.Thread(target=ingest_again)
+        racer.start()
+        assert turn_asked.wait(timeout=30)  # waiting for its turn (the delete goes first), or done
+        remove(name, ids)
+        racers.append(racer)
+
+    monkeypatch.setattr(changes, "shared", shared_when_asked)
+    monkeypatch.setattr(thumbnails, "remove", ingest_again_then_remove)
+    assert stub.Delete(search_pb2.DeleteRequest(collection=collection, ids=[first.id])).deleted == 1
+    racers[0].join(timeout=60)
+    assert [result.outcome for result in again] == [STORED]
+    assert stub.Get(search_pb2.GetRequest(collection=collection, ids=[first.id])).records
+    assert thumbnail(stub, collection, first.id)
 
 
 def test_pictures_not_stored_leave_no_thumbnail_and_nothing_part_written(

@@ -137,9 +137,8 @@ class SearchPage:
         picture = (
             await read_picture(request, self.config.max_upload_bytes) if request.method == "POST" else None
         )
-        query = parse_query(
-            request.query_params, picture
-        )  # a malformed one is 400 without asking the service
+        # A malformed query is 400 before the service is asked anything (its limits included).
+        query = parse_query(request.query_params, picture)
         top_k = await self.page_size() if query.top_k is None else query.top_k
         started = time.perf_counter()
         hits = await self.client.search(
