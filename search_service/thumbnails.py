@@ -174,6 +174,7 @@ class Making:
     ) -> None:
         self._thumbnails, self._pool, self._collection, self._tasks = thumbnails, pool, collection, tasks
         self._aside: dict[str, Path] = {}
+        self._unmade: dict[str, str] = {}  # why, by id
 
     def __enter__(self) -> "Making":
         return self
@@ -187,7 +188,7 @@ class Making:
                 path.unlink()
 
     def wait(self) -> None:
-        """Waits for the workers. A thumbnail that cannot be made is logged and skipped."""
+        """Waits for the workers."""
         tasks, self._tasks = self._tasks, []
         broken = False
         for ids, future in tasks:
@@ -198,7 +199,7 @@ class Making:
                 continue
             for image_id, (aside, problem) in zip(ids, made, strict=True):
                 if problem:
-                    log.warning("no thumbnail for %s in %r: %s", image_id, self._collection, problem)
+                    self._unmade[image_id] = problem
                 else:
                     self._aside[image_id] = Path(aside)
         if broken:
@@ -206,9 +207,11 @@ class Making:
 
     def place(self, ids: Iterable[str]) -> None:
         """Renames the thumbnails of `ids` into place: readers see the old file or the whole new one, never a
-        part."""
+        part. Why one of them could not be made is logged (only for these: the others are not stored)."""
         self.wait()
         for image_id in ids:
+            if (why := self._unmade.get(image_id)) is not None:
+                log.warning("no thumbnail for %s in %r: %s", image_id, self._collection, why)
             if (path := self._aside.pop(image_id, None)) is None:
                 continue
             try:

@@ -300,10 +300,15 @@ def test_an_unreachable_search_service_is_503_with_its_words() -> None:
 def test_a_malformed_search_is_400_naming_its_parameter_even_with_the_service_unreachable() -> None:
     """The page asked the service its limits first: a malformed search was 503 while the service was down."""
     with running_web(f"127.0.0.1:{free_port()}", timeout_s=5.0) as url:
-        answers = [get(url, "/api/search", q="a dog", top_k="ten"), get(url, "/api/search", top_k="5")]
-    assert [answer.status for answer in answers] == [400, 400]
+        answers = [
+            get(url, "/api/search", q="a dog", top_k="ten"),
+            get(url, "/api/search", q="a dog", top_k=""),
+            get(url, "/api/search", top_k="5"),
+        ]
+    assert [answer.status for answer in answers] == [400, 400, 400]
     assert answers[0].json()["error"] == "top_k = 'ten' is not an integer"
-    assert answers[1].json()["error"].startswith("nothing to search for")
+    assert answers[1].json()["error"] == "top_k = '' is not an integer"
+    assert answers[2].json()["error"].startswith("nothing to search for")
 
 
 def test_an_unreachable_encoder_is_503_naming_the_encoder(tiny_path, tmp_path) -> None:

@@ -305,17 +305,18 @@ def test_a_picture_ingested_again_between_a_deletes_rows_and_thumbnails_keeps_it
 
 
 def test_pictures_not_stored_leave_no_thumbnail_and_nothing_part_written(
-    tiny_path, tmp_path, monkeypatch
+    tiny_path, tmp_path, monkeypatch, caplog
 ) -> None:
     """Thumbnails are made while the encoder encodes: a picture it refuses, and a batch that Milvus fails to
-    write, must not keep theirs."""
+    write, must not keep theirs, nor log why theirs could not be made."""
     small, large = png(two_tone((200, 30, 30), (30, 30, 200), (40, 30))), picture(550)  # 1200, 2240 pixels
     with (
         running_encoder(tiny_path, max_image_pixels=2000) as encoder,
         running_search(encoder.grpc.address, tmp_path / "milvus.db") as search,
         search_stub(search.grpc.address) as stub,
+        caplog.at_level(logging.WARNING, logger="search_service.thumbnails"),
     ):
-        results = ingest(stub, [("small.png", small), ("large.png", large)], "")
+        results = ingest(stub, [("small.png", small), ("large.png", large), ("junk.png", b"junk")], "")
 
         def fails(*_: object, **__: object) -> None:
             raise MilvusException(code=65535, message="injected: Milvus failed this write")
@@ -325,8 +326,8 @@ def test_pictures_not_stored_leave_no_thumbnail_and_nothing_part_written(
         error = refused(lambda: ingest(stub, unwritten, ""))
         assert stub.Stats(search_pb2.StatsRequest()).count == 1
         made = search.servicer.thumbnails.folder / "images"  # the default collection
-    assert [result.outcome for result in results] == [STORED, search_pb2.OUTCOME_FAILED]
-    assert "over the limit of 2000 pixels" in results[1].error
+    assert [result.outcome for result in results] == [STORED] + [search_pb2.OUTCOME_FAILED] * 2
+    assert "over the limit of 2000 pixels" in results[1].error and caplog.messages == []
     assert error.code() == grpc.StatusCode.UNAVAILABLE and "injected" in error.details()
     assert sorted(path.name for path in made.iterdir()) == [f"{results[0].id}.jpg"]
 

@@ -68,10 +68,10 @@ def parse_query(params: QueryParams, picture: bytes | None) -> SearchQuery:
         raise ApiError(
             400, "nothing to search for: give q=TEXT, like=ID or part=KIND:WEIGHT:VALUE, or POST a picture"
         )
-    top_k, min_score = params.get("top_k", ""), params.get("min_score", "")
+    top_k, min_score = params.get("top_k"), params.get("min_score", "")
     return SearchQuery(
         parts,
-        _number(top_k, "top_k", int) if top_k else None,
+        None if top_k is None else _number(top_k, "top_k", int),
         _number(params.get("offset", "0"), "offset", int),
         _number(min_score, "min_score", float) if min_score else None,
     )
