@@ -117,6 +117,8 @@ def fitted(data: bytes, box: tuple[int, int], max_pixels: int) -> Image.Image:
             longest = max(box)  # the scale is chosen before the picture is turned upright
             opened.draft(opened.mode, (longest, longest))
             image = upright(opened)
+            if image.mode in ("1", "P"):  # else shrunk by nearest neighbour whatever the filter: aliased
+                image = to_rgb(image)
             # Bilinear (antialiased, as Pillow resizes): a fifth less CPU than bicubic, Pillow's default, and
             # no difference to see at this size; every picture of an ingest waits for its thumbnail.
             image.thumbnail(box, Image.Resampling.BILINEAR)

@@ -16,11 +16,12 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from search_service.server import default_thumbnail_workers
-from search_service.thumbnails import STALE_PART_S, Thumbnails
+from search_service.thumbnails import STALE_PART_S, Thumbnails, make_thumbnail
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -97,6 +98,17 @@ def test_pictures_shared_among_processes_each_get_their_own_thumbnail_or_failure
     assert [Image.open(io.BytesIO(jpeg)).size if jpeg else None for jpeg in made.values()] == expected
     [warning] = caplog.messages
     assert warning.startswith(f"no thumbnail for {ids[2]} in 'pictures': cannot decode the picture")
+
+
+@pytest.mark.parametrize("mode", ["P", "1", "L"])
+def test_a_fine_pattern_shrinks_to_its_average_in_every_mode(mode: str) -> None:
+    """Pillow shrinks palette and 1-bit pictures by nearest neighbour whatever the filter asked: a 1-pixel
+    checkerboard came out as black and white noise, not grey."""
+    checkerboard = ((np.indices((480, 640)).sum(axis=0) % 2) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(checkerboard).convert(mode).save(buffer, "PNG")
+    pixels = np.asarray(Image.open(io.BytesIO(make_thumbnail(buffer.getvalue(), 10**8))), dtype=float)
+    assert pixels.shape == (192, 256, 3) and abs(pixels.mean() - 127.5) < 3 and pixels.std() < 3
 
 
 def test_a_start_removes_thumbnails_left_part_written_by_a_killed_process_long_ago(tmp_path) -> None:
