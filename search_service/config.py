@@ -39,6 +39,11 @@ class SearchConfig(ServerSettings):
     index_params: str = setting("{}", 'index parameters as JSON, e.g. {"nlist": 1024} for IVF_FLAT')
     ingest_in_flight: int = setting(3, "batches of one ingest stream encoded and written at once")
     max_concurrent_ingests: int = setting(16, "ingest streams at once; more get RESOURCE_EXHAUSTED")
+    ingest_idle_timeout_s: float = setting(
+        300.0,
+        "an ingest stream that sends no picture for this long, with none of its own under way, is ended "
+        "(DEADLINE_EXCEEDED): a client gone quiet frees its slot",
+    )
     encoder_timeout_s: float = setting(60.0, "deadline of one encoder call, retries included")
     milvus_timeout_s: float = setting(10.0, "deadline of one Milvus call")
     milvus_load_timeout_s: float = setting(
@@ -94,7 +99,14 @@ class SearchConfig(ServerSettings):
         require_at_least(self, ["thumbnail_workers", "max_offset"], 0)
         require_at_most(self, ["max_message_bytes"], GRPC_LARGEST_MESSAGE)
         require_seconds(
-            self, ["encoder_timeout_s", "milvus_timeout_s", "milvus_load_timeout_s", "health_interval_s"]
+            self,
+            [
+                "encoder_timeout_s",
+                "milvus_timeout_s",
+                "milvus_load_timeout_s",
+                "health_interval_s",
+                "ingest_idle_timeout_s",
+            ],
         )
         if self.max_top_k + self.max_offset > _MILVUS_LARGEST_WINDOW:
             raise ValueError(

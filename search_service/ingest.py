@@ -127,6 +127,7 @@ class Ingestion:
         outcomes: Counter,
         thumbnails: Thumbnails,
         changes: SharedOrAlone,
+        idle_timeout_s: float,
     ) -> None:
         self.outcomes = outcomes  # a metric, by outcome name
         self.thumbnails = thumbnails
@@ -135,6 +136,7 @@ class Ingestion:
         self.encoder = encoder
         self.default_collection = default_collection
         self.in_flight = in_flight
+        self.idle_timeout_s = idle_timeout_s
         self._inbox: queue.Queue[object] = queue.Queue()
         self._room = threading.Semaphore(0)
         self._finished = threading.Event()
@@ -153,7 +155,7 @@ class Ingestion:
         self.batch_size = max(1, info.max_items_per_request)
         self._room.release(self.batch_size * (self.in_flight + 1))
         threading.Thread(target=self._read, args=(requests,), name="ingest-reader", daemon=True).start()
-        first = self._inbox.get()
+        first = self._next(idle=True)
         if first is _END:
             return
         if isinstance(first, BaseException):
@@ -180,8 +182,20 @@ class Ingestion:
                     yield from self._results(done)
                 if ended and not pending:
                     return
-                next_item = self._inbox.get()
+                next_item = self._next(idle=not pending)
                 batch, ended = self._take_batch(next_item) if next_item is not _BATCH_DONE else ([], False)
+
+    def _next(self, idle: bool) -> object:
+        """The inbox's next message. A stream `idle` (none of its pictures under way) that sends nothing for
+        the idle time limit ends, so that a client gone quiet does not hold its slot for good."""
+        try:
+            return self._inbox.get(timeout=self.idle_timeout_s if idle else None)
+        except queue.Empty:
+            raise ServiceError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no picture came for {self.idle_timeout_s:g} s (--ingest-idle-timeout-s), so the stream was "
+                "ended to free its slot: what it answered is done; send the rest in a new stream",
+            ) from None
 
     def _read(self, requests: Iterator[search_pb2.IngestRequest]) -> None:
         """Reads the stream, hashing each picture as it arrives (hashlib lets other threads run meanwhile)."""

@@ -312,7 +312,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if not self._ingest_slots.acquire(blocking=False):
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self.config.max_concurrent_ingests} ingest streams are running already; retry later",
+                f"{self.config.max_concurrent_ingests} ingest streams are running already "
+                "(--max-concurrent-ingests); retry later",
             )
         try:
             ingestion = Ingestion(
@@ -323,6 +324,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 self.metrics.ingested,
                 self.thumbnails,
                 self.changes,
+                self.config.ingest_idle_timeout_s,
             )
             yield from ingestion.run(request_iterator)
         finally:

@@ -109,6 +109,36 @@ def test_ingest_streams_beyond_the_limit_get_resource_exhausted(tiny_encoder, tm
         assert [r.outcome for r in ingest(stub, folder(1, 401))] == [STORED]
 
 
+def test_a_stream_gone_quiet_is_ended_and_frees_its_slot(tiny_encoder, tmp_path) -> None:
+    """A client that stopped sending (and never closed its stream) held its ingest slot for good: with them
+    all held, every other ingest was RESOURCE_EXHAUSTED."""
+    release = threading.Event()
+
+    def gone_quiet() -> Iterator[search_pb2.IngestRequest]:
+        yield from requests(folder(1, 410))
+        release.wait(timeout=60)
+
+    with (
+        running_search(
+            tiny_encoder.grpc.address,
+            tmp_path / "milvus.db",
+            max_concurrent_ingests=1,
+            ingest_idle_timeout_s=1.0,
+        ) as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        quiet = stub.Ingest(gone_quiet())
+        try:
+            assert next(quiet).outcome == STORED
+            with pytest.raises(grpc.RpcError) as ended:
+                next(quiet)
+        finally:
+            release.set()
+        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert ended.value.details().startswith("no picture came for 1 s (--ingest-idle-timeout-s)")
+        assert [r.outcome for r in ingest(stub, folder(1, 411))] == [STORED]
+
+
 def test_same_picture_under_two_paths_is_stored_once(stub, collection) -> None:
     image = picture(7)
     results = ingest(stub, [("a/7.png", image), ("b/copy-of-7.png", image)], collection=collection)
