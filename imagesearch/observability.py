@@ -11,6 +11,7 @@ search service, and written in every log line of the call.
 import contextvars
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -28,6 +29,8 @@ from .handlers import wrap_handler
 from .headers import REQUEST_ID, SERVED_BY
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+# When (time.monotonic()) the call's caller stops waiting: the calls it makes to other services get no longer.
+_caller_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("caller_deadline", default=math.inf)
 _QUIET_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # A caller's deadline reaches the server as a timeout, which the server counts from when the call arrived: its
@@ -45,6 +48,11 @@ log = logging.getLogger("imagesearch.access")
 
 def current_request_id() -> str:
     return _request_id.get()
+
+
+def caller_deadline() -> float:
+    """The time.monotonic() at which the call being handled here passes its caller's deadline (inf: none)."""
+    return _caller_deadline.get()
 
 
 def request_id_of(metadata: Mapping[str, str | bytes]) -> str:
@@ -149,6 +157,8 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         def observed(context: grpc.ServicerContext) -> Iterator[None]:
             context.set_trailing_metadata([(SERVED_BY, service)])
             token = _request_id.set(request_id)
+            remaining = context.time_remaining()
+            deadline = _caller_deadline.set(math.inf if remaining is None else time.monotonic() + remaining)
             started, error = time.perf_counter(), None
             try:
                 yield
@@ -169,5 +179,6 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                     "%s %s", short_method, code.name, extra={"fields": {**fields, "request_id": request_id}}
                 )
                 _request_id.reset(token)
+                _caller_deadline.reset(deadline)
 
         return wrap_handler(handler, observed)

@@ -14,7 +14,7 @@ import numpy as np
 from imagesearch.channels import CALLER_OPTIONS
 from imagesearch.errors import ServiceError
 from imagesearch.headers import REQUEST_ID, answered_by_a_service, bearer
-from imagesearch.observability import current_request_id
+from imagesearch.observability import caller_deadline, current_request_id
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 from imagesearch.wire import field_header
 
@@ -87,10 +87,12 @@ class EncoderReplicas:
         self._channel.close()
 
     def _call(self, name: str, method: Callable[..., Response], request: object) -> Response:
-        """One call, observed once with its final status and its whole time, retries included."""
+        """One call, observed once with its final status and its whole time, retries included; it ends by the
+        service's own timeout, or by its caller's deadline where that comes first (the encoder then drops the
+        pictures of a caller gone, rather than encode them for nobody)."""
         started, code = time.monotonic(), grpc.StatusCode.UNKNOWN
         try:
-            response = self._retried(method, request, started + self.timeout_s)
+            response = self._retried(method, request, min(started + self.timeout_s, caller_deadline()))
             code = grpc.StatusCode.OK
             return response
         except ServiceError as error:

@@ -202,6 +202,28 @@ def test_ctrl_c_during_an_ingest_reports_what_was_answered_and_what_was_not_done
     assert err == "imgsearch: interrupted (Ctrl-C)\n"
 
 
+def test_an_encoder_call_gets_no_more_time_than_its_caller_has_left(tiny_encoder, tmp_path) -> None:
+    """Each encoder call had the search service's own deadline (60 s, retries included) whatever its caller
+    had left: a search whose caller had given up held a handler thread, and the encoder, for a minute."""
+    [(uri, image)] = folder(1, 2400)
+    with (
+        standing_in(Stalling(tiny_encoder.grpc.address)) as (target, proxy),
+        running_search(target, tmp_path / "milvus.db", grpc_workers=1, encoder_timeout_s=60.0) as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        try:
+            proxy.released.set()
+            assert [result.outcome for result in stub.Ingest(requests([(uri, image)]))] == [STORED]
+            proxy.released.clear()  # the encoder hangs from now on
+            with pytest.raises(grpc.RpcError) as gave_up:
+                stub.SearchImage(search_pb2.SearchImageRequest(image=image), timeout=1.0)
+            assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # The service's only handler thread is free again: the search ended with its caller's deadline.
+            assert stub.Stats(search_pb2.StatsRequest(), timeout=10).count == 1
+        finally:
+            proxy.released.set()
+
+
 def test_a_call_over_the_encoders_message_limit_fails_at_once_not_as_a_full_queue(tiny_path, caplog) -> None:
     """gRPC itself refuses a message over the encoder's limit with RESOURCE_EXHAUSTED too; retrying that as a
     full queue would hold the call until its deadline, for nothing."""
