@@ -9,6 +9,7 @@ import http.client
 import io
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -309,6 +310,39 @@ def test_a_malformed_search_is_400_naming_its_parameter_even_with_the_service_un
     assert answers[0].json()["error"] == "top_k = 'ten' is not an integer"
     assert answers[1].json()["error"] == "top_k = '' is not an integer"
     assert answers[2].json()["error"].startswith("nothing to search for")
+
+
+@contextmanager
+def stalled_upload(url: str, declared: int = 1000) -> Iterator[socket.socket]:
+    """A picture upload that sends 10 of its `declared` bytes and then nothing more."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        head = f"POST /api/search HTTP/1.1\r\nHost: {host}\r\nContent-Length: {declared}\r\n\r\n"
+        connection.sendall(head.encode() + b"\xff" * 10)
+        yield connection
+
+
+def test_an_upload_that_stalls_is_408_and_frees_its_place() -> None:
+    """A client that stopped part-way through its picture held the upload, and its memory, for good."""
+    with running_web(f"127.0.0.1:{free_port()}", upload_timeout_s=1.0, max_concurrent_uploads=1) as url:
+        with stalled_upload(url) as connection:
+            answer = connection.recv(65536).decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 408 ")
+        assert '"the picture did not arrive within 1 s (--upload-timeout-s)"' in answer
+        assert request(url, "POST", "/api/search", b"").status == 400  # its place is free again
+
+
+def test_uploads_beyond_the_limit_at_once_are_503_naming_it() -> None:
+    refusal = "1 searches by picture are under way already (--max-concurrent-uploads); retry later"
+    with (
+        running_web(f"127.0.0.1:{free_port()}", max_concurrent_uploads=1) as url,
+        stalled_upload(url),
+    ):
+        for _ in range(100):  # until the stalled upload has its place: a bounded poll of that condition
+            answer = request(url, "POST", "/api/search", b"\xff" * 10)
+            if answer.json()["error"] == refusal:
+                break
+    assert answer.status == 503 and answer.json()["error"] == refusal
 
 
 def test_an_unreachable_encoder_is_503_naming_the_encoder(tiny_path, tmp_path) -> None:

@@ -8,6 +8,7 @@ GET  /thumbnails/<id>       a stored picture's JPEG thumbnail; only 64 lowercase
 GET  /healthz               the process answers, to any Host header (web/hosts.py)
 """
 
+import asyncio
 import logging
 import re
 import time
@@ -78,6 +79,7 @@ class SearchPage:
         self.config = config
         self._client: AsyncSearchClient | None = None
         self._page_size: int | None = None  # once the search service's limits are known
+        self._uploads = asyncio.Semaphore(config.max_concurrent_uploads)
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -134,9 +136,25 @@ class SearchPage:
         )
 
     async def search(self, request: Request) -> Response:
-        picture = (
-            await read_picture(request, self.config.max_upload_bytes) if request.method == "POST" else None
-        )
+        if request.method != "POST":
+            return await self._search(request, None)
+        # Each upload is held in memory until its search is answered: so many at once, and each in time.
+        if self._uploads.locked():
+            raise ApiError(
+                503,
+                f"{self.config.max_concurrent_uploads} searches by picture are under way already "
+                "(--max-concurrent-uploads); retry later",
+            )
+        async with self._uploads:
+            try:
+                async with asyncio.timeout(self.config.upload_timeout_s):
+                    picture = await read_picture(request, self.config.max_upload_bytes)
+            except TimeoutError:
+                late = f"the picture did not arrive within {self.config.upload_timeout_s:g} s"
+                raise ApiError(408, f"{late} (--upload-timeout-s)") from None
+            return await self._search(request, picture)
+
+    async def _search(self, request: Request, picture: bytes | None) -> Response:
         # A malformed query is 400 before the service is asked anything (its limits included).
         query = parse_query(request.query_params, picture)
         top_k = await self.page_size() if query.top_k is None else query.top_k

@@ -29,6 +29,10 @@ class WebConfig:
     max_upload_bytes: int = setting(
         20 * 1024 * 1024, "largest picture a search by picture may upload (larger: 413)"
     )
+    upload_timeout_s: float = setting(30.0, "longest an uploaded picture may take to arrive (slower: 408)")
+    max_concurrent_uploads: int = setting(
+        16, "searches by uploaded picture at once (more: 503), so uploads hold at most this many pictures"
+    )
     page_size: int = setting(24, "hits per page when a search names no top_k")
     log_level: str = setting(
         "info", "log level (info: a line per request)", ["critical", "error", "warning", "info", "debug"]
@@ -36,8 +40,8 @@ class WebConfig:
     log_format: str = setting("json", "log lines as JSON or as text", ["json", "text"])
 
     def __post_init__(self) -> None:
-        require_at_least(self, ["max_upload_bytes", "page_size"])
-        require_seconds(self, ["timeout_s"])
+        require_at_least(self, ["max_upload_bytes", "page_size", "max_concurrent_uploads"])
+        require_seconds(self, ["timeout_s", "upload_timeout_s"])
         require_ports(self, ["port"])
         allowed_hosts(self.allowed_hosts)
 
