@@ -143,6 +143,7 @@ class Ingestion:
         self._seen: dict[str, _Item] = {}
         self._totals = _Totals()
         self.batch_size = 1
+        self.max_image_bytes = 0  # the encoder's, once asked
 
     def run(self, requests: Iterator[search_pb2.IngestRequest]) -> Iterator[search_pb2.IngestResponse]:
         try:
@@ -153,6 +154,7 @@ class Ingestion:
     def _run(self, requests: Iterator[search_pb2.IngestRequest]) -> Iterator[search_pb2.IngestResponse]:
         info = self.encoder.info()
         self.batch_size = max(1, info.max_items_per_request)
+        self.max_image_bytes = info.max_image_bytes
         self._room.release(self.batch_size * (self.in_flight + 1))
         threading.Thread(target=self._read, args=(requests,), name="ingest-reader", daemon=True).start()
         first = self._next(idle=True)
@@ -256,11 +258,18 @@ class Ingestion:
         for item in items:
             if item.id in stored:
                 item.outcome = PRESENT
-        new = [item for item in items if item.id not in stored]
+            elif len(item.image) > self.max_image_bytes:
+                # Refused here as the encoder would refuse it: sent, it could take its batch's call past the
+                # encoder's message limit, which fails every picture of the call.
+                item.outcome = FAILED
+                item.error = f"{len(item.image)} bytes is over the limit of {self.max_image_bytes} bytes"
+        new = [item for item in items if item.id not in stored and item.outcome != FAILED]
         # A stored picture without its thumbnail (the disk was full then, or it predates thumbnails) gets one
         # when it is ingested again, if a delete has not removed it meanwhile.
         unmade = self.thumbnails.lacking(collection.name, stored)
-        wanted = [(item.id, item.image) for item in items if item.id not in stored or item.id in unmade]
+        wanted = [(item.id, item.image) for item in new] + [
+            (item.id, item.image) for item in items if item.id in unmade
+        ]
         with self.thumbnails.making(collection.name, wanted) as thumbnails:
             rows = self._encoded_rows(new, collection) if new else []
             thumbnails.wait()  # made while the pictures were encoded

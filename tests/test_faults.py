@@ -18,7 +18,7 @@ from conftest import running_encoder, running_search, search_stub, service_proce
 from grpc_health.v1 import health_pb2
 from milvus_lite.server import Server as MilvusLiteServer
 from pymilvus import DataType, MilvusClient
-from test_search import PRESENT, STORED, folder, requests
+from test_search import FAILED, PRESENT, STORED, folder, requests
 
 from client.cli import main
 from client.local import free_port
@@ -237,6 +237,21 @@ def test_a_call_over_the_encoders_message_limit_fails_at_once_not_as_a_full_queu
             replicas.close()
     assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "retrying" not in caplog.text
+
+
+def test_pictures_over_the_encoders_limit_fail_alone_in_an_ingest(tiny_path, tmp_path) -> None:
+    """Sent to the encoder with their batch, they took its call past the encoder's message limit: the whole
+    stream ended RESOURCE_EXHAUSTED, naming no picture."""
+    [(uri, image)] = folder(1, 2500)
+    large = [(f"large/{n}.png", bytes([n]) * 200_000) for n in range(8)]  # 8 x 200 KB: over 8 x 20 KB + 1 MiB
+    with (
+        running_encoder(tiny_path, max_items_per_request=8, max_image_bytes=20_000) as encoder,
+        running_search(encoder.grpc.address, tmp_path / "milvus.db") as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        results = list(stub.Ingest(requests([*large, (uri, image)])))
+    assert [result.outcome for result in results] == [FAILED] * 8 + [STORED]
+    assert {result.error for result in results[:8]} == {"200000 bytes is over the limit of 20000 bytes"}
 
 
 def wait_until_listening(port: int, attempts: int = 600) -> None:
