@@ -39,6 +39,11 @@ class SearchConfig(ServerSettings):
     index_params: str = setting("{}", 'index parameters as JSON, e.g. {"nlist": 1024} for IVF_FLAT')
     ingest_in_flight: int = setting(3, "batches of one ingest stream encoded and written at once")
     max_concurrent_ingests: int = setting(16, "ingest streams at once; more get RESOURCE_EXHAUSTED")
+    ingest_buffer_bytes: int = setting(
+        256 * 1024 * 1024,
+        "bytes of pictures one ingest stream holds at once, waiting or being encoded and written; its client "
+        "waits for room (a larger picture is taken alone)",
+    )
     ingest_idle_timeout_s: float = setting(
         300.0,
         "an ingest stream that sends no picture for this long, with none of its own under way, is ended "
@@ -89,6 +94,7 @@ class SearchConfig(ServerSettings):
             [
                 "ingest_in_flight",
                 "max_concurrent_ingests",
+                "ingest_buffer_bytes",
                 "max_top_k",
                 "max_message_bytes",
                 "grpc_workers",

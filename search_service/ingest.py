@@ -128,6 +128,7 @@ class Ingestion:
         thumbnails: Thumbnails,
         changes: SharedOrAlone,
         idle_timeout_s: float,
+        buffer_bytes: int,
     ) -> None:
         self.outcomes = outcomes  # a metric, by outcome name
         self.thumbnails = thumbnails
@@ -137,6 +138,9 @@ class Ingestion:
         self.default_collection = default_collection
         self.in_flight = in_flight
         self.idle_timeout_s = idle_timeout_s
+        self.buffer_bytes = buffer_bytes
+        self._buffered = 0  # bytes of the pictures read and not yet answered
+        self._bytes_freed = threading.Condition()
         self._inbox: queue.Queue[object] = queue.Queue()
         self._room = threading.Semaphore(0)
         self._finished = threading.Event()
@@ -181,6 +185,7 @@ class Ingestion:
                 while pending and (pending[0][1].done() or len(pending) >= self.in_flight or ended):
                     done, future = pending.popleft()
                     future.result()  # an unreachable encoder or Milvus ends the stream here
+                    self._free(done)
                     yield from self._results(done)
                 if ended and not pending:
                     return
@@ -207,6 +212,8 @@ class Ingestion:
                 while not self._room.acquire(timeout=1.0):
                     if self._finished.is_set():
                         return
+                if not self._hold(len(request.image)):
+                    return
                 item = _Item(
                     taken,
                     request.uri,
@@ -223,6 +230,22 @@ class Ingestion:
             self._inbox.put(ServiceError(refusal.code, f"requests[{taken}]: {refusal.message}"))
         except Exception as error:  # the client went away; the loop ends the call
             self._inbox.put(error)
+
+    def _hold(self, size: int) -> bool:
+        """Waits until `size` more bytes fit in the stream's buffer (or it holds none), and counts them; False
+        once the stream has ended. The client waits meanwhile: gRPC's flow control holds its sending."""
+        with self._bytes_freed:
+            while self._buffered and self._buffered + size > self.buffer_bytes:
+                if self._finished.is_set():
+                    return False
+                self._bytes_freed.wait(timeout=1.0)
+            self._buffered += size
+            return True
+
+    def _free(self, answered: list[_Item]) -> None:
+        with self._bytes_freed:
+            self._buffered -= sum(len(item.image) for item in answered)
+            self._bytes_freed.notify()
 
     def _take_batch(self, first: object) -> tuple[list[_Item], bool]:
         batch, ended = take_arrived(self._inbox, first, self.batch_size)

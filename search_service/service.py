@@ -325,6 +325,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 self.thumbnails,
                 self.changes,
                 self.config.ingest_idle_timeout_s,
+                self.config.ingest_buffer_bytes,
             )
             yield from ingestion.run(request_iterator)
         finally:

@@ -139,6 +139,27 @@ def test_a_stream_gone_quiet_is_ended_and_frees_its_slot(tiny_encoder, tmp_path)
         assert [r.outcome for r in ingest(stub, folder(1, 411))] == [STORED]
 
 
+def test_a_stream_holds_no_more_picture_bytes_at_once_than_its_buffer(
+    tiny_encoder, tmp_path, monkeypatch
+) -> None:
+    """A stream's memory was bounded only by a count of pictures: 448 of them, each of up to 64 MiB. With a
+    buffer smaller than one picture, each is read only once the one before it is answered."""
+    calls: list[int] = []
+    with (
+        running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db", ingest_buffer_bytes=1) as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        encode_images = search.servicer.encoder.encode_images
+
+        def counted(images: list[bytes]):  # type: ignore[no-untyped-def]
+            calls.append(len(images))
+            return encode_images(images)
+
+        monkeypatch.setattr(search.servicer.encoder, "encode_images", counted)
+        results = ingest(stub, folder(6, 420))
+    assert [r.outcome for r in results] == [STORED] * 6 and calls == [1] * 6
+
+
 def test_same_picture_under_two_paths_is_stored_once(stub, collection) -> None:
     image = picture(7)
     results = ingest(stub, [("a/7.png", image), ("b/copy-of-7.png", image)], collection=collection)
