@@ -45,9 +45,10 @@ class SearchConfig(ServerSettings):
         "waits for room (a larger picture is taken alone)",
     )
     ingest_idle_timeout_s: float = setting(
-        300.0,
+        600.0,
         "an ingest stream that sends no picture for this long, with none of its own under way, is ended "
-        "(DEADLINE_EXCEEDED): a client gone quiet frees its slot",
+        "(DEADLINE_EXCEEDED): a client that stopped sending frees its slot (a picture must arrive whole "
+        "within it: 64 MiB at 1 Mbit/s takes 9 minutes)",
     )
     encoder_timeout_s: float = setting(60.0, "deadline of one encoder call, retries included")
     milvus_timeout_s: float = setting(10.0, "deadline of one Milvus call")

@@ -212,12 +212,13 @@ class Ingestion:
                 while not self._room.acquire(timeout=1.0):
                     if self._finished.is_set():
                         return
-                if not self._hold(len(request.image)):
+                image = request.image  # protobuf copies the bytes at each access
+                if not self._hold(len(image)):
                     return
                 item = _Item(
                     taken,
                     request.uri,
-                    request.image,
+                    image,
                     dict(request.metadata),
                     dict(request.typed_metadata),
                     request.collection,
@@ -281,7 +282,7 @@ class Ingestion:
         for item in items:
             if item.id in stored:
                 item.outcome = PRESENT
-            elif len(item.image) > self.max_image_bytes:
+            elif 0 < self.max_image_bytes < len(item.image):  # 0: an encoder that does not say
                 # Refused here as the encoder would refuse it: sent, it could take its batch's call past the
                 # encoder's message limit, which fails every picture of the call.
                 item.outcome = FAILED

@@ -29,13 +29,15 @@ class ApiError(Exception):
         self.message = message
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 async def api_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ApiError)
-    return error_response(error.status, error.message)
+    # After a 408 the rest of the body may still come: the connection closes rather than read it for good.
+    closing = {"Connection": "close"} if error.status == 408 else None
+    return error_response(error.status, error.message, closing)
 
 
 async def search_service_error(request: Request, error: Exception) -> JSONResponse:
