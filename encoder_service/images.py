@@ -4,14 +4,13 @@ Torch-free on purpose: the decoding processes import this module, and importing 
 seconds and hundreds of megabytes.
 """
 
-import io
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from imagesearch.pictures import FORMATS, NOT_A_PICTURE, orientation, to_rgb, too_many_scans, upright
+from imagesearch.pictures import NOT_A_PICTURE, UnreadablePicture, open_within, orientation, to_rgb, upright
 
 # Our own pixel limit is checked from the header; Pillow's global bomb check would only duplicate it.
 Image.MAX_IMAGE_PIXELS = None
@@ -61,23 +60,13 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
     if len(data) > limits.max_bytes:
         raise ImageRejected(f"{len(data)} bytes is over the limit of {limits.max_bytes} bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
+        return open_within(data, limits.max_pixels)
+    except UnreadablePicture as over_a_limit:
+        raise ImageRejected(str(over_a_limit)) from None
     except UnidentifiedImageError:
         raise ImageRejected(NOT_A_PICTURE) from None
     except Exception as error:
         raise ImageRejected(f"unreadable image header: {error}") from None
-    width, height = image.size
-    if width * height > limits.max_pixels:
-        raise ImageRejected(
-            f"{width}x{height} pixels is over the limit of {limits.max_pixels} pixels (decompression bomb?)"
-        )
-    if width == 0 or height == 0:
-        raise ImageRejected(f"{width}x{height} pixels: the image is empty")
-    if problem := too_many_scans(image, data):
-        raise ImageRejected(problem)
-    return image
 
 
 def decode_image(data: bytes, limits: ImageLimits, smallest_side: int) -> Image.Image:

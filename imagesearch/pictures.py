@@ -47,14 +47,6 @@ _START_OF_SCAN = b"\xff\xda"  # a marker: never in a JPEG's coded data, where 0x
 MAX_JPEG_SCANS = 100
 
 
-def too_many_scans(image: Image.Image, data: bytes) -> str:
-    """Why the picture opened from `data` must not be decoded for its many JPEG scans; "" if it may."""
-    # MPO: a phone's multi-picture JPEG, whose first picture Pillow decodes as any JPEG.
-    if image.format in ("JPEG", "MPO") and (scans := data.count(_START_OF_SCAN)) > MAX_JPEG_SCANS:
-        return f"a JPEG of {scans} scans is over the limit of {MAX_JPEG_SCANS} scans"
-    return ""
-
-
 def upright(image: Image.Image) -> Image.Image:
     """The picture turned as its EXIF orientation says. Not ImageOps.exif_transpose: it also rewrites the
     EXIF, and fails on one mistyped tag, in a picture whose pixels and orientation read well."""
@@ -97,23 +89,37 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 class UnreadablePicture(ValueError):
-    """The picture cannot be decoded here, or has more pixels than allowed; the message says why."""
+    """The picture cannot be decoded here, or is over a limit; the message says why."""
+
+
+def open_within(data: bytes, max_pixels: int) -> Image.Image:
+    """The picture in `data` with only its header read, once it is known to be of FORMATS, of at most
+    `max_pixels` pixels and, a JPEG, of at most MAX_JPEG_SCANS scans; UnreadablePicture saying which limit
+    it is over. Pillow's own refusals (not a picture, a broken header) are left to the caller to word."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: max_pixels is the limit here
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise UnreadablePicture(
+            f"{width}x{height} pixels is over the limit of {max_pixels} pixels (decompression bomb?)"
+        )
+    if width == 0 or height == 0:
+        raise UnreadablePicture(f"{width}x{height} pixels: the image is empty")
+    # MPO: a phone's multi-picture JPEG, whose first picture Pillow decodes as any JPEG.
+    if image.format in ("JPEG", "MPO") and (scans := data.count(_START_OF_SCAN)) > MAX_JPEG_SCANS:
+        raise UnreadablePicture(f"a JPEG of {scans} scans is over the limit of {MAX_JPEG_SCANS} scans")
+    return image
 
 
 def fitted(data: bytes, box: tuple[int, int], max_pixels: int) -> Image.Image:
     """The picture in `data` upright and in RGB, shrunk (never enlarged) to fit `box`: a thumbnail or a tile.
 
-    Only FORMATS are decoded, and no picture of over `max_pixels` pixels or MAX_JPEG_SCANS scans: that is
-    checked before any pixel is decoded, and libjpeg decodes a large JPEG at a reduced scale."""
+    Checked by `open_within` before any pixel is decoded; libjpeg decodes a large JPEG at a reduced scale."""
     try:
+        opened = open_within(data, max_pixels)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: max_pixels is the limit here
-            opened = Image.open(io.BytesIO(data), formats=FORMATS)
-            width, height = opened.size
-            if width * height > max_pixels:
-                raise UnreadablePicture(f"{width}x{height} pixels is over the limit of {max_pixels} pixels")
-            if problem := too_many_scans(opened, data):
-                raise UnreadablePicture(problem)
+            warnings.simplefilter("ignore")
             longest = max(box)  # the scale is chosen before the picture is turned upright
             opened.draft(opened.mode, (longest, longest))
             image = upright(opened)
