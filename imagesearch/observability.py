@@ -13,10 +13,11 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -28,9 +29,43 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from .handlers import wrap_handler
 from .headers import REQUEST_ID, SERVED_BY
 
+
+class Caller:
+    """Who waits for the call being handled: until when (its `deadline`, in time.monotonic(); inf: none), and
+    whether it still waits. The calls the handler makes to other services get no longer than it, and are
+    cancelled when it goes (it cancelled its call, or its deadline passed), so that they work for nobody."""
+
+    def __init__(self, deadline: float = math.inf) -> None:
+        self.deadline = deadline
+        self._lock = threading.Lock()
+        self._gone = False
+        self._on_leaving: set[Callable[[], object]] = set()
+
+    def left(self) -> None:
+        """The call has ended, however it ended: whatever still waits for it is cancelled."""
+        with self._lock:
+            self._gone, cancels = True, list(self._on_leaving)
+        for cancel in cancels:
+            cancel()
+
+    @contextmanager
+    def awaiting(self, cancel: Callable[[], object]) -> Iterator[None]:
+        """Runs `cancel` if the caller goes within this block (at once if it has gone already)."""
+        with self._lock:
+            gone = self._gone
+            self._on_leaving.add(cancel)
+        try:
+            if gone:
+                cancel()
+            yield
+        finally:
+            with self._lock:
+                self._on_leaving.discard(cancel)
+
+
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
-# When (time.monotonic()) the call's caller stops waiting: the calls it makes to other services get no longer.
-_caller_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("caller_deadline", default=math.inf)
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
+_WAITING_FOR_EVER = Caller()  # outside any call, it never goes
 _QUIET_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # A caller's deadline reaches the server as a timeout, which the server counts from when the call arrived: its
@@ -50,9 +85,9 @@ def current_request_id() -> str:
     return _request_id.get()
 
 
-def caller_deadline() -> float:
-    """The time.monotonic() at which the call being handled here passes its caller's deadline (inf: none)."""
-    return _caller_deadline.get()
+def current_caller() -> Caller:
+    """The caller of the call being handled here (outside any call: one that waits for ever)."""
+    return _caller.get(_WAITING_FOR_EVER)
 
 
 def request_id_of(metadata: Mapping[str, str | bytes]) -> str:
@@ -126,9 +161,10 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> WSGIServ
 
 
 class ObservabilityInterceptor(grpc.ServerInterceptor):
-    """Counts and times every call by method and status, logs it, and carries its request id. A call that ends
-    after its deadline counts as DEADLINE_EXCEEDED, which is what its caller saw, whatever the handler did (an
-    Ingest stream its deadline cut ends CANCELLED, or OK where gRPC hands the cut on as the stream's end)."""
+    """Counts and times every call by method and status, logs it, and carries its request id and `Caller`. A
+    call that ends after its deadline counts as DEADLINE_EXCEEDED, and one its caller cancelled as CANCELLED:
+    what its caller saw, whatever the handler did (an Ingest stream cut so may end OK where gRPC hands the
+    cut on as the stream's end)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.handled = Counter(
@@ -158,7 +194,9 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
             context.set_trailing_metadata([(SERVED_BY, service)])
             token = _request_id.set(request_id)
             # With no deadline, grpc says about 9e18 s remain.
-            deadline = _caller_deadline.set(time.monotonic() + context.time_remaining())
+            caller = Caller(time.monotonic() + context.time_remaining())
+            context.add_callback(caller.left)
+            caller_token = _caller.set(caller)
             started, error = time.perf_counter(), None
             try:
                 yield
@@ -171,6 +209,8 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                 )
                 if context.time_remaining() <= _DEADLINE_SLACK_S:
                     code = grpc.StatusCode.DEADLINE_EXCEEDED
+                elif not context.is_active():  # its caller cancelled it: the handler's status never came
+                    code = grpc.StatusCode.CANCELLED
                 seconds = time.perf_counter() - started
                 self.handled.labels(short_method, code.name).inc()
                 self.seconds.labels(short_method).observe(seconds)
@@ -179,6 +219,6 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                     "%s %s", short_method, code.name, extra={"fields": {**fields, "request_id": request_id}}
                 )
                 _request_id.reset(token)
-                _caller_deadline.reset(deadline)
+                _caller.reset(caller_token)
 
         return wrap_handler(handler, observed)

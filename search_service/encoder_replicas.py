@@ -6,7 +6,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -14,7 +14,7 @@ import numpy as np
 from imagesearch.channels import CALLER_OPTIONS
 from imagesearch.errors import ServiceError
 from imagesearch.headers import REQUEST_ID, answered_by_a_service, bearer
-from imagesearch.observability import caller_deadline, current_request_id
+from imagesearch.observability import Caller, current_caller, current_request_id
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 from imagesearch.wire import field_header
 
@@ -86,34 +86,51 @@ class EncoderReplicas:
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, name: str, method: Callable[..., Response], request: object) -> Response:
+    def _call(
+        self, name: str, method: "grpc.UnaryUnaryMultiCallable[Any, Response]", request: object
+    ) -> Response:
         """One call, observed once with its final status and its whole time, retries included; it ends by the
-        service's own timeout, or by its caller's deadline where that comes first (the encoder then drops the
-        pictures of a caller gone, rather than encode them for nobody)."""
-        started, code = time.monotonic(), grpc.StatusCode.UNKNOWN
+        service's own timeout, or by its caller's deadline where that comes first, and is cancelled if its
+        caller goes: the encoder then drops the pictures of a caller gone, rather than encode them for nobody.
+        A call so cut for its caller is observed as CANCELLED, not as the encoder's slowness."""
+        caller, started, code = current_caller(), time.monotonic(), grpc.StatusCode.UNKNOWN
+        own_deadline = started + self.timeout_s
         try:
-            response = self._retried(method, request, min(started + self.timeout_s, caller_deadline()))
+            response = self._retried(method, request, min(own_deadline, caller.deadline), caller)
             code = grpc.StatusCode.OK
             return response
         except ServiceError as error:
-            code = error.code
+            by_caller = error.code == grpc.StatusCode.DEADLINE_EXCEEDED and caller.deadline < own_deadline
+            code = grpc.StatusCode.CANCELLED if by_caller else error.code
             raise
         finally:
             self.observe(name, code.name, time.monotonic() - started)
 
-    def _retried(self, method: Callable[..., Response], request: object, deadline: float) -> Response:
+    def _retried(
+        self,
+        method: "grpc.UnaryUnaryMultiCallable[Any, Response]",
+        request: object,
+        deadline: float,
+        caller: Caller,
+    ) -> Response:
         """One call with a deadline, retried (on another replica, where there are several) on UNAVAILABLE up
         to `attempts` times, and on RESOURCE_EXHAUSTED from an encoder until the deadline: an encoder whose
         queue is full asks to be called later, and several ingest streams at once can keep it full for longer
         than a few retries take, which should slow them down, not fail them. A RESOURCE_EXHAUSTED that no
         encoder said (gRPC's own: a message over the encoder's size limit) fails at once: no retry mends it.
         """
-        metadata = [*self._token, (REQUEST_ID, current_request_id())]
+        metadata = (*self._token, (REQUEST_ID, current_request_id()))
         backoff, attempt = 0.1, 1
         while True:
             remaining = deadline - time.monotonic()
+            call = method.future(request, timeout=max(remaining, 0.001), metadata=metadata)
             try:
-                return method(request, timeout=max(remaining, 0.001), metadata=metadata)
+                with caller.awaiting(call.cancel):
+                    return call.result()
+            except grpc.FutureCancelledError:
+                raise ServiceError(
+                    grpc.StatusCode.CANCELLED, f"encoder at {self.target}: its caller has gone"
+                ) from None
             except grpc.RpcError as error:
                 code = error.code()
                 queue_full = code == grpc.StatusCode.RESOURCE_EXHAUSTED and answered_by_a_service(error)

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from conftest import running_encoder, running_search, search_stub, service_proce
 from grpc_health.v1 import health_pb2
 from milvus_lite.server import Server as MilvusLiteServer
 from pymilvus import DataType, MilvusClient
+from test_operability import scrape
 from test_search import FAILED, PRESENT, STORED, folder, requests
 
 from client.cli import main
@@ -128,13 +130,15 @@ class Overloaded(encoder_pb2_grpc.EncoderServiceServicer):
 
 class Stalling(Overloaded):
     """In front of a real encoder: holds every EncodeImages call until `released` is set (a GPU that hangs),
-    and says when the first one arrived."""
+    and says when the first one arrived, and when one ended while held (its caller cancelled it)."""
 
     def __init__(self, encoder: str) -> None:
         super().__init__(encoder, refusals=0)
-        self.arrived, self.released = threading.Event(), threading.Event()
+        self.arrived, self.released, self.abandoned = threading.Event(), threading.Event(), threading.Event()
 
     def EncodeImages(self, request, context):
+        # A call's callbacks run when it ends; this one cannot end on its own while it is held here.
+        context.add_callback(lambda: None if self.released.is_set() else self.abandoned.set())
         self.arrived.set()
         self.released.wait(timeout=120)
         return super().EncodeImages(request, context)
@@ -222,6 +226,39 @@ def test_an_encoder_call_gets_no_more_time_than_its_caller_has_left(tiny_encoder
             assert stub.Stats(search_pb2.StatsRequest(), timeout=10).count == 1
         finally:
             proxy.released.set()
+
+
+def test_a_caller_that_cancels_its_search_cancels_the_encoder_call_it_waited_for(
+    tiny_encoder, tmp_path, caplog
+) -> None:
+    """A search its caller cancelled went on waiting for the encoder until the service's own deadline (60 s),
+    holding a handler thread, and the encoder went on with it for nobody."""
+    caplog.set_level(logging.INFO, logger="imagesearch.access")
+    [(uri, image)] = folder(1, 2401)
+    with (
+        standing_in(Stalling(tiny_encoder.grpc.address)) as (target, proxy),
+        running_search(target, tmp_path / "milvus.db", grpc_workers=1, encoder_timeout_s=60.0) as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        try:
+            proxy.released.set()
+            assert [result.outcome for result in stub.Ingest(requests([(uri, image)]))] == [STORED]
+            proxy.released.clear()  # the encoder hangs from now on
+            proxy.arrived.clear()
+            searching = stub.SearchImage.future(search_pb2.SearchImageRequest(image=image))
+            assert proxy.arrived.wait(timeout=60)
+            searching.cancel()
+            assert proxy.abandoned.wait(timeout=10)  # the encoder's caller went too
+            # The service's only handler thread is free again.
+            assert stub.Stats(search_pb2.StatsRequest(), timeout=10).count == 1
+            encoder_calls = scrape(search.grpc.metrics.server_port)
+        finally:
+            proxy.released.set()
+    [search_line] = [r for r in caplog.records if getattr(r, "fields", {}).get("method") == "SearchImage"]
+    assert search_line.fields["code"] == "CANCELLED"
+    # The encoder call counts as given up for its caller, not as the encoder's failure.
+    cancelled = ("search_encoder_seconds_count", (("code", "CANCELLED"), ("method", "EncodeImages")))
+    assert encoder_calls[cancelled] == 1
 
 
 def test_a_call_over_the_encoders_message_limit_fails_at_once_not_as_a_full_queue(tiny_path, caplog) -> None:

@@ -14,7 +14,7 @@ from conftest import encoder_stub, running_encoder, running_search, search_stub
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from test_search import folder, requests
+from test_search import STORED, folder, requests
 
 from client import AsyncSearchClient, ImageSearchError, SearchClient, request_id
 from client.cli import EXIT_FAILED, main
@@ -284,4 +284,31 @@ def test_an_ingest_cut_by_its_deadline_counts_as_deadline_exceeded(search, caplo
     assert awaited.fields["code"] == "DEADLINE_EXCEEDED"
     assert awaited.fields["request_id"] == "trace-ingest-2"
     key = ("grpc_server_handled_total", (("code", "DEADLINE_EXCEEDED"), ("method", "Ingest")))
+    assert scrape(search.grpc.metrics.server_port)[key] == before.get(key, 0) + 1
+
+
+def test_an_ingest_its_client_cancels_counts_as_cancelled(search, caplog) -> None:
+    """It was logged and counted as OK: its handler ends as it does at the end of a stream."""
+    caplog.set_level(logging.INFO, logger="imagesearch.access")
+    access, awaited = logging.getLogger("imagesearch.access"), Awaited("Ingest")
+    held = threading.Event()
+
+    def held_open():  # type: ignore[no-untyped-def]
+        yield from requests(folder(1, 991))
+        held.wait()  # the stream stays open until its client cancels it
+
+    before = scrape(search.grpc.metrics.server_port)
+    access.addHandler(awaited)
+    try:
+        with search_stub(search.grpc.address) as stub:
+            stream = stub.Ingest(held_open(), metadata=[("x-request-id", "trace-ingest-3")])
+            assert next(stream).outcome == STORED  # the stream is under way
+            stream.cancel()
+        assert awaited.logged.wait(30)
+    finally:
+        held.set()
+        access.removeHandler(awaited)
+    assert awaited.fields["code"] == "CANCELLED"
+    assert awaited.fields["request_id"] == "trace-ingest-3"
+    key = ("grpc_server_handled_total", (("code", "CANCELLED"), ("method", "Ingest")))
     assert scrape(search.grpc.metrics.server_port)[key] == before.get(key, 0) + 1
