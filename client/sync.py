@@ -15,7 +15,7 @@ from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2
 
 from . import messages
 from .channel import Connection
-from .errors import IngestInterrupted
+from .errors import ImageSearchError, IngestInterrupted
 from .files import part_picture, picture_bytes
 from .ingest import Ingestion, Progress
 from .messages import FilterParam
@@ -76,9 +76,14 @@ class SearchClient:
     ) -> IngestSummary:
         """Streams every picture under `paths` (one path, or several) and says what happened to each file;
         `progress` is called with each item as it finishes, and what it raises ends the ingest. A stream
-        that breaks raises IngestInterrupted, with the results received until then."""
+        that breaks, or a service that cannot even say its limits first, raises IngestInterrupted, with the
+        results received until then."""
         ingestion = Ingestion(paths, recursive, self.collection, metadata, progress)
-        call = self._stub.Ingest(ingestion.requests(self.limits()), metadata=self._connection.metadata())
+        try:
+            limits = self.limits()
+        except ImageSearchError as unasked:
+            raise IngestInterrupted(unasked, ingestion.summary) from None
+        call = self._stub.Ingest(ingestion.requests(limits), metadata=self._connection.metadata())
         ended = threading.Event()
         if self._connection.timeout is not None:
             watch = (call, ingestion, self._connection.timeout, ended)

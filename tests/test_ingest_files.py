@@ -4,6 +4,7 @@ Ingests run the real command line as a separate process in which file permission
 the capabilities that bypass them), against real services on loopback.
 """
 
+import asyncio
 import json
 import os
 import signal
@@ -24,9 +25,10 @@ from PIL import Image
 from test_client import assert_tiles
 from test_search import picture
 
-from client import ImageSearchError, IngestInterrupted, SearchClient
-from client.cli import EXIT_FAILED, EXIT_PARTIAL
+from client import AsyncSearchClient, ImageSearchError, IngestInterrupted, SearchClient
+from client.cli import EXIT_FAILED, EXIT_PARTIAL, main
 from client.files import uri_of
+from client.local import free_port
 from imagesearch.v1 import search_pb2
 
 MAX_IMAGE_BYTES = 200_000
@@ -397,3 +399,32 @@ def test_pictures_given_where_one_is_expected_must_be_regular_files(tmp_path) ->
     with SearchClient("127.0.0.1:1") as client, pytest.raises(ImageSearchError) as folder:
         client.search_image(tmp_path)
     assert folder.value.message == f"{tmp_path}: not a regular file (a folder)"
+
+
+def test_an_ingest_whose_encoder_is_down_still_reports_in_json(tmp_path, capsys) -> None:
+    """The SDK asks the search service for its limits before the stream, and the service asks the encoder:
+    that failure was a plain error, so `ingest --json` printed nothing, and neither client said what was
+    left undone."""
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for index in range(2):
+        (folder / f"{index}.png").write_bytes(picture(5100 + index))
+    nobody = f"127.0.0.1:{free_port()}"
+    with running_search(nobody, tmp_path / "milvus.db", encoder_timeout_s=5.0) as search:
+        address = search.grpc.address
+        code = main(["--server", address, "ingest", str(folder), "--json", "--no-progress"])
+        out, err = capsys.readouterr()
+        with pytest.raises(IngestInterrupted) as interrupted:
+            asyncio.run(_ingest_async(address, folder))
+    report = json.loads(out)
+    assert code == EXIT_FAILED
+    assert report["interrupted"].startswith(f"UNAVAILABLE: encoder at {nobody}")
+    assert report["total"] == 2 and report["items"] == []
+    assert f"encoder at {nobody}" in err
+    assert interrupted.value.code == grpc.StatusCode.UNAVAILABLE
+    assert interrupted.value.summary.total == 2 and interrupted.value.summary.items == []
+
+
+async def _ingest_async(address: str, folder: Path) -> None:
+    async with AsyncSearchClient(address) as client:
+        await client.ingest(folder)
