@@ -106,6 +106,11 @@ class Connection:
             message = f"cannot reach the {self.service} at {self.target}: {message}"
         elif not reached and code == grpc.StatusCode.DEADLINE_EXCEEDED:
             message = f"the {self.service} at {self.target} did not answer within {self.timeout} s"
+        elif not reached and code == grpc.StatusCode.UNIMPLEMENTED:
+            message = (
+                f"the server at {self.target} does not serve this call ({message}): "
+                f"is it the {self.service}, and as new as this client?"
+            )
         return ImageSearchError(code, message, self.target, self.service, reached)
 
     def silence(self) -> ImageSearchError:

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
+import grpc
+
 from imagesearch.defaults import (
     ENCODER_ADDRESS,
     ENCODER_METRICS_PORT,
@@ -38,6 +40,7 @@ from .commands import (
     cmd_search,
     cmd_stats,
     cmd_up,
+    tls_on,
 )
 from .errors import ImageSearchError
 from .local import StartFailed
@@ -277,17 +280,20 @@ def _say(message: str) -> None:
     print(f"imgsearch: {shown(message)}", file=sys.stderr)
 
 
-def _report(error: ImageSearchError) -> int:
+def _report(error: ImageSearchError, over_tls: bool) -> int:
     """One message for a failed call, and what to do about it; the exit code."""
     if not error.target:
         _say(error.message)
         return EXIT_USAGE
     if not error.reached:
         _say(str(error))
-        print(
-            f"  is the {error.service} running at {error.target}? Start one with `imgsearch up`.",
-            file=sys.stderr,
-        )
+        if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            # One side speaking TLS to the other's plaintext fails as nobody listening does.
+            tls = "with TLS, as --tls asks" if over_tls else "without TLS (else add --tls)"
+            print(
+                f"  is the {error.service} running at {error.target}, {tls}? Start one with `imgsearch up`.",
+                file=sys.stderr,
+            )
     else:
         _say(f"the {error.service} at {error.target} says: {error}")
     return EXIT_FAILED
@@ -301,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         parser.error(shown(str(error)))
     except ImageSearchError as error:
-        return _report(error)
+        return _report(error, tls_on(args.tls))
     except UnicodeEncodeError as error:  # an argument with bytes of a file name where text was wanted
         parser.error(f"{shown(str(error.object))!r} is not UTF-8 text")
     except (StartFailed, OSError) as error:  # a service that did not start, a grid that cannot be written

@@ -83,7 +83,7 @@ def tags(args: argparse.Namespace) -> dict[str, MetadataValue]:
 _ON, _OFF = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
-def _tls_on(tls: bool | str) -> bool:
+def tls_on(tls: bool | str) -> bool:
     """--tls (True), or IMGSEARCH_TLS as it is set (a text)."""
     if isinstance(tls, bool):
         return tls
@@ -94,7 +94,7 @@ def _tls_on(tls: bool | str) -> bool:
 
 def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
     """TLS as asked for; a certificate file named while TLS is off is refused, never ignored in silence."""
-    if not _tls_on(args.tls):
+    if not tls_on(args.tls):
         named = [flag for flag in ("tls_ca", "tls_cert", "tls_key") if getattr(args, flag)]
         if named:
             flag = "--" + named[0].replace("_", "-")

@@ -11,8 +11,9 @@ if TYPE_CHECKING:  # the results import this module for `refused`
 class ImageSearchError(Exception):
     """A call that failed, or a request the SDK refused before sending it (then `target` is empty).
 
-    `reached` is False when no service answered at all (nothing listens at `target`, or the network is
-    down); then `code` is UNAVAILABLE or DEADLINE_EXCEEDED and the message says whom the SDK could not reach.
+    `reached` is False when no such service answered: nothing listens at `target`, or the network is down
+    (`code` is UNAVAILABLE or DEADLINE_EXCEEDED, and the message says whom the SDK could not reach), or
+    another server is there (UNIMPLEMENTED, and the message says so).
     """
 
     def __init__(

@@ -396,3 +396,16 @@ def test_demo_runs_end_to_end(tmp_path, capsys) -> None:
     grids = sorted(path.name for path in (tmp_path / "demo" / "grids").iterdir())
     assert len(grids) == 6 and "image-query.png" in grids
     assert "services stopped" in out
+
+
+def test_a_client_at_another_services_address_is_told_so(tiny_encoder, capsys) -> None:
+    """The encoder's address given as the search service's was answered "is the search service running
+    there? Start one with `imgsearch up`", though a server had answered."""
+    address = tiny_encoder.grpc.address
+    assert main(["--server", address, "stats"]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert f"the server at {address} does not serve this call" in err and "is it the search service" in err
+    assert "Start one with" not in err
+    with SearchClient(address) as client, pytest.raises(ImageSearchError) as error:
+        client.stats()
+    assert error.value.code == grpc.StatusCode.UNIMPLEMENTED and not error.value.reached

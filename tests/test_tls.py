@@ -86,10 +86,11 @@ def test_cli_tls_is_never_plaintext_in_silence(search, authority, capsys, monkey
     """`search` serves plaintext: a client that asked for TLS must fail there, not fall back."""
     plain = ["--server", search.grpc.address, "--timeout", "5", "--collection", "none_yet", "stats"]
     answered = "says: NOT_FOUND: collection 'none_yet' does not exist"
+    with_tls = f"is the search service running at {search.grpc.address}, with TLS, as --tls asks?"
     assert main([*plain[:-1], "--tls", "stats"]) == EXIT_FAILED  # the system's roots: no handshake
-    assert "is the search service running" in capsys.readouterr().err
+    assert with_tls in capsys.readouterr().err
     monkeypatch.setenv("IMGSEARCH_TLS", "1")
-    assert main(plain) == EXIT_FAILED and "is the search service running" in capsys.readouterr().err
+    assert main(plain) == EXIT_FAILED and with_tls in capsys.readouterr().err
     monkeypatch.setenv("IMGSEARCH_TLS", "0")
     assert main(plain) == EXIT_FAILED and answered in capsys.readouterr().err
     for flags, message in (
@@ -226,3 +227,10 @@ def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(
         assert trusted_by(renewing.ca_file) and not trusted_by(authority.ca_file)
     finally:
         server.stop(0)
+
+
+def test_cli_without_tls_at_a_tls_service_is_told_to_add_it(secured, capsys) -> None:
+    _, search = secured
+    assert main(["--server", search.grpc.address, "--timeout", "5", "stats"]) == EXIT_FAILED
+    hint = f"is the search service running at {search.grpc.address}, without TLS (else add --tls)?"
+    assert hint in capsys.readouterr().err
