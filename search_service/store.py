@@ -41,6 +41,9 @@ DELETE_BATCH = 1000
 # Free space under which a failed write to Milvus Lite is put down to a full disk: Lite itself says only
 # "Unexpected error in RPC handling".
 LITE_LOW_SPACE_BYTES = 64 << 20
+# Milvus Lite runs in a process this one starts, which answers within a second or two, but took over 10 s
+# (--milvus-timeout-s) on a busy machine's first, cold start: its connection may take this long.
+LITE_START_S = 60.0
 FIELDS = (
     "id",
     "vector",
@@ -109,7 +112,8 @@ class Store:
     def _connect(self) -> MilvusClient:
         try:
             # A connection of its own, not pymilvus's shared one, so that a reconnect replaces it whole.
-            return MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout_s, dedicated=True)
+            timeout = max(self.timeout_s, LITE_START_S) if is_milvus_lite(self.uri) else self.timeout_s
+            return MilvusClient(uri=self.uri, token=self._token, timeout=timeout, dedicated=True)
         except MilvusException as error:
             if isinstance(error, ConnectionConfigException) and is_milvus_lite(self.uri):
                 raise ServiceError(

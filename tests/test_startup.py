@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from client.local import free_port
+from search_service.store import Store
 
 
 def start_encoder(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -96,3 +97,9 @@ def test_a_dotenv_file_does_not_reach_the_service(tmp_path: Path) -> None:
         [sys.executable, "-c", run_main], capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_milvus_lite_may_take_longer_to_start_than_one_milvus_call(tmp_path: Path) -> None:
+    """Its start had one call's deadline (--milvus-timeout-s): on a busy machine the first, cold start of
+    Lite's process overran 10 s, and the service did not start ("Fail connecting to server on unix:...")."""
+    Store(str(tmp_path / "milvus.db"), "", 0.001, "AUTOINDEX", {}).close()  # it raised ServiceError
