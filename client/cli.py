@@ -31,6 +31,7 @@ from .commands import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_PARTIAL,
+    EXIT_READER_GONE,
     EXIT_USAGE,
     UsageError,
     cmd_delete,
@@ -54,7 +55,8 @@ EPILOG = """exit codes:
   1  failed (the message says why and what to do)
   2  usage error, or a request refused for its arguments before it was sent
   3  some items failed, the rest were done (ingest)
-  130  Ctrl-C
+  130  Ctrl-C (`up` and `demo --web`, which run until it, end 0)
+  141  the reader of the output stopped reading (`| head`)
 
 environment: IMGSEARCH_SERVER, IMGSEARCH_ENCODER, IMGSEARCH_COLLECTION, IMGSEARCH_TOKEN,
   IMGSEARCH_TLS, IMGSEARCH_TLS_CA, IMGSEARCH_TLS_CERT, IMGSEARCH_TLS_KEY"""
@@ -139,26 +141,42 @@ def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "up", help="run an encoder, a search service and the search page here until Ctrl-C"
     )
     up.add_argument(
-        "--model", default="ViT-B/32", help="a CLIP model name (downloaded once) or a checkpoint file"
+        "--model",
+        default="ViT-B/32",
+        help="a CLIP model name (downloaded once) or a checkpoint file (default %(default)s)",
     )
-    up.add_argument("--milvus-uri", default="./milvus.db", help="a Milvus Lite file or http://host:19530")
-    up.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    up.add_argument("--encoder-port", type=port_argument, default=ENCODER_PORT, help="0: any free port")
-    up.add_argument("--server-port", type=port_argument, default=SEARCH_PORT, help="0: any free port")
+    up.add_argument(
+        "--milvus-uri",
+        default="./milvus.db",
+        help="a Milvus Lite file or http://host:19530 (default %(default)s)",
+    )
+    up.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default %(default)s")
+    up.add_argument(
+        "--encoder-port",
+        type=port_argument,
+        default=ENCODER_PORT,
+        help="default %(default)s; 0: any free port",
+    )
+    up.add_argument(
+        "--server-port", type=port_argument, default=SEARCH_PORT, help="default %(default)s; 0: any free port"
+    )
     up.add_argument(
         "--encoder-metrics-port",
         type=metrics_port_argument,
         default=ENCODER_METRICS_PORT,
-        help="0: any free port, -1: none",
+        help="default %(default)s; 0: any free port, -1: none",
     )
     up.add_argument(
         "--search-metrics-port",
         type=metrics_port_argument,
         default=SEARCH_METRICS_PORT,
-        help="0: any free port, -1: none",
+        help="default %(default)s; 0: any free port, -1: none",
     )
     up.add_argument(
-        "--web-port", type=port_argument, default=WEB_PORT, help="the search page's port (0: any free port)"
+        "--web-port",
+        type=port_argument,
+        default=WEB_PORT,
+        help="the search page's port (default %(default)s; 0: any free port)",
     )
     up.set_defaults(run=cmd_up)
 
@@ -201,8 +219,10 @@ def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
             metavar=(metavar, "WEIGHT"),
             help=f"{what}; an optional WEIGHT (default 1; negative: away from it)",
         )
-    search.add_argument("--top-k", type=int, default=10, help="how many hits (1 or more)")
-    search.add_argument("--offset", type=int, default=0, help="skip this many hits (pagination)")
+    search.add_argument("--top-k", type=int, default=10, help="how many hits (default %(default)s)")
+    search.add_argument(
+        "--offset", type=int, default=0, help="skip this many hits (pagination; default %(default)s)"
+    )
     search.add_argument("--min-score", type=float, help="leave out hits that score below this (-1..1)")
     _add_filter_arguments(search)
     search.add_argument("--json", action="store_true")
@@ -238,15 +258,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     env = os.environ.get
-    parser.add_argument("--server", default=env("IMGSEARCH_SERVER", SEARCH_ADDRESS), help="search service")
     parser.add_argument(
-        "--encoder", default=env("IMGSEARCH_ENCODER", ENCODER_ADDRESS), help="encoder service"
+        "--server",
+        default=env("IMGSEARCH_SERVER", SEARCH_ADDRESS),
+        help="search service (default %(default)s)",
+    )
+    parser.add_argument(
+        "--encoder",
+        default=env("IMGSEARCH_ENCODER", ENCODER_ADDRESS),
+        help="encoder service (default %(default)s)",
     )
     parser.add_argument(
         "--collection", default=env("IMGSEARCH_COLLECTION", ""), help="default: the service's"
     )
     parser.add_argument("--token", default=env("IMGSEARCH_TOKEN", ""), help="bearer token for the services")
-    parser.add_argument("--timeout", type=_seconds, default=120.0, help="seconds per call")
+    parser.add_argument(
+        "--timeout", type=_seconds, default=120.0, help="seconds per call (default %(default)s)"
+    )
     parser.add_argument(
         "--tls",
         action="store_true",
@@ -303,7 +331,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
+        sys.stdout.flush()  # here, where a reader gone is caught, not at exit
+        return code
+    except BrokenPipeError:  # the reader of stdout stopped reading (`| head`): nothing to tell it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the flush at exit raises again
+        return EXIT_READER_GONE
     except UsageError as error:
         parser.error(shown(str(error)))
     except ImageSearchError as error:

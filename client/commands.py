@@ -21,6 +21,7 @@ from .output import print_hits, print_json, print_summary, print_summary_json, p
 from .sync import EncoderClient, SearchClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_READER_GONE = 141  # as a command that SIGPIPE stopped
 
 
 class UsageError(Exception):
@@ -266,7 +267,8 @@ def _confirmed(client: SearchClient, args: argparse.Namespace, params: dict[str,
     if matching == 0:
         return True
     try:
-        answer = input(f"delete {matching} pictures that match {shown(args.filter)}? [y/N] ")
+        values = "".join(f", {name} = {json.dumps(value)}" for name, value in params.items())
+        answer = input(f"delete {matching} pictures that match {shown(args.filter + values)}? [y/N] ")
     except EOFError:  # Ctrl-D: no
         print()
         return False

@@ -15,7 +15,7 @@ from test_operability import scrape
 from test_search import picture
 
 from client import AsyncEncoderClient, AsyncSearchClient, EncoderClient, ImageSearchError, SearchClient
-from client.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, main
+from client.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_READER_GONE, EXIT_USAGE, main
 from client.messages import search_options
 
 NOWHERE = "127.0.0.1:1"  # refused before any connection is tried
@@ -258,7 +258,8 @@ def test_delete_by_filter_on_a_terminal_asks_first(search, capsys, tmp_path) -> 
     delete = [*server, "delete", "--filter", "uri like {p}", "--param", f"p={tmp_path}/%"]
     code, said, left = _on_a_terminal(delete, answer="n")
     assert (code, left) == (EXIT_FAILED, 3)
-    assert "delete 3 pictures that match uri like {p}? [y/N]" in said and "nothing deleted" in said
+    asked = f'delete 3 pictures that match uri like {{p}}, p = "{tmp_path}/%"? [y/N]'  # {p} was left blank
+    assert asked in said and "nothing deleted" in said
     code, said, left = _on_a_terminal(delete, answer="\x04")  # Ctrl-D
     assert (code, left) == (EXIT_FAILED, 3) and "nothing deleted" in said and "Traceback" not in said
     code, said, left = _on_a_terminal(delete, answer="y")
@@ -295,3 +296,20 @@ def test_a_path_that_is_not_there_is_refused_before_anything_is_sent(capsys, tmp
     with SearchClient(NOWHERE) as client, pytest.raises(ImageSearchError) as refused:
         client.ingest([tmp_path / "nowhere"])
     assert refused.value.code.name == "INVALID_ARGUMENT"
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tiny_encoder) -> None:
+    """`imgsearch ... | head` ended with "imgsearch: [Errno 32] Broken pipe" (or Python's own complaint)."""
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody reads what the command writes
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "client.cli", "--encoder", tiny_encoder.grpc.address, "encode", "a dog"],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(writer)
+    assert (done.returncode, done.stderr) == (EXIT_READER_GONE, "")
