@@ -74,6 +74,8 @@ def main() -> None:
     args = parser.parse_args()
     model = random_clip(VIT_B_32 if args.kind == "random-vit-b32" else TINY, args.seed)
     (save_torchscript if args.torchscript else save_state_dict)(model, args.out)
+    form = "a TorchScript archive" if args.torchscript else "a state dict"
+    print(f"wrote {args.out}: {form} of a {args.kind} CLIP with random weights (seed {args.seed})")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 For container HEALTHCHECKs; Kubernetes uses its own gRPC probes against the same health service.
 """
 
+import argparse
 import sys
+from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -11,8 +13,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .defaults import ENCODER_PORT
 
 
-def main() -> int:
-    address = sys.argv[1] if len(sys.argv) > 1 else f"127.0.0.1:{ENCODER_PORT}"
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m imagesearch.healthcheck", description=__doc__)
+    parser.add_argument(
+        "address", nargs="?", default=f"127.0.0.1:{ENCODER_PORT}", help="HOST:PORT (default %(default)s)"
+    )
+    address = parser.parse_args(argv).address
     try:
         with grpc.insecure_channel(address) as channel:
             status = (

@@ -402,3 +402,18 @@ def test_imgsearch_works_in_the_web_image_which_has_no_demo() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "{up,ingest,search,stats,get,delete,encode}" in done.stdout, done.stderr
+
+
+def test_the_readme_names_every_address_that_ties_the_manifests_to_the_default_namespace() -> None:
+    tied = {
+        variable["name"]
+        for manifest in manifests()
+        if manifest["kind"] == "Deployment"
+        for container in manifest["spec"]["template"]["spec"]["containers"]
+        for variable in container.get("env", [])
+        if ".default." in variable.get("value", "")
+    }
+    assert tied == {"SEARCH_ENCODER", "SEARCH_MILVUS_URI", "WEB_SEARCH"}
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = readme[readme.index("The manifests reach each other in the namespace `default`") :][:300]
+    assert all(f"`{name}`" in said for name in tied)
