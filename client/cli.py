@@ -300,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         add_command(commands)
+    for command_parser in commands.choices.values():  # a command's usage error shows that command's usage
+        command_parser.set_defaults(usage=command_parser)
     return parser
 
 
@@ -338,11 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the flush at exit raises again
         return EXIT_READER_GONE
     except UsageError as error:
-        parser.error(shown(str(error)))
+        args.usage.error(shown(str(error)))
     except ImageSearchError as error:
         return _report(error, tls_on(args.tls))
     except UnicodeEncodeError as error:  # an argument with bytes of a file name where text was wanted
-        parser.error(f"{shown(str(error.object))!r} is not UTF-8 text")
+        args.usage.error(f"{shown(str(error.object))!r} is not UTF-8 text")
     except (StartFailed, OSError) as error:  # a service that did not start, a grid that cannot be written
         _say(str(error))
         return EXIT_FAILED

@@ -164,7 +164,9 @@ def test_typed_tags_filter_as_numbers_and_a_tag_given_twice_is_refused(search, c
     assert code == EXIT_OK and hit["uri"].endswith("new.png")
     assert hit["metadata"] == {"album": "trip", "year": 2024, "keep": True}
     code, _, err = cli(capsys, *server, "ingest", str(tmp_path), "--tag", "a=1", "--tag", "a=2")
-    assert code == EXIT_USAGE and "--tag a=... is given twice" in err
+    # With the usage of the command at fault, not the top-level one's.
+    assert code == EXIT_USAGE and "imgsearch ingest: error: --tag a=... is given twice" in err
+    assert err.startswith("usage: imgsearch ingest [-h]")
 
 
 def test_json_output_has_totals_and_no_empty_fields(search, capsys, tmp_path) -> None:
