@@ -308,6 +308,7 @@ def stages_alone(device_name: str, jpegs: list[bytes], resolution: int, context_
     device_jpegs = [jpeg for data in jpegs if (jpeg := jpeg_for_device(data, limits)) is not None]
     assert len(device_jpegs) == len(jpegs), "every photo here is a plain RGB JPEG, which the device decodes"
     to_decode = [device_jpegs[index % len(device_jpegs)] for index in range(BATCH)]
+    routed = [jpegs[index % len(jpegs)] for index in range(BATCH)]
     failed = sum(pixels is None for pixels in decode_on_device(to_decode, device, resolution))
     assert not failed, f"{failed} of {BATCH} photos failed to decode on the {device.type}: see the warning"
     texts = captions(BATCH, 1)
@@ -319,6 +320,10 @@ def stages_alone(device_name: str, jpegs: list[bytes], resolution: int, context_
             [
                 f"JPEGs decoded on the {device.type} ({decoder}), resized and cropped, {BATCH} a call",
                 f"{rate(lambda: decode_on_device(to_decode, device, resolution), BATCH, 5, device):,.0f}",
+            ],
+            [
+                "JPEG headers read to route them to the device (jpeg_for_device), one thread",
+                f"{rate(lambda: [jpeg_for_device(data, limits) for data in routed], BATCH, 5, device):,.0f}",
             ],
             [
                 "texts tokenised by CLIP's tokenizer, one thread",
@@ -504,11 +509,6 @@ def main() -> None:
         with reported("the model in-process", failures):
             alone, clip_vectors = in_process(checkpoint, args.device, jpegs, seconds=5)
             print_in_process(args.device, alone)
-        tutorial_ingest_rate = 0.0
-        with reported("the tutorial's ingestion loop", failures):
-            tutorial_ingest_rate = tutorial_ingest(
-                checkpoint, jpegs * 2, str(Path(folder) / "tutorial.db"), args.device
-            )
         if args.device == "cuda":
             torch.cuda.empty_cache()
         encoder_args = ["--model", checkpoint, "--port", "0", "--device", args.device]
@@ -527,6 +527,12 @@ def main() -> None:
                 texts_under_load(clients, args, encoder, encoder_pid, alone)
             with reported("lone queries", failures):
                 lone_queries(stub, args.queries, alone)
+            # After the encoder's tables: its Milvus Lite may take a while to start on a cold machine.
+            tutorial_ingest_rate = 0.0
+            with reported("the tutorial's ingestion loop", failures):
+                tutorial_ingest_rate = tutorial_ingest(
+                    checkpoint, jpegs * 2, str(Path(folder) / "tutorial.db"), args.device
+                )
             milvus_file = str(Path(folder) / "milvus.db")
             search_args = ["--encoder", encoder, "--milvus-uri", milvus_file, "--port", "0"]
             with (

@@ -4,6 +4,7 @@ Torch-free on purpose: the decoding processes import this module, and importing 
 seconds and hundreds of megabytes.
 """
 
+import io
 import warnings
 from dataclasses import dataclass
 
@@ -44,6 +45,9 @@ class DeviceJpeg:
 
 
 _END_OF_IMAGE = b"\xff\xd9"
+# A JPEG whose components are labelled R, G, B (and that has no JFIF or Adobe marker) holds RGB: libjpeg
+# decodes it so, where nvJPEG would take it for YCbCr and give wrong colours without an error.
+_RGB_COMPONENT_IDS = tuple(b"RGB")
 STRIP_ASPECT = 16  # long side over short side, past which only the crop is resized
 
 
@@ -129,13 +133,22 @@ def pixels_for_clip(data: bytes, limits: ImageLimits, resolution: int) -> np.nda
         return RejectedImage(str(rejection))
 
 
+def small_jpeg() -> bytes:
+    """A 16x16 JPEG of the kind the device decodes, to try its decoder with."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (128, 64, 32)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
 def jpeg_for_device(data: bytes, limits: ImageLimits) -> DeviceJpeg | None:
     """`data` as a JPEG that nvJPEG decodes as libjpeg would (to a level or two of colour upsampling), once
     within `limits`; None for what only the PIL path does right: other formats, CMYK, greyscale and
-    Adobe-marked JPEGs, strips, data that does not end where a JPEG ends (truncated files, trailing bytes).
-    ImageRejected past a limit."""
+    Adobe-marked JPEGs, components labelled RGB, strips, data that does not end where a JPEG ends (truncated
+    files, trailing bytes). ImageRejected past a limit."""
     image = open_checked(data, limits)
     if image.format != "JPEG" or image.mode != "RGB" or "adobe" in image.info or is_a_strip(*image.size):
+        return None
+    if tuple(component[0] for component in getattr(image, "layer", ())) == _RGB_COMPONENT_IDS:
         return None
     if not data.endswith(_END_OF_IMAGE):
         return None

@@ -118,6 +118,10 @@ def decode_on_device(
         try:
             outcomes.extend(_decoded_pixels(jpegs[start:end], device, resolution))
         except RuntimeError as error:
+            if device.type == "cuda":
+                # torchvision raises before it waits for the decoder's private stream, which may still be
+                # writing into memory that now goes back to this stream's allocator.
+                torch.cuda.synchronize(device)
             # Said, so that a decoder failing for every call (a driver, a build without nvJPEG) is seen, not
             # only paid for in throughput by the PIL path taking all the JPEGs.
             log.warning(

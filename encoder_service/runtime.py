@@ -13,7 +13,7 @@ from .batcher import DynamicBatcher
 from .cache import QueryCache
 from .config import EncoderConfig
 from .graphs import GraphedForward, batch_buckets
-from .images import ImageLimits, RejectedImage
+from .images import ImageLimits, RejectedImage, jpeg_for_device, small_jpeg
 from .metrics import EncoderMetrics
 from .model import ClipModel
 from .towers import CpuThread, ImageTower, JpegDecoding, TextTower, Turn
@@ -64,14 +64,7 @@ class EncoderRuntime:
         )
         self.image_forward = GraphedForward(model.image_vectors)
         self.text_forward = GraphedForward(model.text_vectors)
-        on_device = config.jpeg_decoding == "device"
-        self.jpegs = (
-            JpegDecoding(
-                model.device, model.image_resolution, self.cpu, config.max_batch_size, config.max_queue_size
-            )
-            if on_device
-            else None
-        )
+        self.jpegs = self._working_jpeg_decoding(limits) if config.jpeg_decoding == "device" else None
         self.image_tower = ImageTower(
             model, self.image_forward, self.workers, limits, self.jpegs, Turn(model.device, self.cpu)
         )
@@ -96,6 +89,25 @@ class EncoderRuntime:
         # The batchers, one per tower: their counters are what GetModelInfo reports.
         self.images = batcher("image", self.image_tower.run)
         self.texts = batcher("text", self.text_tower.run)
+
+    def _working_jpeg_decoding(self, limits: ImageLimits) -> JpegDecoding | None:
+        """The device's JPEG decoding, once a first JPEG has gone through it (so that no call pays for its
+        start); None where that fails (nvJPEG cannot start on some GPUs and drivers): then the worker
+        processes decode every picture, rather than each call failing on the device first."""
+        model, config = self.model, self.config
+        decoding = JpegDecoding(
+            model.device, model.image_resolution, self.cpu, config.max_batch_size, config.max_queue_size
+        )
+        first = jpeg_for_device(small_jpeg(), limits)
+        assert first is not None
+        if decoding([first]) != [None]:
+            return decoding
+        decoding.close()
+        log.error(
+            "JPEGs cannot be decoded on %s (see the warning above): the worker processes decode them all",
+            model.device,
+        )
+        return None
 
     def _warm_up(self) -> None:
         """One pass of each tower, so that the first call is not the one that pays for lazy initialisation."""

@@ -127,7 +127,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             image_queue_depth=images.queue_depth(),
             text_queue_depth=texts.queue_depth(),
             decode_workers=runtime.workers.size,
-            jpeg_decoding=config.jpeg_decoding,
+            jpeg_decoding="device" if runtime.jpegs is not None else "processes",
             image_cuda_graphs=len(runtime.image_forward.captured_shapes),
             text_cuda_graphs=len(runtime.text_forward.captured_shapes),
             text_cache_size=runtime.cache.capacity,

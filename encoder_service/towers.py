@@ -58,7 +58,9 @@ class Turn:
     one, so that the towers run at once); on the CPU, on the CPU thread."""
 
     def __init__(self, device: torch.device, cpu: CpuThread) -> None:
-        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        # High priority: such streams come from a pool of their own, so that none is the one torchvision's
+        # nvJPEG decoder takes from the usual pool, which would make decoding and forward passes wait in turn.
+        self._stream = torch.cuda.Stream(device, priority=-1) if device.type == "cuda" else None
         self._cpu = cpu
 
     def run(self, work: Callable[[], Result]) -> Result:

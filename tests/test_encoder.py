@@ -19,6 +19,7 @@ from images import encode, jpeg, png, png_with_size_header, solid, two_tone
 from PIL import Image
 from test_encoder_preprocess import without_quantisation_tables
 
+from encoder_service import preprocess
 from encoder_service.config import EncoderConfig
 from encoder_service.images import ImageLimits, decode_image
 from encoder_service.preprocess import clip_transform
@@ -392,6 +393,32 @@ def test_concurrent_calls_decoded_the_gpu_way_each_get_their_own_vectors(tiny_pa
         # A JPEG whose shared call failed is decoded by the PIL path: within 0.999 of the device's, as tested.
         for data, result in zip(good, response.results[: len(good)], strict=True):
             assert float(np.dot(result.vector.values, alone[data])) >= 0.999
+
+
+def test_a_device_that_cannot_decode_jpegs_leaves_them_all_to_the_workers(
+    tiny_path, monkeypatch, caplog
+) -> None:
+    """nvJPEG cannot start on some GPUs and drivers: every call then failed on the device first, warned, and
+    went to the worker processes, and the service said it decoded JPEGs on the device."""
+
+    def decoder_that_cannot_start(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("nvjpegCreate failed")
+
+    monkeypatch.setattr(preprocess, "decode_jpeg", decoder_that_cannot_start)
+    picture = jpeg(camera_photo(320, 240))
+    with (
+        running_encoder(tiny_path, jpeg_decoding="device") as server,
+        encoder_stub(server.grpc.address) as stub,
+    ):
+        started = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+        caplog.clear()
+        info = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
+        [result] = stub.EncodeImages(encoder_pb2.EncodeImagesRequest(images=[picture])).results
+    assert started == [
+        "JPEGs cannot be decoded on cpu (see the warning above): the worker processes decode them all"
+    ]
+    assert info.jpeg_decoding == "processes" and result.WhichOneof("outcome") == "vector"
+    assert not [record for record in caplog.records if "JPEG(s) on cpu failed" in record.getMessage()]
 
 
 def test_jpegs_decoded_the_gpu_way_equal_clip_reference(vit_b32_path, reference_model) -> None:

@@ -6,6 +6,7 @@ stay within cosine 0.999 of CLIP's own preprocessing of the same picture.
 """
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -132,23 +133,48 @@ def test_only_jpegs_the_gpu_decodes_exactly_take_its_path() -> None:
         "cmyk jpeg": jpeg(picture.convert("CMYK")),
         "truncated jpeg": plain[:-100],
         "bytes after the jpeg": plain + b"trailing data",
+        "jpeg of components labelled rgb": labelled_rgb(plain),
     }
     assert {name: jpeg_for_device(data, LIMITS) for name, data in pil_only.items()} == dict.fromkeys(pil_only)
+    # nvJPEG would read that one as YCbCr, as the JPEG it was made from; libjpeg reads it as RGB.
+    read = [np.asarray(Image.open(io.BytesIO(data)), int) for data in (plain, labelled_rgb(plain))]
+    assert np.abs(read[1] - read[0]).mean() > 20
     with pytest.raises(ImageRejected, match="320x240 pixels is over the limit of 1000 pixels"):
         jpeg_for_device(plain, ImageLimits(max_bytes=1 << 20, max_pixels=1000))
     with pytest.raises(ImageRejected, match="over the limit of 100 bytes"):
         jpeg_for_device(plain, ImageLimits(max_bytes=100, max_pixels=1 << 20))
 
 
+def with_header_rewritten(data: bytes, rewrite: Callable[[bytes], bytes]) -> bytes:
+    """The JPEG with each segment of its header, up to the scan's own (SOS) included, replaced by what
+    `rewrite` makes of it (marker and length included)."""
+    kept, position = bytearray(data[:2]), 2
+    while True:
+        marker = data[position : position + 2]
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        kept += rewrite(data[position : position + 2 + length])
+        position += 2 + length
+        if marker == b"\xff\xda":
+            return bytes(kept + data[position:])
+
+
 def without_quantisation_tables(data: bytes) -> bytes:
     """The JPEG with its DQT segments taken out: the header still reads, the pixels cannot be decoded."""
-    kept, position = bytearray(data[:2]), 2
-    while data[position : position + 2] != b"\xff\xda":  # up to the start of the scan
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
-        if data[position : position + 2] != b"\xff\xdb":
-            kept += data[position : position + 2 + length]
-        position += 2 + length
-    return bytes(kept + data[position:])
+    return with_header_rewritten(data, lambda segment: b"" if segment.startswith(b"\xff\xdb") else segment)
+
+
+def labelled_rgb(data: bytes) -> bytes:
+    """A baseline JFIF JPEG's components labelled R, G, B, its JFIF marker taken out: libjpeg reads such a
+    JPEG as RGB (here, YCbCr read as RGB: other colours, which shows which way it was read)."""
+
+    def relabelled(segment: bytes) -> bytes:
+        kind, changed = segment[:2], bytearray(segment)
+        first, step = {b"\xff\xc0": (10, 3), b"\xff\xda": (5, 2)}.get(kind, (0, 0))
+        for component, label in enumerate(b"RGB" if step else b""):
+            changed[first + step * component] = label
+        return b"" if kind == b"\xff\xe0" else bytes(changed)
+
+    return with_header_rewritten(data, relabelled)
 
 
 def test_a_failed_decoding_call_fails_only_its_own_jpegs_and_says_so(
