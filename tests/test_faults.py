@@ -206,26 +206,35 @@ def test_ctrl_c_during_an_ingest_reports_what_was_answered_and_what_was_not_done
     assert err == "imgsearch: interrupted (Ctrl-C)\n"
 
 
-def test_an_encoder_call_gets_no_more_time_than_its_caller_has_left(tiny_encoder, tmp_path) -> None:
-    """Each encoder call had the search service's own deadline (60 s, retries included) whatever its caller
-    had left: a search whose caller had given up held a handler thread, and the encoder, for a minute."""
-    [(uri, image)] = folder(1, 2400)
+@contextmanager
+def behind_a_hanging_encoder(encoder: str, folder_path: Path, seed: int) -> Iterator[tuple]:
+    """A search service with one handler thread and one picture stored, whose encoder hangs from then on:
+    its stub, the stalling proxy, the service, and the picture."""
+    [(uri, image)] = folder(1, seed)
     with (
-        standing_in(Stalling(tiny_encoder.grpc.address)) as (target, proxy),
-        running_search(target, tmp_path / "milvus.db", grpc_workers=1, encoder_timeout_s=60.0) as search,
+        standing_in(Stalling(encoder)) as (target, proxy),
+        running_search(target, folder_path / "milvus.db", grpc_workers=1, encoder_timeout_s=60.0) as search,
         search_stub(search.grpc.address) as stub,
     ):
         try:
             proxy.released.set()
             assert [result.outcome for result in stub.Ingest(requests([(uri, image)]))] == [STORED]
-            proxy.released.clear()  # the encoder hangs from now on
-            with pytest.raises(grpc.RpcError) as gave_up:
-                stub.SearchImage(search_pb2.SearchImageRequest(image=image), timeout=1.0)
-            assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            # The service's only handler thread is free again: the search ended with its caller's deadline.
-            assert stub.Stats(search_pb2.StatsRequest(), timeout=10).count == 1
+            proxy.released.clear()
+            proxy.arrived.clear()
+            yield stub, proxy, search, image
         finally:
             proxy.released.set()
+
+
+def test_an_encoder_call_gets_no_more_time_than_its_caller_has_left(tiny_encoder, tmp_path) -> None:
+    """Each encoder call had the search service's own deadline (60 s, retries included) whatever its caller
+    had left: a search whose caller had given up held a handler thread, and the encoder, for a minute."""
+    with behind_a_hanging_encoder(tiny_encoder.grpc.address, tmp_path, 2400) as (stub, _, _, image):
+        with pytest.raises(grpc.RpcError) as gave_up:
+            stub.SearchImage(search_pb2.SearchImageRequest(image=image), timeout=1.0)
+        assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The service's only handler thread is free again: the search ended with its caller's deadline.
+        assert stub.Stats(search_pb2.StatsRequest(), timeout=10).count == 1
 
 
 def test_a_caller_that_cancels_its_search_cancels_the_encoder_call_it_waited_for(
@@ -234,26 +243,14 @@ def test_a_caller_that_cancels_its_search_cancels_the_encoder_call_it_waited_for
     """A search its caller cancelled went on waiting for the encoder until the service's own deadline (60 s),
     holding a handler thread, and the encoder went on with it for nobody."""
     caplog.set_level(logging.INFO, logger="imagesearch.access")
-    [(uri, image)] = folder(1, 2401)
-    with (
-        standing_in(Stalling(tiny_encoder.grpc.address)) as (target, proxy),
-        running_search(target, tmp_path / "milvus.db", grpc_workers=1, encoder_timeout_s=60.0) as search,
-        search_stub(search.grpc.address) as stub,
-    ):
-        try:
-            proxy.released.set()
-            assert [result.outcome for result in stub.Ingest(requests([(uri, image)]))] == [STORED]
-            proxy.released.clear()  # the encoder hangs from now on
-            proxy.arrived.clear()
-            searching = stub.SearchImage.future(search_pb2.SearchImageRequest(image=image))
-            assert proxy.arrived.wait(timeout=60)
-            searching.cancel()
-            assert proxy.abandoned.wait(timeout=10)  # the encoder's caller went too
-            # The service's only handler thread is free again.
-            assert stub.Stats(search_pb2.StatsRequest(), timeout=10).count == 1
-            encoder_calls = scrape(search.grpc.metrics.server_port)
-        finally:
-            proxy.released.set()
+    with behind_a_hanging_encoder(tiny_encoder.grpc.address, tmp_path, 2401) as (stub, proxy, search, image):
+        searching = stub.SearchImage.future(search_pb2.SearchImageRequest(image=image))
+        assert proxy.arrived.wait(timeout=60)
+        searching.cancel()
+        assert proxy.abandoned.wait(timeout=10)  # the encoder's caller went too
+        # The service's only handler thread is free again.
+        assert stub.Stats(search_pb2.StatsRequest(), timeout=10).count == 1
+        encoder_calls = scrape(search.grpc.metrics.server_port)
     [search_line] = [r for r in caplog.records if getattr(r, "fields", {}).get("method") == "SearchImage"]
     assert search_line.fields["code"] == "CANCELLED"
     # The encoder call counts as given up for its caller, not as the encoder's failure.
