@@ -11,6 +11,7 @@ from imagesearch.pictures import UnreadablePicture, fitted
 
 from .files import Unreadable, named_files, read_picture
 from .models import Hit
+from .output import shown
 
 TILE = (220, 165)
 LABEL_HEIGHT = 40
@@ -45,7 +46,7 @@ def write_grid(hits: Sequence[Hit], out: str | Path, title: str = "") -> Path:
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=13)
     if title:
-        draw.text((MARGIN, 8), title, fill="black", font=ImageFont.load_default(size=18))
+        draw.text((MARGIN, 8), shown(title), fill="black", font=ImageFont.load_default(size=18))
     missing = 0
     for rank, hit in enumerate(hits, start=1):
         column, row = (rank - 1) % COLUMNS, (rank - 1) // COLUMNS
@@ -57,7 +58,8 @@ def write_grid(hits: Sequence[Hit], out: str | Path, title: str = "") -> Path:
             tile = Image.new("RGB", TILE, MISSING)
         sheet.paste(tile, (x, y))
         draw.text((x, y + TILE[1] + 3), f"#{rank}  score {hit.score:.3f}", fill="black", font=font)
-        draw.text((x, y + TILE[1] + 20), Path(hit.uri).name[:30], fill=(60, 60, 60), font=font)
+        # Escaped as in the table: a newline in a file name drew a second line, cut off under the tile.
+        draw.text((x, y + TILE[1] + 20), shown(Path(hit.uri).name)[:30], fill=(60, 60, 60), font=font)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out, "PNG")  # whatever the name ends with

@@ -48,6 +48,17 @@ def test_a_grid_greys_out_the_pictures_it_cannot_read_here_and_says_how_many(tmp
     assert [sheet.getpixel(middle) for middle in middles[1:]] == [MISSING] * 3
 
 
+def test_a_file_name_under_a_tile_stays_on_its_one_line(tmp_path) -> None:
+    """A newline in a file name drew a second line under the first, cut off by the sheet's edge."""
+    named = tmp_path / "a\nsecond line.png"
+    named.write_bytes(png(solid((20, 20, 220))))
+    write_grid([Hit(id="0" * 64, uri=str(named), metadata={}, score=0.5)], tmp_path / "grid.png")
+    sheet = np.asarray(Image.open(tmp_path / "grid.png").convert("L"))
+    below_the_label = sheet[MARGIN + TILE[1] + 36 :, :]  # the name's one line ends 33 pixels under the tile
+    assert below_the_label.min() == 255
+    assert sheet[MARGIN + TILE[1] + 20 : MARGIN + TILE[1] + 34, :].min() < 128  # the name is there
+
+
 def test_a_grid_of_pictures_all_here_says_nothing_more(tmp_path, capsys) -> None:
     present = tmp_path / "present.png"
     present.write_bytes(png(solid((20, 20, 220))))
