@@ -290,6 +290,14 @@ def test_a_well_formed_id_does_reach_the_service() -> None:
         assert request(url, "GET", f"/thumbnails/{'a' * 64}").status == 503
 
 
+def test_a_method_a_route_does_not_take_is_405_naming_those_it_does() -> None:
+    """The 405 lacked its Allow header: the JSON error handler dropped Starlette's headers."""
+    with running_web(f"127.0.0.1:{free_port()}", timeout_s=5.0) as url:
+        answer = request(url, "DELETE", "/api/search")
+    assert answer.status == 405 and set(answer.json()) == {"error"}
+    assert set(answer.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+
+
 def test_an_unreachable_search_service_is_503_with_its_words() -> None:
     address = f"127.0.0.1:{free_port()}"
     with running_web(address, timeout_s=5.0) as url:

@@ -54,7 +54,7 @@ if (_reason := _missing()) is not None:
         pytest.fail(f"the browser tests must run in CI: {_reason}", pytrace=False)
     pytest.skip(_reason, allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def search_by_file(page: Page, path: Path) -> None:
     """Chooses `path` as the picture to search by, and waits for its answer."""
     page.set_input_files("#picture-input", str(path))
     expect(page.locator("#parts")).to_contain_text(path.name)
-    expect(page.locator("body")).not_to_have_attribute("aria-busy", "true")
+    expect(page.locator("#results")).not_to_have_attribute("aria-busy", "true")
 
 
 def noise_png(path: Path, side: int) -> Path:
@@ -149,6 +149,43 @@ def wait_for_thumbnails(page: Page, count: int) -> None:
             return
         page.wait_for_timeout(50)
     raise AssertionError(f"the first {count} thumbnails did not load")
+
+
+def hold_searches(page: Page) -> list[Route]:
+    """Every /api/search call from now on waits until `release` lets it go."""
+    held: list[Route] = []
+    page.route(re.compile(r"/api/search\?"), lambda route: held.append(route))
+    return held
+
+
+def release(page: Page, held: list[Route], count: int) -> None:
+    """A bounded poll until `count` calls are held (the page has sent them), then lets them all go."""
+    for _ in range(200):
+        if len(held) >= count:
+            break
+        page.wait_for_timeout(25)
+    assert len(held) == count, held
+    for route in held:
+        route.continue_()
+    page.unroute(re.compile(r"/api/search\?"))
+
+
+# The WCAG contrast ratio of an element's colour `property` against the first opaque background behind it:
+# its own for its text, its parent's for its outline or border (what lies next to them).
+CONTRAST = """(element, property) => {
+    const channels = (color) => color.match(/[\\d.]+/g).map(Number);
+    let node = property === "color" ? element : element.parentElement;
+    while (node && (channels(getComputedStyle(node).backgroundColor)[3] ?? 1) < 1) node = node.parentElement;
+    const background = node ? channels(getComputedStyle(node).backgroundColor) : [255, 255, 255];
+    const luminance = (rgb) => {
+        const [r, g, b] = rgb.slice(0, 3).map((c) => c / 255).map(
+            (c) => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4));
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    };
+    const [high, low] = [luminance(channels(getComputedStyle(element)[property])), luminance(background)]
+        .sort((a, b) => b - a);
+    return (high + 0.05) / (low + 0.05);
+}"""
 
 
 def test_a_text_query_shows_a_grid_of_thumbnails_and_loads_more(site: str, page: Page) -> None:
@@ -327,7 +364,9 @@ def test_a_picture_too_large_to_keep_says_so_and_keeps_the_others(
     page.goto(site)
     search_by_file(page, kept)
     search_by_file(page, too_large)
-    expect(page.locator("#parts .note")).to_have_text("not kept in this tab: a reload loses it")
+    expect(page.locator("#parts .note")).to_have_text(
+        "not kept in this tab: another search or a reload loses it"
+    )
     expect(page.locator(".hit")).to_have_count(24)
 
     page.reload()
@@ -440,3 +479,185 @@ def test_a_file_name_with_a_backslash_is_shown_whole(tiny_encoder, page: Page, t
             expect(card.locator(".name")).to_have_text(name)
             expect(card.locator("img.thumb")).to_have_attribute("alt", name)
             expect(card.get_by_role("button", name=f"More like {name}")).to_be_visible()
+
+
+def test_while_a_search_runs_its_old_results_are_stale_and_load_no_more(site: str, page: Page) -> None:
+    """The old "Load more", clicked while the next search ran, appended the next query's first page to the
+    old results ("48 hits"); and nothing but aria-busy showed that a search was running."""
+    page.goto(f"{site}/?q=a+red+circle")
+    expect(page.locator(".hit")).to_have_count(24)
+    held = hold_searches(page)
+    box = page.get_by_label("Describe the pictures to find")
+    box.fill("a blue square")
+    box.press("Enter")
+    expect(page.locator("#status")).to_have_text("Searching…")
+    expect(page.locator("#results")).to_have_css("opacity", "0.45")
+    expect(page.get_by_role("button", name="Load more")).to_be_hidden()
+
+    release(page, held, 1)
+    expect(page.locator("#status")).to_contain_text("24 hits")
+    expect(page.locator("#results")).to_have_css("opacity", "1")
+    expect(page.locator(".hit")).to_have_count(24)
+    assert label_of(shown(page)[0][1]) == "blue square"
+
+
+def test_keyboard_focus_stays_on_the_page_when_its_control_goes(site: str, page: Page) -> None:
+    """Pressing "More like this", "Less" or a part's remove button, or Enter in a weight box, rebuilt the list
+    holding it: focus fell to the page's body."""
+    page.goto(f"{site}/?q=a+red+circle")
+    first = page.locator(".hit").first
+    expect(first).to_be_visible()
+    first.get_by_role("button", name=re.compile("^More like")).press("Enter")
+    expect(page.locator(".hit .score").first).to_have_text("1.000")
+    expect(page.locator("#results")).to_be_focused()
+
+    page.locator(".hit").nth(1).get_by_role("button", name=re.compile("^Less like")).press("Enter")
+    expect(page.locator("#parts li")).to_have_count(2)
+    expect(page.locator("#results")).not_to_have_attribute("aria-busy", "true")
+    expect(page.locator("#results")).to_be_focused()
+
+    weight = page.locator("#parts input").nth(1)
+    weight.fill("-0.5")
+    weight.press("Enter")
+    expect(page).to_have_url(re.compile(r"part=id%3A-0.5%3A"))
+    expect(page.locator("#parts input").nth(1)).to_be_focused()
+
+    page.locator("#parts button").first.press("Enter")
+    expect(page.locator("#parts li")).to_have_count(1)
+    expect(page.locator("#parts button").first).to_be_focused()
+    page.locator("#parts button").first.press("Enter")
+    expect(page.get_by_label("Describe the pictures to find")).to_be_focused()
+
+
+def test_a_long_query_part_is_cut_short_and_the_page_never_scrolls_sideways(site: str, page: Page) -> None:
+    """At 375 px a part of 200 letters made the page 1,900 px wide, its weight box and remove button
+    off-screen."""
+    long = "x" * 200
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.goto(f"{site}/?q=a+red+circle&part=text:-1:{long}")
+    expect(page.locator(".hit").first).to_be_visible()
+    label = page.locator("#parts .label").nth(1)
+    expect(label).to_have_attribute("title", long)
+    expect(label).to_have_css("text-overflow", "ellipsis")
+    assert label.evaluate("(label) => label.scrollWidth > label.clientWidth")  # cut short
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    remove = page.get_by_role("button", name=f"Remove {long} from the query").bounding_box()
+    assert remove is not None and remove["x"] + remove["width"] <= 375
+
+
+def test_the_message_is_a_live_region_rendered_before_its_text_comes(site: str, page: Page) -> None:
+    """#message was display:none until its text was set: a screen reader does not announce such a change."""
+    page.goto(f"{site}/?q=a+red+circle")
+    expect(page.locator(".hit").first).to_be_visible()
+    message = page.locator("#message")
+    expect(message).to_have_text("")
+    expect(message).not_to_have_css("display", "none")
+    page.get_by_label("Describe the pictures to find").fill("a red circle")
+    page.get_by_role("button", name="Subtract").click()
+    expect(message).to_contain_text("cancel out")
+
+
+def test_busy_ends_with_the_latest_search_however_it_ends(site: str, page: Page) -> None:
+    """A link whose picture is gone ended its search before clearing aria-busy, and the search before it,
+    no longer the latest, left it set for good."""
+    page.goto(f"{site}/?picture=1:deadbeef")
+    gone = re.compile("not in this browser any more")
+    expect(page.locator("#message")).to_have_text(gone)
+    held = hold_searches(page)
+    search = page.get_by_label("Describe the pictures to find")
+    search.fill("a red circle")
+    search.press("Enter")
+    expect(page.locator("#results")).to_have_attribute("aria-busy", "true")
+    page.go_back()
+    expect(page.locator("#message")).to_have_text(gone)
+    release(page, held, 1)  # its answer comes too late, and is dropped
+    expect(page.locator("#results")).not_to_have_attribute("aria-busy", "true")
+    expect(page.locator("#status")).to_be_empty()
+    expect(page.locator(".hit")).to_have_count(0)
+
+
+def test_the_page_has_headings_and_its_title_names_the_query(site: str, page: Page) -> None:
+    page.goto(site)
+    expect(page.get_by_role("heading", level=1)).to_have_count(1)
+    expect(page.get_by_role("heading", level=2, name="Results")).to_have_count(1)
+    expect(page.get_by_role("list", name="Results")).to_have_count(1)
+    expect(page).to_have_title("imagesearch")
+    search_for(page, "a red circle")
+    expect(page).to_have_title("a red circle — imagesearch")
+    page.get_by_label("Describe the pictures to find").fill("red")
+    page.get_by_role("button", name="Subtract").click()
+    expect(page).to_have_title("a red circle, not red — imagesearch")
+
+
+def test_text_focus_rings_and_input_edges_are_contrasted_enough(site: str, page: Page) -> None:
+    """WCAG: 4.5:1 for text, 3:1 for a focus ring or an input's edge. The status line was 4.47:1, a part's
+    kind 3.96:1, "no thumbnail" 2.22:1, the focus ring about 2:1 and the search box's edge 1.55:1."""
+    page.route(re.compile(r"/thumbnails/"), lambda route: route.abort())
+    page.goto(f"{site}/?q=a+red+circle&part=text:-1:red")
+    expect(page.locator("#status")).to_contain_text("24 hits")
+    expect(page.locator(".placeholder")).to_have_count(24)
+    texts = [page.locator("#status"), page.locator(".placeholder").first, *page.locator(".part .kind").all()]
+    for text in texts:
+        assert text.evaluate(CONTRAST, "color") >= 4.5, text
+    for edge in (page.get_by_label("Describe the pictures to find"), page.locator("#parts input").last):
+        assert edge.evaluate(CONTRAST, "borderTopColor") >= 3, edge
+    page.get_by_label("Describe the pictures to find").focus()
+    for _ in range(2):  # the search box, then the button after it, reached by keyboard
+        focused = page.locator(":focus")
+        expect(focused).to_have_css("outline-style", "solid")
+        assert focused.evaluate(CONTRAST, "outlineColor") >= 3, focused
+        page.keyboard.press("Tab")
+    page.locator("#parts input").last.focus()
+    page.keyboard.press("Tab")  # the negative part's remove button
+    expect(page.get_by_role("button", name="Remove red from the query")).to_be_focused()
+    assert page.locator(":focus").evaluate(CONTRAST, "outlineColor") >= 3
+
+
+def test_a_picture_left_behind_is_freed_and_a_refused_file_is_never_kept(
+    site: str, pictures: Path, page: Page, tmp_path: Path
+) -> None:
+    """Every picture stayed in memory (its object URL never revoked), and a file the server refused was
+    kept in the tab's storage all the same."""
+    path = next(path for path in sorted(pictures.iterdir()) if label_of(path.name) == "green triangle")
+    page.goto(site)
+    search_by_file(page, path)
+    preview = page.locator("#parts img").get_attribute("src")
+    # The page's Content-Security-Policy lets blob: URLs only into images.
+    readable = """(url) => new Promise((resolve) => {
+        const image = new Image();
+        image.onload = () => resolve(true);
+        image.onerror = () => resolve(false);
+        image.src = url;
+    })"""
+    assert page.evaluate(readable, preview)
+    search_for(page, "a red circle")
+    assert not page.evaluate(readable, preview)
+    page.go_back()  # the tab's storage still has it
+    expect(page.locator(".hit").first).to_have_attribute(
+        "data-id", hashlib.sha256(path.read_bytes()).hexdigest()
+    )
+
+    kept = page.evaluate("() => Object.keys(sessionStorage).sort()")
+    words = tmp_path / "notes.txt"
+    words.write_text("just some text")
+    search_by_file(page, words)
+    expect(page.locator("#message")).to_contain_text("not a recognised image format")
+    assert page.evaluate("() => Object.keys(sessionStorage).sort()") == kept
+
+
+def test_the_search_box_shows_only_the_query_and_the_same_search_adds_no_history_entry(
+    site: str, page: Page
+) -> None:
+    page.goto(site)
+    search_for(page, "a red circle")
+    entries = page.evaluate("history.length")
+    box = page.get_by_label("Describe the pictures to find")
+    box.press("Enter")
+    expect(page.locator("#status")).to_contain_text("24 hits")
+    assert page.evaluate("history.length") == entries
+
+    page.locator(".hit").first.get_by_role("button", name=re.compile("^More like")).click()
+    expect(page).to_have_url(re.compile("like="))
+    expect(box).to_have_value("")
+    page.go_back()
+    expect(box).to_have_value("a red circle")

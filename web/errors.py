@@ -46,9 +46,10 @@ async def search_service_error(request: Request, error: Exception) -> JSONRespon
 
 
 async def http_error(request: Request, error: Exception) -> JSONResponse:
-    """Starlette's own refusals (no such route, wrong method) in the same JSON shape."""
+    """Starlette's own refusals (no such route, wrong method) in the same JSON shape, with their headers (a
+    405's Allow names the methods the route takes)."""
     assert isinstance(error, HTTPException)
-    return error_response(error.status_code, error.detail)
+    return error_response(error.status_code, error.detail, error.headers)
 
 
 async def unexpected_error(request: Request, error: Exception) -> JSONResponse:

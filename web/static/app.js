@@ -64,7 +64,7 @@ function keptPictures() {
 }
 
 // The tab's storage holds a few MiB: the oldest pictures make room for a new one, so that the newest links
-// survive a reload. A picture that does not fit even alone is not kept (renderParts says so), and the
+// survive a reload. A picture that does not fit even alone is not kept (false: renderParts says so), and the
 // pictures removed to make room for it come back.
 function keepPicture(key, saved) {
   const kept = keptPictures();
@@ -73,7 +73,7 @@ function keepPicture(key, saved) {
     try {
       sessionStorage.setItem(`picture:${key}`, saved);
       sessionStorage.setItem(KEPT_PICTURES, JSON.stringify([...kept, key]));
-      return;
+      return true;
     } catch (error) {
       sessionStorage.removeItem(`picture:${key}`);
       if (error.name !== "QuotaExceededError" || !kept.length) break;
@@ -83,6 +83,7 @@ function keepPicture(key, saved) {
     }
   }
   madeRoom.forEach((value, name) => sessionStorage.setItem(name, value));
+  return false;
 }
 
 function dataUrl(blob) {
@@ -98,9 +99,19 @@ function dataUrl(blob) {
 // memory as text, so that a film dropped by mistake is only sent (and refused), not copied in the tab.
 const KEEPABLE_BYTES = 4 * 1024 * 1024;
 
-async function rememberPicture(key, blob, name) {
-  pictures.set(key, { blob, name, url: URL.createObjectURL(blob) });
-  if (blob.size <= KEEPABLE_BYTES) keepPicture(key, JSON.stringify({ name, data: await dataUrl(blob) }));
+// `kept`: null until the server has taken the picture (a file it refuses never reaches the tab's storage),
+// then whether the tab's storage holds it.
+function rememberPicture(key, blob, name, kept = null) {
+  pictures.set(key, { blob, name, url: URL.createObjectURL(blob), kept });
+  return pictures.get(key);
+}
+
+async function keepAccepted(key, stored) {
+  if (stored.kept !== null) return;
+  stored.kept = true; // while it is read: a second answer (Load more) must not keep it twice
+  const { blob, name } = stored;
+  stored.kept = blob.size <= KEEPABLE_BYTES && keepPicture(key, JSON.stringify({ name, data: await dataUrl(blob) }));
+  if (!stored.kept) renderParts(); // its note
 }
 
 function recallPicture(key) {
@@ -110,62 +121,85 @@ function recallPicture(key) {
   const { name, data } = JSON.parse(saved);
   const [header, base64] = data.split(",");
   const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
-  const blob = new Blob([bytes], { type: header.slice(5).split(";")[0] });
-  pictures.set(key, { blob, name, url: URL.createObjectURL(blob) });
-  return pictures.get(key);
+  return rememberPicture(key, new Blob([bytes], { type: header.slice(5).split(";")[0] }), name, true);
+}
+
+// Only the query's own pictures stay in memory: the others are in the tab's storage, or gone.
+function forgetOtherPictures() {
+  for (const [key, stored] of pictures) {
+    if (query.parts.some((part) => part.kind === "picture" && part.value === key)) continue;
+    URL.revokeObjectURL(stored.url);
+    pictures.delete(key);
+  }
 }
 
 // Any file is sent: the server tells a picture by its bytes (a JPEG named photo.bin is one), not by the type
 // the browser guesses from the name, and its refusal says why.
-async function searchByPicture(file) {
+function searchByPicture(file) {
   if (!file) return;
   const key = Math.random().toString(16).slice(2, 10);
-  await rememberPicture(key, file, file.name || "pasted picture");
+  rememberPicture(key, file, file.name || "pasted picture");
   navigate({ parts: [{ kind: "picture", value: key, weight: 1 }], minScore: query.minScore });
 }
 
 // ---- searching ----------------------------------------------------------------------------------------------
 
 function navigate(next) {
-  history.pushState(null, "", `?${toParams(next)}`);
+  const params = toParams(next);
+  // The same query again (Enter twice) searches again, but is not a second history entry.
+  const same = params.toString() === new URLSearchParams(location.search).toString();
+  history[same ? "replaceState" : "pushState"](null, "", `?${params}`);
   show(next);
 }
 
 function show(next) {
   clearTimeout(sliderSettling); // a newer query wins over a slider move that has not settled
   query = next;
-  const single = query.parts.length === 1 && query.parts[0].kind === "text" ? query.parts[0].value : null;
-  if (single !== null) $("query").value = single;
+  forgetOtherPictures();
+  const single = query.parts.length === 1 && query.parts[0].kind === "text";
+  $("query").value = single ? query.parts[0].value : ""; // never a text that is not the query
+  document.title = query.parts.length ? `${query.parts.map(signedLabel).join(", ")} — imagesearch` : "imagesearch";
   $("min-score").value = String(Number(query.minScore) || 0); // a range input clamps what it cannot show
   $("min-score-value").textContent = query.minScore || "off";
   renderParts();
   shown = 0;
+  hideMore(); // the previous query's next page is no page of this one
   if (query.parts.length) search(false);
   else clearResults();
 }
 
 function clearResults() {
-  $("results").replaceChildren();
-  $("more").hidden = true;
-  $("message").hidden = true;
+  latest += 1; // an answer still on its way is not for this empty query
+  setBusy(false);
+  clearHits();
+  $("message").textContent = "";
   $("status").textContent = "";
   loadStatus();
 }
 
+// While a search runs its status says so and the results it will replace are dimmed (CSS).
+function setBusy(busy) {
+  if (busy) {
+    $("results").setAttribute("aria-busy", "true");
+    $("status").textContent = "Searching…";
+  } else {
+    $("results").removeAttribute("aria-busy");
+  }
+}
+
 async function search(append) {
   const request = ++latest;
-  const picture = query.parts.find((part) => part.kind === "picture");
-  let init = { headers: { Accept: "application/json" } };
-  if (picture) {
-    const stored = recallPicture(picture.value);
-    if (!stored) {
+  setBusy(true);
+  try {
+    const picture = query.parts.find((part) => part.kind === "picture");
+    const stored = picture && recallPicture(picture.value);
+    if (picture && !stored) {
       refused("The picture of this link is not in this browser any more: search by picture again.");
       return;
     }
-    init = { method: "POST", body: stored.blob, headers: { "Content-Type": stored.blob.type || "application/octet-stream" } };
-  }
-  document.body.setAttribute("aria-busy", "true");
-  try {
+    const init = stored
+      ? { method: "POST", body: stored.blob, headers: { "Content-Type": stored.blob.type || "application/octet-stream" } }
+      : { headers: { Accept: "application/json" } };
     const response = await fetch(`/api/search?${apiParams(query, append ? shown : 0)}`, init);
     const body = await response.json().catch(() => ({ error: `HTTP ${response.status} ${response.statusText}` }));
     if (request !== latest) return;
@@ -175,12 +209,13 @@ async function search(append) {
     }
     hideBanner();
     renderHits(body.hits, append, body.top_k);
+    if (stored) await keepAccepted(picture.value, stored);
     const stats = await loadStatus();
     if (request === latest) describe(body, stats);
   } catch (error) {
     if (request === latest) failed(0, `the web tier did not answer (${error.message})`);
   } finally {
-    if (request === latest) document.body.removeAttribute("aria-busy");
+    if (request === latest) setBusy(false); // however it ended
   }
 }
 
@@ -210,7 +245,6 @@ function describe(body, stats) {
   const cut = query.minScore ? ` scoring at least ${query.minScore}` : "";
   const collection = stats ? `${collectionLine(stats)} · ` : "";
   $("status").textContent = `${collection}${hits}${cut} · ${body.took_ms} ms`;
-  $("message").hidden = shown > 0;
   if (shown === 0) showMessage(query.minScore ? "No picture scores that high: lower the minimum score." : "No pictures found.");
 }
 
@@ -234,25 +268,38 @@ function refused(message) {
 // The previous search's hits and status line ("24 hits · 30 ms") do not answer this one.
 function clearAnswer() {
   $("status").textContent = "";
-  if (!shown) $("results").replaceChildren();
-  $("more").hidden = true;
+  if (!shown) clearHits();
+  hideMore();
 }
 
 function hideBanner() {
   $("banner").hidden = true;
 }
 
+// #message is a live region that is always rendered (empty when there is nothing to say): a screen reader
+// does not announce a text set while its region is hidden.
 function showMessage(text) {
   $("message").textContent = text;
-  $("message").hidden = false;
+}
+
+// Keyboard focus on a removed or hidden control would fall to the page's body: the results list takes it.
+function clearHits() {
+  const list = $("results");
+  if (list.contains(document.activeElement)) list.focus();
+  list.replaceChildren();
+}
+
+function hideMore() {
+  if ($("more") === document.activeElement) $("results").focus();
+  $("more").hidden = true;
 }
 
 // ---- rendering ----------------------------------------------------------------------------------------------
 
 function renderHits(hits, append, pageSize) {
   const list = $("results");
-  if (!append) list.replaceChildren();
-  $("message").hidden = true;
+  if (!append) clearHits();
+  $("message").textContent = "";
   const template = $("hit-template").content.firstElementChild;
   for (const hit of hits) {
     const card = template.cloneNode(true);
@@ -276,7 +323,8 @@ function renderHits(hits, append, pageSize) {
     list.append(card);
   }
   shown = list.children.length;
-  $("more").hidden = hits.length < pageSize;
+  if (hits.length < pageSize) hideMore();
+  else $("more").hidden = false;
 }
 
 function placeholder() {
@@ -294,10 +342,17 @@ function partLabel(part) {
   return `picture ${part.value.slice(0, 10)}…`;
 }
 
+function signedLabel(part) {
+  return part.weight < 0 ? `not ${partLabel(part)}` : partLabel(part);
+}
+
 function renderParts() {
   const mixed = query.parts.length > 1 || (query.parts.length === 1 && query.parts[0].kind !== "text");
   $("query-parts").hidden = !mixed;
   const list = $("parts");
+  // Focus on a control of a part (× pressed, a weight entered) moves to the same place in the new list.
+  const controls = () => [...list.querySelectorAll("input, button")];
+  const focused = controls().indexOf(document.activeElement);
   list.replaceChildren();
   query.parts.forEach((part, index) => {
     const item = document.createElement("li");
@@ -306,15 +361,18 @@ function renderParts() {
     kind.className = "kind";
     kind.textContent = { text: "text", id: "like", picture: "picture" }[part.kind];
     item.append(kind);
-    if (part.kind === "picture" && recallPicture(part.value)) {
+    const stored = part.kind === "picture" && recallPicture(part.value);
+    if (stored) {
       const preview = document.createElement("img");
-      preview.src = recallPicture(part.value).url;
+      preview.src = stored.url;
       preview.alt = "";
       item.append(preview);
-      if (!keptPictures().includes(part.value)) item.append(notKeptNote());
+      if (stored.kept === false) item.append(notKeptNote());
     }
     const label = document.createElement("span");
+    label.className = "label";
     label.textContent = partLabel(part);
+    label.title = partLabel(part); // the whole text, where CSS cuts it short
     const weight = document.createElement("input");
     weight.type = "number";
     weight.step = "0.5";
@@ -332,12 +390,16 @@ function renderParts() {
     item.append(label, weight, remove);
     list.append(item);
   });
+  if (focused >= 0) {
+    const next = $("query-parts").hidden ? null : controls().at(Math.min(focused, controls().length - 1));
+    (next ?? $("query")).focus();
+  }
 }
 
 function notKeptNote() {
   const note = document.createElement("span");
   note.className = "note";
-  note.textContent = "not kept in this tab: a reload loses it";
+  note.textContent = "not kept in this tab: another search or a reload loses it";
   return note;
 }
 
