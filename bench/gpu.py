@@ -338,8 +338,9 @@ def print_setting(info: encoder_pb2.GetModelInfoResponse, jpegs: list[bytes], cl
     print(
         f"\nThe service: {info.model} ({info.dtype}); {len(jpegs)} JPEGs of 500x375, {size:.0f} KB on "
         f"average; {clients} client processes; the encoder's defaults: batch <= {info.max_batch_size}, "
-        f"queue {info.max_queue_size}, {info.decode_workers} decode workers, JPEGs decoded on the "
-        f"{info.jpeg_decoding}, {info.image_cuda_graphs} + {info.text_cuda_graphs} CUDA graphs"
+        f"queue {info.max_queue_size}, {info.decode_workers} decode workers, JPEGs decoded "
+        f"{'on the device' if info.jpeg_decoding == 'device' else 'by the worker processes'}, "
+        f"{info.image_cuda_graphs} + {info.text_cuda_graphs} CUDA graphs"
     )
 
 

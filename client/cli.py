@@ -333,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        over_tls = tls_on(args.tls)
         code = int(args.run(args))
         sys.stdout.flush()  # here, where a reader gone is caught, not at exit
         return code
@@ -342,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         args.usage.error(shown(str(error)))
     except ImageSearchError as error:
-        return _report(error, tls_on(args.tls))
+        return _report(error, over_tls)
     except UnicodeEncodeError as error:  # an argument with bytes of a file name where text was wanted
         args.usage.error(f"{shown(str(error.object))!r} is not UTF-8 text")
     except (StartFailed, OSError) as error:  # a service that did not start, a grid that cannot be written

@@ -267,7 +267,7 @@ def _confirmed(client: SearchClient, args: argparse.Namespace, params: dict[str,
     if matching == 0:
         return True
     try:
-        values = "".join(f", {name} = {json.dumps(value)}" for name, value in params.items())
+        values = "".join(f", {key} = {json.dumps(it, ensure_ascii=False)}" for key, it in params.items())
         answer = input(f"delete {matching} pictures that match {shown(args.filter + values)}? [y/N] ")
     except EOFError:  # Ctrl-D: no
         print()

@@ -64,7 +64,7 @@ class EncoderRuntime:
         )
         self.image_forward = GraphedForward(model.image_vectors)
         self.text_forward = GraphedForward(model.text_vectors)
-        self.jpegs = self._working_jpeg_decoding(limits) if config.jpeg_decoding == "device" else None
+        self.jpegs = self._working_jpeg_decoding() if config.jpeg_decoding == "device" else None
         self.image_tower = ImageTower(
             model, self.image_forward, self.workers, limits, self.jpegs, Turn(model.device, self.cpu)
         )
@@ -90,7 +90,7 @@ class EncoderRuntime:
         self.images = batcher("image", self.image_tower.run)
         self.texts = batcher("text", self.text_tower.run)
 
-    def _working_jpeg_decoding(self, limits: ImageLimits) -> JpegDecoding | None:
+    def _working_jpeg_decoding(self) -> JpegDecoding | None:
         """The device's JPEG decoding, once a first JPEG has gone through it (so that no call pays for its
         start); None where that fails (nvJPEG cannot start on some GPUs and drivers): then the worker
         processes decode every picture, rather than each call failing on the device first."""
@@ -98,7 +98,8 @@ class EncoderRuntime:
         decoding = JpegDecoding(
             model.device, model.image_resolution, self.cpu, config.max_batch_size, config.max_queue_size
         )
-        first = jpeg_for_device(small_jpeg(), limits)
+        # Within any limits: the flags' (--max-image-pixels 100, say) are for callers' pictures.
+        first = jpeg_for_device(small_jpeg(), ImageLimits(max_bytes=1 << 20, max_pixels=1 << 20))
         assert first is not None
         if decoding([first]) != [None]:
             return decoding

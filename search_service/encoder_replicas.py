@@ -49,6 +49,21 @@ def channel_target(target: str) -> str:
     return target
 
 
+def _attempt(
+    method: "grpc.UnaryUnaryMultiCallable[Any, Response]",
+    request: object,
+    timeout: float,
+    metadata: tuple[tuple[str, str], ...],
+    caller: Caller | None,
+) -> Response:
+    """One try of a call: cancelled if `caller`, where given, goes meanwhile (grpc.FutureCancelledError)."""
+    if caller is None:
+        return method(request, timeout=timeout, metadata=metadata)
+    call = method.future(request, timeout=timeout, metadata=metadata)
+    with caller.awaiting(call.cancel):
+        return call.result()
+
+
 class EncoderReplicas:
     """The search service's way to the encoder tier (the SDK's EncoderClient is the user's): every replica
     behind one target, round robin."""
@@ -87,16 +102,24 @@ class EncoderReplicas:
         self._channel.close()
 
     def _call(
-        self, name: str, method: "grpc.UnaryUnaryMultiCallable[Any, Response]", request: object
+        self,
+        name: str,
+        method: "grpc.UnaryUnaryMultiCallable[Any, Response]",
+        request: object,
+        cancellable: bool = False,
     ) -> Response:
         """One call, observed once with its final status and its whole time, retries included; it ends by the
-        service's own timeout, or by its caller's deadline where that comes first, and is cancelled if its
-        caller goes: the encoder then drops the pictures of a caller gone, rather than encode them for nobody.
-        A call so cut for its caller is observed as CANCELLED, not as the encoder's slowness."""
+        service's own timeout, or by its caller's deadline where that comes first. A `cancellable` one (of
+        pictures) is also cancelled if its caller goes: the encoder then drops its pictures rather than decode
+        and encode them for nobody. The others are short, and blocking calls: a call that can be cancelled is
+        a future, which costs grpc a thread of its own per call while none other is under way (a lone text
+        query took 0.25 ms more at the median, and up to 7 ms more at the 99th percentile). A call cut for its
+        caller is observed as CANCELLED, not as the encoder's slowness."""
         caller, started, code = current_caller(), time.monotonic(), grpc.StatusCode.UNKNOWN
         own_deadline = started + self.timeout_s
         try:
-            response = self._retried(method, request, min(own_deadline, caller.deadline), caller)
+            deadline = min(own_deadline, caller.deadline)
+            response = self._retried(method, request, deadline, caller if cancellable else None)
             code = grpc.StatusCode.OK
             return response
         except ServiceError as error:
@@ -111,7 +134,7 @@ class EncoderReplicas:
         method: "grpc.UnaryUnaryMultiCallable[Any, Response]",
         request: object,
         deadline: float,
-        caller: Caller,
+        caller: Caller | None,
     ) -> Response:
         """One call with a deadline, retried (on another replica, where there are several) on UNAVAILABLE up
         to `attempts` times, and on RESOURCE_EXHAUSTED from an encoder until the deadline: an encoder whose
@@ -123,10 +146,8 @@ class EncoderReplicas:
         backoff, attempt = 0.1, 1
         while True:
             remaining = deadline - time.monotonic()
-            call = method.future(request, timeout=max(remaining, 0.001), metadata=metadata)
             try:
-                with caller.awaiting(call.cancel):
-                    return call.result()
+                return _attempt(method, request, max(remaining, 0.001), metadata, caller)
             except grpc.FutureCancelledError:
                 raise ServiceError(
                     grpc.StatusCode.CANCELLED, f"encoder at {self.target}: its caller has gone"
@@ -160,7 +181,9 @@ class EncoderReplicas:
 
     def encode_images(self, images: list[bytes]) -> tuple[str, list[np.ndarray | RejectedImage]]:
         """The model's name and, for each image in order, its vector or the reason it has none."""
-        response = self._call("EncodeImages", self._encode_images, encode_images_request(images))
+        response = self._call(
+            "EncodeImages", self._encode_images, encode_images_request(images), cancellable=True
+        )
         return response.model, [
             np.asarray(result.vector.values, dtype=np.float32)
             if result.WhichOneof("outcome") == "vector"

@@ -421,6 +421,15 @@ def test_a_device_that_cannot_decode_jpegs_leaves_them_all_to_the_workers(
     assert not [record for record in caplog.records if "JPEG(s) on cpu failed" in record.getMessage()]
 
 
+def test_the_device_decoder_is_tried_within_any_limits_the_flags_set(tiny_path) -> None:
+    """The start's trial JPEG (16x16) was held to --max-image-pixels: a limit below it stopped the encoder."""
+    with (
+        running_encoder(tiny_path, jpeg_decoding="device", max_image_pixels=100) as server,
+        encoder_stub(server.grpc.address) as stub,
+    ):
+        assert stub.GetModelInfo(encoder_pb2.GetModelInfoRequest()).jpeg_decoding == "device"
+
+
 def test_jpegs_decoded_the_gpu_way_equal_clip_reference(vit_b32_path, reference_model) -> None:
     """`--jpeg-decoding device` on the CPU runs the GPU's JPEG path (torchvision decodes, tensor operations
     resize) with libjpeg in nvJPEG's place; what that path cannot do exactly takes the PIL path."""
