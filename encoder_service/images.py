@@ -133,11 +133,11 @@ def pixels_for_clip(data: bytes, limits: ImageLimits, resolution: int) -> np.nda
         return RejectedImage(str(rejection))
 
 
-def small_jpeg() -> bytes:
-    """A 16x16 JPEG of the kind the device decodes, to try its decoder with."""
+def small_jpeg() -> DeviceJpeg:
+    """A 16x16 JPEG of the kind the device decodes, upright, to try its decoder with."""
     buffer = io.BytesIO()
     Image.new("RGB", (16, 16), (128, 64, 32)).save(buffer, "JPEG")
-    return buffer.getvalue()
+    return DeviceJpeg(buffer.getvalue(), 1, 16 * 16)
 
 
 def jpeg_for_device(data: bytes, limits: ImageLimits) -> DeviceJpeg | None:
