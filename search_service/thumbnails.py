@@ -42,8 +42,9 @@ _ID = re.compile(r"[0-9a-f]{64}")
 # A part-written thumbnail this old was left by a process that died: a live service's own last while their
 # batch is encoded and written (the encoder's and Milvus's deadlines, retries included: minutes at most).
 STALE_PART_S = 3600.0
-# A worker's share of a batch: the pictures' ids, and the future of what `write_aside` says of each.
-Task = tuple[list[str], Future[list[tuple[str, str]]]]
+# A worker's share of a batch: each picture's id and thumbnail's place, and the future of what `write_aside`
+# says of each.
+Task = tuple[list[tuple[str, Path]], Future[list[tuple[str, str]]]]
 
 
 def make_thumbnail(data: bytes, max_pixels: int) -> bytes:
@@ -126,10 +127,9 @@ class Thumbnails:
         try:
             for start in range(0, len(pictures), size):
                 chunk = pictures[start : start + size]
-                aside = [(self._path(collection, image_id), data) for image_id, data in chunk]
-                tasks.append(
-                    ([image_id for image_id, _ in chunk], pool.submit(write_aside, aside, self.max_pixels))
-                )
+                places = [(image_id, self._path(collection, image_id)) for image_id, _ in chunk]
+                aside = [(place, data) for (_, place), (_, data) in zip(places, chunk, strict=True)]
+                tasks.append((places, pool.submit(write_aside, aside, self.max_pixels)))
         except BrokenProcessPool:
             self.lost(pool, collection)
         return Making(self, pool, collection, tasks)
@@ -173,7 +173,7 @@ class Making:
         tasks: list[Task],
     ) -> None:
         self._thumbnails, self._pool, self._collection, self._tasks = thumbnails, pool, collection, tasks
-        self._aside: dict[str, Path] = {}
+        self._aside: dict[str, tuple[Path, Path]] = {}  # (made aside, its place), by id
         self._unmade: dict[str, str] = {}  # why, by id
 
     def __enter__(self) -> "Making":
@@ -183,7 +183,7 @@ class Making:
         """Removes the thumbnails made aside and never placed."""
         self.wait()
         aside, self._aside = self._aside, {}
-        for path in aside.values():
+        for path, _ in aside.values():
             with contextlib.suppress(OSError):  # a part left is removed at a later start
                 path.unlink()
 
@@ -191,17 +191,17 @@ class Making:
         """Waits for the workers."""
         tasks, self._tasks = self._tasks, []
         broken = False
-        for ids, future in tasks:
+        for places, future in tasks:
             try:
                 made = future.result()
             except BrokenProcessPool:  # the other tasks' thumbnails may still have been made
                 broken = True
                 continue
-            for image_id, (aside, problem) in zip(ids, made, strict=True):
+            for (image_id, place), (aside, problem) in zip(places, made, strict=True):
                 if problem:
                     self._unmade[image_id] = problem
                 else:
-                    self._aside[image_id] = Path(aside)
+                    self._aside[image_id] = (Path(aside), place)
         if broken:
             self._thumbnails.lost(self._pool, self._collection)
 
@@ -212,10 +212,11 @@ class Making:
         for image_id in ids:
             if (why := self._unmade.get(image_id)) is not None:
                 log.warning("no thumbnail for %s in %r: %s", image_id, self._collection, why)
-            if (path := self._aside.pop(image_id, None)) is None:
+            if (made := self._aside.pop(image_id, None)) is None:
                 continue
+            path, place = made
             try:
-                os.replace(path, path.with_name(f"{image_id}.jpg"))  # made beside its place
+                os.replace(path, place)
             except OSError as error:
                 log.warning("no thumbnail for %s in %r: %s", image_id, self._collection, error)
                 path.unlink(missing_ok=True)
