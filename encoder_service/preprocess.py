@@ -27,6 +27,9 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvisi
 
 # Decoded pixels held on the device at once: a batch of camera-sized photos is decoded a part at a time.
 _PIXELS_PER_DECODING_CALL = 1 << 26
+# A batch's decoding calls that may fail while its bad JPEGs are looked for (_decoded_apart): one bad JPEG in
+# a batch of 256 takes 9 (its call, then the half holding it, down to itself), two take at most 17.
+_FAILED_CALLS_PER_BATCH = 24
 
 
 def clip_transform(resolution: int) -> Compose:
@@ -107,29 +110,56 @@ def decode_on_device(
     pixels_per_call: int = _PIXELS_PER_DECODING_CALL,
 ) -> list[torch.Tensor | None]:
     """Each JPEG as CLIP's (res, res, 3) uint8 input pixels on `device`: decoded there (nvJPEG on CUDA,
-    libjpeg on the CPU), oriented, resized and cropped. None for the JPEGs of a decoding call that failed:
-    nvJPEG returns nothing when one picture of a call is bad, and the PIL path then tells which and why."""
+    libjpeg on the CPU), oriented, resized and cropped. None for a JPEG the device could not decode, which the
+    PIL path then decodes or says why not."""
     outcomes: list[torch.Tensor | None] = []
+    failures: list[RuntimeError] = []
     start = 0
     while start < len(jpegs):
         end, pixels = start + 1, jpegs[start].pixels
         while end < len(jpegs) and pixels + jpegs[end].pixels <= pixels_per_call:
             pixels += jpegs[end].pixels
             end += 1
-        try:
-            outcomes.extend(_decoded_pixels(jpegs[start:end], device, resolution))
-        except RuntimeError as error:
-            if device.type == "cuda":
-                # torchvision raises before it waits for the decoder's private stream, which may still be
-                # writing into memory that now goes back to this stream's allocator. The wait may raise the
-                # device's own error in turn: the PIL path decodes these JPEGs all the same.
-                with contextlib.suppress(RuntimeError):
-                    torch.cuda.synchronize(device)
-            # Said, so that a decoder failing for every call (a driver, a build without nvJPEG) is seen, not
-            # only paid for in throughput by the PIL path taking all the JPEGs.
-            log.warning(
-                "decoding %d JPEG(s) on %s failed, the PIL path decodes them: %s", end - start, device, error
-            )
-            outcomes.extend([None] * (end - start))
+        outcomes.extend(_decoded_apart(jpegs[start:end], device, resolution, failures))
         start = end
+    if failures:
+        # Said, so that a decoder failing for every call (a driver, a build without nvJPEG) is seen, not only
+        # paid for in throughput by the PIL path taking all the JPEGs.
+        log.warning(
+            "decoding %d of %d JPEG(s) on %s failed (%d failed call(s)), the PIL path decodes them: %s",
+            outcomes.count(None),
+            len(jpegs),
+            device,
+            len(failures),
+            failures[0],
+        )
     return outcomes
+
+
+def _decoded_apart(
+    jpegs: Sequence[DeviceJpeg], device: torch.device, resolution: int, failures: list[RuntimeError]
+) -> list[torch.Tensor | None]:
+    """The JPEGs decoded in one call. nvJPEG decodes nothing of a call in which one JPEG is bad, so a failed
+    call is tried again in halves, each the same way, down to the JPEGs that fail alone: the good ones of a
+    batch stay on the device. Once `failures` (this batch's failed calls) holds _FAILED_CALLS_PER_BATCH, the
+    JPEGs not yet decoded are left to the PIL path without a try: a batch of many bad JPEGs, or a decoder
+    that fails every call, costs a bounded number of calls."""
+    if len(failures) >= _FAILED_CALLS_PER_BATCH:
+        return [None] * len(jpegs)
+    try:
+        return _decoded_pixels(jpegs, device, resolution)
+    except RuntimeError as error:
+        failures.append(error)
+        if device.type == "cuda":
+            # torchvision raises before it waits for the decoder's private stream, which may still be writing
+            # into memory that now goes back to this stream's allocator. The wait may raise the device's own
+            # error in turn: the PIL path decodes these JPEGs all the same.
+            with contextlib.suppress(RuntimeError):
+                torch.cuda.synchronize(device)
+    if len(jpegs) == 1:
+        return [None]
+    half = len(jpegs) // 2
+    return [
+        *_decoded_apart(jpegs[:half], device, resolution, failures),
+        *_decoded_apart(jpegs[half:], device, resolution, failures),
+    ]

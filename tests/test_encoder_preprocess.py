@@ -19,7 +19,13 @@ from PIL import Image, ImageOps
 from encoder_service.graphs import GraphedForward, batch_buckets
 from encoder_service.images import DeviceJpeg, ImageLimits, ImageRejected, clip_pixels, jpeg_for_device
 from encoder_service.model import ClipModel
-from encoder_service.preprocess import ModelInput, clip_transform, decode_on_device, oriented
+from encoder_service.preprocess import (
+    _FAILED_CALLS_PER_BATCH,
+    ModelInput,
+    clip_transform,
+    decode_on_device,
+    oriented,
+)
 from encoder_service.tokens import tokenize
 from synthetic.pictures import camera_photo
 
@@ -177,21 +183,36 @@ def labelled_rgb(data: bytes) -> bytes:
     return with_header_rewritten(data, relabelled)
 
 
-def test_a_failed_decoding_call_fails_only_its_own_jpegs_and_says_so(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    good = [jpeg(camera_photo(64, 48, seed=seed)) for seed in range(3)]
+def test_a_bad_jpeg_fails_alone_in_its_decoding_call_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """nvJPEG decodes nothing of a call in which one JPEG is bad: the whole call (up to 256 pictures) went to
+    the PIL path for one bad JPEG."""
+    good = [jpeg(camera_photo(64, 48, seed=seed)) for seed in range(7)]
     broken = without_quantisation_tables(good[0])
     assert jpeg_for_device(broken, LIMITS) is not None  # only decoding finds the fault
-    jpegs = [DeviceJpeg(data, 1, 64 * 48) for data in (good[0], good[1], broken, good[2])]
+    jpegs = [DeviceJpeg(data, 1, 64 * 48) for data in (*good[:2], broken, *good[2:])]
     one_per_call = decode_on_device(jpegs, CPU, 224, pixels_per_call=64 * 48)
-    assert [pixels is None for pixels in one_per_call] == [False, False, True, False]
-    assert [pixels is None for pixels in decode_on_device(jpegs, CPU, 224)] == [True] * 4
+    together = decode_on_device(jpegs, CPU, 224)
+    expected = [index == 2 for index in range(8)]
+    assert [pixels is None for pixels in one_per_call] == expected
+    assert [pixels is None for pixels in together] == expected
+    assert all(torch.equal(a, b) for a, b in zip(one_per_call, together, strict=True) if a is not None)
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
-    assert [warning.split(",")[0] for warning in warnings] == [
-        "decoding 1 JPEG(s) on cpu failed",
-        "decoding 4 JPEG(s) on cpu failed",
+    assert [warning.split(", the")[0] for warning in warnings] == [
+        "decoding 1 of 8 JPEG(s) on cpu failed (1 failed call(s))",
+        "decoding 1 of 8 JPEG(s) on cpu failed (4 failed call(s))",  # 8, then 4, 2 and 1 holding it
     ]
+
+
+def test_a_batch_of_bad_jpegs_is_given_up_after_a_bounded_number_of_failed_calls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Looking for the bad JPEGs in halves must not cost a call per JPEG when they are many, or when the
+    decoder fails every call."""
+    broken = without_quantisation_tables(jpeg(camera_photo(64, 48, seed=0)))
+    jpegs = [DeviceJpeg(broken, 1, 64 * 48)] * 256
+    assert decode_on_device(jpegs, CPU, 224) == [None] * 256
+    [warning] = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warning.startswith(f"decoding 256 of 256 JPEG(s) on cpu failed ({_FAILED_CALLS_PER_BATCH} failed")
 
 
 @pytest.fixture(scope="module")
