@@ -38,21 +38,26 @@ class Caller:
     def __init__(self, deadline: float = math.inf) -> None:
         self.deadline = deadline
         self._lock = threading.Lock()
-        self._gone = False
+        self._gone = threading.Event()
         self._on_leaving: set[Callable[[], object]] = set()
 
     def left(self) -> None:
         """The call has ended, however it ended: whatever still waits for it is cancelled."""
         with self._lock:
-            self._gone, cancels = True, list(self._on_leaving)
+            self._gone.set()
+            cancels = list(self._on_leaving)
         for cancel in cancels:
             cancel()
+
+    def gone_within(self, seconds: float) -> bool:
+        """Waits up to `seconds`, less if the caller goes meanwhile; whether it has gone."""
+        return self._gone.wait(seconds)
 
     @contextmanager
     def awaiting(self, cancel: Callable[[], object]) -> Iterator[None]:
         """Runs `cancel` if the caller goes within this block (at once if it has gone already)."""
         with self._lock:
-            gone = self._gone
+            gone = self._gone.is_set()
             self._on_leaving.add(cancel)
         try:
             if gone:

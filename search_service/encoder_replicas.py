@@ -119,7 +119,7 @@ class EncoderReplicas:
         own_deadline = started + self.timeout_s
         try:
             deadline = min(own_deadline, caller.deadline)
-            response = self._retried(method, request, deadline, caller if cancellable else None)
+            response = self._retried(method, request, deadline, caller, cancellable)
             code = grpc.StatusCode.OK
             return response
         except ServiceError as error:
@@ -134,24 +134,26 @@ class EncoderReplicas:
         method: "grpc.UnaryUnaryMultiCallable[Any, Response]",
         request: object,
         deadline: float,
-        caller: Caller | None,
+        caller: Caller,
+        cancellable: bool,
     ) -> Response:
         """One call with a deadline, retried (on another replica, where there are several) on UNAVAILABLE up
         to `attempts` times, and on RESOURCE_EXHAUSTED from an encoder until the deadline: an encoder whose
         queue is full asks to be called later, and several ingest streams at once can keep it full for longer
         than a few retries take, which should slow them down, not fail them. A RESOURCE_EXHAUSTED that no
         encoder said (gRPC's own: a message over the encoder's size limit) fails at once: no retry mends it.
+        The retries end when their caller goes.
         """
         metadata = (*self._token, (REQUEST_ID, current_request_id()))
         backoff, attempt = 0.1, 1
         while True:
             remaining = deadline - time.monotonic()
             try:
-                return _attempt(method, request, max(remaining, 0.001), metadata, caller)
+                return _attempt(
+                    method, request, max(remaining, 0.001), metadata, caller if cancellable else None
+                )
             except grpc.FutureCancelledError:
-                raise ServiceError(
-                    grpc.StatusCode.CANCELLED, f"encoder at {self.target}: its caller has gone"
-                ) from None
+                raise self._caller_gone() from None
             except grpc.RpcError as error:
                 code = error.code()
                 queue_full = code == grpc.StatusCode.RESOURCE_EXHAUSTED and answered_by_a_service(error)
@@ -161,8 +163,12 @@ class EncoderReplicas:
                         code, f"encoder at {self.target}: {code.name}: {error.details()}"
                     ) from None
                 log.warning("encoder call failed (%s, attempt %d); retrying", code.name, attempt)
-            time.sleep(backoff * (0.5 + random.random()))
+            if caller.gone_within(backoff * (0.5 + random.random())):
+                raise self._caller_gone()
             backoff, attempt = min(backoff * 2, _LONGEST_BACKOFF_S), attempt + 1
+
+    def _caller_gone(self) -> ServiceError:
+        return ServiceError(grpc.StatusCode.CANCELLED, f"encoder at {self.target}: its caller has gone")
 
     def info(self) -> encoder_pb2.GetModelInfoResponse:
         return self._call("GetModelInfo", self._stub.GetModelInfo, encoder_pb2.GetModelInfoRequest())

@@ -102,30 +102,36 @@ def test_queries_fail_clearly_while_every_encoder_is_down_and_recover(tiny_path,
 
 
 class Overloaded(encoder_pb2_grpc.EncoderServiceServicer):
-    """In front of a real encoder: answers its first `refusals` EncodeImages calls as an encoder whose queue
-    is full does, and passes every other call through."""
+    """In front of a real encoder: answers its first `refusals` EncodeImages and EncodeText calls as an
+    encoder whose queue is full does (and says when it first did), and passes every other call through."""
 
     def __init__(self, encoder: str, refusals: int) -> None:
         self.channel = grpc.insecure_channel(encoder)
         self.encoder = encoder_pb2_grpc.EncoderServiceStub(self.channel)
         self.refusals = refusals
         self.lock = threading.Lock()
+        self.refused = threading.Event()
 
     def GetModelInfo(self, request, context):
         return self.encoder.GetModelInfo(request)
 
     def EncodeText(self, request, context):
+        self._maybe_refuse(context)
         return self.encoder.EncodeText(request)
 
     def EncodeImages(self, request, context):
+        self._maybe_refuse(context)
+        return self.encoder.EncodeImages(request)
+
+    def _maybe_refuse(self, context) -> None:
         with self.lock:
             self.refusals -= 1
             refused = self.refusals >= 0
         if refused:
+            self.refused.set()
             # As the encoder's own code answers: naming itself, where gRPC's own refusals do not.
             context.set_trailing_metadata([(SERVED_BY, "imagesearch.v1.EncoderService")])
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the image queue is full; retry later")
-        return self.encoder.EncodeImages(request)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the queue is full; retry later")
 
 
 class Stalling(Overloaded):
@@ -256,6 +262,29 @@ def test_a_caller_that_cancels_its_search_cancels_the_encoder_call_it_waited_for
     # The encoder call counts as given up for its caller, not as the encoder's failure.
     cancelled = ("search_encoder_seconds_count", (("code", "CANCELLED"), ("method", "EncodeImages")))
     assert encoder_calls[cancelled] == 1
+
+
+def test_a_search_whose_caller_cancelled_stops_retrying_a_full_encoder(tiny_encoder, tmp_path) -> None:
+    """Against a full encoder queue, a text search whose caller had cancelled went on retrying until the
+    service's own deadline (60 s), holding a handler thread: between tries it slept without looking."""
+    with (
+        overloaded(tiny_encoder.grpc.address, refusals=0) as (target, proxy),
+        running_search(target, tmp_path / "milvus.db", grpc_workers=1, encoder_timeout_s=60.0) as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        assert [result.outcome for result in stub.Ingest(requests(folder(1, 2402)))] == [STORED]
+        with proxy.lock:
+            proxy.refusals = 1_000_000
+        searching = stub.SearchText.future(search_pb2.SearchTextRequest(text="a white dog"))
+        assert proxy.refused.wait(timeout=60)
+        searching.cancel()
+        # The service's only handler thread is free again.
+        assert stub.Stats(search_pb2.StatsRequest(), timeout=10).count == 1
+        encoder_calls = scrape(search.grpc.metrics.server_port)
+    assert (
+        encoder_calls[("search_encoder_seconds_count", (("code", "CANCELLED"), ("method", "EncodeText")))]
+        == 1
+    )
 
 
 def test_a_call_over_the_encoders_message_limit_fails_at_once_not_as_a_full_queue(tiny_path, caplog) -> None:
