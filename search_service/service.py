@@ -202,7 +202,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         vectors: dict[int, np.ndarray] = {}
         texts, images, ids = (_indices(parts, kind) for kind in ("text", "image", "id"))
         if texts:
-            model, encoded = self.encoder.encode_texts([parts[index].text for index in texts])
+            model, encoded = self.encoder.encode_texts(
+                [parts[index].text for index in texts], [f"parts[{index}].text" for index in texts]
+            )
             collection.require_model(model)
             vectors.update(zip(texts, encoded, strict=True))
         if images:

@@ -151,11 +151,28 @@ def test_bad_parts_are_invalid_argument_naming_the_part(stub, collection) -> Non
         "all 2 weights are 0": [part(text="a", weight=0.0), part(image=image, weight=0.0)],
         "the parts cancel out": [part(text="a dog"), part(text="a dog", weight=-1.0)],
         "parts[1].image: not a recognised image format": [part(image=image), part(image=b"not a picture")],
+        # The encoder refuses it as texts[1] of its call, where it was sent with the query's other text.
+        "parts[2].text ('&nbsp;') has no words: CLIP reads only": [
+            part(image=image),
+            part(text="a dog"),
+            part(text="&nbsp;"),
+        ],
     }
     for message, parts in cases.items():
         error = refused(lambda parts=parts: searched(stub, collection, *parts))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, message
         assert message in error.details(), (message, error.details())
+        assert error.details().startswith(message.split(" ")[0]), (
+            error.details()
+        )  # no other service's address
+    text_alone = search_pb2.SearchTextRequest(
+        text="\x00", options=search_pb2.SearchOptions(collection=collection)
+    )
+    error = refused(lambda: stub.SearchText(text_alone))
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "text ('\\x00') has no words: CLIP reads only spaces, control characters or markup in it",
+    )
     assert searched(stub, collection, part(image=image), part(text="a dog", weight=0.0))
 
 
