@@ -11,7 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from imagesearch.pictures import NOT_A_PICTURE, UnreadablePicture, open_within, orientation, to_rgb, upright
+from imagesearch.pictures import (
+    UnreadablePicture,
+    open_within,
+    orientation,
+    to_rgb,
+    upright,
+    why_not_a_picture,
+)
 
 # Our own pixel limit is checked from the header; Pillow's global bomb check would only duplicate it.
 Image.MAX_IMAGE_PIXELS = None
@@ -68,7 +75,7 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
     except UnreadablePicture as over_a_limit:
         raise ImageRejected(str(over_a_limit)) from None
     except UnidentifiedImageError:
-        raise ImageRejected(NOT_A_PICTURE) from None
+        raise ImageRejected(why_not_a_picture(data)) from None
     except Exception as error:
         raise ImageRejected(f"unreadable image header: {error}") from None
 

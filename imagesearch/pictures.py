@@ -19,7 +19,19 @@ _SIXTEEN_BIT_GREY = {"I;16", "I;16L", "I;16B", "I;16N"}
 _HAS_AVIF = importlib.util.find_spec("PIL.AvifImagePlugin") is not None
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", *(("AVIF",) if _HAS_AVIF else ()))
 _NAMED = [name.replace("WEBP", "WebP") for name in FORMATS]
-NOT_A_PICTURE = f"not a recognised image format ({', '.join(_NAMED[:-1])} or {_NAMED[-1]})"
+_NAMED_FORMATS = f"{', '.join(_NAMED[:-1])} or {_NAMED[-1]}"
+NOT_A_PICTURE = f"not a recognised image format ({_NAMED_FORMATS})"
+# The major brands of an ISO media file's `ftyp` box that say HEIC (HEIF of HEVC): phones' photos, which no
+# decoder here reads. Said by name, since their owners know them as .HEIC files, not as an unknown format.
+_HEIC_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx")
+HEIC = (
+    f"a HEIC photo (phones' format), which is not read: convert it to JPEG (formats read: {_NAMED_FORMATS})"
+)
+
+
+def why_not_a_picture(data: bytes) -> str:
+    """What to tell of `data`, which no decoder here recognised."""
+    return HEIC if data[4:8] == b"ftyp" and data[8:12] in _HEIC_BRANDS else NOT_A_PICTURE
 
 
 # How to turn a picture upright for each EXIF orientation, as Pillow's ImageOps.exif_transpose does.

@@ -162,7 +162,8 @@ def test_avif_photos_are_stored_and_phones_heic_ones_fail_naming_why(search_addr
         "IMG_0001.avif": ("stored", ""),
         "IMG_0002.HEIC": (
             "failed",
-            "not a recognised image format (JPEG, PNG, GIF, WebP, BMP, TIFF or AVIF)",
+            "a HEIC photo (phones' format), which is not read: convert it to JPEG (formats read: JPEG, PNG, "
+            "GIF, WebP, BMP, TIFF or AVIF)",
         ),
         "icon.ico": ("skipped", "not a picture (by its content)"),
     }
