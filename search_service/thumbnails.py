@@ -48,11 +48,11 @@ Task = tuple[list[tuple[str, Path]], Future[list[tuple[str, str]]]]
 
 
 def make_thumbnail(data: bytes, max_pixels: int) -> bytes:
-    """A JPEG of the picture whose longest side is at most LONGEST_SIDE pixels, orientation applied."""
+    """A JPEG of the picture whose longest side is at most LONGEST_SIDE pixels (at least 15/16 of it, for a
+    picture larger), orientation applied."""
     buffer = io.BytesIO()
-    fitted(data, (LONGEST_SIDE, LONGEST_SIDE), max_pixels).save(
-        buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True
-    )
+    # Not `optimize`d: a sixth less CPU (0.5 ms of a 500x375 photo's 2.8) for a thumbnail 6 % larger.
+    fitted(data, (LONGEST_SIDE, LONGEST_SIDE), max_pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
 
 

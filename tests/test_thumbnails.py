@@ -111,6 +111,20 @@ def test_a_fine_pattern_shrinks_to_its_average_in_every_mode(mode: str) -> None:
     assert pixels.shape == (192, 256, 3) and abs(pixels.mean() - 127.5) < 3 and pixels.std() < 3
 
 
+def test_a_photo_that_libjpeg_can_shrink_to_the_thumbnail_is_decoded_at_that_scale_not_resized() -> None:
+    """A 500x375 photo (ImageNet's size) was decoded whole and resized to 256x192: twice the CPU of decoding
+    it at half its size, 250x188, within a sixteenth of the thumbnail's size, with nothing left to resize."""
+    rng = np.random.default_rng(7)
+    smooth = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((500, 375))
+    photo = io.BytesIO()
+    smooth.save(photo, "JPEG", quality=95)
+    thumbnail = Image.open(io.BytesIO(make_thumbnail(photo.getvalue(), 10**8)))
+    assert thumbnail.size == (250, 188)
+    # The same picture as the whole photo shrunk to that size.
+    shrunk = np.asarray(smooth.resize((250, 188), Image.Resampling.BILINEAR), dtype=float)
+    assert np.abs(np.asarray(thumbnail, dtype=float) - shrunk).mean() < 4
+
+
 def test_a_start_removes_thumbnails_left_part_written_by_a_killed_process_long_ago(tmp_path) -> None:
     """A service killed mid-write left `tmp….part` files that nothing removed."""
     folder = tmp_path / "pictures"
