@@ -320,6 +320,16 @@ def test_a_malformed_search_is_400_naming_its_parameter_even_with_the_service_un
     assert answers[2].json()["error"].startswith("nothing to search for")
 
 
+def test_a_whole_number_is_ascii_digits_only() -> None:
+    """int() took top_k=1_0 as 10, and " 10", "+10" or other scripts' digits as numbers too."""
+    with running_web(f"127.0.0.1:{free_port()}", timeout_s=5.0) as url:
+        for name in ("top_k", "offset"):
+            for written in ("1_0", " 10", "+10", "\u0661\u0660", "10.0"):
+                answer = get(url, "/api/search", q="a dog", **{name: written})
+                assert answer.status == 400, (name, written)
+                assert answer.json()["error"] == f"{name} = {written!r} is not an integer"
+
+
 @contextmanager
 def stalled_upload(url: str, declared: int = 1000) -> Iterator[socket.socket]:
     """A picture upload that sends 10 of its `declared` bytes and then nothing more."""

@@ -10,7 +10,9 @@ Values are only ever parts of a gRPC request: the search service checks them (ra
 its refusal comes back as a 400 that names the item.
 """
 
+import re
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -22,6 +24,8 @@ from .errors import ApiError
 
 Number = TypeVar("Number", int, float)
 PART_KINDS = ("text", "id")
+# int() also takes "1_0", " 10", "+10" and other scripts' digits: a whole number here is ASCII digits.
+WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,10 @@ class SearchQuery:
 
 
 def _number(text: str, name: str, kind: Callable[[str], Number]) -> Number:
-    try:
-        return kind(text)
-    except ValueError:
-        raise ApiError(
-            400, f"{name} = {text!r} is not {'an integer' if kind is int else 'a number'}"
-        ) from None
+    if kind is not int or WHOLE_NUMBER.fullmatch(text):
+        with suppress(ValueError):
+            return kind(text)
+    raise ApiError(400, f"{name} = {text!r} is not {'an integer' if kind is int else 'a number'}")
 
 
 def _weighted_part(spec: str, index: int) -> QueryPart:

@@ -28,19 +28,29 @@ function toParams(q) {
   return params;
 }
 
+// The part each parameter of a link spells (null: none). A Map: no parameter name reaches Object's own keys.
+const PART_PARAMS = new Map([
+  ["q", (value) => ({ kind: "text", value, weight: 1 })],
+  ["like", (value) => ({ kind: "id", value, weight: 1 })],
+  [
+    "part",
+    (spec) => {
+      const [kind, weight, ...rest] = spec.split(":");
+      return (kind === "text" || kind === "id") && rest.length ? { kind, value: rest.join(":"), weight } : null;
+    },
+  ],
+  [
+    "picture",
+    (spec) => {
+      const [weight, key] = spec.split(":");
+      return { kind: "picture", value: key, weight };
+    },
+  ],
+]);
+
+// In the link's order, which is the user's: a reload shows the parts as they were added.
 function fromParams(params) {
-  const parts = [
-    ...params.getAll("q").map((value) => ({ kind: "text", value, weight: 1 })),
-    ...params.getAll("like").map((value) => ({ kind: "id", value, weight: 1 })),
-  ];
-  for (const spec of params.getAll("part")) {
-    const [kind, weight, ...rest] = spec.split(":");
-    if ((kind === "text" || kind === "id") && rest.length) parts.push({ kind, value: rest.join(":"), weight });
-  }
-  for (const spec of params.getAll("picture")) {
-    const [weight, key] = spec.split(":");
-    parts.push({ kind: "picture", value: key, weight });
-  }
+  const parts = [...params].map(([name, value]) => PART_PARAMS.get(name)?.(value)).filter(Boolean);
   return { parts, minScore: params.get("min_score") ?? "" };
 }
 
@@ -100,9 +110,9 @@ function dataUrl(blob) {
 const KEEPABLE_BYTES = 4 * 1024 * 1024;
 
 // `kept`: null until the server has taken the picture (a file it refuses never reaches the tab's storage),
-// then whether the tab's storage holds it.
+// then whether the tab's storage holds it. `drawable`: null until the browser has tried to draw it.
 function rememberPicture(key, blob, name, kept = null) {
-  pictures.set(key, { blob, name, url: URL.createObjectURL(blob), kept });
+  pictures.set(key, { blob, name, url: URL.createObjectURL(blob), kept, drawable: null });
   return pictures.get(key);
 }
 
@@ -201,10 +211,10 @@ async function search(append) {
       ? { method: "POST", body: stored.blob, headers: { "Content-Type": stored.blob.type || "application/octet-stream" } }
       : { headers: { Accept: "application/json" } };
     const response = await fetch(`/api/search?${apiParams(query, append ? shown : 0)}`, init);
-    const body = await response.json().catch(() => ({ error: `HTTP ${response.status} ${response.statusText}` }));
+    const body = await response.json().catch(() => ({})); // not the API's answer: a proxy's page, say
     if (request !== latest) return;
     if (!response.ok) {
-      failed(response.status, body.error);
+      failed(response.status, body.error, stored);
       return;
     }
     hideBanner();
@@ -212,8 +222,8 @@ async function search(append) {
     if (stored) await keepAccepted(picture.value, stored);
     const stats = await loadStatus();
     if (request === latest) describe(body, stats);
-  } catch (error) {
-    if (request === latest) failed(0, `the web tier did not answer (${error.message})`);
+  } catch {
+    if (request === latest) failed(0);
   } finally {
     if (request === latest) setBusy(false); // however it ended
   }
@@ -222,7 +232,7 @@ async function search(append) {
 async function loadStatus() {
   try {
     const response = await fetch("/api/status", { headers: { Accept: "application/json" } });
-    const body = await response.json();
+    const body = await response.json().catch(() => ({}));
     if (!response.ok) {
       failed(response.status, body.error);
       return null;
@@ -230,8 +240,8 @@ async function loadStatus() {
     hideBanner();
     if (!query.parts.length) $("status").textContent = collectionLine(body);
     return body;
-  } catch (error) {
-    failed(0, `the web tier did not answer (${error.message})`);
+  } catch {
+    failed(0);
     return null;
   }
 }
@@ -248,16 +258,17 @@ function describe(body, stats) {
   if (shown === 0) showMessage(query.minScore ? "No picture scores that high: lower the minimum score." : "No pictures found.");
 }
 
-function failed(status, error) {
-  if (status > 0 && status < 500) {
-    refused(error || `HTTP ${status}`);
+// status 0: no answer came. `picture`: the query's picture as sent ({name, blob}), if it has one.
+function failed(status, error = "", picture = null) {
+  if (!FAILURES.has(status) && status < 500) {
+    refused(refusalWords(error, picture));
     return;
   }
-  $("banner-title").textContent =
-    status === 0 ? "The page cannot reach its server." : "The search service or its encoder cannot answer right now.";
-  $("banner-detail").textContent = error || "";
+  $("banner").textContent = FAILURES.get(status) ?? FAILED;
   $("banner").hidden = false;
-  clearAnswer();
+  // It may pass: the hits shown stay, and so does their "Load more", to try again.
+  $("status").textContent = "";
+  if (!shown) clearHits();
 }
 
 function refused(message) {
@@ -294,6 +305,72 @@ function hideMore() {
   $("more").hidden = true;
 }
 
+// ---- what went wrong, in the user's words -----------------------------------------------------------------
+
+// The API's errors are for programs: they name its parameters and the search request's fields
+// ("parts[0].text"), count bytes, and give the address of a service it cannot reach. The page says what they
+// mean to the person searching: a failure that may pass (no answer, 408, 5xx) by its status alone, a refusal
+// (any other 4xx) by the first of REFUSALS that matches it.
+const FAILURES = new Map([
+  [0, "The page cannot reach its server — check the connection and try again."],
+  [408, "The picture took too long to upload — try again."],
+  [503, "The search service is unavailable — try again shortly."],
+  [504, "The search service took too long to answer — try again shortly."],
+]);
+const FAILED = "The search failed on the server — try again later.";
+const REFUSALS = [
+  [/\.text is empty/, () => "The query text is empty."],
+  [/text \(.*\) has no words/, () => "The query text has no words: only spaces, control characters or markup."],
+  [
+    /weight = ['"]?(.*?)['"]? is not a (?:finite )?number/,
+    ([, weight]) => `A weight is a number such as 1 or -0.5, not “${weight}”.`,
+  ],
+  [
+    /min_score = ['"]?(.*?)['"]? is (?:not a number|outside)/,
+    ([, score]) => `The minimum score is a number from -1 to 1, not “${score}”.`,
+  ],
+  [/\.id = ['"](.*)['"] is not an id/, ([, id]) => `“${id}” is not the id of a picture.`],
+  [/\.id = (\w+) is not stored/, ([, id]) => `The picture ${id.slice(0, 10)}… is not in the collection any more.`],
+  [
+    /image: not a recognised image format \((.*)\)/,
+    ([, formats], picture) => `“${picture.name}” is not a picture the search can read (${formats}).`,
+  ],
+  [
+    /image: (\d+)x(\d+) pixels is over the limit of (\d+) pixels/,
+    ([, width, height, limit], picture) =>
+      `“${picture.name}” has too many pixels: ${width}x${height}; the limit is ${Number(limit) / 1e6} million.`,
+  ],
+  [
+    /image: a HEIC photo/,
+    (_, picture) => `“${picture.name}” is a HEIC photo, which the search cannot read: convert it to JPEG.`,
+  ],
+  [/image: /, (_, picture) => `“${picture.name}” cannot be read as a picture.`],
+  [
+    /^the picture is over the limit of (\d+) bytes/,
+    ([, limit], picture) => `The picture is ${size(picture.blob.size)}; the limit is ${size(Number(limit))}.`,
+  ],
+  [/^no picture/, (_, picture) => `“${picture.name}” is empty.`],
+  [/cancel out/, () => "The parts of the query cancel out: change a weight or remove a part."],
+  [/weights are 0/, () => "Every weight of the query is 0: give a part another weight."],
+  [/(\d+) parts is over the limit of (\d+)/, ([, parts, most]) => `The query has ${parts} parts; the most is ${most}.`],
+  [/collection ['"](.*)['"] does not exist/, ([, name]) => `The collection “${name}” holds no pictures yet.`],
+];
+
+function refusalWords(error, picture) {
+  for (const [pattern, words] of REFUSALS) {
+    const match = error.match(pattern);
+    if (match) return words(match, picture);
+  }
+  // One the page does not know (a newer service's, say): its words still say more than none.
+  return error ? `The search was refused: ${error}` : "The search was refused.";
+}
+
+// "12.3 MB", "195.3 KB"
+function size(bytes) {
+  const [amount, unit] = bytes < 1024 * 1024 ? [bytes / 1024, "KB"] : [bytes / (1024 * 1024), "MB"];
+  return `${Number(amount.toFixed(1))} ${unit}`;
+}
+
 // ---- rendering ----------------------------------------------------------------------------------------------
 
 function renderHits(hits, append, pageSize) {
@@ -306,14 +383,13 @@ function renderHits(hits, append, pageSize) {
     card.dataset.id = hit.id;
     const image = card.querySelector(".thumb");
     image.alt = hit.name;
-    image.addEventListener("error", () => image.replaceWith(placeholder()), { once: true });
+    const missing = () => image.replaceWith(placeholder("no thumbnail", hit.name));
+    image.addEventListener("error", missing, { once: true });
     image.src = hit.thumbnail;
     const name = card.querySelector(".name");
     name.textContent = hit.name;
     name.title = hit.uri;
-    const score = card.querySelector(".score");
-    score.textContent = hit.score.toFixed(3);
-    score.setAttribute("aria-label", `score ${hit.score.toFixed(3)}`);
+    card.querySelector(".score").textContent = hit.score.toFixed(3);
     const like = card.querySelector(".like");
     like.setAttribute("aria-label", `More like ${hit.name}`);
     like.addEventListener("click", () => navigate({ parts: [{ kind: "id", value: hit.id, weight: 1 }], minScore: query.minScore }));
@@ -327,13 +403,33 @@ function renderHits(hits, append, pageSize) {
   else $("more").hidden = false;
 }
 
-function placeholder() {
+// Where a picture cannot be shown, a box that says so, named as the picture would have been.
+function placeholder(text, name) {
   const box = document.createElement("div");
   box.className = "placeholder";
   box.setAttribute("role", "img");
-  box.setAttribute("aria-label", "no thumbnail");
-  box.textContent = "no thumbnail";
+  box.setAttribute("aria-label", `${text}: ${name}`);
+  box.textContent = text;
   return box;
+}
+
+// The browser cannot draw every file the server reads (TIFF), nor one that is no picture: such a part shows a
+// placeholder, never a broken image (the preview stays hidden until it has loaded).
+function previewOf(stored) {
+  if (stored.drawable === false) return placeholder("no preview", stored.name);
+  const image = document.createElement("img");
+  image.alt = "";
+  image.hidden = !stored.drawable;
+  image.addEventListener("load", () => {
+    stored.drawable = true;
+    image.hidden = false;
+  });
+  image.addEventListener("error", () => {
+    stored.drawable = false;
+    image.replaceWith(previewOf(stored));
+  });
+  image.src = stored.url;
+  return image;
 }
 
 function partLabel(part) {
@@ -363,10 +459,7 @@ function renderParts() {
     item.append(kind);
     const stored = part.kind === "picture" && recallPicture(part.value);
     if (stored) {
-      const preview = document.createElement("img");
-      preview.src = stored.url;
-      preview.alt = "";
-      item.append(preview);
+      item.append(previewOf(stored));
       if (stored.kept === false) item.append(notKeptNote());
     }
     const label = document.createElement("span");
