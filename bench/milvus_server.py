@@ -4,7 +4,8 @@
 
 Each batch of 64 new rows goes through what ingestion does with it on a server: the ids checked before
 encoding (`Store.existing_ids`, a Strong read), then `Store.store_new`. Then the same rows are upserted again
-by a plain client, the write alone, for comparison.
+by a plain client, the write alone, for comparison. Then searches at each consistency level, with nothing
+written for a second before them and just after an upsert by the same client.
 """
 
 import argparse
@@ -17,7 +18,7 @@ from harness import print_table, synthetic_rows, unit_vectors
 from milvus import MilvusServer
 from pymilvus import MilvusClient
 
-from search_service.store import Store
+from search_service.store import SHOWN, Store
 
 
 def main() -> None:
@@ -25,6 +26,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--searches", type=int, default=20)
     args = parser.parse_args()
     vectors = unit_vectors(np.random.default_rng(0), 64)
     timings: dict[str, list[float]] = {"check": [], "store_new": [], "upsert": []}
@@ -47,6 +49,7 @@ def main() -> None:
                 timings["check"].append(checked - started)
                 timings["store_new"].append(stored - checked)
                 timings["upsert"].append(time.perf_counter() - stored)
+            searches = search_timings(plain, vectors, args.searches)
             store.close()
             plain.close()
         finally:
@@ -64,6 +67,47 @@ def main() -> None:
             ]
         ],
     )
+    print()
+    print_table(
+        f"A search on that server (top_k 10), {args.searches} of each, alternated",
+        ["consistency level", "p50 ms, nothing written since", "p50 ms, just after an upsert"],
+        [
+            [
+                f"{level}{' (the search service: Store.SHOWN)' if level == SHOWN else ''}",
+                *(f"{statistics.median(searches[level, after]) * 1000:.1f}" for after in (False, True)),
+            ]
+            for level in CONSISTENCY_LEVELS
+        ],
+    )
+
+
+CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded")
+IDLE_S = 1.0  # longer than the server's time tick (200 ms by default)
+
+
+def search_timings(
+    client: MilvusClient, vectors: np.ndarray, count: int
+) -> dict[tuple[str, bool], list[float]]:
+    """Seconds per search at each consistency level, with nothing written for a while before it and just
+    after an upsert by the same client."""
+    timings: dict[tuple[str, bool], list[float]] = {
+        (level, after): [] for level in CONSISTENCY_LEVELS for after in (False, True)
+    }
+    rows = synthetic_rows(10**6, vectors[:1], "random")
+
+    def search(level: str, after: bool) -> None:
+        started = time.perf_counter()
+        client.search("server", data=[vectors[0].tolist()], limit=10, consistency_level=level)
+        timings[level, after].append(time.perf_counter() - started)
+
+    for _ in range(count):
+        time.sleep(IDLE_S)  # searches write nothing: each of these has nothing written before it for a while
+        for level in CONSISTENCY_LEVELS:
+            search(level, after=False)
+        for level in CONSISTENCY_LEVELS:
+            client.upsert("server", rows)
+            search(level, after=True)
+    return timings
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from .filters import render_filter, render_value
 from .ingest import Ingestion
 from .metadata import record_metadata
 from .metrics import SearchMetrics
-from .store import CollectionInfo, Store
+from .store import SHOWN, CollectionInfo, Store
 from .thumbnails import Thumbnails
 
 DEFAULT_TOP_K = 10
@@ -291,7 +291,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         collection = self._collection(request.collection)
         return search_pb2.StatsResponse(
             collection=collection.name,
-            count=self.store.count(collection.name),
+            count=self.store.count(collection.name, consistency=SHOWN),
             model=collection.model,
             dimension=collection.dimension,
             index_type=self.store.describe_index(collection.name),
