@@ -28,8 +28,9 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvisi
 # Decoded pixels held on the device at once: a batch of camera-sized photos is decoded a part at a time.
 _PIXELS_PER_DECODING_CALL = 1 << 26
 # A batch's decoding calls that may fail while its bad JPEGs are looked for (_decoded_apart): one bad JPEG in
-# a batch of 256 takes 9 (its call, then the half holding it, down to itself), two take at most 17.
-_FAILED_CALLS_PER_BATCH = 24
+# a batch of 256 takes 9 (its call, then the half holding it, down to itself), four take at most 31; past
+# these, at most the depth of the halving (8) more fail.
+_FAILED_CALLS_PER_BATCH = 32
 
 
 def clip_transform(resolution: int) -> Compose:
@@ -110,8 +111,9 @@ def decode_on_device(
     pixels_per_call: int = _PIXELS_PER_DECODING_CALL,
 ) -> list[torch.Tensor | None]:
     """Each JPEG as CLIP's (res, res, 3) uint8 input pixels on `device`: decoded there (nvJPEG on CUDA,
-    libjpeg on the CPU), oriented, resized and cropped. None for a JPEG the device could not decode, which the
-    PIL path then decodes or says why not."""
+    libjpeg on the CPU), oriented, resized and cropped. None for a JPEG the device did not decode (it failed,
+    or was in a failed call that was not split: see _decoded_apart), which the PIL path then decodes or says
+    why not."""
     outcomes: list[torch.Tensor | None] = []
     failures: list[RuntimeError] = []
     start = 0
@@ -141,11 +143,9 @@ def _decoded_apart(
 ) -> list[torch.Tensor | None]:
     """The JPEGs decoded in one call. nvJPEG decodes nothing of a call in which one JPEG is bad, so a failed
     call is tried again in halves, each the same way, down to the JPEGs that fail alone: the good ones of a
-    batch stay on the device. Once `failures` (this batch's failed calls) holds _FAILED_CALLS_PER_BATCH, the
-    JPEGs not yet decoded are left to the PIL path without a try: a batch of many bad JPEGs, or a decoder
-    that fails every call, costs a bounded number of calls."""
-    if len(failures) >= _FAILED_CALLS_PER_BATCH:
-        return [None] * len(jpegs)
+    batch stay on the device. Once `failures` (this batch's failed calls) holds _FAILED_CALLS_PER_BATCH, a
+    call that fails is no longer split (the halves still waiting are each tried once, whole): a batch of many
+    bad JPEGs, or a decoder that fails every call, costs a bounded number of calls."""
     try:
         return _decoded_pixels(jpegs, device, resolution)
     except RuntimeError as error:
@@ -156,8 +156,8 @@ def _decoded_apart(
             # error in turn: the PIL path decodes these JPEGs all the same.
             with contextlib.suppress(RuntimeError):
                 torch.cuda.synchronize(device)
-    if len(jpegs) == 1:
-        return [None]
+    if len(jpegs) == 1 or len(failures) >= _FAILED_CALLS_PER_BATCH:
+        return [None] * len(jpegs)
     half = len(jpegs) // 2
     return [
         *_decoded_apart(jpegs[:half], device, resolution, failures),

@@ -203,6 +203,17 @@ def test_a_bad_jpeg_fails_alone_in_its_decoding_call_and_says_so(caplog: pytest.
     ]
 
 
+def test_four_bad_jpegs_in_a_batch_of_256_leave_every_good_one_on_the_device() -> None:
+    """The halving had a budget of failed calls that four bad JPEGs spread over a batch spent: the JPEGs
+    still waiting then went to the PIL path untried, good ones too."""
+    good = [jpeg(camera_photo(64, 48, seed=seed)) for seed in range(8)]
+    broken = without_quantisation_tables(good[0])
+    bad = {0, 64, 128, 192}
+    jpegs = [DeviceJpeg(broken if index in bad else good[index % 8], 1, 64 * 48) for index in range(256)]
+    decoded = decode_on_device(jpegs, CPU, 224)
+    assert {index for index, pixels in enumerate(decoded) if pixels is None} == bad
+
+
 def test_a_batch_of_bad_jpegs_is_given_up_after_a_bounded_number_of_failed_calls(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -212,7 +223,10 @@ def test_a_batch_of_bad_jpegs_is_given_up_after_a_bounded_number_of_failed_calls
     jpegs = [DeviceJpeg(broken, 1, 64 * 48)] * 256
     assert decode_on_device(jpegs, CPU, 224) == [None] * 256
     [warning] = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
-    assert warning.startswith(f"decoding 256 of 256 JPEG(s) on cpu failed ({_FAILED_CALLS_PER_BATCH} failed")
+    failed_calls = int(warning.split(" failed call")[0].rsplit("(", 1)[1])
+    assert warning.startswith("decoding 256 of 256 JPEG(s) on cpu failed")
+    # The budget, then at most one more a level of the halving (256 = 2 ** 8) as the halves waiting are tried.
+    assert _FAILED_CALLS_PER_BATCH <= failed_calls <= _FAILED_CALLS_PER_BATCH + 8
 
 
 @pytest.fixture(scope="module")
