@@ -177,7 +177,7 @@ class AsyncSearchClient:
         return messages.hits(response, output_fields)
 
     async def thumbnail(self, id: str) -> bytes:
-        """The stored picture's JPEG thumbnail (longest side 256 px); NOT_FOUND when it has none."""
+        """The stored picture's JPEG thumbnail (longest side at most 256 px); NOT_FOUND when it has none."""
         request = search_pb2.GetThumbnailRequest(collection=self.collection, id=id)
         return (await self._connection.call(self._stub.GetThumbnail, request)).jpeg
 

@@ -13,15 +13,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagesearch.iso_media import PICTURE_BRANDS
+
 from .errors import refused
 from .models import QueryPart
 
 # The first bytes of each format the encoder reads (JPEG, PNG, GIF, WebP, BMP, TIFF; AVIF below).
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
-# The brands of an ISO media file's `ftyp` box that hold a picture: AVIF, which the encoder reads, and HEIC
-# (phones' photos), which it does not. Both are pictures by their content, so a HEIC is a FAILED item that
-# the encoder names, never a skipped file that nobody mentions.
-_PICTURE_BRANDS = (b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 HEAD_BYTES = 12
 _ESCAPED_BYTE = re.compile(rb"\\x([89a-f][0-9a-f])")  # how `uri_of` writes a byte that is not UTF-8
 _READ_CHUNK = 1 << 20
@@ -50,7 +48,9 @@ def looks_like_image(head: bytes) -> bool:
     return (
         head.startswith(_SIGNATURES)
         or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
-        or (head[4:8] == b"ftyp" and head[8:12] in _PICTURE_BRANDS)
+        # AVIF, which the encoder reads, and HEIC (phones' photos), which it does not: both are pictures by
+        # their content, so a HEIC is a FAILED item that the encoder names, never a skipped file.
+        or (head[4:8] == b"ftyp" and head[8:12] in PICTURE_BRANDS)
     )
 
 

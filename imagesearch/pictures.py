@@ -5,11 +5,14 @@ does not import this)."""
 import importlib.util
 import io
 import itertools
+import math
 import re
 import warnings
 
 import numpy as np
 from PIL import ExifTags, Image
+
+from .iso_media import is_heic
 
 _SIXTEEN_BIT_GREY = {"I;16", "I;16L", "I;16B", "I;16N"}
 # The formats both services decode: Pillow's most used decoders, and no others (its rarer ones, PSD or FITS
@@ -21,9 +24,7 @@ FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", *(("AVIF",) if _HAS_AVIF
 _NAMED = [name.replace("WEBP", "WebP") for name in FORMATS]
 _NAMED_FORMATS = f"{', '.join(_NAMED[:-1])} or {_NAMED[-1]}"
 NOT_A_PICTURE = f"not a recognised image format ({_NAMED_FORMATS})"
-# The major brands of an ISO media file's `ftyp` box that say HEIC (HEIF of HEVC): phones' photos, which no
-# decoder here reads. Said by name, since their owners know them as .HEIC files, not as an unknown format.
-_HEIC_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx")
+# Said by name, since their owners know them as .HEIC files, not as an unknown format.
 HEIC = (
     f"a HEIC photo (phones' format), which is not read: convert it to JPEG (formats read: {_NAMED_FORMATS})"
 )
@@ -31,7 +32,7 @@ HEIC = (
 
 def why_not_a_picture(data: bytes) -> str:
     """What to tell of `data`, which no decoder here recognised."""
-    return HEIC if data[4:8] == b"ftyp" and data[8:12] in _HEIC_BRANDS else NOT_A_PICTURE
+    return HEIC if is_heic(data) else NOT_A_PICTURE
 
 
 # How to turn a picture upright for each EXIF orientation, as Pillow's ImageOps.exif_transpose does.
@@ -145,7 +146,7 @@ def _decoded_size_wanted(image: Image.Image, box: tuple[int, int]) -> tuple[int,
     and resized."""
     width, height = (box[1], box[0]) if orientation(image) in _TRANSPOSED else box
     scale = min(width / image.width, height / image.height, 1.0)
-    return max(1, int(image.width * scale * _SIZE_KEPT)), max(1, int(image.height * scale * _SIZE_KEPT))
+    return math.ceil(image.width * scale * _SIZE_KEPT), math.ceil(image.height * scale * _SIZE_KEPT)
 
 
 def fitted(data: bytes, box: tuple[int, int], max_pixels: int) -> Image.Image:

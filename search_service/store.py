@@ -40,8 +40,9 @@ _MILVUS_CANNOT_CONNECT = 2
 DELETE_BATCH = 1000
 # What a search shows, and the count beside it, is read at Session consistency on a Milvus server: it waits
 # only for this process's own last write, where Strong waits for the server's next time tick (a search there:
-# 4 ms against 391 with nothing written since, bench/milvus_server.py). A search sees everything this service
-# stored, and another replica's writes once the server has taken them in (its tick: 200 ms). Reads that decide
+# 6.5 ms against 384 with nothing written since, bench/milvus_server.py). A search sees everything this
+# process stored (pymilvus keeps the time of its last write per server and collection), and other
+# processes' writes once the server has taken them in (usually within its 200 ms tick). Reads that decide
 # what is written or deleted, or that an id is not stored, take the collection's Strong. Milvus Lite, one
 # process, sees every write at once either way.
 SHOWN = "Session"

@@ -154,16 +154,21 @@ def test_avif_photos_are_stored_and_phones_heic_ones_fail_naming_why(search_addr
     Image.new("RGB", (96, 64), (30, 160, 90)).save(folder / "IMG_0001.avif", "AVIF")
     # What an iPhone writes: an ISO media file whose `ftyp` box says HEIC; Pillow has no decoder for it.
     (folder / "IMG_0002.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    # Another writer's: HEIF's own brand first, HEIC only among the compatible ones.
+    (folder / "IMG_0003.HEIC").write_bytes(b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic" + bytes(64))
     Image.new("RGB", (8, 8)).save(folder / "icon.ico", "ICO")  # a picture, of a format no service decodes
     with SearchClient(search_address, collection="phone") as client:
         summary = client.ingest([folder])
     by_name = {Path(item.uri).name: (item.outcome, item.error) for item in summary.items}
     assert by_name == {
         "IMG_0001.avif": ("stored", ""),
-        "IMG_0002.HEIC": (
-            "failed",
-            "a HEIC photo (phones' format), which is not read: convert it to JPEG (formats read: JPEG, PNG, "
-            "GIF, WebP, BMP, TIFF or AVIF)",
+        **dict.fromkeys(
+            ["IMG_0002.HEIC", "IMG_0003.HEIC"],
+            (
+                "failed",
+                "a HEIC photo (phones' format), which is not read: convert it to JPEG (formats read: JPEG, "
+                "PNG, GIF, WebP, BMP, TIFF or AVIF)",
+            ),
         ),
         "icon.ico": ("skipped", "not a picture (by its content)"),
     }

@@ -56,18 +56,6 @@ def test_ingest_search_and_delete_on_a_milvus_server(tiny_encoder, milvus_uri, t
         assert stats.count == 4 and stats.model.startswith("tiny.pt@sha256:")
 
 
-def settled_count(stub, collection: str, expected: int) -> int:  # type: ignore[no-untyped-def]
-    """The collection's count as `stub`'s replica shows it, once it is at least `expected` or 10 s have
-    passed: a replica shows another's last writes once the server has taken them in (its 200 ms tick)."""
-    count = 0
-    for _ in range(200):
-        count = stub.Stats(search_pb2.StatsRequest(collection=collection)).count
-        if count >= expected:
-            break
-        threading.Event().wait(0.05)  # a bounded poll of a condition, not a guess at a duration
-    return count
-
-
 def test_two_replicas_ingesting_the_same_pictures_at_once_store_each_once(
     tiny_encoder, milvus_uri, tmp_path
 ) -> None:
@@ -88,7 +76,7 @@ def test_two_replicas_ingesting_the_same_pictures_at_once_store_each_once(
         with ThreadPoolExecutor(4) as pool:
             runs = list(pool.map(run, [first_stub, second_stub, first_stub, second_stub]))
         assert all(run[-1].totals.stored + run[-1].totals.present == 40 for run in runs)
-        assert settled_count(first_stub, "replicas", 40) == 40
+        assert first_stub.Stats(search_pb2.StatsRequest(collection="replicas")).count == 40
         ids = [
             hit.record.id
             for hit in first_stub.SearchText(

@@ -123,6 +123,11 @@ def test_a_photo_that_libjpeg_can_shrink_to_the_thumbnail_is_decoded_at_that_sca
     # The same picture as the whole photo shrunk to that size.
     shrunk = np.asarray(smooth.resize((250, 188), Image.Resampling.BILINEAR), dtype=float)
     assert np.abs(np.asarray(thumbnail, dtype=float) - shrunk).mean() < 4
+    # A picture smaller than the thumbnail is never shrunk (a sixteenth of 2 pixels is not 1).
+    for size in [(2, 2), (1, 1), (3, 2), (255, 10)]:
+        small = io.BytesIO()
+        smooth.resize(size).save(small, "JPEG")
+        assert Image.open(io.BytesIO(make_thumbnail(small.getvalue(), 10**8))).size == size
 
 
 def test_a_start_removes_thumbnails_left_part_written_by_a_killed_process_long_ago(tmp_path) -> None:

@@ -145,9 +145,9 @@ class SearchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetThumbnail(self, request, context):
-        """The JPEG thumbnail (longest side 256 px) made when the picture was ingested. NOT_FOUND when there is
-        none: an unknown id, or a picture ingested before thumbnails existed or whose thumbnail could not be
-        made. INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
+        """The JPEG thumbnail (longest side at most 256 px) made when the picture was ingested. NOT_FOUND when
+        there is none: an unknown id, or a picture ingested before thumbnails existed or whose thumbnail could
+        not be made. INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -62,9 +62,9 @@ class SearchServiceStub:
     encoded; NOT_FOUND for an id that is not stored. The message names the part ("parts[2].weight").
     """
     GetThumbnail: _grpc.UnaryUnaryMultiCallable[_search_pb2.GetThumbnailRequest, _search_pb2.GetThumbnailResponse]
-    """The JPEG thumbnail (longest side 256 px) made when the picture was ingested. NOT_FOUND when there is
-    none: an unknown id, or a picture ingested before thumbnails existed or whose thumbnail could not be
-    made. INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
+    """The JPEG thumbnail (longest side at most 256 px) made when the picture was ingested. NOT_FOUND when
+    there is none: an unknown id, or a picture ingested before thumbnails existed or whose thumbnail could
+    not be made. INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
     """
     Get: _grpc.UnaryUnaryMultiCallable[_search_pb2.GetRequest, _search_pb2.GetResponse]
     Delete: _grpc.UnaryUnaryMultiCallable[_search_pb2.DeleteRequest, _search_pb2.DeleteResponse]
@@ -106,9 +106,9 @@ class SearchServiceAsyncStub(SearchServiceStub):
     encoded; NOT_FOUND for an id that is not stored. The message names the part ("parts[2].weight").
     """
     GetThumbnail: _aio.UnaryUnaryMultiCallable[_search_pb2.GetThumbnailRequest, _search_pb2.GetThumbnailResponse]  # type: ignore[assignment]
-    """The JPEG thumbnail (longest side 256 px) made when the picture was ingested. NOT_FOUND when there is
-    none: an unknown id, or a picture ingested before thumbnails existed or whose thumbnail could not be
-    made. INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
+    """The JPEG thumbnail (longest side at most 256 px) made when the picture was ingested. NOT_FOUND when
+    there is none: an unknown id, or a picture ingested before thumbnails existed or whose thumbnail could
+    not be made. INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
     """
     Get: _aio.UnaryUnaryMultiCallable[_search_pb2.GetRequest, _search_pb2.GetResponse]  # type: ignore[assignment]
     Delete: _aio.UnaryUnaryMultiCallable[_search_pb2.DeleteRequest, _search_pb2.DeleteResponse]  # type: ignore[assignment]
@@ -177,9 +177,9 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _search_pb2.GetThumbnailRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_search_pb2.GetThumbnailResponse, _abc.Awaitable[_search_pb2.GetThumbnailResponse]]:
-        """The JPEG thumbnail (longest side 256 px) made when the picture was ingested. NOT_FOUND when there is
-        none: an unknown id, or a picture ingested before thumbnails existed or whose thumbnail could not be
-        made. INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
+        """The JPEG thumbnail (longest side at most 256 px) made when the picture was ingested. NOT_FOUND when
+        there is none: an unknown id, or a picture ingested before thumbnails existed or whose thumbnail could
+        not be made. INVALID_ARGUMENT for an id that is not 64 lowercase hex digits.
         """
 
     @_abc_1.abstractmethod
