@@ -330,6 +330,18 @@ def test_a_whole_number_is_ascii_digits_only() -> None:
                 assert answer.json()["error"] == f"{name} = {written!r} is not an integer"
 
 
+def test_a_decimal_is_ascii_digits_too() -> None:
+    """float() took a weight of 1_0 as 10, and " 0.5" or other scripts' digits as numbers too."""
+    with running_web(f"127.0.0.1:{free_port()}", timeout_s=5.0) as url:
+        for written in ("1_0", " 0.5", "0.5 ", "\u0661.5", "0x1", "1e"):
+            answer = get(url, "/api/search", part=f"text:{written}:a dog")
+            assert answer.status == 400, written
+            assert answer.json()["error"] == f"part[0] weight = {written!r} is not a number"
+            answer = get(url, "/api/search", q="a dog", min_score=written)
+            assert answer.status == 400, written
+            assert answer.json()["error"] == f"min_score = {written!r} is not a number"
+
+
 @contextmanager
 def stalled_upload(url: str, declared: int = 1000) -> Iterator[socket.socket]:
     """A picture upload that sends 10 of its `declared` bytes and then nothing more."""

@@ -23,6 +23,10 @@ from test_web_api import running_web
 from client import SearchClient
 from client.local import free_port
 from demo.run import COLLECTION, DEMO_SEED, SMALL_CLIP
+from encoder_service.images import ImageLimits, ImageRejected, open_checked
+from imagesearch.errors import ServiceError
+from imagesearch.pictures import NOT_A_PICTURE
+from search_service.store import CollectionInfo
 from synthetic.evaluation import label_of, write_pictures
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -520,6 +524,45 @@ def test_a_refusal_is_said_in_the_users_words(demo_search: str, page: Page, tmp_
     with running_web(demo_search, collection="nowhere") as url:
         page.goto(url)
         expect(page.locator("#message")).to_have_text("The collection “nowhere” holds no pictures yet.")
+
+
+def test_refusals_with_no_picture_to_name_and_the_encoders_own_are_in_the_users_words_too(
+    demo_search: str, page: Page
+) -> None:
+    """The words that name the query's picture threw where there was none (the page then said that it could
+    not reach its server); the encoder's size limit, an offset past the last page and a collection of another
+    model were shown in the API's words."""
+
+    def refused_by_the_encoder(data: bytes, max_bytes: int) -> str:
+        with pytest.raises(ImageRejected) as rejected:
+            open_checked(data, ImageLimits(max_bytes, 10**8))
+        return f"image: {rejected.value}"  # as the search service words it
+
+    with pytest.raises(ServiceError) as another_model:
+        CollectionInfo(COLLECTION, "ViT-B/32", 512).require_model("small-clip.pt")
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
+    with running_web(demo_search, collection=COLLECTION) as url:
+        page.goto(url)
+        answer = page.evaluate("fetch('/api/search?q=a+dog&offset=999999').then((r) => r.json())")
+        for error, words in (
+            (answer["error"], "No more results can be loaded for this search."),
+            (refused_by_the_encoder(bytes(2_500_000), 10**6), "The file is 2.4 MB; the limit is 976.6 KB."),
+            (
+                refused_by_the_encoder(heic, 1 << 20),
+                "The file is a HEIC photo, which the search cannot read: convert it to JPEG.",
+            ),
+            (
+                refused_by_the_encoder(b"GIF89a", 1 << 20),
+                f"The file is not a picture the search can read ({NOT_A_PICTURE.split('(')[1]}.",
+            ),
+            (
+                another_model.value.message,
+                "The collection was made with another model than the search service's encoder runs: tell its "
+                "operator.",
+            ),
+            (None, "The search was refused."),
+        ):
+            assert page.evaluate("([error]) => refusalWords(error, null)", [error]) == words, error
 
 
 def test_moving_the_slider_by_keyboard_searches_once_it_settles(site: str, page: Page) -> None:

@@ -24,8 +24,10 @@ from .errors import ApiError
 
 Number = TypeVar("Number", int, float)
 PART_KINDS = ("text", "id")
-# int() also takes "1_0", " 10", "+10" and other scripts' digits: a whole number here is ASCII digits.
+# int() and float() also take "1_0", " 10", "+10" and other scripts' digits: numbers here are ASCII digits
+# (a decimal's NaN and infinities are left for the search service to refuse, naming the part).
 WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+DECIMAL = re.compile(r"-?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|nan|inf|infinity)", re.I)
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class SearchQuery:
 
 
 def _number(text: str, name: str, kind: Callable[[str], Number]) -> Number:
-    if kind is not int or WHOLE_NUMBER.fullmatch(text):
+    if (WHOLE_NUMBER if kind is int else DECIMAL).fullmatch(text):
         with suppress(ValueError):
             return kind(text)
     raise ApiError(400, f"{name} = {text!r} is not {'an integer' if kind is int else 'a number'}")

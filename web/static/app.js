@@ -214,7 +214,7 @@ async function search(append) {
     const body = await response.json().catch(() => ({})); // not the API's answer: a proxy's page, say
     if (request !== latest) return;
     if (!response.ok) {
-      failed(response.status, body.error, stored);
+      failed(response.status, body?.error, stored);
       return;
     }
     hideBanner();
@@ -234,7 +234,7 @@ async function loadStatus() {
     const response = await fetch("/api/status", { headers: { Accept: "application/json" } });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
-      failed(response.status, body.error);
+      failed(response.status, body?.error);
       return null;
     }
     hideBanner();
@@ -318,6 +318,8 @@ const FAILURES = new Map([
   [504, "The search service took too long to answer — try again shortly."],
 ]);
 const FAILED = "The search failed on the server — try again later.";
+// Each rule's words get the match and the query's picture as sent: `name`, quoted ("The file" when the query
+// has none to name), and its `bytes` (null: not known).
 const REFUSALS = [
   [/\.text is empty/, () => "The query text is empty."],
   [/text \(.*\) has no words/, () => "The query text has no words: only spaces, control characters or markup."],
@@ -329,40 +331,52 @@ const REFUSALS = [
     /min_score = ['"]?(.*?)['"]? is (?:not a number|outside)/,
     ([, score]) => `The minimum score is a number from -1 to 1, not “${score}”.`,
   ],
+  [/offset = \d+ is outside/, () => "No more results can be loaded for this search."],
   [/\.id = ['"](.*)['"] is not an id/, ([, id]) => `“${id}” is not the id of a picture.`],
   [/\.id = (\w+) is not stored/, ([, id]) => `The picture ${id.slice(0, 10)}… is not in the collection any more.`],
   [
     /image: not a recognised image format \((.*)\)/,
-    ([, formats], picture) => `“${picture.name}” is not a picture the search can read (${formats}).`,
+    ([, formats], { name }) => `${name} is not a picture the search can read (${formats}).`,
   ],
   [
     /image: (\d+)x(\d+) pixels is over the limit of (\d+) pixels/,
-    ([, width, height, limit], picture) =>
-      `“${picture.name}” has too many pixels: ${width}x${height}; the limit is ${Number(limit) / 1e6} million.`,
+    ([, width, height, limit], { name }) =>
+      `${name} has too many pixels: ${width}x${height}; the limit is ${Number(limit) / 1e6} million.`,
   ],
   [
     /image: a HEIC photo/,
-    (_, picture) => `“${picture.name}” is a HEIC photo, which the search cannot read: convert it to JPEG.`,
+    (_, { name }) => `${name} is a HEIC photo, which the search cannot read: convert it to JPEG.`,
   ],
-  [/image: /, (_, picture) => `“${picture.name}” cannot be read as a picture.`],
+  [
+    /image: (\d+) bytes is over the limit of (\d+) bytes/,
+    ([, bytes, limit], { name }) => `${name} is ${size(Number(bytes))}; the limit is ${size(Number(limit))}.`,
+  ],
+  [/image: /, (_, { name }) => `${name} cannot be read as a picture.`],
   [
     /^the picture is over the limit of (\d+) bytes/,
-    ([, limit], picture) => `The picture is ${size(picture.blob.size)}; the limit is ${size(Number(limit))}.`,
+    ([, limit], { bytes }) => `The picture is ${size(bytes)}; the limit is ${size(Number(limit))}.`,
   ],
-  [/^no picture/, (_, picture) => `“${picture.name}” is empty.`],
+  [/^no picture/, (_, { name }) => `${name} is empty.`],
   [/cancel out/, () => "The parts of the query cancel out: change a weight or remove a part."],
   [/weights are 0/, () => "Every weight of the query is 0: give a part another weight."],
   [/(\d+) parts is over the limit of (\d+)/, ([, parts, most]) => `The query has ${parts} parts; the most is ${most}.`],
   [/collection ['"](.*)['"] does not exist/, ([, name]) => `The collection “${name}” holds no pictures yet.`],
+  [
+    /holds vectors of model/,
+    () => "The collection was made with another model than the search service's encoder runs: tell its operator.",
+  ],
 ];
 
+// `error`: the API's message (anything else, when the answer was not the API's, counts as none).
 function refusalWords(error, picture) {
+  const message = typeof error === "string" ? error : "";
+  const sent = picture ? { name: `“${picture.name}”`, bytes: picture.blob.size } : { name: "The file", bytes: null };
   for (const [pattern, words] of REFUSALS) {
-    const match = error.match(pattern);
-    if (match) return words(match, picture);
+    const match = message.match(pattern);
+    if (match) return words(match, sent);
   }
   // One the page does not know (a newer service's, say): its words still say more than none.
-  return error ? `The search was refused: ${error}` : "The search was refused.";
+  return message ? `The search was refused: ${message}` : "The search was refused.";
 }
 
 // "12.3 MB", "195.3 KB"
