@@ -11,6 +11,7 @@ import random
 import re
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -59,7 +60,7 @@ if (_reason := _missing()) is not None:
         pytest.fail(f"the browser tests must run in CI: {_reason}", pytrace=False)
     pytest.skip(_reason, allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Locator, Page, Route, expect, sync_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -586,35 +587,36 @@ def test_moving_the_slider_by_keyboard_searches_once_it_settles(site: str, page:
     expect(page.locator("#status")).not_to_contain_text("scoring at least")
 
 
+@contextmanager
+def the_hit_of_one_picture_named(name: str, encoder: str, page: Page, folder: Path) -> Iterator[Locator]:
+    """The page's card of the one picture stored, ingested from `/pics/<name>`, found by its own id."""
+    with running_search(encoder, folder / "milvus.db") as search:
+        with search_stub(search.grpc.address) as stub:
+            [stored] = ingest(stub, [(f"/pics/{name}", picture(0))])
+        with running_web(search.grpc.address) as url:
+            page.goto(f"{url}/?like={stored.id}")
+            card = page.locator(".hit").first
+            expect(card.locator(".name")).to_have_text(name)
+            yield card
+
+
 def test_a_long_file_name_is_shown_whole_and_the_score_is_read_out(
     tiny_encoder, page: Page, tmp_path: Path
 ) -> None:
     """A long name was cut short with an ellipsis, whole only in a hover title (a touch screen has no hover);
     the score's aria-label was on a span with no role, which screen readers leave out."""
     name = "holiday-2026-08-14-the-long-walk-along-the-cliffs-above-the-harbour-at-sunset.png"
-    with running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db") as search:
-        with search_stub(search.grpc.address) as stub:
-            [stored] = ingest(stub, [(f"/pics/{name}", picture(0))])
-        with running_web(search.grpc.address) as url:
-            page.goto(f"{url}/?like={stored.id}")
-            card = page.locator(".hit").first
-            expect(card.locator(".name")).to_have_text(name)
-            cut = "(name) => name.scrollWidth > name.clientWidth || name.scrollHeight > name.clientHeight"
-            assert not card.locator(".name").evaluate(cut)
-            expect(card.locator(".frame")).to_match_aria_snapshot(f'- img "{name}"\n- text: Score 1.000')
+    with the_hit_of_one_picture_named(name, tiny_encoder.grpc.address, page, tmp_path) as card:
+        cut = "(name) => name.scrollWidth > name.clientWidth || name.scrollHeight > name.clientHeight"
+        assert not card.locator(".name").evaluate(cut)
+        expect(card.locator(".frame")).to_match_aria_snapshot(f'- img "{name}"\n- text: Score 1.000')
 
 
 def test_a_file_name_with_a_backslash_is_shown_whole(tiny_encoder, page: Page, tmp_path: Path) -> None:
     name = "back\\slash.png"
-    with running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db") as search:
-        with search_stub(search.grpc.address) as stub:
-            [stored] = ingest(stub, [(f"/pics/{name}", picture(0))])
-        with running_web(search.grpc.address) as url:
-            page.goto(f"{url}/?like={stored.id}")
-            card = page.locator(".hit").first
-            expect(card.locator(".name")).to_have_text(name)
-            expect(card.locator("img.thumb")).to_have_attribute("alt", name)
-            expect(card.get_by_role("button", name=f"More like {name}")).to_be_visible()
+    with the_hit_of_one_picture_named(name, tiny_encoder.grpc.address, page, tmp_path) as card:
+        expect(card.locator("img.thumb")).to_have_attribute("alt", name)
+        expect(card.get_by_role("button", name=f"More like {name}")).to_be_visible()
 
 
 def test_while_a_search_runs_its_old_results_are_stale_and_load_no_more(site: str, page: Page) -> None:
