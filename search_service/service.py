@@ -217,7 +217,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if ids:
             wanted = [parts[index].id for index in ids]
             stored = {
-                row["id"]: row["vector"] for row in self.store.get(collection.name, wanted, ["id", "vector"])
+                row["id"]: row["vector"]
+                for row in self.store.get(collection.name, wanted, ["id", "vector"], consistency=SHOWN)
             }
             for index in ids:
                 if parts[index].id not in stored:

@@ -38,13 +38,13 @@ _MILVUS_INVALID_PARAMETER = 1100
 _MILVUS_COLLECTION_NOT_FOUND = 100
 _MILVUS_CANNOT_CONNECT = 2
 DELETE_BATCH = 1000
-# What a search shows, and the count beside it, is read at Session consistency on a Milvus server: it waits
-# only for this process's own last write, where Strong waits for the server's next time tick (a search there:
-# 6.5 ms against 384 with nothing written since, bench/milvus_server.py). A search sees everything this
-# process stored (pymilvus keeps the time of its last write per server and collection), and other
-# processes' writes once the server has taken them in (usually within its 200 ms tick). Reads that decide
-# what is written or deleted, or that an id is not stored, take the collection's Strong. Milvus Lite, one
-# process, sees every write at once either way.
+# What a search reads (its query's stored vectors too), and the count beside it, is read at Session
+# consistency on a Milvus server: it waits only for this process's own last write, where Strong waits for the
+# server's next time tick (a search there: 6.5 ms against 384 with nothing written since,
+# bench/milvus_server.py). A search sees everything this process stored (pymilvus keeps the time of its last
+# write per server and collection), and other processes' writes once the server has taken them in (usually
+# within its 200 ms tick). Reads that decide what is written or deleted, and Get, take the collection's
+# Strong. Milvus Lite, one process, sees every write at once either way.
 SHOWN = "Session"
 # Free space under which a failed write to Milvus Lite is put down to a full disk: Lite itself says only
 # "Unexpected error in RPC handling".
@@ -397,11 +397,19 @@ class Store:
         )
         return list(results[0])
 
-    def get(self, name: str, ids: list[str], output_fields: list[str]) -> list[dict[str, Any]]:
+    def get(
+        self, name: str, ids: list[str], output_fields: list[str], consistency: str = "Strong"
+    ) -> list[dict[str, Any]]:
         return self._call(
             "get from",
             name,
-            lambda: self._client.get(name, ids=ids, output_fields=output_fields, timeout=self.timeout_s),
+            lambda: self._client.get(
+                name,
+                ids=ids,
+                output_fields=output_fields,
+                consistency_level=consistency,
+                timeout=self.timeout_s,
+            ),
         )
 
     def count(self, name: str, expression: str = "", consistency: str = "Strong") -> int:
