@@ -237,10 +237,15 @@ def test_more_like_this_then_back_then_reload(site: str, page: Page) -> None:
     assert shown(page)[0][2] == pytest.approx(1.0, abs=1e-3)
     similar = shown(page)
     expect(page.locator("#query-parts")).to_be_visible()
+    # The part is the picture, by its name and its thumbnail, not by the start of its id.
+    expect(page.locator("#parts .label")).to_have_text(first_name)
+    expect(page.locator("#parts img")).to_have_attribute("src", f"/thumbnails/{first_id}")
+    page.wait_for_function("() => document.querySelector('#parts img').naturalWidth > 0")
 
     page.reload()
     expect(page.locator(".hit").first).to_have_attribute("data-id", first_id)
     assert shown(page) == similar
+    page.wait_for_function("() => document.querySelector('#parts img').naturalWidth > 0")
 
     page.go_back()
     expect(page).to_have_url(re.compile(r"\?q=a\+blue\+square$"))

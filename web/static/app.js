@@ -397,24 +397,35 @@ function renderHits(hits, append, pageSize) {
     card.dataset.id = hit.id;
     const image = card.querySelector(".thumb");
     image.alt = hit.name;
-    const missing = () => image.replaceWith(placeholder("no thumbnail", hit.name));
-    image.addEventListener("error", missing, { once: true });
-    image.src = hit.thumbnail;
+    thumbnailInto(image, hit.thumbnail, hit.name);
     const name = card.querySelector(".name");
     name.textContent = hit.name;
     name.title = hit.uri;
     card.querySelector(".score").textContent = hit.score.toFixed(3);
     const like = card.querySelector(".like");
     like.setAttribute("aria-label", `More like ${hit.name}`);
-    like.addEventListener("click", () => navigate({ parts: [{ kind: "id", value: hit.id, weight: 1 }], minScore: query.minScore }));
+    like.addEventListener("click", () => {
+      rememberName(hit);
+      navigate({ parts: [{ kind: "id", value: hit.id, weight: 1 }], minScore: query.minScore });
+    });
     const unlike = card.querySelector(".unlike");
     unlike.setAttribute("aria-label", `Less like ${hit.name}: move the results away from it`);
-    unlike.addEventListener("click", () => addPart({ kind: "id", value: hit.id, weight: -1 }));
+    unlike.addEventListener("click", () => {
+      rememberName(hit);
+      addPart({ kind: "id", value: hit.id, weight: -1 });
+    });
     list.append(card);
   }
   shown = list.children.length;
   if (hits.length < pageSize) hideMore();
   else $("more").hidden = false;
+}
+
+// The stored picture's thumbnail from `url` into `image`; where it has none, a placeholder instead.
+function thumbnailInto(image, url, name) {
+  image.addEventListener("error", () => image.replaceWith(placeholder("no thumbnail", name)), { once: true });
+  image.src = url;
+  return image;
 }
 
 // Where a picture cannot be shown, a box that says so, named as the picture would have been.
@@ -449,7 +460,16 @@ function previewOf(stored) {
 function partLabel(part) {
   if (part.kind === "text") return part.value;
   if (part.kind === "picture") return recallPicture(part.value)?.name ?? "your picture";
-  return `picture ${part.value.slice(0, 10)}…`;
+  return sessionStorage.getItem(`name:${part.value}`) ?? `picture ${part.value.slice(0, 10)}…`;
+}
+
+// The file name of a picture liked or unliked, for its part's label, in the tab's storage: a reload keeps it.
+function rememberName(hit) {
+  try {
+    sessionStorage.setItem(`name:${hit.id}`, hit.name);
+  } catch {
+    // The storage is full (of pictures): the part is named by the start of its id.
+  }
 }
 
 function signedLabel(part) {
@@ -475,6 +495,10 @@ function renderParts() {
     if (stored) {
       item.append(previewOf(stored));
       if (stored.kept === false) item.append(notKeptNote());
+    }
+    if (part.kind === "id") {
+      const thumbnail = Object.assign(document.createElement("img"), { alt: "" });
+      item.append(thumbnailInto(thumbnail, `/thumbnails/${encodeURIComponent(part.value)}`, partLabel(part)));
     }
     const label = document.createElement("span");
     label.className = "label";
