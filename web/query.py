@@ -40,7 +40,7 @@ class SearchQuery:
 
 def _number(text: str, name: str, kind: Callable[[str], Number]) -> Number:
     if (WHOLE_NUMBER if kind is int else DECIMAL).fullmatch(text):
-        with suppress(ValueError):
+        with suppress(ValueError):  # int() refuses more than 4,300 digits
             return kind(text)
     raise ApiError(400, f"{name} = {text!r} is not {'an integer' if kind is int else 'a number'}")
 
