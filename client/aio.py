@@ -16,7 +16,7 @@ from imagesearch.defaults import ENCODER_ADDRESS, MAX_MESSAGE_BYTES, SEARCH_ADDR
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
 
 from . import messages
-from .channel import Connection
+from .channel import DEFAULT_TIMEOUT_S, Connection
 from .errors import ImageSearchError, IngestInterrupted
 from .files import part_picture, picture_bytes
 from .ingest import AsyncProgress, Ingestion
@@ -49,7 +49,7 @@ async def _cancel_when_silent(call: grpc.aio.Call, ingestion: Ingestion, timeout
 
 
 class AsyncSearchClient:
-    """AsyncSearchClient("localhost:50052", collection="", timeout=60, credentials=None, token=None)
+    """AsyncSearchClient("localhost:50052", collection="", timeout=120, credentials=None, token=None)
 
     `collection` empty means the service's default; `credentials` (grpc.ssl_channel_credentials) turn on
     TLS; `token` is sent as `authorization: Bearer <token>`.
@@ -59,7 +59,7 @@ class AsyncSearchClient:
         self,
         target: str = SEARCH_ADDRESS,
         collection: str = "",
-        timeout: float | None = 60.0,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
     ) -> None:
@@ -217,12 +217,12 @@ class AsyncSearchClient:
 
 
 class AsyncEncoderClient:
-    """AsyncEncoderClient("localhost:50051", timeout=60, credentials=None, token=None), used with await."""
+    """AsyncEncoderClient("localhost:50051", timeout=120, credentials=None, token=None), used with await."""
 
     def __init__(
         self,
         target: str = ENCODER_ADDRESS,
-        timeout: float | None = 60.0,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
     ) -> None:

@@ -38,6 +38,10 @@ _SERVICE_CONFIG = json.dumps(
     }
 )
 _CHANNEL_OPTIONS = [("grpc.service_config", _SERVICE_CONFIG), *CALLER_OPTIONS]
+# Each call's deadline (an ingest's longest silence) unless the caller gives one: longer than the search
+# service's own deadline on an encoder call (60 s), so that its error naming what failed comes back, not the
+# caller's own DEADLINE_EXCEEDED at the same moment.
+DEFAULT_TIMEOUT_S = 120.0
 _chosen_request_id: ContextVar[str | None] = ContextVar("chosen_request_id", default=None)
 
 

@@ -27,6 +27,7 @@ from imagesearch.defaults import (
     is_port,
 )
 
+from .channel import DEFAULT_TIMEOUT_S
 from .commands import (
     EXIT_FAILED,
     EXIT_OK,
@@ -273,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--token", default=env("IMGSEARCH_TOKEN", ""), help="bearer token for the services")
     parser.add_argument(
-        "--timeout", type=_seconds, default=120.0, help="seconds per call (default %(default)s)"
+        "--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, help="seconds per call (default %(default)s)"
     )
     parser.add_argument(
         "--tls",

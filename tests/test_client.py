@@ -1,6 +1,7 @@
 """The SDK and the `imgsearch` command line against real services on loopback."""
 
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -24,12 +25,13 @@ from client import (
     IngestSummary,
     SearchClient,
 )
-from client.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, main
+from client.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, build_parser, main
 from client.grid import COLUMNS, LABEL_HEIGHT, MARGIN, TILE
 from client.ingest import Ingestion
 from client.models import Limits
 from client.output import progress_bar
 from imagesearch.v1 import search_pb2
+from search_service.config import SearchConfig
 
 
 @pytest.fixture(scope="module")
@@ -409,3 +411,12 @@ def test_a_client_at_another_services_address_is_told_so(tiny_encoder, capsys) -
     with SearchClient(address) as client, pytest.raises(ImageSearchError) as error:
         client.stats()
     assert error.value.code == grpc.StatusCode.UNIMPLEMENTED and not error.value.reached
+
+
+def test_the_clients_default_deadline_outlasts_the_search_services_own_on_the_encoder() -> None:
+    """Both were 60 s: a hung encoder showed as the caller's own DEADLINE_EXCEEDED, at the moment the search
+    service's error naming the encoder was due."""
+    encoder_deadline = SearchConfig().encoder_timeout_s
+    for client in (SearchClient, AsyncSearchClient, EncoderClient, AsyncEncoderClient):
+        assert inspect.signature(client).parameters["timeout"].default > encoder_deadline, client
+    assert build_parser().parse_args(["stats"]).timeout > encoder_deadline
