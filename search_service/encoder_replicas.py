@@ -176,7 +176,13 @@ class EncoderReplicas:
                     raise ServiceError(
                         code, f"encoder at {self.target}: {code.name}: {error.details()}"
                     ) from None
-                log.warning("encoder call failed (%s, attempt %d); retrying", code.name, attempt)
+                # A full queue is the encoders' backpressure, as designed: a busy ingest meets it often.
+                log.log(
+                    logging.INFO if queue_full else logging.WARNING,
+                    "encoder call failed (%s, attempt %d); retrying",
+                    code.name,
+                    attempt,
+                )
             if caller.gone_within(backoff * (0.5 + random.random())):
                 raise self._caller_gone()
             backoff, attempt = min(backoff * 2, _LONGEST_BACKOFF_S), attempt + 1

@@ -169,7 +169,10 @@ def standing_in(proxy: Overloaded) -> Iterator[tuple[str, Overloaded]]:
         proxy.channel.close()
 
 
-def test_an_overloaded_encoder_slows_an_ingest_down_without_failing_it(tiny_encoder, tmp_path) -> None:
+def test_an_overloaded_encoder_slows_an_ingest_down_without_failing_it(
+    tiny_encoder, tmp_path, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="search_service.encoder_replicas")
     # More refusals in a row than the retries an unavailable encoder gets (5).
     with (
         overloaded(tiny_encoder.grpc.address, refusals=7) as (target, proxy),
@@ -179,6 +182,9 @@ def test_an_overloaded_encoder_slows_an_ingest_down_without_failing_it(tiny_enco
         results = list(stub.Ingest(requests(folder(4, 2300))))
     assert proxy.refusals < 0  # every refusal was answered, and the next call went through
     assert [result.outcome for result in results] == [STORED] * 4
+    # The encoders' backpressure, as designed, is no warning: a busy ingest met it all the time.
+    retries = [record.levelname for record in caplog.records if "retrying" in record.getMessage()]
+    assert retries == ["INFO"] * 7
 
 
 def test_ctrl_c_during_an_ingest_reports_what_was_answered_and_what_was_not_done(
@@ -290,6 +296,7 @@ def test_a_search_whose_caller_cancelled_stops_retrying_a_full_encoder(tiny_enco
 def test_a_call_over_the_encoders_message_limit_fails_at_once_not_as_a_full_queue(tiny_path, caplog) -> None:
     """gRPC itself refuses a message over the encoder's limit with RESOURCE_EXHAUSTED too; retrying that as a
     full queue would hold the call until its deadline, for nothing."""
+    caplog.set_level(logging.INFO, logger="search_service.encoder_replicas")
     with running_encoder(tiny_path, max_items_per_request=1, max_image_bytes=1000) as encoder:
         assert encoder.grpc is not None
         replicas = EncoderReplicas(encoder.grpc.address, 10.0)
