@@ -140,10 +140,10 @@ def open_within(data: bytes, max_pixels: int) -> Image.Image:
 
 def _decoded_size_wanted(image: Image.Image, box: tuple[int, int]) -> tuple[int, int]:
     """The least size to decode the picture at, as stored (before it is turned upright), for `box`: its size
-    shrunk to fit, less a sixteenth. A JPEG decoded by libjpeg at 1/2 (1/4, 1/8) of its size is 4 (16, 64)
-    times less work, and one whose reduced size is within that sixteenth needs no resizing at all: a 500x375
-    photo (ImageNet's size) decoded at 250x188 for a 256-pixel thumbnail costs a fifth of one decoded whole
-    and resized."""
+    shrunk to fit, less a sixteenth. libjpeg decodes a JPEG at 1/2 (1/4, 1/8) of its size for less work, and
+    one whose reduced size is within that sixteenth needs no resizing at all: a 500x375 photo (ImageNet's
+    size) decoded at 250x188 for a 256-pixel thumbnail took half the CPU of one decoded whole and resized
+    (reading its coded data, which no scale saves, is most of what is left)."""
     width, height = (box[1], box[0]) if orientation(image) in _TRANSPOSED else box
     scale = min(width / image.width, height / image.height, 1.0)
     return math.ceil(image.width * scale * _SIZE_KEPT), math.ceil(image.height * scale * _SIZE_KEPT)
