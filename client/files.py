@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagesearch.iso_media import PICTURE_BRANDS
+from imagesearch.iso_media import PICTURE_BRANDS, brands
 
 from .errors import refused
 from .models import QueryPart
@@ -50,7 +50,7 @@ def looks_like_image(head: bytes) -> bool:
         or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
         # AVIF, which the encoder reads, and HEIC (phones' photos), which it does not: both are pictures by
         # their content, so a HEIC is a FAILED item that the encoder names, never a skipped file.
-        or (head[4:8] == b"ftyp" and head[8:12] in PICTURE_BRANDS)
+        or any(brand in PICTURE_BRANDS for brand in brands(head))
     )
 
 
