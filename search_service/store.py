@@ -43,9 +43,10 @@ DELETE_BATCH = 1000
 # server's next time tick (a search there: 6.5 ms against 384 with nothing written since,
 # bench/milvus_server.py). A search sees everything this process stored (pymilvus keeps the time of its last
 # write per server and collection), and other processes' writes once the server has taken them in (usually
-# within its 200 ms tick). Reads that decide what is written or deleted, and Get, take the collection's
-# Strong. Milvus Lite, one process, sees every write at once either way.
+# within its 200 ms tick). Reads that decide what is written or deleted, and Get, take the collection's own
+# level, DECIDING. Milvus Lite, one process, sees every write at once either way.
 SHOWN = "Session"
+DECIDING = "Strong"
 # Free space under which a failed write to Milvus Lite is put down to a full disk: Lite itself says only
 # "Unexpected error in RPC handling".
 LITE_LOW_SPACE_BYTES = 64 << 20
@@ -297,7 +298,7 @@ class Store:
                 "create collection",
                 name,
                 lambda: self._client.create_collection(
-                    name, schema=schema, consistency_level="Strong", timeout=self.timeout_s
+                    name, schema=schema, consistency_level=DECIDING, timeout=self.timeout_s
                 ),
             )
             log.info("created collection %r for model %s (%s index)", name, model, self.index_type)
@@ -398,7 +399,7 @@ class Store:
         return list(results[0])
 
     def get(
-        self, name: str, ids: list[str], output_fields: list[str], consistency: str = "Strong"
+        self, name: str, ids: list[str], output_fields: list[str], consistency: str = DECIDING
     ) -> list[dict[str, Any]]:
         return self._call(
             "get from",
@@ -412,7 +413,7 @@ class Store:
             ),
         )
 
-    def count(self, name: str, expression: str = "", consistency: str = "Strong") -> int:
+    def count(self, name: str, expression: str = "", consistency: str = DECIDING) -> int:
         rows = self._call(
             "count",
             name,
