@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -77,6 +78,9 @@ _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # own deadline falls a little later than the caller's, by the call's transit, so the caller's cut at the
 # deadline arrives with a little time apparently left. A call ended this close to its deadline was cut by it.
 _DEADLINE_SLACK_S = 0.25
+
+# How grpc's server (grpc._server._CANCELLED) records a call its caller cancelled before the server's status.
+_GRPC_CANCELLED = "cancelled"
 
 # The bounds (seconds) of every latency histogram of both services. The default ones start at 5 ms, where a
 # Milvus Lite call (0.4-1 ms) and a GPU EncodeText (target p50 <= 2 ms) all fall into the first bucket; these
@@ -169,9 +173,7 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
     """Counts and times every call by method and status, logs it, and carries its request id and `Caller`. A
     call that ends after its deadline counts as DEADLINE_EXCEEDED, and one its caller cancelled as CANCELLED:
     what its caller saw, whatever the handler did (an Ingest stream cut so may end OK where gRPC hands the
-    cut on as the stream's end). A cancel is known once gRPC has taken it in: should an Ingest's handler
-    finish in the instant between the stream's end and the cancel, it would still count OK (25 of 25 tries
-    counted CANCELLED)."""
+    cut on as the stream's end)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.handled = Counter(
@@ -219,14 +221,33 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                     code = grpc.StatusCode.DEADLINE_EXCEEDED
                 elif not context.is_active():  # its caller cancelled it: the handler's status never came
                     code = grpc.StatusCode.CANCELLED
-                seconds = time.perf_counter() - started
-                self.handled.labels(short_method, code.name).inc()
-                self.seconds.labels(short_method).observe(seconds)
-                fields = {"method": short_method, "code": code.name, "ms": round(seconds * 1000, 1)}
-                log.info(
-                    "%s %s", short_method, code.name, extra={"fields": {**fields, "request_id": request_id}}
-                )
+                account = partial(self._account, short_method, request_id, time.perf_counter() - started)
+                if code == grpc.StatusCode.OK and handler.request_streaming:
+                    # gRPC may hand the handler a cancel as its requests' end before it records the cancel
+                    # (grpc/grpc#33038): the handler's OK stands only once the call has ended.
+                    if not context.add_callback(lambda: account(_once_ended(context))):
+                        account(_once_ended(context))
+                else:
+                    account(code)
                 _request_id.reset(token)
                 _caller.reset(caller_token)
 
         return wrap_handler(handler, observed)
+
+    def _account(self, method: str, request_id: str, seconds: float, code: grpc.StatusCode) -> None:
+        """Counts, times and logs a call that ended with `code` after `seconds` of its handler."""
+        self.handled.labels(method, code.name).inc()
+        self.seconds.labels(method).observe(seconds)
+        fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 1)}
+        log.info("%s %s", method, code.name, extra={"fields": {**fields, "request_id": request_id}})
+
+
+def _once_ended(context: grpc.ServicerContext) -> grpc.StatusCode:
+    """What the caller of an ended call whose handler returned OK saw: CANCELLED (or DEADLINE_EXCEEDED) where
+    the call was cut before that OK went out. Only gRPC's own record of the call says so: no public method
+    does once the call has ended."""
+    if getattr(getattr(context, "_state", None), "client", None) != _GRPC_CANCELLED:
+        return grpc.StatusCode.OK
+    if context.time_remaining() <= _DEADLINE_SLACK_S:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
