@@ -218,10 +218,18 @@ def test_an_ingest_whose_service_stops_answering_ends_after_the_timeout_with_wha
             async with AsyncSearchClient(address, timeout=1.0) as client:
                 await client.ingest(photo_folder, progress=stop_the_service)
 
+        def answering() -> None:
+            """The service answers (its encoder's too) without the 1 s limit, that an ingest's first call,
+            for the limits, must then keep: a just started or resumed process may take longer."""
+            with SearchClient(address) as client:
+                client.limits()
+
         try:
+            answering()
             with SearchClient(address, timeout=1.0) as client, pytest.raises(IngestInterrupted) as silent:
                 client.ingest(photo_folder, progress=stop_the_service)
             process.send_signal(signal.SIGCONT)
+            answering()
             with pytest.raises(IngestInterrupted) as silent_to_async:
                 asyncio.run(scenario())
         finally:

@@ -4,6 +4,7 @@ import io
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -264,12 +265,24 @@ def test_text_longer_than_char_limit_is_cut_and_flagged(tiny_path) -> None:
     assert response.results[0].vector.values == response.results[1].vector.values
 
 
-def test_concurrent_callers_share_forward_passes(tiny_path) -> None:
+def test_concurrent_callers_share_forward_passes(tiny_path, monkeypatch) -> None:
+    """The first forward pass is held until every caller has queued, as it would be by a real model's
+    length: on a busy machine the callers' arrival could otherwise spread over more passes."""
     callers = 16
     with (
         running_encoder(tiny_path, max_batch_size=64, max_batch_delay_ms=300) as server,
         encoder_stub(server.grpc.address) as stub,
     ):
+        assert server.servicer.runtime is not None
+        texts, forward = server.servicer.runtime.texts, server.servicer.runtime.texts._run_batch
+
+        def held_until_every_caller_queued(batch: list) -> Sequence:
+            with texts._changed:
+                texts._changed.wait_for(lambda: len(texts._queue) + len(batch) >= callers, timeout=60)
+            monkeypatch.setattr(texts, "_run_batch", forward)
+            return forward(batch)
+
+        monkeypatch.setattr(texts, "_run_batch", held_until_every_caller_queued)
         before = stub.GetModelInfo(encoder_pb2.GetModelInfoRequest())
         start = threading.Barrier(callers)
 

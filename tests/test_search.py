@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from conftest import running_encoder, running_search, search_stub
+from conftest import running_encoder, running_search, search_stub, wait_for_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -607,6 +607,8 @@ def test_health_stays_not_serving_while_a_stopping_service_drains(tiny_encoder, 
         ):
             ingest = stub.Ingest(a_stream_held_open())
             next(ingest)  # in flight: the drain waits for it
+            # An encoder probe slower than its limit on a busy machine says NOT_SERVING until the next one.
+            wait_for_health(server.grpc.health_address, health_pb2.HealthCheckResponse.SERVING)
             health = health_pb2_grpc.HealthStub(probe)
             watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING

@@ -384,7 +384,7 @@ def test_an_unreachable_encoder_is_503_naming_the_encoder(tiny_path, tmp_path) -
     picture = tmp_path / "one.png"
     Image.new("RGB", (32, 24), (200, 30, 30)).save(picture)
     with (
-        running_search(encoder, tmp_path / "milvus.db", encoder_timeout_s=1.0) as search,
+        running_search(encoder, tmp_path / "milvus.db") as search,
         running_web(search.grpc.address) as url,
     ):
         with (
