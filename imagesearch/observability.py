@@ -1,6 +1,7 @@
 """What operators see: Prometheus metrics, one JSON log line per call, and a request id across services.
 
-Every answer also names the service that gave it in its trailing metadata (`x-served-by`).
+Every answer of a method the server has also names the service that gave it in its trailing metadata
+(`x-served-by`).
 
 A caller may send `x-request-id` of 1 to 128 letters, digits and `._:-`; otherwise (none, or any other) the
 first service makes one, so that a caller can neither bloat every log line nor push the metadata sent on to
@@ -17,11 +18,11 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -78,6 +79,11 @@ _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # own deadline falls a little later than the caller's, by the call's transit, so the caller's cut at the
 # deadline arrives with a little time apparently left. A call ended this close to its deadline was cut by it.
 _DEADLINE_SLACK_S = 0.25
+
+# A call to a method this server lacks is counted and logged as method "unknown", with the path it asked for
+# (cut to this length) in its log line only: a metric label of every path sent would grow without bound.
+_UNKNOWN_METHOD = "unknown"
+_LOGGED_PATH_CHARS = 200
 
 # How grpc's server (grpc._server._CANCELLED) records a call its caller cancelled before the server's status.
 _GRPC_CANCELLED = "cancelled"
@@ -175,7 +181,8 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
     what its caller saw, whatever the handler did (an Ingest stream cut so may end OK where gRPC hands the
     cut on as the stream's end)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, services: Sequence[str]) -> None:
+        self.services = services  # what this server serves, named to callers of a method it lacks
         self.handled = Counter(
             "grpc_server_handled",
             "Calls finished, by method and status code",
@@ -193,14 +200,20 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(_QUIET_SERVICES):
+        if method.startswith(_QUIET_SERVICES):
             return handler
         request_id = request_id_of(dict(handler_call_details.invocation_metadata or ()))
-        service, short_method = method.strip("/").split("/", 1)
+        logged = {"request_id": request_id}
+        if handler is None:  # no SERVED_BY: the SDK tells its user which service it expected there
+            handler, short_method, served_by = _refusing(method, self.services), _UNKNOWN_METHOD, []
+            logged["path"] = method[:_LOGGED_PATH_CHARS]
+        else:
+            service, short_method = method.strip("/").split("/", 1)
+            served_by = [(SERVED_BY, service)]
 
         @contextmanager
         def observed(context: grpc.ServicerContext) -> Iterator[None]:
-            context.set_trailing_metadata([(SERVED_BY, service)])
+            context.set_trailing_metadata(served_by)
             token = _request_id.set(request_id)
             # With no deadline, grpc says about 9e18 s remain.
             caller = Caller(time.monotonic() + context.time_remaining())
@@ -221,7 +234,7 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                     code = grpc.StatusCode.DEADLINE_EXCEEDED
                 elif not context.is_active():  # its caller cancelled it: the handler's status never came
                     code = grpc.StatusCode.CANCELLED
-                account = partial(self._account, short_method, request_id, time.perf_counter() - started)
+                account = partial(self._account, short_method, logged, time.perf_counter() - started)
                 if code == grpc.StatusCode.OK and handler.request_streaming:
                     # gRPC may hand the handler a cancel as its requests' end before it records the cancel
                     # (grpc/grpc#33038): the handler's OK stands only once the call has ended.
@@ -234,12 +247,25 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
 
         return wrap_handler(handler, observed)
 
-    def _account(self, method: str, request_id: str, seconds: float, code: grpc.StatusCode) -> None:
-        """Counts, times and logs a call that ended with `code` after `seconds` of its handler."""
+    def _account(self, method: str, logged: dict[str, str], seconds: float, code: grpc.StatusCode) -> None:
+        """Counts, times and logs a call that ended with `code` after `seconds` of its handler; `logged` are
+        the log line's fields of the call (its request id)."""
         self.handled.labels(method, code.name).inc()
         self.seconds.labels(method).observe(seconds)
         fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 1)}
-        log.info("%s %s", method, code.name, extra={"fields": {**fields, "request_id": request_id}})
+        log.info("%s %s", method, code.name, extra={"fields": {**fields, **logged}})
+
+
+def _refusing(method: str, services: Sequence[str]) -> grpc.RpcMethodHandler:
+    """The handler of a call to `method`, which this server lacks: UNIMPLEMENTED, naming what it serves."""
+
+    def refuse(requests: Iterator[bytes], context: grpc.ServicerContext) -> NoReturn:
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"this server has no method {method[:_LOGGED_PATH_CHARS]}: it serves {', '.join(services)}",
+        )
+
+    return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 def _once_ended(context: grpc.ServicerContext) -> grpc.StatusCode:

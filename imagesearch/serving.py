@@ -165,7 +165,11 @@ class GrpcServer:
     ) -> None:
         self.service_names = [*service_names]
         authentication = [BearerTokenInterceptor(auth_tokens)] if auth_tokens else []
-        interceptors = [ObservabilityInterceptor(registry), *authentication, ServiceErrorInterceptor()]
+        interceptors = [
+            ObservabilityInterceptor(registry, self.service_names),
+            *authentication,
+            ServiceErrorInterceptor(),
+        ]
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
             options=[

@@ -134,9 +134,32 @@ def test_an_unsafe_request_id_is_replaced_by_a_fresh_one_in_both_services(search
     assert ("GetModelInfo", "OK", given) in access_lines(caplog)  # the encoder's line for the same call
 
 
+def test_a_call_of_a_method_the_service_lacks_is_counted_logged_and_refused_naming_it(search, caplog) -> None:
+    """Such calls (a client of another version, or of another service) were in no metric and no log line."""
+    caplog.set_level(logging.INFO, logger="imagesearch.access")
+    key = ("grpc_server_handled_total", (("code", "UNIMPLEMENTED"), ("method", "unknown")))
+    before = scrape(search.grpc.metrics.server_port).get(key, 0)
+    paths = ["/imagesearch.v1.SearchService/Forget", "/imagesearch.v1.Elsewhere/Stats"]
+    with grpc.insecure_channel(search.grpc.address) as channel:
+        for number, path in enumerate(paths):
+            with pytest.raises(grpc.RpcError) as refused:
+                channel.unary_unary(path)(
+                    b"", timeout=10, metadata=[("x-request-id", f"trace-unknown-{number}")]
+                )
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert refused.value.details() == (
+                f"this server has no method {path}: it serves imagesearch.v1.SearchService"
+            )
+    assert scrape(search.grpc.metrics.server_port)[key] == before + 2
+    logged = {(r.fields["request_id"], r.fields.get("path")) for r in caplog.records if hasattr(r, "fields")}
+    assert logged >= {(f"trace-unknown-{number}", path) for number, path in enumerate(paths)}
+
+
 def test_every_latency_histogram_counts_a_millisecond_within_two() -> None:
     registry = CollectorRegistry()
-    ObservabilityInterceptor(registry).seconds.labels("Search").observe(0.001)
+    ObservabilityInterceptor(registry, ["imagesearch.v1.SearchService"]).seconds.labels("Search").observe(
+        0.001
+    )
     EncoderMetrics(registry).batch_observer("text")(1, 0.001)
     search = SearchMetrics(registry)
     search.observe_milvus("search", 0.001)
