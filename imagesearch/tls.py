@@ -2,18 +2,23 @@
 
 A service reads its files again when one of them changes (a renewed certificate, as cert-manager writes one),
 and serves what they then hold to every new connection: no restart. Connections already open keep theirs
-until --max-connection-age-s ends them.
+until --max-connection-age-s ends them. The search service reads its files for the encoders again too, and
+makes its new calls on a new channel.
 """
 
 import logging
 import os
 import ssl
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import grpc
 
 log = logging.getLogger(__name__)
+
+Read = TypeVar("Read")
 
 
 def _file(path: str, name: str) -> bytes:
@@ -55,7 +60,15 @@ def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCreden
         return None
     if not (cert and key):
         raise ValueError("--tls-cert and --tls-key go together")
-    files = _ServerFiles(cert, key, client_ca)
+
+    def configuration() -> grpc.ServerCertificateConfiguration:
+        cert_pem, key_pem = _pair(cert, key, "--tls-cert", "--tls-key")
+        client_ca_pem = _certificates(client_ca, "--tls-ca") if client_ca else None
+        return grpc.ssl_server_certificate_configuration(
+            [(key_pem, cert_pem)], root_certificates=client_ca_pem
+        )
+
+    files = WatchedFiles((cert, key, client_ca), configuration, f"serving the certificate now in {cert}")
     return grpc.dynamic_ssl_server_credentials(
         files.first,
         files.changed,  # type: ignore[arg-type]  # None is "no change" (grpc's docstring; its stub omits it)
@@ -63,42 +76,37 @@ def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCreden
     )
 
 
-class _ServerFiles:
-    """A server's certificate, key and client CA, as gRPC asks for them before each new connection: None
-    while no file changed, else what they now hold. Files that fail the checks (a certificate renewed
-    before its key, say) leave the current ones served, with a warning, until the files change again."""
+class WatchedFiles(Generic[Read]):
+    """TLS files, as `read` checks and takes them (`first`), and read again by `changed` once one of them
+    changes: None while none did. Files that fail the checks (a certificate renewed before its key, say)
+    leave the current ones in use, with a warning, until the files change again."""
 
-    def __init__(self, cert: str, key: str, client_ca: str) -> None:
-        self._paths = [path for path in (cert, key, client_ca) if path]
-        self._cert, self._key, self._client_ca = cert, key, client_ca
+    def __init__(self, paths: Sequence[str], read: Callable[[], Read], taken: str) -> None:
+        self._paths = [path for path in paths if path]
+        self._read, self._taken = read, taken  # `taken`: what the log says the new files are now used for
         self._lock = threading.Lock()
-        self.first = self.read()  # checked before the stamps: a missing file is named, as read() names it
+        self.first = read()  # checked before the stamps: a missing file is named, as read() names it
         self._seen = self._stamps()
 
     def _stamps(self) -> list[tuple[int, int, int]]:
         return [(stat.st_ino, stat.st_size, stat.st_mtime_ns) for stat in map(os.stat, self._paths)]
 
-    def read(self) -> grpc.ServerCertificateConfiguration:
-        cert_pem, key_pem = _pair(self._cert, self._key, "--tls-cert", "--tls-key")
-        client_ca = _certificates(self._client_ca, "--tls-ca") if self._client_ca else None
-        return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], root_certificates=client_ca)
-
-    def changed(self) -> grpc.ServerCertificateConfiguration | None:
+    def changed(self) -> Read | None:
         with self._lock:
             try:
                 stamps = self._stamps()
             except OSError:
-                return None  # a file being replaced: the next connection looks again
+                return None  # a file being replaced: the next look finds it
             if stamps == self._seen:
                 return None
             self._seen = stamps
             try:
-                configuration = self.read()
+                read = self._read()
             except ValueError as error:
-                log.warning("TLS files changed but cannot be served, the previous ones still are: %s", error)
+                log.warning("TLS files changed but cannot be used, the previous ones still are: %s", error)
                 return None
-            log.info("TLS files changed: serving the certificate now in %s", self._cert)
-            return configuration
+            log.info("TLS files changed: %s", self._taken)
+            return read
 
 
 # How a caller's messages name its three files: the flags that gave them.
@@ -123,3 +131,16 @@ def channel_credentials_if_any(
 ) -> grpc.ChannelCredentials | None:
     """A service's calls to another: TLS when any of the files is named, plaintext (None) otherwise."""
     return channel_credentials(ca, cert, key, named) if (ca or cert or key) else None
+
+
+def watched_channel_credentials(
+    ca: str, cert: str, key: str, named: CallerFiles, callee: str
+) -> WatchedFiles[grpc.ChannelCredentials] | None:
+    """A service's calls to another (`callee`): TLS when any of the files is named, read again when one of
+    them changes; plaintext (None) otherwise."""
+    if not (ca or cert or key):
+        return None
+    taken = (
+        f"calling the {callee} with the files now in {', '.join(path for path in (ca, cert, key) if path)}"
+    )
+    return WatchedFiles((ca, cert, key), lambda: channel_credentials(ca, cert, key, named), taken)

@@ -4,8 +4,10 @@ import json
 import logging
 import random
 import re
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -16,6 +18,7 @@ from imagesearch.channels import CALLER_OPTIONS
 from imagesearch.errors import ServiceError, invalid_argument
 from imagesearch.headers import REQUEST_ID, answered_by_a_service, bearer
 from imagesearch.observability import Caller, current_caller, current_request_id
+from imagesearch.tls import WatchedFiles
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 from imagesearch.wire import field_header
 
@@ -76,9 +79,50 @@ def _attempt(
         return call.result()
 
 
+class _Channel:
+    """A channel to every replica behind the target, round robin, and its methods. Once retired (new TLS files
+    came), it is closed when the last call under way on it ends."""
+
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None) -> None:
+        round_robin = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+        options = [("grpc.service_config", round_robin), *CALLER_OPTIONS]
+        self.channel = (
+            grpc.secure_channel(channel_target(target), credentials, options)
+            if credentials
+            else grpc.insecure_channel(channel_target(target), options)
+        )
+        self.stub = encoder_pb2_grpc.EncoderServiceStub(self.channel)
+        # EncodeImages with its request written by encode_images_request.
+        self.encode_images = self.channel.unary_unary(
+            "/imagesearch.v1.EncoderService/EncodeImages",
+            request_serializer=None,
+            response_deserializer=encoder_pb2.EncodeImagesResponse.FromString,
+        )
+        self._calls, self._retired, self._lock = 0, False, threading.Lock()
+
+    def begin(self) -> None:
+        with self._lock:
+            self._calls += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self._calls -= 1
+            last = self._retired and self._calls == 0
+        if last:
+            self.channel.close()
+
+    def retire(self) -> None:
+        with self._lock:
+            self._retired = True
+            idle = self._calls == 0
+        if idle:
+            self.channel.close()
+
+
 class EncoderReplicas:
     """The search service's way to the encoder tier (the SDK's EncoderClient is the user's): every replica
-    behind one target, round robin."""
+    behind one target, round robin. With `tls`, its files are read again when they change, at each health
+    check: new calls go on a new channel, and calls under way end on the old one."""
 
     def __init__(
         self,
@@ -86,7 +130,7 @@ class EncoderReplicas:
         timeout_s: float,
         token: str = "",
         observe: Callable[[str, str, float], None] = lambda method, code, seconds: None,
-        credentials: grpc.ChannelCredentials | None = None,
+        tls: WatchedFiles[grpc.ChannelCredentials] | None = None,
         attempts: int = 5,
     ) -> None:
         self.target = target
@@ -95,28 +139,37 @@ class EncoderReplicas:
         # (method, final status code's name, seconds) of every call, failed or not, its retries included
         self.observe = observe
         self._token = bearer(token)
-        round_robin = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
-        options = [("grpc.service_config", round_robin), *CALLER_OPTIONS]
-        self._channel = (
-            grpc.secure_channel(channel_target(target), credentials, options)
-            if credentials
-            else grpc.insecure_channel(channel_target(target), options)
-        )
-        self._stub = encoder_pb2_grpc.EncoderServiceStub(self._channel)
-        # EncodeImages with its request written by encode_images_request.
-        self._encode_images = self._channel.unary_unary(
-            "/imagesearch.v1.EncoderService/EncodeImages",
-            request_serializer=None,
-            response_deserializer=encoder_pb2.EncodeImagesResponse.FromString,
-        )
+        self._tls = tls
+        self._current = _Channel(target, tls.first if tls else None)
+        self._current_lock = threading.Lock()  # a call begins on the current channel, never on a retired one
 
     def close(self) -> None:
-        self._channel.close()
+        self._current.channel.close()
+
+    @contextmanager
+    def _channel(self) -> Iterator[_Channel]:
+        with self._current_lock:
+            channel = self._current
+            channel.begin()
+        try:
+            yield channel
+        finally:
+            channel.end()
+
+    def _renew(self) -> None:
+        """A new channel for new calls, once the TLS files have changed (a renewed client certificate)."""
+        credentials = self._tls.changed() if self._tls else None
+        if credentials is None:
+            return
+        renewed = _Channel(self.target, credentials)
+        with self._current_lock:
+            retired, self._current = self._current, renewed
+        retired.retire()
 
     def _call(
         self,
         name: str,
-        method: "grpc.UnaryUnaryMultiCallable[Any, Response]",
+        method_of: "Callable[[_Channel], grpc.UnaryUnaryMultiCallable[Any, Response]]",
         request: object,
         cancellable: bool = False,
     ) -> Response:
@@ -131,7 +184,8 @@ class EncoderReplicas:
         own_deadline = started + self.timeout_s
         try:
             deadline = min(own_deadline, caller.deadline)
-            response = self._retried(method, request, deadline, caller, cancellable)
+            with self._channel() as channel:
+                response = self._retried(method_of(channel), request, deadline, caller, cancellable)
             code = grpc.StatusCode.OK
             return response
         except ServiceError as error:
@@ -191,7 +245,9 @@ class EncoderReplicas:
         return ServiceError(grpc.StatusCode.CANCELLED, f"encoder at {self.target}: its caller has gone")
 
     def info(self) -> encoder_pb2.GetModelInfoResponse:
-        return self._call("GetModelInfo", self._stub.GetModelInfo, encoder_pb2.GetModelInfoRequest())
+        return self._call(
+            "GetModelInfo", lambda channel: channel.stub.GetModelInfo, encoder_pb2.GetModelInfoRequest()
+        )
 
     def encode_text(self, text: str, name: str = "text") -> tuple[str, np.ndarray]:
         """The model's name and the text's vector."""
@@ -203,7 +259,9 @@ class EncoderReplicas:
         without words) is INVALID_ARGUMENT naming it as its caller does (`names`: "parts[2].text")."""
         try:
             response = self._call(
-                "EncodeText", self._stub.EncodeText, encoder_pb2.EncodeTextRequest(texts=texts)
+                "EncodeText",
+                lambda channel: channel.stub.EncodeText,
+                encoder_pb2.EncodeTextRequest(texts=texts),
             )
         except RefusedByEncoder as refusal:
             refused = _REFUSED_TEXT.fullmatch(refusal.details)
@@ -217,7 +275,10 @@ class EncoderReplicas:
     def encode_images(self, images: list[bytes]) -> tuple[str, list[np.ndarray | RejectedImage]]:
         """The model's name and, for each image in order, its vector or the reason it has none."""
         response = self._call(
-            "EncodeImages", self._encode_images, encode_images_request(images), cancellable=True
+            "EncodeImages",
+            lambda channel: channel.encode_images,
+            encode_images_request(images),
+            cancellable=True,
         )
         return response.model, [
             np.asarray(result.vector.values, dtype=np.float32)
@@ -228,14 +289,17 @@ class EncoderReplicas:
         ]
 
     def healthy(self, timeout_s: float) -> bool:
-        """Whether a replica answers within `timeout_s` (waiting for a reconnect, if one is under way)."""
+        """Whether a replica answers within `timeout_s` (waiting for a reconnect, if one is under way), on a
+        new channel if the TLS files have changed."""
+        self._renew()
         try:
-            self._stub.GetModelInfo(
-                encoder_pb2.GetModelInfoRequest(),
-                timeout=timeout_s,
-                wait_for_ready=True,
-                metadata=self._token,
-            )
+            with self._channel() as channel:
+                channel.stub.GetModelInfo(
+                    encoder_pb2.GetModelInfoRequest(),
+                    timeout=timeout_s,
+                    wait_for_ready=True,
+                    metadata=self._token,
+                )
         except grpc.RpcError:
             return False
         return True

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from imagesearch.defaults import available_cores
 from imagesearch.errors import ServiceError
 from imagesearch.serving import GrpcServer
-from imagesearch.tls import channel_credentials_if_any
+from imagesearch.tls import watched_channel_credentials
 from imagesearch.v1 import search_pb2, search_pb2_grpc
 
 from .config import SearchConfig, is_milvus_lite, shown_uri
@@ -82,11 +82,12 @@ class SearchServer:
             config.encoder_timeout_s,
             config.encoder_token,
             self.metrics.observe_encoder,
-            channel_credentials_if_any(
+            watched_channel_credentials(
                 config.encoder_tls_ca,
                 config.encoder_tls_cert,
                 config.encoder_tls_key,
                 ("--encoder-tls-ca", "--encoder-tls-cert", "--encoder-tls-key"),
+                "encoders",
             ),
         )
         self.servicer = SearchServicer(config, self.store, self.encoder, self.metrics, self.thumbnails)

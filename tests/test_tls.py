@@ -5,11 +5,16 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
-from certificates import CertificateAuthority
+from certificates import CertificateAuthority, Identity
 from conftest import running_encoder, running_search
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
@@ -17,16 +22,43 @@ from test_search import folder
 
 from client import ImageSearchError, SearchClient
 from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from client.local import free_port
 from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
 from imagesearch.serving import GrpcServer, ServerSettings, reported_startup
 from imagesearch.tls import channel_credentials
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
+from search_service.server import SearchServer
 
 
 @pytest.fixture(scope="module")
 def authority(tmp_path_factory) -> CertificateAuthority:
     return CertificateAuthority(tmp_path_factory.mktemp("pki"))
+
+
+def encoder_of_clients_signed_by(
+    ca: str, identity: Identity, tiny_path: Path, port: int = 0
+) -> AbstractContextManager[EncoderServer]:
+    """An encoder on TLS as `identity` that takes only callers whose certificate `ca` signed."""
+    return running_encoder(tiny_path, port=port, tls_cert=identity.cert, tls_key=identity.key, tls_ca=ca)
+
+
+def search_showing_encoders(
+    encoder: str, folder: Path, ca: str, identity: Identity, **settings: object
+) -> AbstractContextManager[SearchServer]:
+    """A search service that verifies the encoders with `ca` and shows them `identity`'s certificate,
+    written to files in `folder` that a renewal can replace."""
+    cert, key = folder / "client.crt", folder / "client.key"
+    _replace(identity.cert, cert)
+    _replace(identity.key, key)
+    return running_search(
+        encoder,
+        folder / "milvus.db",
+        encoder_tls_ca=ca,
+        encoder_tls_cert=str(cert),
+        encoder_tls_key=str(key),
+        **settings,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +68,14 @@ def secured(authority, tiny_path, tmp_path_factory):
     search_id = authority.issue("search", server=True)
     search_as_client = authority.issue("search-client", server=False)
     with (
-        running_encoder(
-            tiny_path, tls_cert=encoder_id.cert, tls_key=encoder_id.key, tls_ca=authority.ca_file
-        ) as enc,
-        running_search(
+        encoder_of_clients_signed_by(authority.ca_file, encoder_id, tiny_path) as enc,
+        search_showing_encoders(
             enc.grpc.address,
-            tmp_path_factory.mktemp("tls") / "milvus.db",
+            tmp_path_factory.mktemp("tls"),
+            authority.ca_file,
+            search_as_client,
             tls_cert=search_id.cert,
             tls_key=search_id.key,
-            encoder_tls_ca=authority.ca_file,
-            encoder_tls_cert=search_as_client.cert,
-            encoder_tls_key=search_as_client.key,
         ) as search,
     ):
         yield enc, search
@@ -227,6 +256,67 @@ def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(
         assert trusted_by(renewing.ca_file) and not trusted_by(authority.ca_file)
     finally:
         server.stop(0)
+
+
+def test_a_renewed_client_certificate_reaches_the_encoders_without_a_restart(
+    authority, tiny_path, tmp_path, caplog
+) -> None:
+    """The search service read its --encoder-tls-* files once: once the encoders took only a renewed CA's
+    clients, it could not reach them until it was restarted."""
+    renewing = CertificateAuthority(tmp_path, "renewing CA")
+    encoder_id = authority.issue("encoder-of-renewed-clients", server=True)
+    first, renewed = authority.issue("first", server=False), renewing.issue("renewed", server=False)
+    port = free_port()
+    with search_showing_encoders(f"127.0.0.1:{port}", tmp_path, authority.ca_file, first) as search:
+        with encoder_of_clients_signed_by(authority.ca_file, encoder_id, tiny_path, port):
+            assert search.check_health() is True
+        # A new encoder, which takes only the renewed CA's clients: every connection to it is new.
+        with encoder_of_clients_signed_by(renewing.ca_file, encoder_id, tiny_path, port):
+            with caplog.at_level(logging.WARNING, logger="imagesearch.tls"):
+                _replace(
+                    renewed.cert, tmp_path / "client.crt"
+                )  # before its key: the first pair is still shown
+                assert search.check_health() is False
+            assert "--encoder-tls-key does not match --encoder-tls-cert" in caplog.text
+            _replace(renewed.key, tmp_path / "client.key")
+            assert search.check_health() is True
+            assert search.encoder.encode_text("a dog")[1].shape == (512,)
+
+
+def test_a_call_under_way_ends_on_its_channel_when_the_client_certificate_is_renewed(
+    authority, tiny_path, tmp_path, monkeypatch, caplog
+) -> None:
+    """New calls go on a new channel; closing the old one at once would cancel the calls still on it."""
+    encoder_id = authority.issue("encoder-mid-call", server=True)
+    first, renewed = authority.issue("first", server=False), authority.issue("next", server=False)
+    with (
+        encoder_of_clients_signed_by(authority.ca_file, encoder_id, tiny_path) as encoder,
+        search_showing_encoders(encoder.grpc.address, tmp_path, authority.ca_file, first) as search,
+        ThreadPoolExecutor(1) as caller,
+        caplog.at_level(logging.INFO, logger="imagesearch.tls"),
+    ):
+        assert encoder.servicer.runtime is not None
+        images, entered, release = encoder.servicer.runtime.images, threading.Event(), threading.Event()
+        forward = images._run_batch
+
+        def held(batch: list) -> Sequence:
+            entered.set()
+            release.wait(60)
+            return forward(batch)
+
+        monkeypatch.setattr(images, "_run_batch", held)
+        under_way = caller.submit(search.encoder.encode_images, [folder(1, 993)[0][1]])
+        assert entered.wait(60)
+        _replace(renewed.cert, tmp_path / "client.crt")
+        _replace(renewed.key, tmp_path / "client.key")
+        assert search.check_health() is True
+        assert (
+            f"TLS files changed: calling the encoders with the files now in {authority.ca_file}"
+            in caplog.text
+        )
+        release.set()
+        _, [vector] = under_way.result(timeout=60)
+    assert isinstance(vector, np.ndarray) and vector.shape == (512,)
 
 
 def test_cli_without_tls_at_a_tls_service_is_told_to_add_it(secured, capsys) -> None:
