@@ -129,7 +129,8 @@ def channel_credentials(
 def channel_credentials_if_any(
     ca: str, cert: str, key: str, named: CallerFiles
 ) -> grpc.ChannelCredentials | None:
-    """A service's calls to another: TLS when any of the files is named, plaintext (None) otherwise."""
+    """A tier's calls through the SDK, whose clients take credentials once (the web tier's): TLS when any of
+    the files is named, plaintext (None) otherwise."""
     return channel_credentials(ca, cert, key, named) if (ca or cert or key) else None
 
 
