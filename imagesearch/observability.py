@@ -227,13 +227,12 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                 error = raised
                 raise
             finally:
-                code = context.code() or (
-                    grpc.StatusCode.UNKNOWN if error is not None else grpc.StatusCode.OK
+                # Not active: its caller cancelled it, and the handler's status never came.
+                code = (
+                    _cut_short(context, cancelled=not context.is_active())
+                    or context.code()
+                    or (grpc.StatusCode.UNKNOWN if error is not None else grpc.StatusCode.OK)
                 )
-                if context.time_remaining() <= _DEADLINE_SLACK_S:
-                    code = grpc.StatusCode.DEADLINE_EXCEEDED
-                elif not context.is_active():  # its caller cancelled it: the handler's status never came
-                    code = grpc.StatusCode.CANCELLED
                 account = partial(self._account, short_method, logged, time.perf_counter() - started)
                 if code == grpc.StatusCode.OK and handler.request_streaming:
                     # gRPC may hand the handler a cancel as its requests' end before it records the cancel
@@ -268,12 +267,17 @@ def _refusing(method: str, services: Sequence[str]) -> grpc.RpcMethodHandler:
     return grpc.stream_stream_rpc_method_handler(refuse)
 
 
+def _cut_short(context: grpc.ServicerContext, cancelled: bool) -> grpc.StatusCode | None:
+    """What the caller of a call cut short saw: DEADLINE_EXCEEDED at its deadline, else CANCELLED where it
+    was `cancelled`; None for a call not cut short."""
+    if context.time_remaining() <= _DEADLINE_SLACK_S:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED if cancelled else None
+
+
 def _once_ended(context: grpc.ServicerContext) -> grpc.StatusCode:
     """What the caller of an ended call whose handler returned OK saw: CANCELLED (or DEADLINE_EXCEEDED) where
     the call was cut before that OK went out. Only gRPC's own record of the call says so: no public method
     does once the call has ended."""
-    if getattr(getattr(context, "_state", None), "client", None) != _GRPC_CANCELLED:
-        return grpc.StatusCode.OK
-    if context.time_remaining() <= _DEADLINE_SLACK_S:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return grpc.StatusCode.CANCELLED
+    cancelled = getattr(getattr(context, "_state", None), "client", None) == _GRPC_CANCELLED
+    return (_cut_short(context, cancelled) if cancelled else None) or grpc.StatusCode.OK
