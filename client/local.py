@@ -39,6 +39,8 @@ def chosen_port(port: int, flag: str) -> int:
     if port <= 0:
         return free_port() if port == 0 else port
     with socket.socket() as probe:
+        # As the services bind (gRPC sets it): a port only a closed connection still waits on is free to them.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

@@ -16,7 +16,7 @@ from conftest import running_encoder, running_search
 
 from client import SearchClient
 from client.cli import main
-from client.local import StartFailed, free_port, local_services
+from client.local import StartFailed, chosen_port, free_port, local_services
 from imagesearch.defaults import (
     ENCODER_METRICS_PORT,
     ENCODER_PORT,
@@ -135,6 +135,21 @@ def test_up_on_a_taken_port_says_which_before_starting_anything(tiny_encoder, ti
         )
         assert done.returncode == 1 and "ready" not in done.stdout, done.stdout
         assert f"imgsearch: port {held} is taken: another process listens there ({flag})" in done.stderr
+
+
+def test_a_port_only_a_closed_connection_waits_on_is_not_taken() -> None:
+    """`up` said such a port was taken, which the services bind all the same: in CI, a default port that an
+    earlier test's connection had used as its own made `up` name it instead of the one its test held."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    with listener, socket.create_connection(("127.0.0.1", port)) as client:
+        accepted, _ = listener.accept()
+        accepted.close()  # this side closes first: its end of the connection waits on `port` (TIME_WAIT)
+        assert client.recv(1) == b""
+    assert chosen_port(port, "--server-port") == port
 
 
 def test_the_services_of_an_up_that_is_killed_stop_too(tiny_path, tmp_path) -> None:
