@@ -2,8 +2,8 @@
 
 A service reads its files again when one of them changes (a renewed certificate, as cert-manager writes one),
 and serves what they then hold to every new connection: no restart. Connections already open keep theirs
-until --max-connection-age-s ends them. The search service reads its files for the encoders again too, and
-makes its new calls on a new channel.
+until --max-connection-age-s ends them. The search service (its files for the encoders) and the web tier
+(for the search service) read theirs again too, and make their new calls on a new channel.
 """
 
 import logging
@@ -124,14 +124,6 @@ def channel_credentials(
         raise ValueError(f"{cert_name} and {key_name} go together")
     cert_pem, key_pem = _pair(cert, key, cert_name, key_name) if cert else (None, None)
     return grpc.ssl_channel_credentials(_certificates(ca, ca_name) if ca else None, key_pem, cert_pem)
-
-
-def channel_credentials_if_any(
-    ca: str, cert: str, key: str, named: CallerFiles
-) -> grpc.ChannelCredentials | None:
-    """A tier's calls through the SDK, whose clients take credentials once (the web tier's): TLS when any of
-    the files is named, plaintext (None) otherwise."""
-    return channel_credentials(ca, cert, key, named) if (ca or cert or key) else None
 
 
 def watched_channel_credentials(

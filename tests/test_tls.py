@@ -18,7 +18,8 @@ from certificates import CertificateAuthority, Identity
 from conftest import running_encoder, running_search
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
-from test_search import folder
+from test_search import folder, picture
+from test_web_api import get, running_web
 
 from client import ImageSearchError, SearchClient
 from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
@@ -317,6 +318,89 @@ def test_a_call_under_way_ends_on_its_channel_when_the_client_certificate_is_ren
         release.set()
         _, [vector] = under_way.result(timeout=60)
     assert isinstance(vector, np.ndarray) and vector.shape == (512,)
+
+
+def web_showing(search: str, folder: Path, ca: str, identity: Identity) -> AbstractContextManager[str]:
+    """The web tier (its URL) in front of `search`, which it verifies with `ca` and shows `identity`'s
+    certificate, written to files in `folder` that a renewal can replace."""
+    cert, key = folder / "web.crt", folder / "web.key"
+    _replace(identity.cert, cert)
+    _replace(identity.key, key)
+    return running_web(search, search_tls_ca=ca, search_tls_cert=str(cert), search_tls_key=str(key))
+
+
+def test_the_page_takes_a_renewed_client_certificate_without_a_restart(
+    authority, tiny_encoder, tmp_path, caplog
+) -> None:
+    """The web tier read its --search-tls-* files once: once the search service took only a renewed CA's
+    clients, every request failed until the web tier was restarted."""
+    renewing = CertificateAuthority(tmp_path, "renewing CA")
+    search_id = authority.issue("search-of-renewed-clients", server=True)
+    first, renewed = authority.issue("web-first", server=False), renewing.issue("web-renewed", server=False)
+    port = free_port()
+
+    def search_of_clients_signed_by(ca: str) -> AbstractContextManager[SearchServer]:
+        tls = {"tls_cert": search_id.cert, "tls_key": search_id.key, "tls_ca": ca}
+        return running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db", port=port, **tls)
+
+    def answered(url: str) -> bool:
+        """Whether the search service answered the page's call: its collection is not made yet (404)."""
+        status = get(url, "/api/status").status
+        assert status in (404, 503)
+        return status == 404
+
+    with web_showing(f"127.0.0.1:{port}", tmp_path, authority.ca_file, first) as url:
+        with search_of_clients_signed_by(authority.ca_file):
+            assert answered(url)
+        # A new search service, which takes only the renewed CA's clients: every connection to it is new.
+        with search_of_clients_signed_by(renewing.ca_file):
+            with caplog.at_level(logging.WARNING, logger="imagesearch.tls"):
+                _replace(renewed.cert, tmp_path / "web.crt")  # before its key: the first pair is still shown
+                assert not answered(url)
+            assert "--search-tls-key does not match --search-tls-cert" in caplog.text
+            _replace(renewed.key, tmp_path / "web.key")
+            assert answered(url)
+
+
+def test_a_search_under_way_ends_on_its_client_when_the_page_renews_its_certificate(
+    authority, tiny_path, tmp_path, monkeypatch, caplog
+) -> None:
+    """New requests take a new client; closing the old one at once would cancel the searches still on it."""
+    search_id = authority.issue("search-mid-renewal", server=True)
+    first, renewed = authority.issue("web-first", server=False), authority.issue("web-next", server=False)
+    tls = {"tls_cert": search_id.cert, "tls_key": search_id.key, "tls_ca": authority.ca_file}
+    with (
+        running_encoder(tiny_path) as encoder,
+        running_search(encoder.grpc.address, tmp_path / "milvus.db", **tls) as search,
+        web_showing(search.grpc.address, tmp_path, authority.ca_file, first) as url,
+        ThreadPoolExecutor(1) as caller,
+        caplog.at_level(logging.INFO, logger="imagesearch.tls"),
+    ):
+        pictures = tmp_path / "pictures"
+        pictures.mkdir()
+        (pictures / "noise.png").write_bytes(picture(994))
+        credentials = channel_credentials(authority.ca_file, first.cert, first.key)
+        with SearchClient(search.grpc.address, credentials=credentials) as client:
+            assert client.ingest(pictures).stored == 1
+        assert encoder.servicer.runtime is not None
+        texts, entered, release = encoder.servicer.runtime.texts, threading.Event(), threading.Event()
+        forward = texts._run_batch
+
+        def held(batch: list) -> Sequence:
+            entered.set()
+            release.wait(60)
+            return forward(batch)
+
+        monkeypatch.setattr(texts, "_run_batch", held)
+        under_way = caller.submit(get, url, "/api/search", q="a dog searched while the page renews")
+        assert entered.wait(60)
+        _replace(renewed.cert, tmp_path / "web.crt")
+        _replace(renewed.key, tmp_path / "web.key")
+        assert get(url, "/api/status").status == 200
+        assert "TLS files changed: calling the search service with the files now in" in caplog.text
+        release.set()
+        answer = under_way.result(timeout=60)
+    assert [hit["name"] for hit in answer.json()["hits"]] == ["noise.png"]
 
 
 def test_cli_without_tls_at_a_tls_service_is_told_to_add_it(secured, capsys) -> None:

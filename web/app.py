@@ -13,9 +13,10 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+import grpc
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -24,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from client import AsyncSearchClient, Hit
-from imagesearch.tls import channel_credentials_if_any
+from imagesearch.tls import watched_channel_credentials
 
 from .access import AccessLog
 from .config import WebConfig
@@ -32,6 +33,7 @@ from .errors import HANDLERS, ApiError
 from .headers import SecurityHeaders
 from .hosts import AllowedHosts, allowed_hosts
 from .query import parse_query
+from .search_client import RenewingSearchClient
 
 log = logging.getLogger(__name__)
 
@@ -73,42 +75,48 @@ async def read_picture(request: Request, limit: int) -> bytes:
 
 
 class SearchPage:
-    """The routes, around one async SDK client opened for the app's lifetime."""
+    """The routes, around the SDK client that the app's lifetime opens (made again with new TLS files)."""
 
     def __init__(self, config: WebConfig) -> None:
         self.config = config
-        self._client: AsyncSearchClient | None = None
+        self._clients: RenewingSearchClient | None = None
         self._page_size: int | None = None  # once the search service's limits are known
         self._uploads = asyncio.Semaphore(config.max_concurrent_uploads)
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        credentials = channel_credentials_if_any(
+        tls = watched_channel_credentials(
             self.config.search_tls_ca,
             self.config.search_tls_cert,
             self.config.search_tls_key,
             ("--search-tls-ca", "--search-tls-cert", "--search-tls-key"),
+            "search service",
         )
-        async with AsyncSearchClient(
+        self._clients = RenewingSearchClient(self._client_with, tls)
+        try:
+            yield
+        finally:
+            await self._clients.close()
+
+    def _client_with(self, credentials: grpc.ChannelCredentials | None) -> AsyncSearchClient:
+        return AsyncSearchClient(
             self.config.search,
             collection=self.config.collection,
             timeout=self.config.timeout_s,
             credentials=credentials,
             token=self.config.search_token or None,
-        ) as client:
-            self._client = client
-            yield
+        )
 
-    @property
-    def client(self) -> AsyncSearchClient:
-        assert self._client is not None, "the app's lifespan opens the client"
-        return self._client
+    def client(self) -> AbstractAsyncContextManager[AsyncSearchClient]:
+        """The SDK client for one request's calls."""
+        assert self._clients is not None, "the app's lifespan opens the client"
+        return self._clients.using()
 
-    async def page_size(self) -> int:
+    async def page_size(self, client: AsyncSearchClient) -> int:
         """--page-size, or the search service's max_top_k where that is lower: a page size over it failed
         every search that named no top_k (the page's own)."""
         if self._page_size is None:
-            largest = (await self.client.limits()).max_top_k
+            largest = (await client.limits()).max_top_k
             if self.config.page_size > largest:
                 log.warning(
                     "--page-size %d is over the search service's max_top_k: pages hold %d hits",
@@ -125,7 +133,8 @@ class SearchPage:
         return JSONResponse({"ok": True})
 
     async def status(self, request: Request) -> Response:
-        stats = await self.client.stats()
+        async with self.client() as client:
+            stats = await client.stats()
         return JSONResponse(
             {
                 "collection": stats.collection,
@@ -157,11 +166,12 @@ class SearchPage:
     async def _search(self, request: Request, picture: bytes | None) -> Response:
         # A malformed query is 400 before the service is asked anything (its limits included).
         query = parse_query(request.query_params, picture)
-        top_k = await self.page_size() if query.top_k is None else query.top_k
-        started = time.perf_counter()
-        hits = await self.client.search(
-            query.parts, top_k=top_k, offset=query.offset, min_score=query.min_score
-        )
+        async with self.client() as client:
+            top_k = await self.page_size(client) if query.top_k is None else query.top_k
+            started = time.perf_counter()
+            hits = await client.search(
+                query.parts, top_k=top_k, offset=query.offset, min_score=query.min_score
+            )
         return JSONResponse(
             {
                 "hits": [hit_json(hit) for hit in hits],
@@ -175,7 +185,8 @@ class SearchPage:
         image_id = request.path_params["id"]
         if not PICTURE_ID.fullmatch(image_id):
             raise ApiError(404, "no such thumbnail: an id is 64 lowercase hexadecimal digits")
-        jpeg = await self.client.thumbnail(image_id)
+        async with self.client() as client:
+            jpeg = await client.thumbnail(image_id)
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
