@@ -6,9 +6,9 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import grpc
@@ -24,6 +24,7 @@ from test_web_api import get, running_web
 from client import ImageSearchError, SearchClient
 from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from client.local import free_port
+from encoder_service.batcher import DynamicBatcher
 from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
 from imagesearch.serving import GrpcServer, ServerSettings, reported_startup
@@ -259,29 +260,69 @@ def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(
         server.stop(0)
 
 
+@contextmanager
+def renewing_the_client_certificate(
+    authority: CertificateAuthority,
+    callee_of_clients_of: Callable[[str], AbstractContextManager[object]],
+    reached: Callable[[], bool],
+    caller_files: Path,
+    flags: str,
+    caplog: pytest.LogCaptureFixture,
+) -> Iterator[None]:
+    """A caller that shows a certificate `authority` signed, from `caller_files` (.crt and .key), reaches
+    a callee that takes `authority`'s clients; then a new one, which takes only a renewing CA's clients (so
+    every connection to it is new). Its certificate renewed before its key leaves the first pair shown, with
+    a warning naming the `flags`; once the key is renewed too, it reaches the callee, which serves the
+    block."""
+    renewing = CertificateAuthority(caller_files.parent, "renewing CA")
+    renewed = renewing.issue(f"renewed-{caller_files.name}", server=False)
+    with callee_of_clients_of(authority.ca_file):
+        assert reached()
+    with callee_of_clients_of(renewing.ca_file):
+        with caplog.at_level(logging.WARNING, logger="imagesearch.tls"):
+            _replace(renewed.cert, caller_files.with_suffix(".crt"))
+            assert not reached()
+        assert f"{flags}-key does not match {flags}-cert" in caplog.text
+        _replace(renewed.key, caller_files.with_suffix(".key"))
+        assert reached()
+        yield
+
+
 def test_a_renewed_client_certificate_reaches_the_encoders_without_a_restart(
     authority, tiny_path, tmp_path, caplog
 ) -> None:
     """The search service read its --encoder-tls-* files once: once the encoders took only a renewed CA's
     clients, it could not reach them until it was restarted."""
-    renewing = CertificateAuthority(tmp_path, "renewing CA")
     encoder_id = authority.issue("encoder-of-renewed-clients", server=True)
-    first, renewed = authority.issue("first", server=False), renewing.issue("renewed", server=False)
     port = free_port()
-    with search_showing_encoders(f"127.0.0.1:{port}", tmp_path, authority.ca_file, first) as search:
-        with encoder_of_clients_signed_by(authority.ca_file, encoder_id, tiny_path, port):
-            assert search.check_health() is True
-        # A new encoder, which takes only the renewed CA's clients: every connection to it is new.
-        with encoder_of_clients_signed_by(renewing.ca_file, encoder_id, tiny_path, port):
-            with caplog.at_level(logging.WARNING, logger="imagesearch.tls"):
-                _replace(
-                    renewed.cert, tmp_path / "client.crt"
-                )  # before its key: the first pair is still shown
-                assert search.check_health() is False
-            assert "--encoder-tls-key does not match --encoder-tls-cert" in caplog.text
-            _replace(renewed.key, tmp_path / "client.key")
-            assert search.check_health() is True
-            assert search.encoder.encode_text("a dog")[1].shape == (512,)
+    first = authority.issue("first", server=False)
+    with (
+        search_showing_encoders(f"127.0.0.1:{port}", tmp_path, authority.ca_file, first) as search,
+        renewing_the_client_certificate(
+            authority,
+            lambda ca: encoder_of_clients_signed_by(ca, encoder_id, tiny_path, port),
+            search.check_health,
+            tmp_path / "client",
+            "--encoder-tls",
+            caplog,
+        ),
+    ):
+        assert search.encoder.encode_text("a dog")[1].shape == (512,)
+
+
+def holding_the_forward_passes(
+    tower: DynamicBatcher, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Event, threading.Event]:
+    """`entered` is set when one of `tower`'s forward passes begins; each waits for `release`."""
+    entered, release, forward = threading.Event(), threading.Event(), tower._run_batch
+
+    def held(batch: list) -> Sequence:
+        entered.set()
+        release.wait(60)
+        return forward(batch)
+
+    monkeypatch.setattr(tower, "_run_batch", held)
+    return entered, release
 
 
 def test_a_call_under_way_ends_on_its_channel_when_the_client_certificate_is_renewed(
@@ -297,15 +338,7 @@ def test_a_call_under_way_ends_on_its_channel_when_the_client_certificate_is_ren
         caplog.at_level(logging.INFO, logger="imagesearch.tls"),
     ):
         assert encoder.servicer.runtime is not None
-        images, entered, release = encoder.servicer.runtime.images, threading.Event(), threading.Event()
-        forward = images._run_batch
-
-        def held(batch: list) -> Sequence:
-            entered.set()
-            release.wait(60)
-            return forward(batch)
-
-        monkeypatch.setattr(images, "_run_batch", held)
+        entered, release = holding_the_forward_passes(encoder.servicer.runtime.images, monkeypatch)
         under_way = caller.submit(search.encoder.encode_images, [folder(1, 993)[0][1]])
         assert entered.wait(60)
         _replace(renewed.cert, tmp_path / "client.crt")
@@ -334,9 +367,7 @@ def test_the_page_takes_a_renewed_client_certificate_without_a_restart(
 ) -> None:
     """The web tier read its --search-tls-* files once: once the search service took only a renewed CA's
     clients, every request failed until the web tier was restarted."""
-    renewing = CertificateAuthority(tmp_path, "renewing CA")
     search_id = authority.issue("search-of-renewed-clients", server=True)
-    first, renewed = authority.issue("web-first", server=False), renewing.issue("web-renewed", server=False)
     port = free_port()
 
     def search_of_clients_signed_by(ca: str) -> AbstractContextManager[SearchServer]:
@@ -349,17 +380,19 @@ def test_the_page_takes_a_renewed_client_certificate_without_a_restart(
         assert status in (404, 503)
         return status == 404
 
-    with web_showing(f"127.0.0.1:{port}", tmp_path, authority.ca_file, first) as url:
-        with search_of_clients_signed_by(authority.ca_file):
-            assert answered(url)
-        # A new search service, which takes only the renewed CA's clients: every connection to it is new.
-        with search_of_clients_signed_by(renewing.ca_file):
-            with caplog.at_level(logging.WARNING, logger="imagesearch.tls"):
-                _replace(renewed.cert, tmp_path / "web.crt")  # before its key: the first pair is still shown
-                assert not answered(url)
-            assert "--search-tls-key does not match --search-tls-cert" in caplog.text
-            _replace(renewed.key, tmp_path / "web.key")
-            assert answered(url)
+    first = authority.issue("web-first", server=False)
+    with (
+        web_showing(f"127.0.0.1:{port}", tmp_path, authority.ca_file, first) as url,
+        renewing_the_client_certificate(
+            authority,
+            search_of_clients_signed_by,
+            lambda: answered(url),
+            tmp_path / "web",
+            "--search-tls",
+            caplog,
+        ),
+    ):
+        assert "does not exist" in get(url, "/api/search", q="a dog").json()["error"]  # searches reach it too
 
 
 def test_a_search_under_way_ends_on_its_client_when_the_page_renews_its_certificate(
@@ -383,15 +416,7 @@ def test_a_search_under_way_ends_on_its_client_when_the_page_renews_its_certific
         with SearchClient(search.grpc.address, credentials=credentials) as client:
             assert client.ingest(pictures).stored == 1
         assert encoder.servicer.runtime is not None
-        texts, entered, release = encoder.servicer.runtime.texts, threading.Event(), threading.Event()
-        forward = texts._run_batch
-
-        def held(batch: list) -> Sequence:
-            entered.set()
-            release.wait(60)
-            return forward(batch)
-
-        monkeypatch.setattr(texts, "_run_batch", held)
+        entered, release = holding_the_forward_passes(encoder.servicer.runtime.texts, monkeypatch)
         under_way = caller.submit(get, url, "/api/search", q="a dog searched while the page renews")
         assert entered.wait(60)
         _replace(renewed.cert, tmp_path / "web.crt")
