@@ -401,6 +401,33 @@ def test_a_milvus_lite_process_that_is_killed_is_started_again(tiny_encoder, tmp
         assert {r.outcome for r in stub.Ingest(requests(folder(4, 2300)))} == {PRESENT, STORED}
 
 
+def test_a_like_without_a_quoted_pattern_is_refused_and_milvus_lite_lives_on(tiny_encoder, tmp_path) -> None:
+    """`uri like 5` ended the Milvus Lite process, and with it every other caller's ingest and search."""
+    db_file, encoder = tmp_path / "lite.db", tiny_encoder.grpc.address
+    with running_search(encoder, db_file) as search, search_stub(search.grpc.address) as stub:
+        assert {r.outcome for r in stub.Ingest(requests(folder(2, 2400)))} == {STORED}
+        lite = _lite_process(db_file)
+        five = {"p": search_pb2.FilterValue(int_value=5)}
+        for filter, params, shown in (
+            ("uri like 5", {}, "like 5"),
+            ('metadata["album"] like true', {}, "like true"),
+            ("uri like uri", {}, "like uri"),
+            ("uri like {p}", five, "like 5"),
+            ("uri like", {}, "like with nothing after it"),
+        ):
+            options = search_pb2.SearchOptions(filter=filter, filter_params=params)
+            for method, request in (
+                (stub.SearchText, search_pb2.SearchTextRequest(text="a dog", options=options)),
+                (stub.Delete, search_pb2.DeleteRequest(filter=filter, filter_params=params)),
+            ):
+                with pytest.raises(grpc.RpcError) as refused:
+                    method(request)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert f"filter has {shown}: like takes a pattern in quotes" in refused.value.details()
+        assert _lite_process(db_file) == lite
+        assert stub.Stats(search_pb2.StatsRequest()).count == 2
+
+
 def test_a_collection_stamped_as_this_services_but_of_another_shape_is_refused(
     tiny_encoder, tmp_path
 ) -> None:

@@ -101,6 +101,16 @@ def test_a_like_pattern_of_wildcards_alone_is_refused_however_it_is_written() ->
     assert render_filter('uri == "%"', {}) == 'uri == "%"'
 
 
+def test_a_like_is_taken_only_with_a_quoted_pattern_right_after_it() -> None:
+    said = refusal("uri like 5")
+    assert said.startswith("filter has like 5: like takes a pattern in quotes right after it")
+    assert refusal('uri like "a%" or uri LIKE (x)').startswith("filter has like (x):")
+    assert "filter has like 2024:" in refusal("uri like {p}", p=FilterValue(int_value=2024))
+    assert "filter has like with nothing after it:" in refusal('uri like "a%" and uri like')
+    for taken in ("uri like \"a%\" and uri LIKE '%b'", 'metadata["like"] == 1', "unlike == 2"):
+        assert render_filter(taken, {}) == taken
+
+
 def test_a_like_pattern_milvus_lite_would_read_wrongly_is_refused_saying_why() -> None:
     """A Windows folder's pattern matched nothing on Lite, which compared it with its escapes."""
     windows = refusal("uri like {p}", p=text("C:\\\\photos\\\\%"))
