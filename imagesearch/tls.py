@@ -32,8 +32,13 @@ def _certificates(path: str, name: str) -> bytes:
     """The PEM bytes of a file of certificates (a chain, or CAs), checked here: gRPC takes any bytes and fails
     only when it listens (which reads as a port in use) or connects (as a service out of reach)."""
     pem = _file(path, name)
+    if not pem.isascii():  # PEM is text; ssl reads bytes as one binary (DER) certificate
+        raise ValueError(
+            f"{name} {path} holds no PEM certificate (binary data: a DER certificate becomes PEM with "
+            f"`openssl x509 -inform DER -in {path} -out {path}.pem`)"
+        )
     try:  # the bytes just read, not the file again: a renewal may replace it between two reads
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cadata=pem.decode("latin-1"))
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cadata=pem.decode("ascii"))
     except ssl.SSLError:
         raise ValueError(f"{name} {path} holds no PEM certificate") from None
     return pem

@@ -1,6 +1,7 @@
 """A service that cannot start says why in one line, and exits non-zero: never a traceback."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,17 @@ def test_milvus_lite_may_take_longer_to_start_than_one_milvus_call(tmp_path: Pat
     """Its start had one call's deadline (--milvus-timeout-s): on a busy machine the first, cold start of
     Lite's process overran 10 s, and the service did not start ("Fail connecting to server on unix:...")."""
     Store(str(tmp_path / "milvus.db"), "", 0.001, "AUTOINDEX", {}).close()  # it raised ServiceError
+
+
+def test_the_web_tier_that_cannot_start_names_the_flag(tmp_path: Path) -> None:
+    """Both were uvicorn's startup traceback, or Python's, and the TLS one only once the server had begun."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        for flags, said in (
+            (["--port", str(port)], f"web: cannot listen on 127.0.0.1:{port} (--port): another process"),
+            (["--search-tls-ca", str(tmp_path / "missing.pem")], "web: --search-tls-ca "),
+        ):
+            command = [sys.executable, "-m", "web", "--port", "0", *flags]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+            assert done.stderr.startswith(said), done.stderr

@@ -3,6 +3,7 @@
 import logging
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -209,11 +210,16 @@ def test_cli_refuses_a_client_key_that_is_not_the_certificates(authority, capsys
     assert usage.value.code == EXIT_USAGE and "--tls-key does not match --tls-cert" in said
 
 
-def test_cli_refuses_a_ca_file_that_is_missing_or_holds_no_certificate(tmp_path, capsys) -> None:
+def test_cli_refuses_a_ca_file_that_is_missing_or_holds_no_certificate(authority, tmp_path, capsys) -> None:
     """A CA that gRPC cannot load failed every handshake as a service out of reach ("is it running?")."""
-    notes = tmp_path / "notes.txt"
+    notes, binary = tmp_path / "notes.txt", tmp_path / "ca.der"
     notes.write_text("not a certificate")
-    for ca, refusal in ((notes, "holds no PEM certificate"), (tmp_path / "missing.pem", "cannot be read")):
+    binary.write_bytes(ssl.PEM_cert_to_DER_cert(Path(authority.ca_file).read_text()))  # was a traceback
+    for ca, refusal in (
+        (notes, "holds no PEM certificate"),
+        (binary, "holds no PEM certificate (binary data: a DER certificate becomes PEM with `openssl x509"),
+        (tmp_path / "missing.pem", "cannot be read"),
+    ):
         with pytest.raises(SystemExit) as usage:
             main(["--server", "127.0.0.1:1", "--tls", "--tls-ca", str(ca), "stats"])
         said = capsys.readouterr().err

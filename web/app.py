@@ -79,20 +79,21 @@ class SearchPage:
 
     def __init__(self, config: WebConfig) -> None:
         self.config = config
+        # Read before the server starts, so that a file that cannot be used stops the start naming it.
+        self._tls = watched_channel_credentials(
+            config.search_tls_ca,
+            config.search_tls_cert,
+            config.search_tls_key,
+            ("--search-tls-ca", "--search-tls-cert", "--search-tls-key"),
+            "search service",
+        )
         self._clients: RenewingSearchClient | None = None
         self._page_size: int | None = None  # once the search service's limits are known
         self._uploads = asyncio.Semaphore(config.max_concurrent_uploads)
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        tls = watched_channel_credentials(
-            self.config.search_tls_ca,
-            self.config.search_tls_cert,
-            self.config.search_tls_key,
-            ("--search-tls-ca", "--search-tls-cert", "--search-tls-key"),
-            "search service",
-        )
-        self._clients = RenewingSearchClient(self._client_with, tls)
+        self._clients = RenewingSearchClient(self._client_with, self._tls)
         try:
             yield
         finally:
