@@ -1,7 +1,6 @@
 """What every client shares about reaching a service: the channel, each call's metadata, and its errors."""
 
 import json
-import math
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +11,7 @@ from typing import Any
 import grpc
 
 from imagesearch.channels import CALLER_OPTIONS
+from imagesearch.defaults import LONGEST_SECONDS
 from imagesearch.headers import REQUEST_ID, answered_by_a_service, bearer
 
 from .errors import ImageSearchError, refused
@@ -70,10 +70,12 @@ class Connection:
         credentials: grpc.ChannelCredentials | None,
         token: str | None,
     ) -> None:
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf
-        ):
-            raise refused(f"timeout = {timeout!r} is not a number of seconds above 0 (or None: no deadline)")
+        seconds = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+        if timeout is not None and not (seconds and 0 < timeout <= LONGEST_SECONDS):
+            raise refused(
+                f"timeout = {timeout!r} is not a number of seconds above 0, at most {LONGEST_SECONDS:g} (or "
+                "None: no deadline)"
+            )
         self.service = service
         self.target = target
         self.timeout = timeout

@@ -20,6 +20,7 @@ from imagesearch.defaults import (
     ENCODER_ADDRESS,
     ENCODER_METRICS_PORT,
     ENCODER_PORT,
+    LONGEST_SECONDS,
     SEARCH_ADDRESS,
     SEARCH_METRICS_PORT,
     SEARCH_PORT,
@@ -71,13 +72,15 @@ each --text, --image and --like may repeat and takes an optional WEIGHT (default
 
 
 def _seconds(text: str) -> float:
-    """--timeout: a positive, finite number of seconds."""
+    """--timeout: a positive number of seconds, at most LONGEST_SECONDS."""
     try:
         seconds = float(text)
     except ValueError:
         seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    if not 0 < seconds <= LONGEST_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive number of seconds, at most {LONGEST_SECONDS:g}"
+        )
     return seconds
 
 

@@ -22,6 +22,9 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_METADATA_BYTES = 64 * 1024  # a picture's metadata, as `metadata_bytes` measures it
 MAX_IMAGE_PIXELS = 64_000_000  # the largest width x height decoded (decompression bombs)
 GRPC_LARGEST_MESSAGE = 2**31 - 1  # gRPC's ceiling on any one message
+# The longest timeout a flag or a client takes (about 31 years): past about 9e9 s gRPC's deadline overflows,
+# and the call failed DEADLINE_EXCEEDED at once.
+LONGEST_SECONDS = 1e9
 
 
 def metadata_bytes(metadata: Mapping[str, Any]) -> int:

@@ -7,12 +7,11 @@ The field's metadata also holds its `help` and any `choices`; the dataclass vali
 
 import argparse
 import dataclasses
-import math
 import os
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from .defaults import is_port
+from .defaults import LONGEST_SECONDS, is_port
 
 Config = TypeVar("Config")
 
@@ -65,12 +64,15 @@ def require_at_most(config: object, names: Sequence[str], most: int) -> None:
 
 
 def require_seconds(config: object, names: Sequence[str], zero_allowed: bool = False) -> None:
-    """ValueError naming the first of `names` that is not a finite number of seconds above 0 (or 0 too)."""
+    """ValueError naming the first of `names` that is not a number of seconds above 0 (or 0 too), at most
+    LONGEST_SECONDS."""
     for name in names:
         seconds = getattr(config, name)
-        if not (math.isfinite(seconds) and (seconds > 0 or (zero_allowed and seconds == 0))):
+        if not (seconds <= LONGEST_SECONDS and (seconds > 0 or (zero_allowed and seconds == 0))):
             least = "0 or more" if zero_allowed else "above 0"
-            raise ValueError(f"{name} must be a number of seconds {least}, not {seconds}")
+            raise ValueError(
+                f"{name} must be a number of seconds {least}, at most {LONGEST_SECONDS:g}, not {seconds}"
+            )
 
 
 def require_ports(config: object, names: Sequence[str], none: int | None = None) -> None:

@@ -44,6 +44,7 @@ def test_a_bad_environment_value_is_a_usage_error_naming_the_variable(monkeypatc
         (search_flags, ["--log-format", "xml"], "invalid choice: 'xml'"),
         (search_flags, ["--health-interval-s", "0"], "health_interval_s must be a number of seconds above 0"),
         (search_flags, ["--encoder-timeout-s", "nan"], "encoder_timeout_s must be a number of seconds"),
+        (search_flags, ["--encoder-timeout-s", "1e10"], "seconds above 0, at most 1e+09, not 10000000000.0"),
         (search_flags, ["--milvus-timeout-s", "-5"], "milvus_timeout_s must be a number of seconds above 0"),
         (search_flags, ["--max-offset", "-1"], "max_offset must be at least 0, not -1"),
         (search_flags, ["--max-top-k", "20000"], "max_top_k + max_offset must be at most 16384"),
