@@ -12,7 +12,7 @@ import grpc
 
 from imagesearch.channels import CALLER_OPTIONS
 from imagesearch.defaults import LONGEST_SECONDS
-from imagesearch.headers import REQUEST_ID, answered_by_a_service, bearer
+from imagesearch.headers import REQUEST_ID, answered_by_a_service, bearer, unsendable
 
 from .errors import ImageSearchError, refused
 
@@ -76,6 +76,8 @@ class Connection:
                 f"timeout = {timeout!r} is not a number of seconds above 0, at most {LONGEST_SECONDS:g} (or "
                 "None: no deadline)"
             )
+        if token and (why := unsendable(token, "token")):
+            raise refused(why)
         self.service = service
         self.target = target
         self.timeout = timeout

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from .headers import AUTHORIZATION
+from .headers import AUTHORIZATION, unsendable
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,9 @@ def bearer_tokens(setting: str) -> list[str]:
     tokens = [token for token in (entry.strip() for entry in setting.split(",")) if token]
     if setting and not tokens:
         raise ValueError(f"auth_tokens {setting!r} holds no token: give one or more, or leave it empty")
+    for place, token in enumerate(tokens, 1):
+        if why := unsendable(token, f"auth_tokens' token {place}"):
+            raise ValueError(why)  # no caller could ever send it
     return tokens
 
 

@@ -1,5 +1,6 @@
 """Call metadata the services and the SDK agree on (part of the contract, beside protos/)."""
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,6 +18,20 @@ def answered_by_a_service(error: grpc.RpcError) -> bool:
     gRPC alone: a service out of reach, a message over its limit. grpc's and grpc.aio's errors alike."""
     trailing: Iterable[Any] = error.trailing_metadata() or ()  # (key, value) pairs
     return SERVED_BY in {key for key, _ in trailing}
+
+
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")  # what a gRPC text header carries
+
+
+def unsendable(token: str, named: str) -> str:
+    """Why `token` (which the message calls `named`, never quoting it: it is a secret) cannot be sent as a
+    bearer token, or "": gRPC refused it only when a call sent it, with INTERNAL and a log line."""
+    if _HEADER_VALUE.fullmatch(token):
+        return ""
+    return (
+        f"{named} holds a character a gRPC header cannot carry (a line break, another control character or "
+        "one outside ASCII): a token is printable ASCII"
+    )
 
 
 def bearer(token: str) -> list[tuple[str, str]]:

@@ -13,6 +13,7 @@ from imagesearch.defaults import (
     SEARCH_PORT,
 )
 from imagesearch.flags import parse_config, require_at_least, require_at_most, require_seconds, setting
+from imagesearch.headers import unsendable
 from imagesearch.serving import ServerSettings
 
 from .names import collection_name_problem
@@ -90,6 +91,8 @@ class SearchConfig(ServerSettings):
 
     def __post_init__(self) -> None:
         self.check_serving()
+        if why := unsendable(self.encoder_token, "encoder_token"):
+            raise ValueError(why)
         require_at_least(
             self,
             [

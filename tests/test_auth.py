@@ -10,8 +10,12 @@ from conftest import running_encoder
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from client import ImageSearchError, SearchClient
+from client.cli import EXIT_USAGE, main
 from encoder_service.server import EncoderServer
 from imagesearch.serving import GrpcServer, ServerSettings
+from search_service.config import parse_args as search_flags
+from web.config import parse_args as web_flags
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +91,22 @@ def test_an_empty_setting_means_no_authentication() -> None:
         assert answer(server, None) == grpc.StatusCode.OK
     finally:
         server.stop(0)
+
+
+@pytest.mark.parametrize("token", ["a\nb", "tab\there", "caf\u00e9", "\x7f"])
+def test_a_token_no_header_can_carry_is_refused_everywhere_without_showing_it(token, capsys) -> None:
+    """gRPC took it and failed the call INTERNAL ("Invalid metadata"), with a log line of its own."""
+    said = "holds a character a gRPC header cannot carry"
+    with pytest.raises(ImageSearchError) as refused:
+        SearchClient("127.0.0.1:1", token=token)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and said in refused.value.message
+    assert main(["--server", "127.0.0.1:1", "--token", token, "stats"]) == EXIT_USAGE
+    assert said in capsys.readouterr().err
+    for parse, flag in ((search_flags, "--encoder-token"), (web_flags, "--search-token")):
+        with pytest.raises(SystemExit) as usage:
+            parse([flag, token])
+        assert usage.value.code == EXIT_USAGE
+        assert said in (shown := capsys.readouterr().err) and token not in shown
+    with pytest.raises(ValueError, match="auth_tokens' token 2 holds a character") as stopped:
+        serve(f"fine,{token}")
+    assert token not in str(stopped.value)

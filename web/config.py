@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from imagesearch.defaults import SEARCH_ADDRESS, WEB_PORT
 from imagesearch.flags import parse_config, require_at_least, require_ports, require_seconds, setting
+from imagesearch.headers import unsendable
 
 from .hosts import allowed_hosts
 
@@ -40,6 +41,8 @@ class WebConfig:
     log_format: str = setting("json", "log lines as JSON or as text", ["json", "text"])
 
     def __post_init__(self) -> None:
+        if why := unsendable(self.search_token, "search_token"):
+            raise ValueError(why)
         require_at_least(self, ["max_upload_bytes", "page_size", "max_concurrent_uploads"])
         require_seconds(self, ["timeout_s", "upload_timeout_s"])
         require_ports(self, ["port"])
