@@ -201,12 +201,25 @@ def _described(part: QueryPart) -> str:
     return what if part.weight == 1 else f"{what} (weight {part.weight:g})"
 
 
+def _check_grid_file(grid: str) -> None:
+    """Refuses, before the search, a --grid that cannot name a file: the grid's folders are made as needed,
+    where no file stands in the way."""
+    if not grid:
+        raise UsageError("--grid needs the name of the PNG file to write")
+    path = Path(grid)
+    if path.is_dir():
+        raise UsageError(f"--grid {grid} is a folder: name the PNG file to write")
+    there = next(folder for folder in path.absolute().parents if folder.exists())
+    if not there.is_dir():
+        raise UsageError(f"--grid {grid}: {there} is a file, not a folder")
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     parts = [QueryPart(text=args.text), *args.parts] if args.text else args.parts
     if not parts:
         raise UsageError("search takes a TEXT or --image PATH, --like ID, --text TEXT (see search --help)")
-    if args.grid and Path(args.grid).is_dir():
-        raise UsageError(f"--grid {args.grid} is a folder: name the PNG file to write")
+    if args.grid is not None:
+        _check_grid_file(args.grid)
     with _search_client(args) as client:
         hits = client.search(
             parts,
@@ -226,9 +239,13 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"true/false in metadata: --param-json {pair} gives it a number",
             file=sys.stderr,
         )
-    if args.grid:
+    if args.grid is not None:
         title = ", ".join(_described(part) for part in parts)
-        print(f"grid: {write_grid(hits, args.grid, title)}", file=sys.stderr)
+        try:
+            written = write_grid(hits, args.grid, title)
+        except OSError as error:
+            raise OSError(f"--grid {args.grid} cannot be written: {error.strerror or error}") from None
+        print(f"grid: {written}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -137,6 +137,15 @@ def test_a_grid_is_a_png_whatever_its_name_and_a_folder_is_refused_before_search
         assert code == EXIT_OK and Image.open(tmp_path / name).format == "PNG"
     code, out, err = cli(capsys, *server, "search", "x", "--grid", str(tmp_path))
     assert (code, out) == (EXIT_USAGE, "") and f"--grid {tmp_path} is a folder" in err
+    # A file where a folder is wanted failed after the search, with a bare "[Errno 17] File exists"; an empty
+    # name wrote nothing, silently.
+    in_the_way = tmp_path / "pictures" / "a.png"
+    code, out, err = cli(capsys, *server, "search", "x", "--grid", f"{in_the_way}/sheet.png")
+    assert (code, out) == (EXIT_USAGE, "") and f"{in_the_way} is a file, not a folder" in err
+    code, out, err = cli(capsys, *server, "search", "x", "--grid", "")
+    assert (code, out) == (EXIT_USAGE, "") and "--grid needs the name of the PNG file to write" in err
+    code, _, err = cli(capsys, *server, "search", "x", "--grid", "/proc/sheet.png")  # procfs makes no file
+    assert code == EXIT_FAILED and "imgsearch: --grid /proc/sheet.png cannot be written: " in err
 
 
 def test_image_given_as_a_folder_is_a_message(capsys, tmp_path) -> None:
