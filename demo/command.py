@@ -3,13 +3,15 @@
 from __future__ import annotations  # argparse's sub-parser type is generic to type checkers only
 
 import argparse
+import sys
 from pathlib import Path
 
 from client.cli import port_argument
-from client.commands import UsageError, stop_on_signal
+from client.commands import EXIT_FAILED, UsageError, stop_on_signal
+from client.output import shown
 from imagesearch.defaults import WEB_PORT
 
-from .run import TOP_K, DemoPlan, run_demo, serve_page, synthetic_plan
+from .run import TOP_K, DemoPlan, NothingToSearch, run_demo, serve_page, synthetic_plan
 
 PER_CLASS = 10
 
@@ -43,20 +45,36 @@ def _refuse_ignored_flags(args: argparse.Namespace) -> None:
             raise UsageError(f"demo {flag} {why}")
 
 
+def _existing(path: str, flag: str, folder: bool) -> Path:
+    """`path`, refused before anything starts unless it is a folder (or, not `folder`, a file): the services
+    started, then the ingest ran, before a missing one was found."""
+    found, kind = Path(path), "folder" if folder else "file"
+    if not found.exists():
+        raise UsageError(f"demo {flag} {path}: no such {kind}")
+    if found.is_dir() != folder:
+        raise UsageError(f"demo {flag} {path} is not a {kind}")
+    return found
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     _refuse_ignored_flags(args)
     workdir = Path(args.workdir)
     if args.pictures:
         if not args.web and not (args.query and args.image_query):
             raise UsageError("demo --pictures also needs --query TEXT and --image-query PATH (or --web)")
-        image_query = Path(args.image_query) if args.image_query else None
-        plan = DemoPlan(Path(args.pictures), args.model or "ViT-B/32", tuple(args.query), image_query, False)
+        pictures = _existing(args.pictures, "--pictures", folder=True)
+        image_query = _existing(args.image_query, "--image-query", folder=False) if args.image_query else None
+        plan = DemoPlan(pictures, args.model or "ViT-B/32", tuple(args.query), image_query, False)
     else:
         plan = synthetic_plan(workdir, args.model, args.per_class or PER_CLASS)
-    if args.web:
-        web_port = WEB_PORT if args.web_port is None else args.web_port
-        return serve_page(workdir, plan, web_port, stop_on_signal(), progress=not args.no_progress)
-    return run_demo(workdir, plan, args.top_k or TOP_K, progress=not args.no_progress)
+    try:
+        if args.web:
+            web_port = WEB_PORT if args.web_port is None else args.web_port
+            return serve_page(workdir, plan, web_port, stop_on_signal(), progress=not args.no_progress)
+        return run_demo(workdir, plan, args.top_k or TOP_K, progress=not args.no_progress)
+    except NothingToSearch as error:
+        print(f"imgsearch: {shown(str(error))}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -38,6 +38,10 @@ COLLECTION = "demo"
 TOP_K = 10
 
 
+class NothingToSearch(Exception):
+    """The plan's folder gave no picture to search."""
+
+
 @dataclass(frozen=True)
 class DemoPlan:
     pictures: Path
@@ -98,6 +102,11 @@ def _ingested(
         print(
             f"ingested: stored {summary.stored}, already present {summary.present}, failed {summary.failed}"
         )
+        if not (summary.stored or summary.present):  # else every search failed: no collection was made
+            raise NothingToSearch(
+                f"no picture under {plan.pictures} could be ingested ({summary.failed} failed, "
+                f"{len(summary.skipped)} skipped as no picture): nothing to search"
+            )
         yield local, client
     print("services stopped")
 

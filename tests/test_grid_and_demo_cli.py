@@ -12,7 +12,7 @@ from PIL import Image
 
 import demo.command
 from client import Hit
-from client.cli import EXIT_OK, EXIT_USAGE, main
+from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from client.grid import MARGIN, MISSING, TILE, write_grid
 from demo.run import DemoPlan
 from imagesearch.defaults import WEB_PORT
@@ -92,6 +92,10 @@ def test_a_grid_shows_each_picture_as_the_services_decode_it(tmp_path, capsys) -
     assert [sheet.getpixel(middle) for middle in middles] == [(100, 100, 100), (255, 255, 255)]
 
 
+HERE = str(Path(__file__).parent)
+HERE_QUERIED_BY = ["--pictures", HERE, "--query", "x", "--image-query"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "complaint"),
     [
@@ -109,13 +113,18 @@ def test_a_grid_shows_each_picture_as_the_services_decode_it(tmp_path, capsys) -
             ["--pictures", "p", "--query", "a dog"],
             "demo --pictures also needs --query TEXT and --image-query",
         ),
+        (["--pictures", "p", "--web"], "demo --pictures p: no such folder"),
+        (["--pictures", __file__, "--web"], f"demo --pictures {__file__} is not a folder"),
+        ([*HERE_QUERIED_BY, "q.jpg"], "demo --image-query q.jpg: no such file"),
+        ([*HERE_QUERIED_BY, HERE], f"demo --image-query {HERE} is not a file"),
     ],
 )
 def test_the_demo_refuses_what_it_would_ignore_or_cannot_do_before_anything_starts(
     arguments: list[str], complaint: str, tmp_path: Path, capsys
 ) -> None:
-    """`--per-class 0` started the services to ingest nothing, `--top-k 0` failed after the ingest, and
-    `--query` without `--pictures` was ignored without a word."""
+    """`--per-class 0` started the services to ingest nothing, `--top-k 0` failed after the ingest,
+    `--query` without `--pictures` was ignored without a word, and a missing `--pictures` or `--image-query`
+    was found only once the services had started (or the ingest and the text queries had run)."""
     workdir = tmp_path / "demo"
     with pytest.raises(SystemExit) as usage:
         main(["demo", "--workdir", str(workdir), *arguments])
@@ -135,5 +144,17 @@ def test_the_page_serves_your_own_pictures_without_queries(monkeypatch, tmp_path
     monkeypatch.setattr(demo.command, "serve_page", serve_page)
     monkeypatch.setattr(demo.command, "stop_on_signal", threading.Event)  # pytest keeps its Ctrl-C
     pictures = tmp_path / "pictures"
+    pictures.mkdir()
     assert main(["demo", "--workdir", str(tmp_path), "--pictures", str(pictures), "--web"]) == EXIT_OK
     assert served == [(DemoPlan(pictures, "ViT-B/32", (), None, labelled=False), WEB_PORT)]
+
+
+def test_a_demo_of_a_folder_with_no_picture_says_so(tiny_path: Path, tmp_path: Path, capsys) -> None:
+    """Its searches failed with "NOT_FOUND: collection 'demo' does not exist: ingest into it first"."""
+    (tmp_path / "pictures").mkdir()
+    (tmp_path / "pictures" / "notes.txt").write_text("no picture")
+    query = ["--query", "x", "--image-query", str(tmp_path / "pictures" / "notes.txt")]
+    workdir = ["--workdir", str(tmp_path / "demo"), "--model", str(tiny_path), "--no-progress"]
+    assert main(["demo", *workdir, "--pictures", str(tmp_path / "pictures"), *query]) == EXIT_FAILED
+    said = capsys.readouterr().err
+    assert f"no picture under {tmp_path / 'pictures'} could be ingested (0 failed, 1 skipped as no" in said
