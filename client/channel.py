@@ -76,6 +76,8 @@ class Connection:
                 f"timeout = {timeout!r} is not a number of seconds above 0, at most {LONGEST_SECONDS:g} (or "
                 "None: no deadline)"
             )
+        if not isinstance(target, str) or not target.strip():
+            raise refused(f"target = {target!r} is not the address of a service (host:port)")
         if token and (why := unsendable(token, "token")):
             raise refused(why)
         self.service = service

@@ -147,9 +147,12 @@ def read_picture(path: str | Path, max_bytes: int) -> bytes:
 
 
 def picture_bytes(image: bytes | str | Path, max_bytes: int) -> bytes:
-    """A picture given as its bytes or as the path of a regular file; refused (INVALID_ARGUMENT) otherwise."""
-    if isinstance(image, bytes):
-        return image
+    """A picture given as its bytes (a bytearray too) or as the path of a regular file; refused
+    (INVALID_ARGUMENT) otherwise."""
+    if isinstance(image, bytes | bytearray):
+        return bytes(image)
+    if not isinstance(image, str | os.PathLike):
+        raise refused(f"{image!r} is neither a picture's bytes nor the path of a picture file")
     try:
         return read_picture(image, max_bytes)
     except Unreadable as problem:

@@ -15,7 +15,7 @@ from imagesearch.defaults import MAX_METADATA_BYTES, metadata_bytes
 from imagesearch.v1 import encoder_pb2, search_pb2
 
 from .errors import refused
-from .models import Hit, ImageVector, Limits, MetadataValue, Outcome, QueryPart, Record, Stats
+from .models import Hit, ImageVector, Limits, MetadataValue, Outcome, QueryPart, Record, Stats, is_number
 
 FilterParam = str | int | float | bool | Sequence[str | int | float | bool]
 OUTCOMES: dict[int, Outcome] = {
@@ -28,7 +28,10 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 def _utf8(name: str, text: str) -> str:
-    """`text`, refused when it holds what UTF-8 cannot carry (bytes of a file name that is not UTF-8)."""
+    """`text`, refused when it is no text, or holds what UTF-8 cannot carry (bytes of a file name that is not
+    UTF-8)."""
+    if not isinstance(text, str):
+        raise refused(f"{name} = {text!r} is not text")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -109,7 +112,7 @@ def _bounded(name: str, value: int, lowest: int) -> int:
 def _score(name: str, value: float | None) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         raise refused(f"{name} = {value!r} is not a number")
     if not -1 <= value <= 1:  # NaN included
         raise refused(f"{name} = {value!r} is outside -1..1")
@@ -184,12 +187,34 @@ def records(response: search_pb2.GetResponse, output_fields: Sequence[str]) -> l
 
 def image_list(images: bytes | str | Path | Sequence[bytes | str | Path]) -> list[bytes | str | Path]:
     """One image (its bytes, or a path), or several: bytes or a path are one, not a sequence of letters."""
-    return [images] if isinstance(images, bytes | str | Path) else list(images)
+    return [images] if isinstance(images, bytes | bytearray | str | Path) else list(images)
 
 
 def _id_list(ids: str | Sequence[str] | None) -> list[str]:
     """One id, or several (a text is one id, not a sequence of letters)."""
-    return [ids] if isinstance(ids, str) else list(ids or [])
+    if isinstance(ids, str):
+        return [ids]
+    if not isinstance(ids, Sequence | None):
+        raise refused(f"ids = {ids!r} is neither an id (text) nor a list of ids")
+    return [_utf8(f"ids[{index}]", id) for index, id in enumerate(ids or [])]
+
+
+def query_parts(parts: Sequence[QueryPart]) -> list[QueryPart]:
+    """`parts`, each a QueryPart: a text given alone was taken as its letters, each failing on its own."""
+    if isinstance(parts, str):
+        raise refused(f"parts = {parts!r} is a text, not a list of QueryPart: search_text takes a text alone")
+    listed = list(parts)
+    for index, part in enumerate(listed):
+        if not isinstance(part, QueryPart):
+            raise refused(
+                f"parts[{index}] = {part!r} is not a QueryPart: QueryPart(text=...), QueryPart(image=...) "
+                "or QueryPart(id=...)"
+            )
+    return listed
+
+
+def thumbnail_request(collection: str, id: str) -> search_pb2.GetThumbnailRequest:
+    return search_pb2.GetThumbnailRequest(collection=collection, id=_utf8("id", id))
 
 
 def get_request(

@@ -1,5 +1,6 @@
 """The SDK's result types: small typed objects, no protobuf in sight."""
 
+import numbers
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -8,6 +9,12 @@ from typing import Literal
 import numpy as np
 
 from .errors import refused
+
+
+def is_number(value: object) -> bool:
+    """A real number, numpy's included (np.float32 is no float); never a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
 
 # A metadata value as stored: text, a number, a truth value, or a list of those.
 MetadataValue = str | int | float | bool | list[str | int | float | bool]
@@ -48,6 +55,11 @@ class QueryPart:
         given = [name for name in ("text", "image", "id") if getattr(self, name) is not None]
         if len(given) != 1:
             raise refused(f"a QueryPart holds exactly one of text, image or id, not {given or 'none'}")
+        for name in ("text", "id"):
+            if not isinstance(getattr(self, name), str | None):
+                raise refused(f"QueryPart {name} = {getattr(self, name)!r} is not text")
+        if not is_number(self.weight):
+            raise refused(f"QueryPart weight = {self.weight!r} is not a number")
 
 
 @dataclass(frozen=True)

@@ -75,9 +75,9 @@ class SearchClient:
         progress: Progress | None = None,
     ) -> IngestSummary:
         """Streams every picture under `paths` (one path, or several) and says what happened to each file;
-        `progress` is called with each item as it finishes, and what it raises ends the ingest. A stream
-        that breaks, or a service that cannot even say its limits first, raises IngestInterrupted, with the
-        results received until then."""
+        `progress` is called with each item as it finishes and the summary so far, and what it raises ends
+        the ingest. A stream that breaks, or a service that cannot even say its limits first, raises
+        IngestInterrupted, with the results received until then."""
         ingestion = Ingestion(paths, recursive, self.collection, metadata, progress)
         try:
             limits = self.limits()
@@ -160,6 +160,7 @@ class SearchClient:
         min_score: float | None = None,
     ) -> list[Hit]:
         """The parts' vectors added up by weight (negative: away from it), as one query."""
+        parts = messages.query_parts(parts)
         options = messages.search_options(
             self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
@@ -171,7 +172,7 @@ class SearchClient:
 
     def thumbnail(self, id: str) -> bytes:
         """The stored picture's JPEG thumbnail (longest side at most 256 px); NOT_FOUND when it has none."""
-        request = search_pb2.GetThumbnailRequest(collection=self.collection, id=id)
+        request = messages.thumbnail_request(self.collection, id)
         return (self._connection.call(self._stub.GetThumbnail, request)).jpeg
 
     def get(self, ids: str | Sequence[str], output_fields: Sequence[str] = ()) -> list[Record]:

@@ -14,7 +14,14 @@ from PIL import Image
 from test_operability import scrape
 from test_search import picture
 
-from client import AsyncEncoderClient, AsyncSearchClient, EncoderClient, ImageSearchError, SearchClient
+from client import (
+    AsyncEncoderClient,
+    AsyncSearchClient,
+    EncoderClient,
+    ImageSearchError,
+    QueryPart,
+    SearchClient,
+)
 from client.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_READER_GONE, EXIT_USAGE, main
 from client.messages import search_options
 
@@ -70,6 +77,39 @@ def test_the_sdk_refuses_what_it_cannot_send_with_its_own_error() -> None:
             with pytest.raises(ImageSearchError) as refused:
                 call()
             assert refused.value.code.name == "INVALID_ARGUMENT" and message in refused.value.message
+
+
+def test_the_sdk_refuses_an_argument_of_the_wrong_type_with_its_own_error() -> None:
+    """Each was a bare AttributeError or TypeError from deep inside, or a bytearray taken for a path."""
+    with SearchClient(NOWHERE) as client:
+        for call, message in (
+            (lambda: client.search_text(None), "text = None is not text"),
+            (lambda: client.search_text(b"a dog"), "text = b'a dog' is not text"),
+            (lambda: client.search_text("a", filter=5), "filter = 5 is not text"),
+            (lambda: client.search(["a dog"]), "parts[0] = 'a dog' is not a QueryPart: QueryPart(text=...)"),
+            (lambda: client.search("a dog"), "parts = 'a dog' is a text, not a list of QueryPart"),
+            (lambda: client.search_similar(123), "QueryPart id = 123 is not text"),
+            (lambda: QueryPart(text="a", weight="2"), "QueryPart weight = '2' is not a number"),
+            (lambda: client.get(5), "ids = 5 is neither an id (text) nor a list of ids"),
+            (lambda: client.delete(ids=["a", 5]), "ids[1] = 5 is not text"),
+            (lambda: client.thumbnail(5), "id = 5 is not text"),
+            (lambda: client.search_image(7), "7 is neither a picture's bytes nor the path of a picture file"),
+            (lambda: SearchClient(None), "target = None is not the address of a service (host:port)"),
+        ):
+            with pytest.raises(ImageSearchError) as refused:
+                call()
+            assert refused.value.code.name == "INVALID_ARGUMENT" and message in refused.value.message
+
+
+def test_the_sdk_takes_numpy_scores_and_a_bytearray_picture(search, tmp_path) -> None:
+    """np.float32 was refused as "not a number" (np.int64 was taken), and a bytearray was read as a path."""
+    with SearchClient(search.grpc.address, collection="typed") as client:
+        (tmp_path / "a.png").write_bytes(picture(170))
+        assert client.ingest(tmp_path).stored == 1
+        for score in (np.float32(-1), np.float64(-1), np.int8(-1)):
+            assert len(client.search_text("a picture", min_score=score)) == 1
+        [hit] = client.search_image(bytearray(picture(170)))
+        assert hit.uri == str(tmp_path / "a.png")
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), 1e10, "5", True])
