@@ -7,6 +7,8 @@ with SearchClient("localhost:50052") as search:
         print(hit.score, hit.uri)
 """
 
+import imagesearch  # noqa: F401  # first: it sets gRPC's log level, which grpc reads when imported
+
 from .aio import AsyncEncoderClient, AsyncSearchClient
 from .channel import request_id
 from .errors import ImageSearchError, IngestInterrupted

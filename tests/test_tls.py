@@ -138,6 +138,17 @@ def test_cli_tls_is_never_plaintext_in_silence(search, authority, capsys, monkey
     assert usage.value.code == EXIT_USAGE and "IMGSEARCH_TLS='maybe': use 1, true" in capsys.readouterr().err
 
 
+def test_a_failed_handshake_is_the_cli_s_one_message_not_grpc_s_log_lines(search) -> None:
+    """With GRPC_VERBOSITY unset, gRPC's core logged each failed handshake on stderr ("I1129 ...
+    ssl_transport_security.cc ... Handshake failed"), before the one message; it reads the variable once,
+    when grpc is imported, so only a new process shows it."""
+    environment = {name: value for name, value in os.environ.items() if name != "GRPC_VERBOSITY"}
+    command = [sys.executable, "-m", "client.cli", "--server", search.grpc.address, "--tls", "--timeout", "5"]
+    done = subprocess.run([*command, "stats"], capture_output=True, text=True, timeout=60, env=environment)
+    assert done.returncode == EXIT_FAILED
+    assert [line.split(" ")[0] for line in done.stderr.splitlines()] == ["imgsearch:", ""], done.stderr
+
+
 def probe(address: str) -> tuple[int, str]:
     """What a container's HEALTHCHECK runs: the exit code and the status it printed."""
     check = [sys.executable, "-m", "imagesearch.healthcheck", address]
