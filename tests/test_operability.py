@@ -106,7 +106,7 @@ def test_request_id_follows_a_call_into_the_encoder(tiny_encoder, tmp_path, capl
 
 
 def test_the_sdk_sends_the_request_id_chosen_for_a_block_and_a_fresh_one_outside(search, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="imagesearch.access")
+    caplog.set_level(logging.DEBUG, logger="imagesearch.access")  # GetLimits, GetModelInfo: at DEBUG
 
     async def asynchronously() -> None:
         async with AsyncSearchClient(search.grpc.address) as client:
@@ -126,12 +126,24 @@ def test_the_sdk_sends_the_request_id_chosen_for_a_block_and_a_fresh_one_outside
 
 @pytest.mark.parametrize("offered", ["x" * 1000, "two words", 'quote"<b>'])
 def test_an_unsafe_request_id_is_replaced_by_a_fresh_one_in_both_services(search, offered, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="imagesearch.access")
+    caplog.set_level(logging.DEBUG, logger="imagesearch.access")
     with search_stub(search.grpc.address) as stub:
         stub.GetLimits(search_pb2.GetLimitsRequest(), metadata=[("x-request-id", offered)])
     [given] = {request_id for method, _, request_id in access_lines(caplog) if method == "GetLimits"}
     assert re.fullmatch("[0-9a-f]{32}", given)
     assert ("GetModelInfo", "OK", given) in access_lines(caplog)  # the encoder's line for the same call
+
+
+def test_what_health_checks_ask_every_few_seconds_is_logged_at_debug_when_answered(search, caplog) -> None:
+    """An idle `imgsearch up` wrote a line every 5 s: the search service's health check of its encoder."""
+    caplog.set_level(logging.DEBUG, logger="imagesearch.access")
+    assert search.check_health() is True
+    with SearchClient(search.grpc.address, collection="never_made") as client:
+        client.limits()
+        with pytest.raises(ImageSearchError):
+            client.stats()  # NOT_FOUND, as any call but those two: at INFO
+    levels = {r.fields["method"]: r.levelno for r in caplog.records if hasattr(r, "fields")}
+    assert levels == {"GetModelInfo": logging.DEBUG, "GetLimits": logging.DEBUG, "Stats": logging.INFO}
 
 
 def test_a_call_of_a_method_the_service_lacks_is_counted_logged_and_refused_naming_it(search, caplog) -> None:
@@ -253,7 +265,7 @@ def test_cli_says_the_token_is_missing(guarded, capsys) -> None:
 @pytest.fixture
 def access_record(tiny_encoder, caplog) -> logging.LogRecord:
     """The access log's record of a real call, with request id trace-format-1."""
-    caplog.set_level(logging.INFO, logger="imagesearch.access")
+    caplog.set_level(logging.DEBUG, logger="imagesearch.access")
     with encoder_stub(tiny_encoder.grpc.address) as stub:
         stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), metadata=[("x-request-id", "trace-format-1")])
     [record] = [r for r in caplog.records if getattr(r, "fields", {}).get("request_id") == "trace-format-1"]
