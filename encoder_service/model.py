@@ -4,6 +4,10 @@ internals."""
 import hashlib
 import logging
 import os
+import pickle
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import clip
 import torch
@@ -38,19 +42,35 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def _jit_load_unwarned() -> Iterator[None]:
+    """OpenAI ships CLIP as TorchScript, which only torch.jit.load reads (clip.load included), and torch warns
+    that it is deprecated at every start: a line in the log for what no one can change."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", FutureWarning)
+        yield
+
+
+def _reason(error: Exception) -> str:
+    """Why torch or CLIP could not read a file as a model, in a few words."""
+    if isinstance(error, pickle.UnpicklingError):  # torch's text advises loading it with weights_only off
+        return "neither a TorchScript archive nor a state dict of tensors"
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
 def _read_checkpoint(path: str) -> CLIP:
     """A TorchScript archive as OpenAI ships, or a plain state dict; `clip.load(path)` fails on the latter.
     ValueError naming the file when it is neither, or not CLIP's (the start then ends with that one line)."""
     try:
         try:
-            state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+            with _jit_load_unwarned():
+                state_dict = torch.jit.load(path, map_location="cpu").state_dict()
         except RuntimeError:
             state_dict = torch.load(path, map_location="cpu")
         return build_model(state_dict)
     except Exception as error:  # torch and CLIP raise many kinds for a file they cannot read as a model
         raise ValueError(
-            f"--model {path}: not a CLIP checkpoint that this service can read ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''})"
+            f"--model {path}: not a CLIP checkpoint that this service can read ({_reason(error)})"
         ) from None
 
 
@@ -58,7 +78,8 @@ def _load_clip(spec: str, cache_dir: str) -> tuple[CLIP, str]:
     """The model on the CPU and the name that stamps its vectors."""
     if spec in clip.available_models():
         try:
-            model, _ = clip.load(spec, device="cpu", jit=False, download_root=cache_dir or None)
+            with _jit_load_unwarned():
+                model, _ = clip.load(spec, device="cpu", jit=False, download_root=cache_dir or None)
         except (OSError, RuntimeError) as error:  # no network, or a download that came in damaged
             raise OSError(
                 f"cannot download {spec} ({error}); offline, pass --model PATH to a checkpoint file, such as "

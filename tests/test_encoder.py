@@ -4,6 +4,7 @@ import io
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +24,7 @@ from test_encoder_preprocess import without_quantisation_tables
 from encoder_service import preprocess
 from encoder_service.config import EncoderConfig
 from encoder_service.images import ImageLimits, decode_image
+from encoder_service.model import ClipModel
 from encoder_service.preprocess import clip_transform
 from encoder_service.server import EncoderServer
 from imagesearch.pictures import NOT_A_PICTURE
@@ -140,6 +142,15 @@ def test_torchscript_archive_gives_same_vectors_as_state_dict(tiny_path, tiny_to
         with running_encoder(checkpoint) as server, encoder_stub(server.grpc.address) as stub:
             vectors.append(encode_images(stub, [picture])[0])
     assert float(vectors[0] @ vectors[1]) >= 0.9999
+
+
+def test_a_torchscript_archive_loads_without_torch_s_deprecation_warning(tiny_torchscript_path) -> None:
+    """OpenAI ships CLIP as TorchScript, which only torch.jit.load reads: its FutureWarning was a line in
+    every start's log for what no one can change."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ClipModel(str(tiny_torchscript_path), device="cpu")
+    assert [str(warning.message) for warning in caught if "jit" in str(warning.message)] == []
 
 
 def frames_gif(colors: list[tuple[int, int, int]]) -> bytes:

@@ -43,6 +43,9 @@ def test_a_model_file_that_is_no_clip_checkpoint_is_named(tiny_path: Path, tmp_p
         done = start_encoder("--model", str(path))
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
         assert f"encoder_service: --model {path}: not a CLIP checkpoint" in done.stderr
+    # torch's own words advised loading it again with weights_only off, which runs any code the file holds
+    assert "(neither a TorchScript archive nor a state dict of tensors)" in done.stderr
+    assert "weights_only" not in done.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the CUDA device the test asks for")
