@@ -5,7 +5,7 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Never
 
 import numpy as np
 from tqdm import tqdm
@@ -75,13 +75,17 @@ def print_hits(hits: Sequence[Hit]) -> None:
 
 @contextmanager
 def progress_bar(enabled: bool) -> Iterator[Progress | None]:
-    """A bar on stderr that an ingestion advances (None when not `enabled`)."""
+    """A bar on stderr that an ingestion advances (None when not `enabled`), drawn from its first item: an
+    empty bar came before a refusal of the arguments."""
     if not enabled:
         yield None
         return
-    bar = tqdm(unit="img", dynamic_ncols=True, file=sys.stderr)
+    bars: list[tqdm[Never]] = []  # the bar, once drawn
 
     def advance(item: IngestItem, summary: IngestSummary) -> None:
+        if not bars:
+            bars.append(tqdm(unit="img", dynamic_ncols=True, file=sys.stderr))
+        bar = bars[0]
         bar.total = summary.total
         # Drawn by update(), at most every tenth of a second: a redraw for every item cost the CLI 0.1 ms
         # each, a quarter of a core at 2,500 pictures a second.
@@ -91,4 +95,5 @@ def progress_bar(enabled: bool) -> Iterator[Progress | None]:
     try:
         yield advance
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()

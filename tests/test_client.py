@@ -351,6 +351,16 @@ def test_the_ingest_progress_bar_is_redrawn_a_few_times_a_second_not_for_every_p
     assert "2000/2000" in frames[-1] and "present=2000" in frames[-1]
 
 
+def test_the_progress_bar_is_drawn_from_the_first_item_on_a_terminal_only(services, tmp_path, capsys) -> None:
+    """An empty bar was drawn before a refusal of the arguments, and each redraw was a line in a log."""
+    with progress_bar(True):
+        pass
+    assert capsys.readouterr().err == ""
+    (tmp_path / "a.png").write_bytes(png(solid((90, 180, 40))))
+    code, _, err = cli(capsys, "--server", services[1], "--collection", "unbarred", "ingest", str(tmp_path))
+    assert code == EXIT_OK and "img" not in err  # capsys is no terminal
+
+
 def assert_tiles(sheet: Image.Image, count: int) -> None:
     """The sheet has rows of COLUMNS tiles, and exactly `count` of its slots hold a picture."""
     rows = -(-count // COLUMNS)
