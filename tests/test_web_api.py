@@ -152,6 +152,11 @@ def test_uploads_are_limited_and_checked_like_any_picture(demo) -> None:
     assert "image: not a recognised image format" in not_a_picture.json()["error"]
     empty = request(demo.url, "POST", "/api/search", b"")
     assert empty.status == 400 and "no picture" in empty.json()["error"]
+    # As `curl -F picture=@photo.jpg` sends it: it was "not a recognised image format"
+    form = b'--b\r\nContent-Disposition: form-data; name="picture"\r\n\r\n\xff\xd8\xff\r\n--b--\r\n'
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    as_form = request(demo.url, "POST", "/api/search", form, headers=headers)
+    assert as_form.status == 415 and "POST its bytes as the whole request body" in as_form.json()["error"]
 
 
 def test_more_like_this_uses_the_stored_picture(demo) -> None:

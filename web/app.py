@@ -58,8 +58,20 @@ def hit_json(hit: Hit) -> dict[str, object]:
     }
 
 
+# An upload as an HTML form or `curl -F` sends it: the picture inside a form, which the encoder read as an
+# unknown image format.
+FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
 async def read_picture(request: Request, limit: int) -> bytes:
-    """The request's body, refused with 413 as soon as it is known to be over `limit` bytes."""
+    """The request's body, refused with 413 as soon as it is known to be over `limit` bytes, and with 415 when
+    it is a form."""
+    if request.headers.get("content-type", "").lower().startswith(FORMS):
+        raise ApiError(
+            415,
+            "the picture was sent inside a form: POST its bytes as the whole request body "
+            "(curl --data-binary @photo.jpg)",
+        )
     too_large = f"the picture is over the limit of {limit} bytes"
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
