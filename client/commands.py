@@ -188,7 +188,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 _report(latest[0], args.json, "interrupted (Ctrl-C)")
             raise
     _report(summary, args.json)
-    return EXIT_PARTIAL if summary.failed else EXIT_OK
+    if not summary.failed:
+        return EXIT_OK
+    return EXIT_PARTIAL if summary.stored or summary.present else EXIT_FAILED  # as `get`: 1 if none was done
 
 
 def _described(part: QueryPart) -> str:

@@ -120,6 +120,17 @@ def test_one_file_too_large_for_a_message_fails_alone(small_limit_encoder, tmp_p
     assert huge.endswith("1-huge.png") and "over the limit of" in error
 
 
+def test_an_ingest_where_every_item_failed_exits_1_not_3(search_address, tmp_path) -> None:
+    """Exit 3 says that the rest was done: `ingest broken.jpg` said so of nothing."""
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(picture(7)[:60])
+    code, report = ingest_json(search_address, broken, collection="all_failed")
+    assert (code, report["failed"], report["stored"]) == (EXIT_FAILED, 1, 0)
+    (tmp_path / "whole.png").write_bytes(picture(8))
+    code, report = ingest_json(search_address, tmp_path, collection="all_failed")
+    assert (code, report["failed"], report["stored"]) == (EXIT_PARTIAL, 1, 1)
+
+
 def test_a_file_that_changes_while_the_ingest_runs_fails_alone(search_address, tmp_path) -> None:
     """Entries are found first and read as they are sent: one removed meanwhile, or turned into a named
     pipe, is a failed item, and the rest goes on."""
@@ -312,7 +323,8 @@ def test_hostile_trees_store_each_picture_once_and_report_every_other_entry(sear
         assert got == outcome or (outcome == "stored" and got == "present"), (uri, got, error)
     pictures = sum(outcome == "stored" for outcome in expected.values())
     distinct = {uri for uri, (got, _) in reported.items() if got == "stored"}
-    assert code == (EXIT_PARTIAL if "failed" in expected.values() else 0)
+    done = {"stored", "present"} & set(expected.values())
+    assert code == (0 if "failed" not in expected.values() else EXIT_PARTIAL if done else EXIT_FAILED)
     with SearchClient(search_address, collection=collection) as client:
         assert client.stats().count == len(distinct) <= pictures
 
