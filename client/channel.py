@@ -15,6 +15,7 @@ from imagesearch.defaults import LONGEST_SECONDS
 from imagesearch.headers import REQUEST_ID, answered_by_a_service, bearer, unsendable
 
 from .errors import ImageSearchError, refused
+from .models import is_number
 
 # Unary calls are retried by gRPC itself when no server answered or a service said UNAVAILABLE (its encoder
 # or Milvus is restarting, say): what can succeed on retry. Ingest streams are not retried.
@@ -70,8 +71,7 @@ class Connection:
         credentials: grpc.ChannelCredentials | None,
         token: str | None,
     ) -> None:
-        seconds = isinstance(timeout, int | float) and not isinstance(timeout, bool)
-        if timeout is not None and not (seconds and 0 < timeout <= LONGEST_SECONDS):
+        if timeout is not None and not (is_number(timeout) and 0 < timeout <= LONGEST_SECONDS):
             raise refused(
                 f"timeout = {timeout!r} is not a number of seconds above 0, at most {LONGEST_SECONDS:g} (or "
                 "None: no deadline)"
