@@ -1,5 +1,6 @@
 """The lifecycle both services share: a gRPC server with health checking, reflection, and a graceful stop."""
 
+import errno
 import logging
 import math
 import signal
@@ -102,21 +103,27 @@ class _Health(health.HealthServicer):
         return super().Watch(request, context, send_response_callback)
 
 
-def _not_this_machines(host: str) -> str:
-    """Why nothing can listen on `host` whatever the port (it does not resolve, or names no address of this
-    machine); "" when something can."""
+def _why_not_listening(host: str, port: int, flag: str) -> str:
+    """Why nothing can listen on host:port, naming the flag to change; "" when something can. Probed as gRPC
+    binds (SO_REUSEADDR; some address of the host's will do), before gRPC tries: its own failure is a raw
+    line of its log ahead of ours."""
     try:
-        addresses = socket.getaddrinfo(host.strip("[]"), 0, type=socket.SOCK_STREAM)
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
-        return f"{host!r} does not resolve ({error.strerror})"
+        return f"(--host): {host!r} does not resolve ({error.strerror})"
+    taken = False
     for family, kind, protocol, _, address in addresses:
         try:
             with socket.socket(family, kind, protocol) as probe:  # no IPv6 here: that family fails
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(address)
-        except OSError:
+        except OSError as error:
+            taken = taken or error.errno == errno.EADDRINUSE
             continue
         return ""
-    return f"{host!r} is not an address of this machine"
+    if taken:
+        return f"({flag}): another process holds that port"
+    return f"(--host): {host!r} is not an address of this machine"
 
 
 def _bind(
@@ -125,15 +132,15 @@ def _bind(
     """The port `server` listens on at host:port; OSError naming `--host` when that is not this machine's,
     or the port's flag when another process holds it."""
     address = f"{host}:{port}"
+    if problem := _why_not_listening(host, port, flag):
+        raise OSError(f"cannot listen on {address} {problem}")
     try:
         bound = (
             server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         )
     except RuntimeError:
         bound = 0
-    if bound == 0:
-        if problem := _not_this_machines(host):
-            raise OSError(f"cannot listen on {address} (--host): {problem}")
+    if bound == 0:  # taken between the probe and gRPC's own bind
         raise OSError(f"cannot listen on {address} ({flag}): another process holds that port")
     return bound
 
