@@ -10,8 +10,7 @@ parentheses (Lite accepts them), an empty list or a list of mixed types (Lite fa
 than MAX_OPERATORS `and`/`or` (Lite fails past about 50, a server parses for seconds past a few hundred), a
 `like` pattern of wildcards alone (Lite matches nothing with `%`), the `like` patterns Lite reads as an
 equality or a prefix but wrongly: with an escape (it compares the text with its backslashes), or ending in
-`_` (it reads that `_` as `%`), and a `like` not followed by a quoted pattern (`uri like 5` ends the Milvus
-Lite process, and with it every call under way; `uri like` alone matches nothing).
+`_` (it reads that `_` as `%`). What would end the Milvus Lite process is refused too (filter_operands.py).
 """
 
 import math
@@ -21,10 +20,12 @@ from collections.abc import Iterator
 from imagesearch.errors import invalid_argument
 from imagesearch.v1 import search_pb2
 
+from .filter_operands import check_operands
+
 MAX_OPERATORS = 32
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _OPERATOR = re.compile(r"&&|\|\||\b(?:and|or)\b", re.IGNORECASE)
-_LIKE = re.compile(r"\blike\b\s*", re.IGNORECASE)
+_ENDS_WITH_LIKE = re.compile(r"\blike\s*$", re.IGNORECASE)
 _WILDCARDS_ONLY = re.compile(r"([\"'])[%_]+\1")
 _QUOTE = re.compile(r"[\"']")
 _CLOSING = {")": "(", "]": "["}
@@ -169,15 +170,6 @@ def _misread_by_lite(literal: str) -> str:
     return ""
 
 
-def _refuse_like_of(operand: str) -> None:
-    """Refuses a `like` whose operand (what follows it) is not a quoted pattern."""
-    shown = f"like {operand[:40]}" if operand else "like with nothing after it"
-    raise invalid_argument(
-        f"filter has {shown.rstrip()}: like takes a pattern in quotes right after it, such as "
-        'uri like "%/dogs/%" (a {name} placeholder there must be given text)'
-    )
-
-
 def _check_structure(expression: str) -> None:
     """Refuses what Milvus Lite and a Milvus server would evaluate differently, or not survive."""
     open_brackets: list[str] = []
@@ -195,18 +187,12 @@ def _check_structure(expression: str) -> None:
             follows_like = False
             continue
         operators += len(_OPERATOR.findall(text))
-        follows_like = False
-        for like in _LIKE.finditer(text):
-            if like.end() < len(text):
-                _refuse_like_of(text[like.end() :])
-            follows_like = True
+        follows_like = bool(_ENDS_WITH_LIKE.search(text))
         for char in text:
             if char in "([":
                 open_brackets.append(char)
             elif char in _CLOSING and (not open_brackets or open_brackets.pop() != _CLOSING[char]):
                 raise invalid_argument(f"filter has an unmatched {char!r}: {expression!r}")
-    if follows_like:
-        _refuse_like_of("")
     if open_brackets:
         raise invalid_argument(f"filter has an unclosed {open_brackets[-1]!r}: {expression!r}")
     if operators > MAX_OPERATORS:
@@ -220,4 +206,5 @@ def render_filter(expression: str, params: dict[str, search_pb2.FilterValue]) ->
     """`expression` with every `{name}` outside string literals replaced by the rendered `params[name]`."""
     rendered = _substitute(expression, params)
     _check_structure(rendered)
+    check_operands(rendered)
     return rendered

@@ -111,6 +111,40 @@ def test_a_like_is_taken_only_with_a_quoted_pattern_right_after_it() -> None:
         assert render_filter(taken, {}) == taken
 
 
+@pytest.mark.parametrize(
+    ("expression", "refused"),
+    [
+        # Found by fuzzing Milvus Lite 2.5.1: each ended its process (a segfault, or SIGFPE for a division).
+        ("1 in [1, 2]", "filter has '1 in': in takes a field alone on its left"),
+        ('uri == "a" in [true]', "filter has 'uri == \"a\" in': in takes a field alone"),
+        ("ingested_at + 1 not in [1]", "filter has 'ingested_at + 1 not in': in takes a field alone"),
+        ('array_length(metadata["tags"]) in [1]', "in takes a field alone on its left"),
+        ('uri == "x" or "a" in ["b"]', "in takes a field alone on its left"),
+        ("ingested_at / 0 == 1", "filter divides (/), which this service refuses: a divisor of 0 ends"),
+        ("1 % (5 - 5) == 0", "filter divides (%)"),
+        ("ingested_at / / 2 == 1", "filter divides (/)"),
+        ('json_contains(metadata["tags"])', "has json_contains(…) with other arguments than json_contains("),
+        ("array_length(1) == 2", "has array_length(…) with other arguments than array_length(metadata"),
+        ("array_length() == 2", "has array_length(…) with other arguments"),
+        ("uri == json_contains", "json_contains not called as a function: write json_contains(metadata"),
+        ("ARRAY_CONTAINS_ANY == 1", "ARRAY_CONTAINS_ANY not called as a function"),
+    ],
+)
+def test_a_filter_that_would_end_milvus_lite_is_refused_naming_what(expression, refused) -> None:
+    assert refused in refusal(expression)
+
+
+def test_fields_functions_and_lists_are_taken_as_milvus_writes_them() -> None:
+    for taken in (
+        'metadata["album"] in ["a", "b"] and uri not in ["x"]',
+        'not uri in ["a"] or (model in ["m"])',
+        'json_contains(metadata["tags"], "a") and JSON_CONTAINS_ANY(metadata["tags"], ["a", "b"])',
+        'array_length(metadata["tags"]) == 2 and array_contains_all(metadata["tags"], [1, 2])',
+        'uri == "a/b%" and ingested_at * 2 > 10 and 1 < ingested_at < 5 and exists metadata["a"]',
+    ):
+        assert render_filter(taken, {}) == taken
+
+
 def test_a_like_pattern_milvus_lite_would_read_wrongly_is_refused_saying_why() -> None:
     """A Windows folder's pattern matched nothing on Lite, which compared it with its escapes."""
     windows = refusal("uri like {p}", p=text("C:\\\\photos\\\\%"))
