@@ -10,7 +10,8 @@ parentheses (Lite accepts them), an empty list or a list of mixed types (Lite fa
 than MAX_OPERATORS `and`/`or` (Lite fails past about 50, a server parses for seconds past a few hundred), a
 `like` pattern of wildcards alone (Lite matches nothing with `%`), the `like` patterns Lite reads as an
 equality or a prefix but wrongly: with an escape (it compares the text with its backslashes), or ending in
-`_` (it reads that `_` as `%`). What would end the Milvus Lite process is refused too (filter_operands.py).
+`_` (it reads that `_` as `%`), and more than MAX_WILDCARDS wildcards in one pattern (slow to match). What
+would end the Milvus Lite process is refused too (filter_operands.py).
 """
 
 import math
@@ -23,6 +24,9 @@ from imagesearch.v1 import search_pb2
 from .filter_operands import check_operands
 
 MAX_OPERATORS = 32
+# Milvus Lite matches a pattern's wildcards by backtracking: a pattern of a million `%a` took 2.2 s of its one
+# process, holding up every other call.
+MAX_WILDCARDS = 32
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _OPERATOR = re.compile(r"&&|\|\||\b(?:and|or)\b", re.IGNORECASE)
 _ENDS_WITH_LIKE = re.compile(r"\blike\s*$", re.IGNORECASE)
@@ -184,6 +188,11 @@ def _check_structure(expression: str) -> None:
                 )
             if follows_like and (misread := _misread_by_lite(text)):
                 raise invalid_argument(f"filter has the pattern like {text}, {misread}")
+            wildcards = len(re.findall(r"(?<!\\)[%_]", _like_pattern(text))) if follows_like else 0
+            if wildcards > MAX_WILDCARDS:
+                raise invalid_argument(
+                    f"filter has a like pattern of {wildcards} wildcards, over the limit of {MAX_WILDCARDS}"
+                )
             follows_like = False
             continue
         operators += len(_OPERATOR.findall(text))
