@@ -1,6 +1,9 @@
-"""The filters that end the Milvus Lite 2.5.1 process, and with it every call under way, found by fuzzing it:
-its parser never checks for syntax errors, walks what it half-parsed, and folds integer division without
-checking for zero. Each is refused, on every store alike:
+"""The filters that Milvus Lite 2.5.1 reads only in part, or that end its process and with it every call under
+way, found by fuzzing it: its parser never checks for syntax errors, walks what it half-parsed, and folds
+integer division without checking for zero. Each is refused, on every store alike:
+
+- two operands with nothing joining them: Lite reads the filter up to there and drops the rest, so a typo
+  (`uri like "%dogs%" nd ingested_at > 5`) deleted every dog, not the recent ones;
 
 - a `like` not followed by a quoted pattern (`uri like 5`, `like true`, `like uri`; `uri like` alone matched
   nothing);
@@ -55,6 +58,15 @@ class _Token:
     def is_field(self) -> bool:
         return self.kind == "field" and self.word not in _KEYWORDS and self.word not in _USAGE
 
+    def is_value(self) -> bool:
+        return self.kind in ("string", "number") or self.is_field() or self.word in ("true", "false")
+
+    def ends_an_operand(self) -> bool:
+        return self.is_value() or self.text in (")", "]")
+
+    def starts_an_operand(self) -> bool:
+        return self.is_value() or self.text in ("(", "[") or self.word in ("exists", *_USAGE)
+
 
 def _tokens(expression: str) -> list[_Token]:
     return [
@@ -65,10 +77,16 @@ def _tokens(expression: str) -> list[_Token]:
 
 
 def check_operands(expression: str) -> None:
-    """Refuses (INVALID_ARGUMENT, naming it) a filter that ends Milvus Lite; its brackets are balanced."""
+    """Refuses (INVALID_ARGUMENT, naming what it found) a filter that Milvus Lite would read only in part, or
+    not survive; its brackets are balanced."""
     tokens = _tokens(expression)
     for index, token in enumerate(tokens):
         following = tokens[index + 1] if index + 1 < len(tokens) else None
+        if following is not None and token.ends_an_operand() and following.starts_an_operand():
+            raise invalid_argument(
+                f"filter has {token.text + ' ' + following.text!r} with nothing joining them (and, or, a "
+                "comparison): Milvus Lite would read the filter only up to there"
+            )
         if token.word == "like" and (following is None or following.kind != "string"):
             after = expression[token.end :].strip()
             shown = f"like {after[:40]}" if after else "like with nothing after it"

@@ -418,6 +418,8 @@ def test_a_filter_that_ended_milvus_lite_is_refused_and_it_lives_on(tiny_encoder
             ("1 in [1]", {}, "'1 in': in takes a field alone"),
             ("ingested_at / {p} == 1", {"p": search_pb2.FilterValue(int_value=0)}, "divides (/)"),
             ('json_contains(metadata["tags"])', {}, "json_contains(…) with other arguments"),
+            # Read only up to the typo, this delete would have deleted both pictures (the count below)
+            ('uri like "%pics%" nd ingested_at > 5', {}, "'\"%pics%\" nd' with nothing joining them"),
         ):
             options = search_pb2.SearchOptions(filter=filter, filter_params=params)
             for method, request in (

@@ -136,6 +136,11 @@ def test_a_like_is_taken_only_with_a_quoted_pattern_right_after_it() -> None:
         ("array_length() == 2", "has array_length(…) with other arguments"),
         ("uri == json_contains", "json_contains not called as a function: write json_contains(metadata"),
         ("ARRAY_CONTAINS_ANY == 1", "ARRAY_CONTAINS_ANY not called as a function"),
+        # Lite read these only up to the gap and dropped the rest: a typo's delete deleted more.
+        ('uri like "%dogs%" nd ingested_at > 5', "filter has '\"%dogs%\" nd' with nothing joining them"),
+        ('uri == "a" "b"', 'filter has \'"a" "b"\' with nothing joining them (and, or, a comparison)'),
+        ('metadata ["a"] == 1', "filter has 'metadata [' with nothing joining them"),
+        ("(x == 1) (x == 2)", "filter has ') (' with nothing joining them"),
     ],
 )
 def test_a_filter_that_would_end_milvus_lite_is_refused_naming_what(expression, refused) -> None:
