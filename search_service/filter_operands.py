@@ -2,19 +2,18 @@
 way, found by fuzzing it: its parser never checks for syntax errors, walks what it half-parsed, and folds
 integer division without checking for zero. Each is refused, on every store alike:
 
-- two operands with nothing joining them: Lite reads the filter up to there and drops the rest, so a typo
-  (`uri like "%dogs%" nd ingested_at > 5`) deleted every dog, not the recent ones;
-
-- a `like` not followed by a quoted pattern (`uri like 5`, `like true`, `like uri`; `uri like` alone matched
-  nothing);
+- a syntax error: Lite reads the filter up to it and drops the rest, so a typo's delete deleted more
+  (`uri like "%dogs%" AND ingested_at > 5` deleted every dog: `AND` is a field's name to Milvus, which takes
+  `and`), and so did a comma outside a list;
+- a `like` not followed by a quoted pattern (`uri like 5`, `like true`, `like uri`);
 - an `in` or `not in` whose left side is not a field alone (`1 in [1]`, `ingested_at + 1 in [1]`, and
   `uri == "a" in [true]`, which it reads as `uri == ("a" in [true])`);
-- `/` and `%` outside quotes: a divisor of 0 (`ingested_at / 0 == 1`, `1 % (5 - 5) == 0`, a `/` with no
-  operand after it) ends the process;
-- a function keyword not called with a field first and its number of arguments (`json_contains(metadata[
-  "tags"])`, `array_length(1)`, `uri == json_contains`).
+- `/` and `%` outside quotes: a divisor of 0 (`ingested_at / 0 == 1`, `1 % (5 - 5) == 0`) ends the process;
+- a function not called with a field first and its number of arguments (`json_contains(metadata["tags"])`,
+  `array_length(1)`).
 
-The tokens are Milvus's own (its lexer, Plan.g4): a field and its JSON keys (`metadata["a"]`) are one.
+The tokens and keywords are Milvus's own, in the cases its lexer takes (Plan.g4); a field and its JSON keys
+(`metadata["a"]`) are one token.
 """
 
 import re
@@ -24,15 +23,16 @@ from imagesearch.errors import invalid_argument
 
 _TOKEN = re.compile(
     r"""(?P<string>(?:u8|u|U|L)?(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'))
-      | (?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\[(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[0-9]+)\])*|\$meta)
+      | (?P<word>(?:[A-Za-z_][A-Za-z0-9_]*|\$meta)(?:\[(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[0-9]+)\])*)
       | (?P<number>\.?[0-9](?:[eEpP][-+]|[0-9A-Za-z_.])*)
       | (?P<operator>\*\*|<<|>>|&&|\|\||==|!=|<=|>=|\S)
       | \s+""",
     re.VERBOSE | re.DOTALL,
 )
-_KEYWORDS = {"and", "or", "not", "in", "like", "exists", "true", "false"}  # lower-cased
-# What may come just before the field on the left of an `in`: the start, or what begins a condition.
-_STARTS_A_CONDITION = {None, "(", "and", "or", "not", "&&", "||", "!"}
+_BINARY = {"==", "!=", "<", "<=", ">", ">=", "+", "-", "*", "/", "%", "**", "<<", ">>", "&", "|", "^"}
+_BINARY |= {"&&", "||", "and", "or", "like", "LIKE", "in"}
+_UNARY = {"-", "+", "~", "!", "not", "exists", "EXISTS"}
+_BOOLEANS = {"true", "True", "TRUE", "false", "False", "FALSE"}
 _USAGE = {
     "json_contains": 'json_contains(metadata["tags"], "a")',
     "json_contains_all": 'json_contains_all(metadata["tags"], ["a", "b"])',
@@ -42,35 +42,34 @@ _USAGE = {
     "array_contains_any": 'array_contains_any(metadata["tags"], ["a", "b"])',
     "array_length": 'array_length(metadata["tags"])',
 }
+_FUNCTIONS = {written: name for name in _USAGE for written in (name, name.upper())}
+_KEYWORDS = _BINARY | _UNARY | _BOOLEANS | set(_FUNCTIONS)
+_LOWER_CASE_KEYWORDS = {"and", "or", "not", "in", "like", "exists"}
+# What may come just before the field on the left of an `in`: the start, or what begins a condition.
+_STARTS_A_CONDITION = {None, "(", "and", "or", "not", "&&", "||", "!"}
 
 
 @dataclass(frozen=True)
 class _Token:
-    kind: str  # string, field, number or operator
+    kind: str  # string, word, number or operator
     text: str
-    end: int  # where it ends in the expression
+    start: int  # its place in the expression
+    end: int
 
     @property
-    def word(self) -> str:
-        """A keyword or a function's name as Milvus matches it (any case here: refusing more is safe)."""
-        return self.text.lower() if self.kind == "field" else self.text
+    def function(self) -> str | None:
+        return _FUNCTIONS.get(self.text) if self.kind == "word" else None
 
     def is_field(self) -> bool:
-        return self.kind == "field" and self.word not in _KEYWORDS and self.word not in _USAGE
+        return self.kind == "word" and self.text not in _KEYWORDS
 
     def is_value(self) -> bool:
-        return self.kind in ("string", "number") or self.is_field() or self.word in ("true", "false")
-
-    def ends_an_operand(self) -> bool:
-        return self.is_value() or self.text in (")", "]")
-
-    def starts_an_operand(self) -> bool:
-        return self.is_value() or self.text in ("(", "[") or self.word in ("exists", *_USAGE)
+        return self.kind in ("string", "number") or self.is_field() or self.text in _BOOLEANS
 
 
 def _tokens(expression: str) -> list[_Token]:
     return [
-        _Token(match.lastgroup, match.group(), match.end())
+        _Token(match.lastgroup, match.group(), match.start(), match.end())
         for match in _TOKEN.finditer(expression)
         if match.lastgroup is not None
     ]
@@ -82,46 +81,42 @@ def check_operands(expression: str) -> None:
     tokens = _tokens(expression)
     for index, token in enumerate(tokens):
         following = tokens[index + 1] if index + 1 < len(tokens) else None
-        if following is not None and token.ends_an_operand() and following.starts_an_operand():
-            raise invalid_argument(
-                f"filter has {token.text + ' ' + following.text!r} with nothing joining them (and, or, a "
-                "comparison): Milvus Lite would read the filter only up to there"
-            )
-        if token.word == "like" and (following is None or following.kind != "string"):
+        if token.text in ("like", "LIKE") and (following is None or following.kind != "string"):
             after = expression[token.end :].strip()
             shown = f"like {after[:40]}" if after else "like with nothing after it"
             raise invalid_argument(
                 f"filter has {shown}: like takes a pattern in quotes right after it, such as "
                 'uri like "%/dogs/%" (a {name} placeholder there must be given text)'
             )
-        if token.word == "in":
+        if token.text == "in":
             _check_in(tokens, index, expression)
         if token.text in ("/", "%"):
             raise invalid_argument(
                 f"filter divides ({token.text}), which this service refuses: a divisor of 0 ends the Milvus "
                 "Lite process, and every call under way with it"
             )
-        if token.word in _USAGE:
+        if token.function:
             _check_call(tokens, index)
+    _check_syntax(tokens)
 
 
 def _check_in(tokens: list[_Token], index: int, expression: str) -> None:
     """The left side of the `in` at `index` (`not in` too) is a field alone, at the start of a condition."""
-    field = index - 2 if index >= 2 and tokens[index - 1].word == "not" else index - 1
-    before = tokens[field - 1].word if field >= 1 else None
+    field = index - 2 if index >= 2 and tokens[index - 1].text == "not" else index - 1
+    before = tokens[field - 1].text if field >= 1 else None
     if field < 0 or not tokens[field].is_field() or before not in _STARTS_A_CONDITION:
-        start = tokens[max(field - 2, 0)].end - len(tokens[max(field - 2, 0)].text)
+        start = tokens[max(field - 2, 0)].start
         raise invalid_argument(
-            f"filter has {expression[start : tokens[index].end].strip()!r}: in takes a field alone on its "
-            'left, such as metadata["album"] in ["a", "b"] (anything else there ends the Milvus Lite process)'
+            f"filter has {expression[start : tokens[index].end]!r}: in takes a field alone on its left, such "
+            'as metadata["album"] in ["a", "b"] (anything else there ends the Milvus Lite process)'
         )
 
 
 def _check_call(tokens: list[_Token], index: int) -> None:
     """The function named at `index` is called with a field first and as many arguments as it takes."""
-    name, written = tokens[index].word, tokens[index].text
+    written, usage = tokens[index].text, _USAGE[tokens[index].function or ""]
     if index + 1 == len(tokens) or tokens[index + 1].text != "(":
-        raise invalid_argument(f"filter has {written} not called as a function: write {_USAGE[name]}")
+        raise invalid_argument(f"filter has {written} not called as a function: write {usage}")
     arguments: list[list[_Token]] = [[]]
     depth = 0
     for token in tokens[index + 2 :]:
@@ -136,7 +131,56 @@ def _check_call(tokens: list[_Token], index: int) -> None:
             arguments.append([])
         else:
             arguments[-1].append(token)
-    count = 1 if name == "array_length" else 2
+    count = 1 if usage.startswith("array_length") else 2
     first = arguments[0]
     if len(arguments) != count or not (len(first) == 1 and first[0].is_field()):
-        raise invalid_argument(f"filter has {written}(…) with other arguments than {_USAGE[name]}")
+        raise invalid_argument(f"filter has {written}(…) with other arguments than {usage}")
+
+
+def _check_syntax(tokens: list[_Token]) -> None:
+    """Values and operators alternate, and commas part only a list's items or a call's arguments."""
+    expecting_value, open_brackets = True, []  # each "(", "[" or "call" still open
+    previous: _Token | None = None
+    for index, token in enumerate(tokens):
+        text = token.text
+        if expecting_value:
+            if token.is_value():
+                expecting_value = False
+            elif text in ("(", "["):
+                open_brackets.append("call" if previous is not None and previous.function else text)
+            elif text == "]" and previous is not None and previous.text in ("[", ","):  # [] and [1, 2,]
+                open_brackets.pop()
+                expecting_value = False
+            elif not (text in _UNARY or token.function):
+                where = f"after {previous.text!r}" if previous else "at its start"
+                raise invalid_argument(f"filter has {text!r} {where}, where a value belongs")
+        elif text in (")", "]"):
+            open_brackets.pop()
+        elif text in _BINARY or (
+            text == "not" and index + 1 < len(tokens) and tokens[index + 1].text == "in"
+        ):
+            expecting_value = text != "not"  # `not in`: a value comes after its `in`
+        elif text == "," and open_brackets and open_brackets[-1] in ("[", "call"):
+            expecting_value = True
+        else:
+            assert previous is not None  # a value came before: an operator is expected only after one
+            raise invalid_argument(_unjoined(previous, token))
+        previous = token
+    if previous is not None and expecting_value:
+        raise invalid_argument(f"filter ends with {previous.text!r}, where a value should follow")
+
+
+def _unjoined(previous: _Token, token: _Token) -> str:
+    """Why `token` cannot follow `previous`, a value."""
+    for word in (previous, token):
+        if word.kind == "word" and word.text.lower() in _LOWER_CASE_KEYWORDS:
+            return (
+                f"filter has {word.text!r}, which Milvus reads as a field's name: write {word.text.lower()}"
+            )
+    if token.text == ",":
+        return f"filter has a comma outside a list or a function's arguments (after {previous.text!r})"
+    shown = f"{previous.text} {token.text}"
+    return (
+        f"filter has {shown!r} with nothing joining them (and, or, a comparison): Milvus Lite would read the "
+        "filter only up to there"
+    )

@@ -141,6 +141,15 @@ def test_a_like_is_taken_only_with_a_quoted_pattern_right_after_it() -> None:
         ('uri == "a" "b"', 'filter has \'"a" "b"\' with nothing joining them (and, or, a comparison)'),
         ('metadata ["a"] == 1', "filter has 'metadata [' with nothing joining them"),
         ("(x == 1) (x == 2)", "filter has ') (' with nothing joining them"),
+        (
+            'uri like "%dogs%" AND ingested_at > 5',
+            "filter has 'AND', which Milvus reads as a field's name: write and",
+        ),
+        ('uri IN ["a"]', "filter has 'IN', which Milvus reads as a field's name: write in"),
+        ("ingested_at > 5, ingested_at < 2", "filter has a comma outside a list or a function's arguments"),
+        ('and uri == "a"', "filter has 'and' at its start, where a value belongs"),
+        ('uri == == "a"', "filter has '==' after '==', where a value belongs"),
+        ('uri == "a" or', "filter ends with 'or', where a value should follow"),
     ],
 )
 def test_a_filter_that_would_end_milvus_lite_is_refused_naming_what(expression, refused) -> None:
@@ -154,6 +163,7 @@ def test_fields_functions_and_lists_are_taken_as_milvus_writes_them() -> None:
         'json_contains(metadata["tags"], "a") and JSON_CONTAINS_ANY(metadata["tags"], ["a", "b"])',
         'array_length(metadata["tags"]) == 2 and array_contains_all(metadata["tags"], [1, 2])',
         'uri == "a/b%" and ingested_at * 2 > 10 and 1 < ingested_at < 5 and exists metadata["a"]',
+        'not (uri like "x%" || -ingested_at < -5) && metadata["ok"] == True and uri in ["a", "b",]',
     ):
         assert render_filter(taken, {}) == taken
 
