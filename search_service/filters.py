@@ -11,7 +11,7 @@ than MAX_OPERATORS `and`/`or` (Lite fails past about 50, a server parses for sec
 `like` pattern of wildcards alone (Lite matches nothing with `%`), the `like` patterns Lite reads as an
 equality or a prefix but wrongly: with an escape (it compares the text with its backslashes), or ending in
 `_` (it reads that `_` as `%`), and more than MAX_WILDCARDS wildcards in one pattern (slow to match). What
-would end the Milvus Lite process is refused too (filter_operands.py).
+would end the Milvus Lite process is refused too (filter_syntax.py).
 """
 
 import math
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from imagesearch.errors import invalid_argument
 from imagesearch.v1 import search_pb2
 
-from .filter_operands import check_operands
+from .filter_syntax import check_syntax
 
 MAX_OPERATORS = 32
 # Milvus Lite matches a pattern's wildcards by backtracking: a pattern of a million `%a` took 2.2 s of its one
@@ -215,5 +215,5 @@ def render_filter(expression: str, params: dict[str, search_pb2.FilterValue]) ->
     """`expression` with every `{name}` outside string literals replaced by the rendered `params[name]`."""
     rendered = _substitute(expression, params)
     _check_structure(rendered)
-    check_operands(rendered)
+    check_syntax(rendered)
     return rendered

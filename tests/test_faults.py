@@ -403,7 +403,7 @@ def test_a_milvus_lite_process_that_is_killed_is_started_again(tiny_encoder, tmp
 
 def test_a_filter_that_ended_milvus_lite_is_refused_and_it_lives_on(tiny_encoder, tmp_path) -> None:
     """`uri like 5` ended the Milvus Lite process, and with it every other caller's ingest and search; so
-    did `1 in [1]`, a division by zero and a contains function with one argument (filter_operands.py)."""
+    did `1 in [1]`, a division by zero and a contains function with one argument (filter_syntax.py)."""
     db_file, encoder = tmp_path / "lite.db", tiny_encoder.grpc.address
     with running_search(encoder, db_file) as search, search_stub(search.grpc.address) as stub:
         assert {r.outcome for r in stub.Ingest(requests(folder(2, 2400)))} == {STORED}

@@ -75,7 +75,7 @@ def _tokens(expression: str) -> list[_Token]:
     ]
 
 
-def check_operands(expression: str) -> None:
+def check_syntax(expression: str) -> None:
     """Refuses (INVALID_ARGUMENT, naming what it found) a filter that Milvus Lite would read only in part, or
     not survive; its brackets are balanced."""
     tokens = _tokens(expression)
@@ -97,7 +97,7 @@ def check_operands(expression: str) -> None:
             )
         if token.function:
             _check_call(tokens, index)
-    _check_syntax(tokens)
+    _check_alternation(tokens)
 
 
 def _check_in(tokens: list[_Token], index: int, expression: str) -> None:
@@ -137,7 +137,7 @@ def _check_call(tokens: list[_Token], index: int) -> None:
         raise invalid_argument(f"filter has {written}(…) with other arguments than {usage}")
 
 
-def _check_syntax(tokens: list[_Token]) -> None:
+def _check_alternation(tokens: list[_Token]) -> None:
     """Values and operators alternate, and commas part only a list's items or a call's arguments."""
     expecting_value, open_brackets = True, []  # each "(", "[" or "call" still open
     previous: _Token | None = None
