@@ -1,5 +1,7 @@
 """Filter rendering without Milvus: placeholders, literals, and what is refused before Milvus sees it."""
 
+from pathlib import Path
+
 import pytest
 
 from imagesearch.errors import ServiceError
@@ -178,3 +180,17 @@ def test_a_like_pattern_milvus_lite_would_read_wrongly_is_refused_saying_why() -
     assert "trailing _ Milvus Lite reads as %" in refusal('uri like "pics/00_"')
     for read_right in ("C:_photos_%", "%\\\\photos\\\\%", "pics/0_.png", "pics/%", "%/100\\%"):
         assert render_filter("uri like {p}", {"p": text(read_right)})
+
+
+def test_every_filter_found_to_end_milvus_lite_is_refused() -> None:
+    """What a fuzzer found: each of these ended the Milvus Lite process, and every call under way with it."""
+    found = Path(__file__).with_name("lite_killers.txt").read_text().split("\n")
+    killers = [line for line in found if line and not line.startswith("#")]
+    accepted = []
+    for expression in killers:
+        try:
+            render_filter(expression, {})
+        except ServiceError:
+            continue
+        accepted.append(expression)
+    assert (len(killers), accepted) == (813, [])
