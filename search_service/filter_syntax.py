@@ -8,7 +8,8 @@ integer division without checking for zero. Each is refused, on every store alik
 - a `like` not followed by a quoted pattern (`uri like 5`, `like true`, `like uri`);
 - an `in` or `not in` whose left side is not a field alone (`1 in [1]`, `ingested_at + 1 in [1]`, and
   `uri == "a" in [true]`, which it reads as `uri == ("a" in [true])`);
-- `/` and `%` outside quotes: a divisor of 0 (`ingested_at / 0 == 1`, `1 % (5 - 5) == 0`) ends the process;
+- `/` and `%` but by a number other than 0, written out: a divisor of 0 (`ingested_at / 0 == 1`,
+  `1 % (5 - 5) == 0`, `ingested_at / / 2`) ends the process;
 - a function not called with a field first and its number of arguments (`json_contains(metadata["tags"])`,
   `array_length(1)`).
 
@@ -23,8 +24,10 @@ from imagesearch.errors import invalid_argument
 
 _TOKEN = re.compile(
     r"""(?P<string>(?:u8|u|U|L)?(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'))
-      | (?P<word>(?:[A-Za-z_][A-Za-z0-9_]*|\$meta)(?:\[(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[0-9]+)\])*)
-      | (?P<number>\.?[0-9](?:[eEpP][-+]|[0-9A-Za-z_.])*)
+      | (?P<word>(?:[A-Za-z_][A-Za-z0-9_]*|\$meta)
+          (?:\[(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|0|[1-9][0-9]*)\])*)
+      | (?P<number>0[xX](?:[0-9a-fA-F]*\.[0-9a-fA-F]+|[0-9a-fA-F]+\.?)[pP][-+]?[0-9]+|0[xX][0-9a-fA-F]+
+          |0[bB][01]+|(?:[0-9]*\.[0-9]+|[0-9]+\.)(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+|0[0-7]*|[1-9][0-9]*)
       | (?P<operator>\*\*|<<|>>|&&|\|\||==|!=|<=|>=|\S)
       | \s+""",
     re.VERBOSE | re.DOTALL,
@@ -33,16 +36,17 @@ _BINARY = {"==", "!=", "<", "<=", ">", ">=", "+", "-", "*", "/", "%", "**", "<<"
 _BINARY |= {"&&", "||", "and", "or", "like", "LIKE", "in"}
 _UNARY = {"-", "+", "~", "!", "not", "exists", "EXISTS"}
 _BOOLEANS = {"true", "True", "TRUE", "false", "False", "FALSE"}
-_USAGE = {
-    "json_contains": 'json_contains(metadata["tags"], "a")',
-    "json_contains_all": 'json_contains_all(metadata["tags"], ["a", "b"])',
-    "json_contains_any": 'json_contains_any(metadata["tags"], ["a", "b"])',
-    "array_contains": 'array_contains(metadata["tags"], "a")',
-    "array_contains_all": 'array_contains_all(metadata["tags"], ["a", "b"])',
-    "array_contains_any": 'array_contains_any(metadata["tags"], ["a", "b"])',
-    "array_length": 'array_length(metadata["tags"])',
+# Each function as it is called, and how many arguments it takes.
+_CALLS = {
+    "json_contains": ('json_contains(metadata["tags"], "a")', 2),
+    "json_contains_all": ('json_contains_all(metadata["tags"], ["a", "b"])', 2),
+    "json_contains_any": ('json_contains_any(metadata["tags"], ["a", "b"])', 2),
+    "array_contains": ('array_contains(metadata["tags"], "a")', 2),
+    "array_contains_all": ('array_contains_all(metadata["tags"], ["a", "b"])', 2),
+    "array_contains_any": ('array_contains_any(metadata["tags"], ["a", "b"])', 2),
+    "array_length": ('array_length(metadata["tags"])', 1),
 }
-_FUNCTIONS = {written: name for name in _USAGE for written in (name, name.upper())}
+_FUNCTIONS = {written: name for name in _CALLS for written in (name, name.upper())}
 _KEYWORDS = _BINARY | _UNARY | _BOOLEANS | set(_FUNCTIONS)
 _LOWER_CASE_KEYWORDS = {"and", "or", "not", "in", "like", "exists"}
 # What may come just before the field on the left of an `in`: the start, or what begins a condition.
@@ -90,13 +94,14 @@ def check_syntax(expression: str) -> None:
             )
         if token.text == "in":
             _check_in(tokens, index, expression)
-        if token.text in ("/", "%"):
+        if token.text in ("/", "%") and not (following is not None and _nonzero_number(following)):
+            divisor = repr(following.text) if following else "nothing"
             raise invalid_argument(
-                f"filter divides ({token.text}), which this service refuses: a divisor of 0 ends the Milvus "
-                "Lite process, and every call under way with it"
+                f"filter divides ({token.text}) by {divisor}: a divisor is a number other than 0, written "
+                "out (a divisor of 0 ends the Milvus Lite process, and every call under way with it)"
             )
         if token.function:
-            _check_call(tokens, index)
+            _check_call(tokens, index, token.function)
     _check_alternation(tokens)
 
 
@@ -112,9 +117,18 @@ def _check_in(tokens: list[_Token], index: int, expression: str) -> None:
         )
 
 
-def _check_call(tokens: list[_Token], index: int) -> None:
-    """The function named at `index` is called with a field first and as many arguments as it takes."""
-    written, usage = tokens[index].text, _USAGE[tokens[index].function or ""]
+def _nonzero_number(token: _Token) -> bool:
+    """Whether `token` is a number literal other than 0 (its digits, before any exponent, not all 0)."""
+    if token.kind != "number":
+        return False
+    digits = token.text[2:] if token.text[:2].lower() in ("0x", "0b") else token.text
+    mantissa = re.split("[pP]" if token.text[:2].lower() == "0x" else "[eE]", digits)[0]
+    return mantissa.strip("0.") != ""
+
+
+def _check_call(tokens: list[_Token], index: int, name: str) -> None:
+    """The function `name`, at `index`, is called with a field first and as many arguments as it takes."""
+    written, (usage, count) = tokens[index].text, _CALLS[name]
     if index + 1 == len(tokens) or tokens[index + 1].text != "(":
         raise invalid_argument(f"filter has {written} not called as a function: write {usage}")
     arguments: list[list[_Token]] = [[]]
@@ -131,7 +145,6 @@ def _check_call(tokens: list[_Token], index: int) -> None:
             arguments.append([])
         else:
             arguments[-1].append(token)
-    count = 1 if usage.startswith("array_length") else 2
     first = arguments[0]
     if len(arguments) != count or not (len(first) == 1 and first[0].is_field()):
         raise invalid_argument(f"filter has {written}(…) with other arguments than {usage}")
@@ -173,7 +186,7 @@ def _check_alternation(tokens: list[_Token]) -> None:
 def _unjoined(previous: _Token, token: _Token) -> str:
     """Why `token` cannot follow `previous`, a value."""
     for word in (previous, token):
-        if word.kind == "word" and word.text.lower() in _LOWER_CASE_KEYWORDS:
+        if word.kind == "word" and word.text.lower() in _LOWER_CASE_KEYWORDS and word.text not in _KEYWORDS:
             return (
                 f"filter has {word.text!r}, which Milvus reads as a field's name: write {word.text.lower()}"
             )

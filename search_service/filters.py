@@ -10,7 +10,8 @@ parentheses (Lite accepts them), an empty list or a list of mixed types (Lite fa
 than MAX_OPERATORS `and`/`or` (Lite fails past about 50, a server parses for seconds past a few hundred), a
 `like` pattern of wildcards alone (Lite matches nothing with `%`), the `like` patterns Lite reads as an
 equality or a prefix but wrongly: with an escape (it compares the text with its backslashes), or ending in
-`_` (it reads that `_` as `%`), and more than MAX_WILDCARDS wildcards in one pattern (slow to match). What
+`_` (it reads that `_` as `%`), more than MAX_WILDCARDS wildcards in one pattern (slow to match), brackets
+nested over MAX_DEPTH deep and a filter over MAX_FILTER_CHARS. What
 would end the Milvus Lite process is refused too (filter_syntax.py).
 """
 
@@ -27,6 +28,10 @@ MAX_OPERATORS = 32
 # Milvus Lite matches a pattern's wildcards by backtracking: a pattern of a million `%a` took 2.2 s of its one
 # process, holding up every other call.
 MAX_WILDCARDS = 32
+# Lite's parser recurses: 50,000 nested brackets ended its process (10,000 did not). And checking a filter
+# costs the service about 2.5 s of CPU a megabyte: a list of 10,000 paths is about 0.5 MB.
+MAX_DEPTH = 100
+MAX_FILTER_CHARS = 1 << 20
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _OPERATOR = re.compile(r"&&|\|\||\b(?:and|or)\b", re.IGNORECASE)
 _ENDS_WITH_LIKE = re.compile(r"\blike\s*$", re.IGNORECASE)
@@ -200,6 +205,8 @@ def _check_structure(expression: str) -> None:
         for char in text:
             if char in "([":
                 open_brackets.append(char)
+                if len(open_brackets) > MAX_DEPTH:
+                    raise invalid_argument(f"filter nests brackets over {MAX_DEPTH} deep")
             elif char in _CLOSING and (not open_brackets or open_brackets.pop() != _CLOSING[char]):
                 raise invalid_argument(f"filter has an unmatched {char!r}: {expression!r}")
     if open_brackets:
@@ -211,9 +218,19 @@ def _check_structure(expression: str) -> None:
         )
 
 
+def _check_length(expression: str) -> None:
+    if len(expression) > MAX_FILTER_CHARS:
+        raise invalid_argument(
+            f"filter is {len(expression)} characters with its parameters, over the limit of "
+            f"{MAX_FILTER_CHARS}"
+        )
+
+
 def render_filter(expression: str, params: dict[str, search_pb2.FilterValue]) -> str:
     """`expression` with every `{name}` outside string literals replaced by the rendered `params[name]`."""
+    _check_length(expression)
     rendered = _substitute(expression, params)
+    _check_length(rendered)  # its parameters filled in
     _check_structure(rendered)
     check_syntax(rendered)
     return rendered

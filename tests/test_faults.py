@@ -421,6 +421,7 @@ def test_a_filter_that_ended_milvus_lite_is_refused_and_it_lives_on(tiny_encoder
             # Read only up to the typo, this delete would have deleted both pictures (the count below)
             ('uri like "%pics%" nd ingested_at > 5', {}, "'\"%pics%\" nd' with nothing joining them"),
             ('uri like "%pics%" AND ingested_at > 5', {}, "'AND', which Milvus reads as a field's name"),
+            ("ingested_at > 1_000 and ingested_at < 2", {}, "'1 _000' with nothing joining them"),
         ):
             options = search_pb2.SearchOptions(filter=filter, filter_params=params)
             for method, request in (
