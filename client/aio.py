@@ -158,7 +158,7 @@ class AsyncSearchClient:
 
     async def search(
         self,
-        parts: Sequence[QueryPart],
+        parts: QueryPart | Sequence[QueryPart],
         top_k: int = 10,
         filter: str | None = None,
         filter_params: Mapping[str, FilterParam] | None = None,
@@ -166,13 +166,13 @@ class AsyncSearchClient:
         output_fields: Sequence[str] = (),
         min_score: float | None = None,
     ) -> list[Hit]:
-        """The parts' vectors added up by weight (negative: away from it), as one query."""
-        parts = messages.query_parts(parts)
+        """The parts' vectors (one part, or several) added up by weight (negative: away from it)."""
+        listed = messages.query_parts(parts)
         options = messages.search_options(
             self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
-        pictures = [await asyncio.to_thread(part_picture, part, MAX_MESSAGE_BYTES) for part in parts]
-        sent = [messages.query_part(part, picture) for part, picture in zip(parts, pictures, strict=True)]
+        pictures = [await asyncio.to_thread(part_picture, part, MAX_MESSAGE_BYTES) for part in listed]
+        sent = [messages.query_part(part, picture) for part, picture in zip(listed, pictures, strict=True)]
         request = search_pb2.SearchRequest(parts=sent, options=options)
         response = await self._connection.call(self._stub.Search, request)
         return messages.hits(response, output_fields)

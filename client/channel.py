@@ -78,6 +78,8 @@ class Connection:
             )
         if not isinstance(target, str) or not target.strip():
             raise refused(f"target = {target!r} is not the address of a service (host:port)")
+        if token is not None and not isinstance(token, str):
+            raise refused(f"token is {type(token).__name__}, not text")  # never shown: a secret
         if token and (why := unsendable(token, "token")):
             raise refused(why)
         self.service = service

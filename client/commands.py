@@ -175,8 +175,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     with _search_client(args) as client:
         try:
-            # On a terminal only: elsewhere (a log, a pipe) each redraw was one more line.
-            with progress_bar(not args.no_progress and sys.stderr.isatty()) as bar:
+            with progress_bar(not args.no_progress) as bar:
                 summary = client.ingest(
                     args.paths, metadata, recursive=not args.no_recursive, progress=advance
                 )

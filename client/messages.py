@@ -6,7 +6,7 @@ outside its field's range) is refused here, as ImageSearchError, before anything
 
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -194,15 +194,19 @@ def _id_list(ids: str | Sequence[str] | None) -> list[str]:
     """One id, or several (a text is one id, not a sequence of letters)."""
     if isinstance(ids, str):
         return [ids]
-    if not isinstance(ids, Sequence | None):
+    if isinstance(ids, bytes) or not isinstance(ids, Iterable | None):
         raise refused(f"ids = {ids!r} is neither an id (text) nor a list of ids")
     return [_utf8(f"ids[{index}]", id) for index, id in enumerate(ids or [])]
 
 
-def query_parts(parts: Sequence[QueryPart]) -> list[QueryPart]:
-    """`parts`, each a QueryPart: a text given alone was taken as its letters, each failing on its own."""
+def query_parts(parts: QueryPart | Sequence[QueryPart]) -> list[QueryPart]:
+    """`parts` (one QueryPart, or several), each a QueryPart: a text given alone was taken as its letters."""
+    if isinstance(parts, QueryPart):
+        return [parts]
     if isinstance(parts, str):
         raise refused(f"parts = {parts!r} is a text, not a list of QueryPart: search_text takes a text alone")
+    if not isinstance(parts, Iterable):
+        raise refused(f"parts = {parts!r} is not a list of QueryPart")
     listed = list(parts)
     for index, part in enumerate(listed):
         if not isinstance(part, QueryPart):

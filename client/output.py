@@ -75,9 +75,10 @@ def print_hits(hits: Sequence[Hit]) -> None:
 
 @contextmanager
 def progress_bar(enabled: bool) -> Iterator[Progress | None]:
-    """A bar on stderr that an ingestion advances (None when not `enabled`), drawn from its first item: an
-    empty bar came before a refusal of the arguments."""
-    if not enabled:
+    """A bar on stderr that an ingestion advances, drawn from its first item (an empty bar came before a
+    refusal of the arguments); None when not `enabled` or when stderr is no terminal (a log, a pipe), where
+    each redraw was one more line."""
+    if not (enabled and sys.stderr.isatty()):
         yield None
         return
     bars: list[tqdm[Never]] = []  # the bar, once drawn

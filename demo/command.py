@@ -67,12 +67,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         plan = DemoPlan(pictures, args.model or "ViT-B/32", tuple(args.query), image_query, False)
     else:
         plan = synthetic_plan(workdir, args.model, args.per_class or PER_CLASS)
-    progress = not args.no_progress and sys.stderr.isatty()  # as ingest's: a bar on a terminal only
     try:
         if args.web:
             web_port = WEB_PORT if args.web_port is None else args.web_port
-            return serve_page(workdir, plan, web_port, stop_on_signal(), progress=progress)
-        return run_demo(workdir, plan, args.top_k or TOP_K, progress=progress)
+            return serve_page(workdir, plan, web_port, stop_on_signal(), progress=not args.no_progress)
+        return run_demo(workdir, plan, args.top_k or TOP_K, progress=not args.no_progress)
     except NothingToSearch as error:
         print(f"imgsearch: {shown(str(error))}", file=sys.stderr)
         return EXIT_FAILED

@@ -88,6 +88,7 @@ def test_the_sdk_refuses_an_argument_of_the_wrong_type_with_its_own_error() -> N
             (lambda: client.search_text("a", filter=5), "filter = 5 is not text"),
             (lambda: client.search(["a dog"]), "parts[0] = 'a dog' is not a QueryPart: QueryPart(text=...)"),
             (lambda: client.search("a dog"), "parts = 'a dog' is a text, not a list of QueryPart"),
+            (lambda: client.search(None), "parts = None is not a list of QueryPart"),
             (lambda: client.search_similar(123), "QueryPart id = 123 is not text"),
             (lambda: QueryPart(text="a", weight="2"), "QueryPart weight = '2' is not a number"),
             (lambda: client.get(5), "ids = 5 is neither an id (text) nor a list of ids"),
@@ -95,14 +96,18 @@ def test_the_sdk_refuses_an_argument_of_the_wrong_type_with_its_own_error() -> N
             (lambda: client.thumbnail(5), "id = 5 is not text"),
             (lambda: client.search_image(7), "7 is neither a picture's bytes nor the path of a picture file"),
             (lambda: SearchClient(None), "target = None is not the address of a service (host:port)"),
+            (lambda: SearchClient(NOWHERE, token=b"secret"), "token is bytes, not text"),
         ):
             with pytest.raises(ImageSearchError) as refused:
                 call()
             assert refused.value.code.name == "INVALID_ARGUMENT" and message in refused.value.message
 
 
-def test_the_sdk_takes_numpy_scores_and_a_bytearray_picture(search, tmp_path) -> None:
-    """np.float32 was refused as "not a number" (np.int64 was taken), and a bytearray was read as a path."""
+def test_the_sdk_takes_numpy_scores_a_bytearray_picture_a_lone_part_and_a_set_of_ids(
+    search, tmp_path
+) -> None:
+    """np.float32 was refused as "not a number" (np.int64 was taken), a bytearray was read as a path, and a
+    lone QueryPart raised TypeError (a lone path, id or text is taken where a list is)."""
     with SearchClient(search.grpc.address, collection="typed") as client:
         (tmp_path / "a.png").write_bytes(picture(170))
         assert client.ingest(tmp_path).stored == 1
@@ -110,6 +115,8 @@ def test_the_sdk_takes_numpy_scores_and_a_bytearray_picture(search, tmp_path) ->
             assert len(client.search_text("a picture", min_score=score)) == 1
         [hit] = client.search_image(bytearray(picture(170)))
         assert hit.uri == str(tmp_path / "a.png")
+        assert [found.id for found in client.search(QueryPart(image=tmp_path / "a.png"))] == [hit.id]
+        assert [record.uri for record in client.get({hit.id})] == [hit.uri]
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), 1e10, "5", True])

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import grpc
@@ -336,7 +337,10 @@ def test_cli_ingest_search_and_grid(services, photo_folder, tmp_path, capsys) ->
     assert code == EXIT_OK and "deleted 3" in out
 
 
-def test_the_ingest_progress_bar_is_redrawn_a_few_times_a_second_not_for_every_picture(capsys) -> None:
+def test_the_ingest_progress_bar_is_redrawn_a_few_times_a_second_not_for_every_picture(
+    capsys, monkeypatch
+) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # capsys's stderr: drawn as on a terminal
     pictures = 2000
     summary = IngestSummary(total=pictures)
     with progress_bar(True) as advance:
@@ -351,10 +355,14 @@ def test_the_ingest_progress_bar_is_redrawn_a_few_times_a_second_not_for_every_p
     assert "2000/2000" in frames[-1] and "present=2000" in frames[-1]
 
 
-def test_the_progress_bar_is_drawn_from_the_first_item_on_a_terminal_only(services, tmp_path, capsys) -> None:
+def test_the_progress_bar_is_drawn_from_the_first_item_on_a_terminal_only(
+    services, tmp_path, capsys, monkeypatch
+) -> None:
     """An empty bar was drawn before a refusal of the arguments, and each redraw was a line in a log."""
-    with progress_bar(True):
-        pass
+    with monkeypatch.context() as terminal:
+        terminal.setattr(sys.stderr, "isatty", lambda: True)
+        with progress_bar(True):
+            pass
     assert capsys.readouterr().err == ""
     (tmp_path / "a.png").write_bytes(png(solid((90, 180, 40))))
     code, _, err = cli(capsys, "--server", services[1], "--collection", "unbarred", "ingest", str(tmp_path))
