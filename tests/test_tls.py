@@ -1,5 +1,6 @@
 """TLS to both services, and mutual TLS between the search service and the encoder."""
 
+import asyncio
 import logging
 import os
 import shutil
@@ -22,16 +23,17 @@ from prometheus_client import CollectorRegistry
 from test_search import folder, picture
 from test_web_api import get, running_web
 
-from client import ImageSearchError, SearchClient
+from client import AsyncSearchClient, ImageSearchError, SearchClient
 from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from client.local import free_port
 from encoder_service.batcher import DynamicBatcher
 from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
 from imagesearch.serving import GrpcServer, ServerSettings, reported_startup
-from imagesearch.tls import channel_credentials
+from imagesearch.tls import channel_credentials, watched_channel_credentials
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 from search_service.server import SearchServer
+from web.search_client import RenewingSearchClient
 
 
 @pytest.fixture(scope="module")
@@ -450,3 +452,38 @@ def test_cli_without_tls_at_a_tls_service_is_told_to_add_it(secured, capsys) -> 
     assert main(["--server", search.grpc.address, "--timeout", "5", "stats"]) == EXIT_FAILED
     hint = f"is the search service running at {search.grpc.address}, without TLS (else add --tls)?"
     assert hint in capsys.readouterr().err
+
+
+def test_the_page_closes_its_previous_client_once_the_last_request_on_it_ends(authority, tmp_path) -> None:
+    """Renewed, the page's client to the search service is replaced; the previous one must close, but only
+    once no request uses it (a leak, or a cancelled search, otherwise)."""
+    first, renewed = authority.issue("web-kept", server=False), authority.issue("web-renewed", server=False)
+    cert, key = tmp_path / "web.crt", tmp_path / "web.key"
+    _replace(first.cert, cert)
+    _replace(first.key, key)
+    names = ("--search-tls-ca", "--search-tls-cert", "--search-tls-key")
+    tls = watched_channel_credentials(authority.ca_file, str(cert), str(key), names, "search service")
+
+    async def closed(client: AsyncSearchClient) -> bool:
+        """Whether a call on `client` is refused as one on a closed client (nothing listens at its target)."""
+        try:
+            await client.stats()
+        except ImageSearchError as error:
+            return error.code == grpc.StatusCode.FAILED_PRECONDITION
+        raise AssertionError("nothing listens there: the call cannot succeed")
+
+    async def renewing_mid_request() -> None:
+        clients = RenewingSearchClient(
+            lambda credentials: AsyncSearchClient("127.0.0.1:1", timeout=0.5, credentials=credentials), tls
+        )
+        async with clients.using() as previous:
+            _replace(renewed.cert, cert)
+            _replace(renewed.key, key)
+            async with clients.using() as current:
+                assert current is not previous
+            assert not await closed(previous)  # its request is still under way
+        assert await closed(previous) and not await closed(current)
+        await clients.close()
+        assert await closed(current)
+
+    asyncio.run(renewing_mid_request())
