@@ -103,14 +103,15 @@ class _Health(health.HealthServicer):
         return super().Watch(request, context, send_response_callback)
 
 
-def _why_not_listening(host: str, port: int, flag: str) -> str:
-    """Why nothing can listen on host:port, naming the flag to change; "" when something can. Probed as gRPC
-    binds (SO_REUSEADDR; some address of the host's will do), before gRPC tries: its own failure is a raw
-    line of its log ahead of ours."""
+def require_listenable(host: str, port: int, flag: str) -> None:
+    """OSError naming the flag to change (`--host`, or the port's `flag`) when nothing can listen on
+    host:port. Probed as gRPC and uvicorn bind (SO_REUSEADDR; some address of the host's will do), before
+    they try: gRPC's own failure is a raw line of its log ahead of ours, Python's names no flag."""
+    cannot = f"cannot listen on {host}:{port}"
     try:
         addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
-        return f"(--host): {host!r} does not resolve ({error.strerror})"
+        raise OSError(f"{cannot} (--host): {host!r} does not resolve ({error.strerror})") from None
     taken = False
     for family, kind, protocol, _, address in addresses:
         try:
@@ -120,10 +121,10 @@ def _why_not_listening(host: str, port: int, flag: str) -> str:
         except OSError as error:
             taken = taken or error.errno == errno.EADDRINUSE
             continue
-        return ""
+        return
     if taken:
-        return f"({flag}): another process holds that port"
-    return f"(--host): {host!r} is not an address of this machine"
+        raise OSError(f"{cannot} ({flag}): another process holds that port")
+    raise OSError(f"{cannot} (--host): {host!r} is not an address of this machine")
 
 
 def _bind(
@@ -131,9 +132,8 @@ def _bind(
 ) -> int:
     """The port `server` listens on at host:port; OSError naming `--host` when that is not this machine's,
     or the port's flag when another process holds it."""
+    require_listenable(host, port, flag)
     address = f"{host}:{port}"
-    if problem := _why_not_listening(host, port, flag):
-        raise OSError(f"cannot listen on {address} {problem}")
     try:
         bound = (
             server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)

@@ -1,12 +1,13 @@
 """The web tier on uvicorn, on a socket bound up front so that port 0 gives a known free port."""
 
-import errno
 import logging
 import socket
 import threading
 import time
 
 import uvicorn
+
+from imagesearch.serving import require_listenable
 
 from .app import create_app
 from .config import WebConfig
@@ -17,13 +18,8 @@ log = logging.getLogger(__name__)
 class WebServer:
     def __init__(self, config: WebConfig) -> None:
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-        try:
-            self.socket = socket.create_server((config.host, config.port), family=family)
-        except OSError as error:
-            cannot = f"cannot listen on {config.host}:{config.port}"  # in the services' words
-            if error.errno == errno.EADDRINUSE:
-                raise OSError(f"{cannot} (--port): another process holds that port") from None
-            raise OSError(f"{cannot} (--host): {error.strerror}") from None
+        require_listenable(config.host, config.port, "--port")  # named as the services name it
+        self.socket = socket.create_server((config.host, config.port), family=family)
         port = self.socket.getsockname()[1]
         host = f"[{config.host}]" if family == socket.AF_INET6 else config.host
         self.url = f"http://{host}:{port}"
