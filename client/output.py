@@ -81,12 +81,12 @@ def progress_bar(enabled: bool) -> Iterator[Progress | None]:
     if not (enabled and sys.stderr.isatty()):
         yield None
         return
-    bars: list[tqdm[Never]] = []  # the bar, once drawn
+    bar: tqdm[Never] | None = None  # drawn at the first item
 
     def advance(item: IngestItem, summary: IngestSummary) -> None:
-        if not bars:
-            bars.append(tqdm(unit="img", dynamic_ncols=True, file=sys.stderr))
-        bar = bars[0]
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(unit="img", dynamic_ncols=True, file=sys.stderr)
         bar.total = summary.total
         # Drawn by update(), at most every tenth of a second: a redraw for every item cost the CLI 0.1 ms
         # each, a quarter of a core at 2,500 pictures a second.
@@ -96,5 +96,5 @@ def progress_bar(enabled: bool) -> Iterator[Progress | None]:
     try:
         yield advance
     finally:
-        for bar in bars:
+        if bar is not None:
             bar.close()
