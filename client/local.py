@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imagesearch.defaults import ENCODER_METRICS_PORT, ENCODER_PORT, SEARCH_METRICS_PORT, SEARCH_PORT
+from imagesearch.ports import require_listenable
 
 
 class StartFailed(Exception):
@@ -38,13 +39,10 @@ def chosen_port(port: int, flag: str) -> int:
     the questions that tell whether it started."""
     if port <= 0:
         return free_port() if port == 0 else port
-    with socket.socket() as probe:
-        # As the services bind (gRPC sets it): a port only a closed connection still waits on is free to them.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            raise StartFailed(f"port {port} is taken: another process listens there ({flag})") from None
+    try:
+        require_listenable("127.0.0.1", port, flag)
+    except OSError as error:
+        raise StartFailed(str(error)) from None
     return port
 
 

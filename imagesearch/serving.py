@@ -1,10 +1,8 @@
 """The lifecycle both services share: a gRPC server with health checking, reflection, and a graceful stop."""
 
-import errno
 import logging
 import math
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,6 +19,7 @@ from .auth import BearerTokenInterceptor, bearer_tokens
 from .errors import ServiceError, ServiceErrorInterceptor
 from .flags import require_at_most, require_ports, require_seconds, setting
 from .observability import ObservabilityInterceptor, serve_metrics
+from .ports import require_listenable
 from .tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -101,30 +100,6 @@ class _Health(health.HealthServicer):
         if request.service not in self.names:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no service named {request.service[:200]!r} here")
         return super().Watch(request, context, send_response_callback)
-
-
-def require_listenable(host: str, port: int, flag: str) -> None:
-    """OSError naming the flag to change (`--host`, or the port's `flag`) when nothing can listen on
-    host:port. Probed as gRPC and uvicorn bind (SO_REUSEADDR; some address of the host's will do), before
-    they try: gRPC's own failure is a raw line of its log ahead of ours, Python's names no flag."""
-    cannot = f"cannot listen on {host}:{port}"
-    try:
-        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
-    except socket.gaierror as error:
-        raise OSError(f"{cannot} (--host): {host!r} does not resolve ({error.strerror})") from None
-    taken = False
-    for family, kind, protocol, _, address in addresses:
-        try:
-            with socket.socket(family, kind, protocol) as probe:  # no IPv6 here: that family fails
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind(address)
-        except OSError as error:
-            taken = taken or error.errno == errno.EADDRINUSE
-            continue
-        return
-    if taken:
-        raise OSError(f"{cannot} ({flag}): another process holds that port")
-    raise OSError(f"{cannot} (--host): {host!r} is not an address of this machine")
 
 
 def _bind(

@@ -135,7 +135,8 @@ def test_up_on_a_taken_port_says_which_before_starting_anything(tiny_encoder, ti
             cwd=tmp_path,
         )
         assert done.returncode == 1 and "ready" not in done.stdout, done.stdout
-        assert f"imgsearch: port {held} is taken: another process listens there ({flag})" in done.stderr
+        taken = f"imgsearch: cannot listen on 127.0.0.1:{held} ({flag}): another process holds that port"
+        assert taken in done.stderr
 
 
 def test_a_port_only_a_closed_connection_waits_on_is_not_taken() -> None:

@@ -7,7 +7,7 @@ import time
 
 import uvicorn
 
-from imagesearch.serving import require_listenable
+from imagesearch.ports import require_listenable
 
 from .app import create_app
 from .config import WebConfig

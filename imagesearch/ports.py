@@ -1,0 +1,28 @@
+"""Whether a server can listen on a host and port, asked before it tries, so that a refusal names the flag."""
+
+import errno
+import socket
+
+
+def require_listenable(host: str, port: int, flag: str) -> None:
+    """OSError naming the flag to change (`--host`, or the port's `flag`) when nothing can listen on
+    host:port. Probed as gRPC and uvicorn bind (SO_REUSEADDR; some address of the host's will do), before
+    they try: gRPC's own failure is a raw line of its log ahead of ours, Python's names no flag."""
+    cannot = f"cannot listen on {host}:{port}"
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise OSError(f"{cannot} (--host): {host!r} does not resolve ({error.strerror})") from None
+    taken = False
+    for family, kind, protocol, _, address in addresses:
+        try:
+            with socket.socket(family, kind, protocol) as probe:  # no IPv6 here: that family fails
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        except OSError as error:
+            taken = taken or error.errno == errno.EADDRINUSE
+            continue
+        return
+    if taken:
+        raise OSError(f"{cannot} ({flag}): another process holds that port")
+    raise OSError(f"{cannot} (--host): {host!r} is not an address of this machine")
