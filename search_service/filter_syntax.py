@@ -1,6 +1,7 @@
-"""The filters that Milvus Lite 2.5.1 reads only in part, or that end its process and with it every call under
-way, found by fuzzing it: its parser never checks for syntax errors, walks what it half-parsed, and folds
-integer division without checking for zero. Each is refused, on every store alike:
+"""The filters that Milvus Lite 2.5.1 reads only in part or otherwise than a Milvus server, or that end its
+process and with it every call under way, most found by fuzzing it: its parser never checks for syntax errors,
+walks what it half-parsed, and folds integer division without checking for zero. Each is refused, on every
+store alike:
 
 - a syntax error: Lite reads the filter up to it and drops the rest, so a typo's delete deleted more
   (`uri like "%dogs%" AND ingested_at > 5` deleted every dog: `AND` is a field's name to Milvus, which takes
@@ -11,7 +12,10 @@ integer division without checking for zero. Each is refused, on every store alik
 - `/` and `%` but by a number other than 0, written out: a divisor of 0 (`ingested_at / 0 == 1`,
   `1 % (5 - 5) == 0`, `ingested_at / / 2`) ends the process;
 - a function not called with a field first and its number of arguments (`json_contains(metadata["tags"])`,
-  `array_length(1)`).
+  `array_length(1)`);
+- unbalanced brackets (Lite takes them), brackets nested over MAX_DEPTH deep, and over MAX_OPERATORS
+  `and`/`or`;
+- a `like` pattern that Lite would match otherwise than it means, or too slowly (like_patterns.py).
 
 The tokens and keywords are Milvus's own, in the cases its lexer takes (Plan.g4); a field and its JSON keys
 (`metadata["a"]`) are one token.
@@ -21,6 +25,13 @@ import re
 from dataclasses import dataclass
 
 from imagesearch.errors import invalid_argument
+
+from .like_patterns import check_like_pattern
+
+# Lite fails past about 50 `and`/`or`; a server parses for seconds past a few hundred.
+MAX_OPERATORS = 32
+# Lite's parser recurses: 50,000 nested brackets ended its process (10,000 did not).
+MAX_DEPTH = 100
 
 _TOKEN = re.compile(
     r"""(?P<string>(?:u8|u|U|L)?(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'))
@@ -49,6 +60,9 @@ _CALLS = {
 _FUNCTIONS = {written: name for name in _CALLS for written in (name, name.upper())}
 _KEYWORDS = _BINARY | _UNARY | _BOOLEANS | set(_FUNCTIONS)
 _LOWER_CASE_KEYWORDS = {"and", "or", "not", "in", "like", "exists"}
+_JOINING = {"and", "or", "&&", "||"}
+# What each closing bracket closes: a call's arguments are in round brackets.
+_CLOSES = {")": ("(", "call"), "]": ("[",)}
 # What may come just before the field on the left of an `in`: the start, or what begins a condition.
 _STARTS_A_CONDITION = {None, "(", "and", "or", "not", "&&", "||", "!"}
 
@@ -80,18 +94,22 @@ def _tokens(expression: str) -> list[_Token]:
 
 
 def check_syntax(expression: str) -> None:
-    """Refuses (INVALID_ARGUMENT, naming what it found) a filter that Milvus Lite would read only in part, or
-    not survive; its brackets are balanced."""
+    """Refuses (INVALID_ARGUMENT, naming what it found) a filter that Milvus Lite would read only in part or
+    otherwise than a server, or not survive."""
     tokens = _tokens(expression)
+    operators = 0
     for index, token in enumerate(tokens):
         following = tokens[index + 1] if index + 1 < len(tokens) else None
-        if token.text in ("like", "LIKE") and (following is None or following.kind != "string"):
-            after = expression[token.end :].strip()
-            shown = f"like {after[:40]}" if after else "like with nothing after it"
-            raise invalid_argument(
-                f"filter has {shown}: like takes a pattern in quotes right after it, such as "
-                'uri like "%/dogs/%" (a {name} placeholder there must be given text)'
-            )
+        operators += token.text in _JOINING
+        if token.text in ("like", "LIKE"):
+            if following is None or following.kind != "string":
+                after = expression[token.end :].strip()
+                shown = f"like {after[:40]}" if after else "like with nothing after it"
+                raise invalid_argument(
+                    f"filter has {shown}: like takes a pattern in quotes right after it, such as "
+                    'uri like "%/dogs/%" (a {name} placeholder there must be given text)'
+                )
+            check_like_pattern(following.text)
         if token.text == "in":
             _check_in(tokens, index, expression)
         if token.text in ("/", "%") and not (following is not None and _nonzero_number(following)):
@@ -102,7 +120,12 @@ def check_syntax(expression: str) -> None:
             )
         if token.function:
             _check_call(tokens, index, token.function)
-    _check_alternation(tokens)
+    if operators > MAX_OPERATORS:
+        raise invalid_argument(
+            f"filter has {operators} and/or operators, over the limit of {MAX_OPERATORS}: compare with a "
+            "list instead (`uri in {uris}`)"
+        )
+    _check_alternation(tokens, expression)
 
 
 def _check_in(tokens: list[_Token], index: int, expression: str) -> None:
@@ -150,8 +173,9 @@ def _check_call(tokens: list[_Token], index: int, name: str) -> None:
         raise invalid_argument(f"filter has {written}(…) with other arguments than {usage}")
 
 
-def _check_alternation(tokens: list[_Token]) -> None:
-    """Values and operators alternate, and commas part only a list's items or a call's arguments."""
+def _check_alternation(tokens: list[_Token], expression: str) -> None:
+    """Values and operators alternate, brackets balance and nest at most MAX_DEPTH deep, and commas part only
+    a list's items or a call's arguments."""
     expecting_value, open_brackets = True, []  # each "(", "[" or "call" still open
     previous: _Token | None = None
     for index, token in enumerate(tokens):
@@ -161,14 +185,16 @@ def _check_alternation(tokens: list[_Token]) -> None:
                 expecting_value = False
             elif text in ("(", "["):
                 open_brackets.append("call" if previous is not None and previous.function else text)
+                if len(open_brackets) > MAX_DEPTH:
+                    raise invalid_argument(f"filter nests brackets over {MAX_DEPTH} deep")
             elif text == "]" and previous is not None and previous.text in ("[", ","):  # [] and [1, 2,]
-                open_brackets.pop()
+                _close(open_brackets, text, expression)
                 expecting_value = False
             elif not (text in _UNARY or token.function):
                 where = f"after {previous.text!r}" if previous else "at its start"
                 raise invalid_argument(f"filter has {text!r} {where}, where a value belongs")
-        elif text in (")", "]"):
-            open_brackets.pop()
+        elif text in _CLOSES:
+            _close(open_brackets, text, expression)
         elif text in _BINARY or (
             text == "not" and index + 1 < len(tokens) and tokens[index + 1].text == "in"
         ):
@@ -179,8 +205,17 @@ def _check_alternation(tokens: list[_Token]) -> None:
             assert previous is not None  # a value came before: an operator is expected only after one
             raise invalid_argument(_unjoined(previous, token))
         previous = token
+    if open_brackets:
+        unclosed = "(" if open_brackets[-1] == "call" else open_brackets[-1]
+        raise invalid_argument(f"filter has an unclosed {unclosed!r}: {expression!r}")
     if previous is not None and expecting_value:
         raise invalid_argument(f"filter ends with {previous.text!r}, where a value should follow")
+
+
+def _close(open_brackets: list[str], closing: str, expression: str) -> None:
+    """Closes the innermost open bracket with `closing`, or refuses a `closing` that does not match it."""
+    if not open_brackets or open_brackets.pop() not in _CLOSES[closing]:
+        raise invalid_argument(f"filter has an unmatched {closing!r}: {expression!r}")
 
 
 def _unjoined(previous: _Token, token: _Token) -> str:

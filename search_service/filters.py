@@ -5,14 +5,8 @@ value itself, for Lite and servers alike. A rendered string literal escapes `\\`
 characters with meaning inside one; line breaks cannot be expressed in a Milvus string at all and are refused.
 A placeholder is only recognised outside string literals, so `uri like "{x}%"` keeps its braces.
 
-What Milvus would evaluate differently on Lite and on a server, or not survive, is refused here: unbalanced
-parentheses (Lite accepts them), an empty list or a list of mixed types (Lite fails while running it), more
-than MAX_OPERATORS `and`/`or` (Lite fails past about 50, a server parses for seconds past a few hundred), a
-`like` pattern of wildcards alone (Lite matches nothing with `%`), the `like` patterns Lite reads as an
-equality or a prefix but wrongly: with an escape (it compares the text with its backslashes), or ending in
-`_` (it reads that `_` as `%`), more than MAX_WILDCARDS wildcards in one pattern (slow to match), brackets
-nested over MAX_DEPTH deep and a filter over MAX_FILTER_CHARS. What
-would end the Milvus Lite process is refused too (filter_syntax.py).
+What Milvus Lite would read otherwise than a Milvus server, read only in part, or not survive is refused by
+`check_syntax` (filter_syntax.py), on the filter with its parameters filled in.
 """
 
 import math
@@ -24,20 +18,10 @@ from imagesearch.v1 import search_pb2
 
 from .filter_syntax import check_syntax
 
-MAX_OPERATORS = 32
-# Milvus Lite matches a pattern's wildcards by backtracking: a pattern of a million `%a` took 2.2 s of its one
-# process, holding up every other call.
-MAX_WILDCARDS = 32
-# Lite's parser recurses: 50,000 nested brackets ended its process (10,000 did not). And checking a filter
-# costs the service about 2.5 s of CPU a megabyte: a list of 10,000 paths is about 0.5 MB.
-MAX_DEPTH = 100
+# Checking a filter costs the service about 2.5 s of CPU a megabyte: a list of 10,000 paths is about 0.5 MB.
 MAX_FILTER_CHARS = 1 << 20
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_OPERATOR = re.compile(r"&&|\|\||\b(?:and|or)\b", re.IGNORECASE)
-_ENDS_WITH_LIKE = re.compile(r"\blike\s*$", re.IGNORECASE)
-_WILDCARDS_ONLY = re.compile(r"([\"'])[%_]+\1")
 _QUOTE = re.compile(r"[\"']")
-_CLOSING = {")": "(", "]": "["}
 # A list holds values of one type: numbers may mix, other kinds may not.
 _TYPE_OF_KIND = {
     "string_value": "text",
@@ -152,72 +136,6 @@ def _substitute(expression: str, params: dict[str, search_pb2.FilterValue]) -> s
     return "".join(pieces)
 
 
-def _like_pattern(literal: str) -> str:
-    """The pattern a `like` string literal holds: Milvus removes the literal's own escapes first."""
-    return re.sub(r"\\(.)", r"\1", literal[1:-1], flags=re.DOTALL)
-
-
-def _misread_by_lite(literal: str) -> str:
-    """Why Milvus Lite 2.5.1 would match the `like` pattern in `literal` otherwise than it means, or "".
-
-    Lite drops the pattern's trailing run of `%` and `_`; when what is left holds no wildcard, it compares
-    that text as written (escapes included) for equality, or as a prefix if it dropped anything."""
-    pattern = _like_pattern(literal)
-    end = len(pattern)
-    while end and pattern[end - 1] in "%_" and pattern[end - 2 : end - 1] != "\\":
-        end -= 1
-    if re.search(r"(?<!\\)[%_]", pattern[:end]):
-        return ""  # a wildcard inside: Lite matches the whole pattern as it should
-    if "\\" in pattern[:end]:
-        return (
-            "which Milvus Lite compares as it is written, escapes included, and so misses what it should "
-            "match: compare with == for a whole value, or write _ (any one character) for each escaped "
-            "character"
-        )
-    if "_" in pattern[end:]:
-        return "whose trailing _ Milvus Lite reads as % (any number of characters, not one)"
-    return ""
-
-
-def _check_structure(expression: str) -> None:
-    """Refuses what Milvus Lite and a Milvus server would evaluate differently, or not survive."""
-    open_brackets: list[str] = []
-    operators = 0
-    follows_like = False
-    for _, text, literal in _pieces(expression):
-        if literal:
-            if follows_like and _WILDCARDS_ONLY.fullmatch(text):
-                raise invalid_argument(
-                    f"filter has the pattern like {text}, which matches every value (and none on Milvus "
-                    "Lite): leave out the condition"
-                )
-            if follows_like and (misread := _misread_by_lite(text)):
-                raise invalid_argument(f"filter has the pattern like {text}, {misread}")
-            wildcards = len(re.findall(r"(?<!\\)[%_]", _like_pattern(text))) if follows_like else 0
-            if wildcards > MAX_WILDCARDS:
-                raise invalid_argument(
-                    f"filter has a like pattern of {wildcards} wildcards, over the limit of {MAX_WILDCARDS}"
-                )
-            follows_like = False
-            continue
-        operators += len(_OPERATOR.findall(text))
-        follows_like = bool(_ENDS_WITH_LIKE.search(text))
-        for char in text:
-            if char in "([":
-                open_brackets.append(char)
-                if len(open_brackets) > MAX_DEPTH:
-                    raise invalid_argument(f"filter nests brackets over {MAX_DEPTH} deep")
-            elif char in _CLOSING and (not open_brackets or open_brackets.pop() != _CLOSING[char]):
-                raise invalid_argument(f"filter has an unmatched {char!r}: {expression!r}")
-    if open_brackets:
-        raise invalid_argument(f"filter has an unclosed {open_brackets[-1]!r}: {expression!r}")
-    if operators > MAX_OPERATORS:
-        raise invalid_argument(
-            f"filter has {operators} and/or operators, over the limit of {MAX_OPERATORS}: compare with a "
-            "list instead (`uri in {uris}`)"
-        )
-
-
 def _check_length(expression: str) -> None:
     if len(expression) > MAX_FILTER_CHARS:
         raise invalid_argument(
@@ -231,6 +149,5 @@ def render_filter(expression: str, params: dict[str, search_pb2.FilterValue]) ->
     _check_length(expression)
     rendered = _substitute(expression, params)
     _check_length(rendered)  # its parameters filled in
-    _check_structure(rendered)
     check_syntax(rendered)
     return rendered

@@ -6,7 +6,9 @@ import pytest
 
 from imagesearch.errors import ServiceError
 from imagesearch.v1.search_pb2 import FilterValue, FilterValueList
-from search_service.filters import MAX_DEPTH, MAX_FILTER_CHARS, MAX_OPERATORS, MAX_WILDCARDS, render_filter
+from search_service.filter_syntax import MAX_DEPTH, MAX_OPERATORS
+from search_service.filters import MAX_FILTER_CHARS, render_filter
+from search_service.like_patterns import MAX_WILDCARDS
 
 
 def text(value: str) -> FilterValue:
