@@ -1,7 +1,9 @@
 """Metadata as stored: one JSON object per picture, whose values keep their type.
 
 An IngestRequest brings text values (`metadata`) and typed ones (`typed_metadata`); a Record gives every
-value back both ways: as text, and with its type.
+value back both ways: as text, and with its type. A typed value is a scalar or a list of scalars, as the SDK
+sends them: a list nested 49 deep was stored, and then every search that found it failed, since the answer
+nested past what protobuf reads.
 """
 
 import json
@@ -16,10 +18,14 @@ class BadMetadata(ValueError):
     """Metadata that cannot be stored; the message names the key."""
 
 
-def _plain(key: str, value: search_pb2.FilterValue) -> Any:
+def _plain(key: str, value: search_pb2.FilterValue, in_list: bool = False) -> Any:
     kind = value.WhichOneof("kind")
     if kind == "list_value":
-        return [_plain(key, item) for item in value.list_value.values]
+        if in_list:
+            raise BadMetadata(
+                f"typed_metadata[{key!r}] holds a list inside a list: a value is a scalar or a list of them"
+            )
+        return [_plain(key, item, in_list=True) for item in value.list_value.values]
     if kind is None:
         raise BadMetadata(f"typed_metadata[{key!r}] has no value")
     if kind == "float_value" and not math.isfinite(value.float_value):
@@ -45,8 +51,9 @@ def _typed(value: Any) -> search_pb2.FilterValue:
         return search_pb2.FilterValue(int_value=value)
     if isinstance(value, float):
         return search_pb2.FilterValue(float_value=value)
-    if isinstance(value, list):
+    if isinstance(value, list) and not any(isinstance(item, list | dict) for item in value):
         return search_pb2.FilterValue(list_value=search_pb2.FilterValueList(values=map(_typed, value)))
+    # Anything deeper (stored before lists of lists were refused, or by another writer) goes as its JSON text.
     return search_pb2.FilterValue(string_value=value if isinstance(value, str) else json.dumps(value))
 
 

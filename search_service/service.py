@@ -25,6 +25,7 @@ from .thumbnails import Thumbnails
 DEFAULT_TOP_K = 10
 Item = TypeVar("Item", search_pb2.Hit, search_pb2.Record)
 EXTRA_OUTPUT_FIELDS = {"vector", "ingested_at", "model"}
+ALWAYS_RETURNED = ("id", "uri", "metadata")  # may be named in output_fields too
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # Room in an answer for what comes beside its hits or records: the model's name, each item's framing.
 _ANSWER_ENVELOPE_BYTES = 64 * 1024
@@ -60,12 +61,13 @@ def _within_limit(items: list[Item], limit: int, asked: str) -> list[Item]:
 
 
 def _output_fields(requested: list[str]) -> list[str]:
-    unknown = sorted(set(requested) - EXTRA_OUTPUT_FIELDS)
+    unknown = sorted(set(requested) - EXTRA_OUTPUT_FIELDS - set(ALWAYS_RETURNED))
     if unknown:
         raise invalid_argument(
-            f"output_fields {unknown} are not fields; choose from {sorted(EXTRA_OUTPUT_FIELDS)}"
+            f"output_fields {unknown} are not fields; choose from {sorted(EXTRA_OUTPUT_FIELDS)} "
+            f"({', '.join(ALWAYS_RETURNED)} always come)"
         )
-    return ["id", "uri", "metadata", *sorted(set(requested))]
+    return [*ALWAYS_RETURNED, *sorted(set(requested) & EXTRA_OUTPUT_FIELDS)]
 
 
 def _checked_id(image_id: str, name: str) -> str:

@@ -27,6 +27,7 @@ from imagesearch.errors import ServiceError
 from imagesearch.v1 import search_pb2
 from search_service.config import SearchConfig
 from search_service.filters import render_filter, render_value
+from search_service.metadata import record_metadata
 from search_service.server import SearchServer
 
 STORED, PRESENT, FAILED = search_pb2.OUTCOME_STORED, search_pb2.OUTCOME_PRESENT, search_pb2.OUTCOME_FAILED
@@ -202,6 +203,41 @@ def test_an_empty_metadata_key_fails_its_item(stub, collection) -> None:
     ] * 2
 
 
+def test_a_list_inside_a_list_fails_its_item_and_every_search_still_reads(stub, collection) -> None:
+    """A list nested 49 deep was stored, and then every search that found it failed: its answer nested past
+    the 100 levels protobuf reads."""
+    tags = search_pb2.FilterValue(
+        list_value=search_pb2.FilterValueList(values=[search_pb2.FilterValue(string_value="dog")])
+    )
+    nested = search_pb2.FilterValue(list_value=search_pb2.FilterValueList(values=[tags]))
+    sent = [
+        search_pb2.IngestRequest(
+            collection=collection, image=picture(16), uri="a.png", typed_metadata={"deep": nested}
+        ),
+        search_pb2.IngestRequest(
+            collection=collection, image=picture(17), uri="b.png", typed_metadata={"tags": tags}
+        ),
+    ]
+    results = list(stub.Ingest(iter(sent)))
+    assert [(r.outcome, r.error) for r in results] == [
+        (FAILED, "typed_metadata['deep'] holds a list inside a list: a value is a scalar or a list of them"),
+        (STORED, ""),
+    ]
+    found = stub.SearchText(search_pb2.SearchTextRequest(text="a", options=options(collection)))
+    assert [(hit.record.uri, list(hit.record.typed_metadata)) for hit in found.hits] == [("b.png", ["tags"])]
+
+
+def test_a_stored_value_deeper_than_a_list_of_scalars_is_answered_as_its_json() -> None:
+    """As another writer (or an earlier version) may have stored it: typed, it would nest without bound."""
+    text, typed = record_metadata({"deep": [[[1]], 2], "tags": ["dog", 3]})
+    assert text == {"deep": "[[[1]], 2]", "tags": '["dog", 3]'}
+    assert typed["deep"] == search_pb2.FilterValue(string_value="[[[1]], 2]")
+    assert [value.WhichOneof("kind") for value in typed["tags"].list_value.values] == [
+        "string_value",
+        "int_value",
+    ]
+
+
 def test_an_answer_over_the_message_limit_is_refused_saying_how_many_fit(tiny_encoder, tmp_path) -> None:
     """gRPC failed it with its own RESOURCE_EXHAUSTED ("Sent message larger than max"), naming nothing to
     change: top_k hits or ids with metadata near its 64 KiB limit (carried twice, as text and typed)."""
@@ -364,6 +400,17 @@ def test_filter_params_cannot_inject_expression_text(stub, collection) -> None:
         "quoted"
     }
     assert len(stub.SearchText(tag_filter(collection, "plain")).hits) == 3
+
+
+def test_output_fields_may_name_what_always_comes(stub, collection) -> None:
+    """id, uri and metadata come with every hit and record: naming them was refused as "not fields"."""
+    ingest(stub, folder(1), collection=collection, metadata={"tag": "a"})
+    asked = options(collection, output_fields=["uri", "metadata", "id", "model"])
+    record = stub.SearchText(search_pb2.SearchTextRequest(text="a", options=asked)).hits[0].record
+    assert (record.uri, record.metadata["tag"], len(record.vector)) == ("pics/0.png", "a", 0)
+    assert record.model and record.id
+    got = stub.Get(search_pb2.GetRequest(collection=collection, ids=[record.id], output_fields=["uri"]))
+    assert [record.uri for record in got.records] == ["pics/0.png"]
 
 
 def test_bad_requests_get_invalid_argument_naming_the_problem(stub, collection) -> None:
