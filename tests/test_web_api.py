@@ -136,11 +136,17 @@ def test_text_search_finds_the_described_pictures(demo) -> None:
 
 
 def test_a_picture_upload_finds_itself_first(demo) -> None:
+    """Also as `curl --data-binary @photo.jpg` (the README's command) sends it, labelled as a urlencoded form:
+    it was refused with 415, whose words advised that same command."""
     name = picture_of(demo, "blue square")
     picture = (demo.pictures / name).read_bytes()
-    body = request(demo.url, "POST", "/api/search?top_k=3", picture).json()
-    assert body["hits"][0]["id"] == hashlib.sha256(picture).hexdigest()
-    assert body["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    for content_type in ("image/png", "application/x-www-form-urlencoded"):
+        answer = request(
+            demo.url, "POST", "/api/search?top_k=3", picture, headers={"Content-Type": content_type}
+        )
+        assert answer.status == 200, (content_type, answer.json())
+        assert answer.json()["hits"][0]["id"] == hashlib.sha256(picture).hexdigest()
+        assert answer.json()["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_uploads_are_limited_and_checked_like_any_picture(demo) -> None:
@@ -323,6 +329,17 @@ def test_a_malformed_search_is_400_naming_its_parameter_even_with_the_service_un
     assert answers[0].json()["error"] == "top_k = 'ten' is not an integer"
     assert answers[1].json()["error"] == "top_k = '' is not an integer"
     assert answers[2].json()["error"].startswith("nothing to search for")
+
+
+def test_a_parameter_that_is_not_utf8_text_is_400_naming_it() -> None:
+    """Starlette put U+FFFD in place of each bad byte: `q=%FF%FE` searched for that, and found hits."""
+    with running_web(f"127.0.0.1:{free_port()}", timeout_s=5.0) as url:
+        bad = request(url, "GET", "/api/search?top_k=1&q=%FF%FE")
+        bad_name = request(url, "GET", "/api/search?q=a&%E9=1")
+        good = request(url, "GET", "/api/search?q=caf%C3%A9+%E6%97%A5")  # then the unreachable service: 503
+    assert (bad.status, bad.json()["error"]) == (400, "q is not UTF-8 text: percent-encode its UTF-8 bytes")
+    assert bad_name.json()["error"] == "\\xe9 is not UTF-8 text: percent-encode its UTF-8 bytes"
+    assert good.status == 503
 
 
 def test_a_whole_number_is_ascii_digits_only() -> None:

@@ -23,6 +23,7 @@ from test_web_api import running_web
 
 from client import SearchClient
 from client.local import free_port
+from client.output import shown as shown_by_the_cli
 from demo.run import COLLECTION, DEMO_SEED, SMALL_CLIP
 from encoder_service.images import ImageLimits, ImageRejected, open_checked
 from imagesearch.errors import ServiceError
@@ -571,6 +572,24 @@ def test_refusals_with_no_picture_to_name_and_the_encoders_own_are_in_the_users_
             assert page.evaluate("([error]) => refusalWords(error, null)", [error]) == words, error
 
 
+def test_a_stored_name_shows_its_invisible_characters_escaped_as_the_cli_shows_them(
+    site: str, page: Page
+) -> None:
+    """A right-to-left override in a file name showed "\u202egnp.evil.png" as "gnp.live.png"."""
+    page.goto(site)
+    disguised = "\u202egnp.evil.png"
+    hit = {"id": "a" * 64, "score": 0.5, "name": disguised, "uri": f"/p/{disguised}", "metadata": {}}
+    page.evaluate("([hit]) => renderHits([{ ...hit, thumbnail: `/thumbnails/${hit.id}` }], false, 24)", [hit])
+    name = page.locator(".hit .name")
+    expect(name).to_have_text(shown_by_the_cli(disguised))
+    expect(name).to_have_attribute("title", shown_by_the_cli(f"/p/{disguised}"))
+    expect(page.locator(".hit .like")).to_have_attribute(
+        "aria-label", f"More like {shown_by_the_cli(disguised)}"
+    )
+    tricky = "a b\tc\nd\re\x07f\x7fg\xa0h\xadi\u200bj\u2028k\u2066l\U000e0001m\U0010fffdn é 日本 🐕"
+    assert page.evaluate("([text]) => visible(text)", [tricky]) == shown_by_the_cli(tricky)
+
+
 def test_moving_the_slider_by_keyboard_searches_once_it_settles(site: str, page: Page) -> None:
     """The page's clock stands still while the keys are pressed: a busy machine's pause between two presses
     must not pass for the slider settling."""
@@ -596,6 +615,21 @@ def test_moving_the_slider_by_keyboard_searches_once_it_settles(site: str, page:
     expect(page).to_have_url(re.compile(r"\?q=a\+yellow\+star$"))
     expect(page.get_by_label("Minimum score")).to_have_value("0")
     expect(page.locator("#status")).not_to_contain_text("scoring at least")
+
+
+def test_a_search_before_the_slider_settles_takes_the_score_it_shows(site: str, page: Page) -> None:
+    """Enter pressed within SLIDER_SETTLE_MS of moving the slider searched without the minimum score it
+    showed."""
+    page.clock.install()
+    page.goto(site)
+    search_for(page, "a yellow star")
+    page.clock.pause_at(page.evaluate("Date.now()") + 1)
+    page.get_by_label("Minimum score").fill("0.3")
+    search_for(page, "a blue square")
+    page.clock.resume()
+    expect(page.locator("#status")).to_contain_text("scoring at least 0.30")
+    assert url_query(page) == {"q": ["a blue square"], "min_score": ["0.30"]}
+    expect(page.locator("#min-score-value")).to_have_text("0.30")
 
 
 @contextmanager

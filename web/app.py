@@ -59,14 +59,15 @@ def hit_json(hit: Hit) -> dict[str, object]:
 
 
 # An upload as an HTML form or `curl -F` sends it: the picture inside a form, which the encoder read as an
-# unknown image format.
-FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+# unknown image format. A urlencoded "form" is taken as it is: `curl --data-binary @photo.jpg` labels a
+# picture's bytes so.
+MULTIPART_FORM = "multipart/form-data"
 
 
 async def read_picture(request: Request, limit: int) -> bytes:
     """The request's body, refused with 413 as soon as it is known to be over `limit` bytes, and with 415 when
-    it is a form."""
-    if request.headers.get("content-type", "").lower().startswith(FORMS):
+    it is a multipart form."""
+    if request.headers.get("content-type", "").lower().startswith(MULTIPART_FORM):
         raise ApiError(
             415,
             "the picture was sent inside a form: POST its bytes as the whole request body "
@@ -178,7 +179,7 @@ class SearchPage:
 
     async def _search(self, request: Request, picture: bytes | None) -> Response:
         # A malformed query is 400 before the service is asked anything (its limits included).
-        query = parse_query(request.query_params, picture)
+        query = parse_query(request.scope["query_string"], picture)
         async with self.client() as client:
             top_k = await self.page_size(client) if query.top_k is None else query.top_k
             started = time.perf_counter()

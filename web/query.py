@@ -6,8 +6,8 @@
     picture_weight=W       the weight of the picture POSTed as the request's body (default 1)
     top_k=N  offset=N  min_score=S
 
-Values are only ever parts of a gRPC request: the search service checks them (ranges, ids, weights) and
-its refusal comes back as a 400 that names the item.
+Names and values are UTF-8 text, percent-encoded. Values are only ever parts of a gRPC request: the search
+service checks them (ranges, ids, weights) and its refusal comes back as a 400 that names the item.
 """
 
 import re
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import parse_qsl
 
 from starlette.datastructures import QueryParams
 
@@ -56,7 +57,21 @@ def _weighted_part(spec: str, index: int) -> QueryPart:
     return QueryPart(**{kind: value}, weight=_number(weight, f"part[{index}] weight", float))
 
 
-def parse_query(params: QueryParams, picture: bytes | None) -> SearchQuery:
+def _utf8_params(query_string: bytes) -> QueryParams:
+    """The parameters of a raw query string; 400 naming the first that is not UTF-8 text (Starlette's own
+    parsing puts U+FFFD in place of each bad byte, and `q=%FF` searched for that)."""
+    pairs = []
+    for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True, encoding="latin-1"):
+        try:
+            pairs.append((name.encode("latin-1").decode(), value.encode("latin-1").decode()))
+        except UnicodeDecodeError:
+            shown = name.encode("latin-1").decode(errors="backslashreplace")
+            raise ApiError(400, f"{shown} is not UTF-8 text: percent-encode its UTF-8 bytes") from None
+    return QueryParams(pairs)
+
+
+def parse_query(query_string: bytes, picture: bytes | None) -> SearchQuery:
+    params = _utf8_params(query_string)
     parts = [
         *(QueryPart(text=text) for text in params.getlist("q")),
         *(QueryPart(id=image_id) for image_id in params.getlist("like")),

@@ -13,6 +13,7 @@ let query = { parts: [], minScore: "" };
 let shown = 0;
 let latest = 0; // the newest request; answers to older ones are dropped
 let sliderSettling = 0; // the timer that searches with the minimum score once the slider stops moving
+let settlingMinScore = null; // the value the slider was moved to, until a search takes it
 const pictures = new Map();
 
 // ---- URL <-> query ----------------------------------------------------------------------------------------
@@ -155,6 +156,8 @@ function searchByPicture(file) {
 // ---- searching ----------------------------------------------------------------------------------------------
 
 function navigate(next) {
+  // A search started before the slider settled takes the value it shows (it searched without it).
+  if (settlingMinScore !== null) next = { ...next, minScore: settlingMinScore };
   const params = toParams(next);
   // The same query again (Enter twice) searches again, but is not a second history entry.
   const same = params.toString() === new URLSearchParams(location.search).toString();
@@ -164,6 +167,7 @@ function navigate(next) {
 
 function show(next) {
   clearTimeout(sliderSettling); // a newer query wins over a slider move that has not settled
+  settlingMinScore = null;
   query = next;
   forgetOtherPictures();
   const single = query.parts.length === 1 && query.parts[0].kind === "text";
@@ -379,6 +383,20 @@ function refusalWords(error, picture) {
   return message ? `The search was refused: ${message}` : "The search was refused.";
 }
 
+const NAMED_ESCAPES = { "\t": "\\t", "\n": "\\n", "\r": "\\r" };
+
+// A stored name as the command line shows it: control and invisible characters escaped (\u202e, say, the
+// right-to-left override that shows "gnp.evil.png" as "gnp.live.png").
+function visible(text) {
+  return text.replace(/[\p{C}\p{Z}]/gu, (char) => {
+    if (char === " ") return char;
+    if (char in NAMED_ESCAPES) return NAMED_ESCAPES[char];
+    const code = char.codePointAt(0);
+    const [prefix, digits] = code < 0x100 ? ["\\x", 2] : code < 0x10000 ? ["\\u", 4] : ["\\U", 8];
+    return prefix + code.toString(16).padStart(digits, "0");
+  });
+}
+
 // "12.3 MB", "195.3 KB"
 function size(bytes) {
   const [amount, unit] = bytes < 1024 * 1024 ? [bytes / 1024, "KB"] : [bytes / (1024 * 1024), "MB"];
@@ -392,7 +410,8 @@ function renderHits(hits, append, pageSize) {
   if (!append) clearHits();
   $("message").textContent = "";
   const template = $("hit-template").content.firstElementChild;
-  for (const hit of hits) {
+  for (const stored of hits) {
+    const hit = { ...stored, name: visible(stored.name), uri: visible(stored.uri) };
     const card = template.cloneNode(true);
     card.dataset.id = hit.id;
     const image = card.querySelector(".thumb");
@@ -573,9 +592,9 @@ $("min-score").addEventListener("input", (event) => {
 $("min-score").addEventListener("change", (event) => {
   clearTimeout(sliderSettling);
   const value = Number(event.target.value);
-  const minScore = value > 0 ? value.toFixed(2) : "";
+  settlingMinScore = value > 0 ? value.toFixed(2) : "";
   sliderSettling = setTimeout(() => {
-    if (minScore !== query.minScore) navigate({ ...query, minScore });
+    if (settlingMinScore !== query.minScore) navigate(query);
   }, SLIDER_SETTLE_MS);
 });
 $("more").addEventListener("click", () => search(true));
