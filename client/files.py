@@ -42,6 +42,7 @@ class Found:
 
     path: Path
     failure: str = ""
+    named: bool = False  # named itself, not found in a folder: the user says it is a picture
 
 
 def looks_like_image(head: bytes) -> bool:
@@ -71,9 +72,10 @@ def _kind(mode: int) -> str:
 
 
 def walk(paths: str | Path | Iterable[str | Path], recursive: bool = True) -> Iterator[Found]:
-    """Every entry under `paths` (one path, or several), folders in sorted order; a path that does not exist
-    is refused (ImageSearchError, INVALID_ARGUMENT) before anything is found. Links to files are read; links
-    to folders are not followed (no loops) but reported, like every entry that cannot be read."""
+    """Every entry under `paths` (one path, or several), once however often they name it, folders in sorted
+    order; a path that does not exist is refused (ImageSearchError, INVALID_ARGUMENT) before anything is
+    found. Links to files are read; links to folders are not followed (no loops) but reported, like every
+    entry that cannot be read."""
     named = [Path(path) for path in ([paths] if isinstance(paths, str | Path) else paths)]
     for path in named:
         try:
@@ -82,11 +84,14 @@ def walk(paths: str | Path | Iterable[str | Path], recursive: bool = True) -> It
             raise refused(f"no such file or folder: {path}") from None
         except OSError:  # there, but not to be looked at (a folder above it is closed): its item says why
             pass
+    seen: set[str] = set()
     for path in named:
-        if os.path.isdir(path):  # False when it cannot be looked at: then its item says why
-            yield from _walk_folder(path, recursive)
-        else:
-            yield _classify(path)
+        # isdir is False when it cannot be looked at: then its item says why.
+        entries = _walk_folder(path, recursive) if os.path.isdir(path) else [_classify(path, named=True)]
+        for found in entries:
+            if (where := os.path.abspath(found.path)) not in seen:
+                seen.add(where)
+                yield found
 
 
 def _walk_folder(folder: Path, recursive: bool) -> Iterator[Found]:
@@ -107,17 +112,17 @@ def _walk_folder(folder: Path, recursive: bool) -> Iterator[Found]:
             yield _classify(path)
 
 
-def _classify(path: Path) -> Found:
+def _classify(path: Path, named: bool = False) -> Found:
     try:
         mode = path.stat().st_mode
     except OSError as error:
         reason = error.strerror
         if os.path.islink(path):
             reason = "a loop of links" if error.errno == errno.ELOOP else "a broken link"
-        return Found(path, failure=f"cannot read: {reason}")
+        return Found(path, f"cannot read: {reason}", named)
     if stat.S_ISREG(mode):
-        return Found(path)
-    return Found(path, failure=f"not a regular file ({_kind(mode)})")
+        return Found(path, "", named)
+    return Found(path, f"not a regular file ({_kind(mode)})", named)
 
 
 def read_picture(path: str | Path, max_bytes: int) -> bytes:

@@ -1,5 +1,6 @@
 """Contact sheets of search hits, like the Milvus tutorial's: thumbnails in rows of 5, each labelled."""
 
+import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,17 +21,27 @@ MARGIN = 8
 MISSING = (200, 200, 200)  # the grey of a tile whose picture cannot be read here
 
 
-def _tile(uri: str) -> Image.Image | None:
-    """The picture at `uri`, fitted to a tile; None when no file there can be read as a picture.
+def _tile(hit: Hit) -> Image.Image | None:
+    """The picture at the hit's URI, fitted to a tile; None when no file there can be read as a picture.
 
-    Only regular files are read (a named pipe would block the grid), and no larger than the message that
-    ingested them could have been."""
-    for path in named_files(uri):
+    A URI may name two files (`named_files`): the one holding the very picture ingested (its sha256 is the
+    hit's id) is drawn. Only regular files are read (a named pipe would block the grid), and no larger than
+    the message that ingested them could have been."""
+    found: list[bytes] = []
+    for path in named_files(hit.uri):
         try:
-            data = read_picture(path, MAX_MESSAGE_BYTES)  # Unreadable: gone, not a regular file, too large
+            data = read_picture(path, MAX_MESSAGE_BYTES)
+        except Unreadable:  # gone, not a regular file, too large
+            continue
+        if hashlib.sha256(data).hexdigest() == hit.id:
+            found = [data]
+            break
+        found.append(data)
+    for data in found:
+        try:
             # Decoded as the services decode it: the picture may have changed since it was ingested.
             return ImageOps.pad(fitted(data, TILE, MAX_IMAGE_PIXELS), TILE, color="white")
-        except (Unreadable, UnreadablePicture):
+        except UnreadablePicture:
             continue
     return None
 
@@ -52,7 +63,7 @@ def write_grid(hits: Sequence[Hit], out: str | Path, title: str = "") -> Path:
         column, row = (rank - 1) % COLUMNS, (rank - 1) // COLUMNS
         x = MARGIN + column * (TILE[0] + MARGIN)
         y = header + MARGIN + row * (TILE[1] + LABEL_HEIGHT + MARGIN)
-        tile = _tile(hit.uri)
+        tile = _tile(hit)
         if tile is None:
             missing += 1
             tile = Image.new("RGB", TILE, MISSING)

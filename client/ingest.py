@@ -16,7 +16,7 @@ from imagesearch.v1 import search_pb2
 
 from . import messages
 from .files import HEAD_BYTES, Found, Unreadable, looks_like_image, read_picture, uri_of, walk
-from .models import IngestItem, IngestSummary, Limits, MetadataValue
+from .models import IngestItem, IngestSummary, Limits, MetadataValue, Outcome
 
 Progress = Callable[[IngestItem, IngestSummary], None]
 # The asyncio client's: a plain callback, or an `async def` one, which it awaits.
@@ -68,7 +68,10 @@ class Ingestion:
         except Unreadable as problem:
             return IngestItem(uri, "", "failed", str(problem))
         if not looks_like_image(image[:HEAD_BYTES]):
-            return IngestItem(uri, "", "skipped", "not a picture (by its content)")
+            # A file named itself, not found among others in a folder, was said to be a picture.
+            outcome: Outcome = "failed" if found.named else "skipped"
+            reason = "not a picture (by its content)" if image else "an empty file"
+            return IngestItem(uri, "", outcome, reason)
         return messages.ingest_request(self._collection, image, uri, self._strings, self._typed)
 
     def _sent(self) -> None:

@@ -384,12 +384,14 @@ def assert_tiles(sheet: Image.Image, count: int) -> None:
 
 
 def test_a_grid_shows_a_picture_whose_file_name_is_not_utf8(services, tmp_path, capsys) -> None:
-    """Its URI holds `\\xe9` for the byte that is not UTF-8; the grid still finds the file."""
+    """Its URI holds `\\xe9` for the byte that is not UTF-8; the grid still finds the file, and not another
+    file whose name is that URI as written (it drew that one instead)."""
     (tmp_path / "pictures").mkdir()
     name = tmp_path / "pictures" / os.fsdecode(b"caf\xe9.png")
     name.write_bytes(png(solid((220, 20, 20), (200, 150))))
     server = ["--server", services[1], "--collection", "odd_names"]
     assert cli(capsys, *server, "ingest", str(tmp_path / "pictures"), "--no-progress")[0] == EXIT_OK
+    (tmp_path / "pictures" / "caf\\xe9.png").write_bytes(png(solid((20, 20, 220), (200, 150))))
     grid = tmp_path / "grid.png"
     assert cli(capsys, *server, "search", "x", "--top-k", "1", "--grid", str(grid))[0] == EXIT_OK
     sheet = Image.open(grid).convert("RGB")

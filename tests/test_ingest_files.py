@@ -158,6 +158,33 @@ def test_a_file_that_changes_while_the_ingest_runs_fails_alone(search_address, t
     }
 
 
+def test_a_file_named_itself_that_is_no_picture_fails_and_an_entry_named_twice_counts_once(
+    search_address, tmp_path, capsys
+) -> None:
+    """`imgsearch ingest notes.jpg` said "skipped 1" and exited 0, naming nothing; `ingest pics pics` counted
+    every picture twice."""
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(picture(40))
+    (folder / "notes.txt").write_text("words")
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("words")
+    with SearchClient(search_address, collection="named") as client:
+        summary = client.ingest(
+            [folder, folder, folder / "a.png", tmp_path / "zero.jpg", tmp_path / "text.jpg"]
+        )
+    by_uri = {item.uri: (item.outcome, item.error) for item in summary.items}
+    assert summary.total == 4 and by_uri == {
+        uri_of(folder / "a.png"): ("stored", ""),
+        uri_of(folder / "notes.txt"): ("skipped", "not a picture (by its content)"),
+        uri_of(tmp_path / "zero.jpg"): ("failed", "an empty file"),
+        uri_of(tmp_path / "text.jpg"): ("failed", "not a picture (by its content)"),
+    }
+    code = main(["--server", search_address, "--collection", "named", "ingest", str(tmp_path / "text.jpg")])
+    assert code == EXIT_FAILED
+    assert f"FAILED  {tmp_path / 'text.jpg'}: not a picture (by its content)" in capsys.readouterr().out
+
+
 def test_avif_photos_are_stored_and_phones_heic_ones_fail_naming_why(search_address, tmp_path) -> None:
     """Both were skipped as "not a picture" and never named, though the encoder reads AVIF."""
     folder = tmp_path / "phone"
