@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from .auth import BearerTokenInterceptor, bearer_tokens
+from .channels import PINGS_ACCEPTED
 from .errors import ServiceError, ServiceErrorInterceptor
 from .flags import require_at_most, require_ports, require_seconds, setting
 from .observability import ObservabilityInterceptor, serve_metrics
@@ -158,6 +159,7 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
                 *_EXCLUSIVE_PORT,
+                *PINGS_ACCEPTED,
                 *_connection_age(max_connection_age_s),
             ],
             interceptors=interceptors,

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from imagesearch.channels import CALLER_OPTIONS
+from imagesearch.channels import CALLER_OPTIONS, REPLICA_CALLER_OPTIONS
 from imagesearch.errors import ServiceError, invalid_argument
 from imagesearch.headers import REQUEST_ID, answered_by_a_service, bearer
 from imagesearch.observability import Caller, current_caller, current_request_id
@@ -85,7 +85,7 @@ class _Channel:
 
     def __init__(self, target: str, credentials: grpc.ChannelCredentials | None) -> None:
         round_robin = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
-        options = [("grpc.service_config", round_robin), *CALLER_OPTIONS]
+        options = [("grpc.service_config", round_robin), *CALLER_OPTIONS, *REPLICA_CALLER_OPTIONS]
         self.channel = (
             grpc.secure_channel(channel_target(target), credentials, options)
             if credentials
@@ -290,16 +290,20 @@ class EncoderReplicas:
 
     def healthy(self, timeout_s: float) -> bool:
         """Whether a replica answers within `timeout_s` (waiting for a reconnect, if one is under way), on a
-        new channel if the TLS files have changed."""
+        new channel if the TLS files have changed. It is asked twice, half the time each: round robin sends
+        the second question to another replica, so that one frozen replica (found only when its pings go
+        unanswered, within about 8 s) does not make the service NOT_SERVING while another answers."""
         self._renew()
-        try:
-            with self._channel() as channel:
-                channel.stub.GetModelInfo(
-                    encoder_pb2.GetModelInfoRequest(),
-                    timeout=timeout_s,
-                    wait_for_ready=True,
-                    metadata=self._token,
-                )
-        except grpc.RpcError:
-            return False
-        return True
+        with self._channel() as channel:
+            for _ in range(2):
+                try:
+                    channel.stub.GetModelInfo(
+                        encoder_pb2.GetModelInfoRequest(),
+                        timeout=timeout_s / 2,
+                        wait_for_ready=True,
+                        metadata=self._token,
+                    )
+                except grpc.RpcError:
+                    continue
+                return True
+        return False

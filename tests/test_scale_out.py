@@ -54,6 +54,28 @@ def test_ingest_completes_when_one_of_three_replicas_is_killed(tiny_path, tmp_pa
     assert len({r.id for r in results}) == 300 and count == 300
 
 
+def test_a_frozen_replica_is_left_out_and_the_service_stays_serving(tiny_path, tmp_path) -> None:
+    """A replica that stops answering but keeps its connections open (a frozen process, a partition): each
+    search that round robin sent it waited for its whole deadline (a frozen replica of two held every caller
+    for 30 s), and a health check that asked it made the service NOT_SERVING while the other answered. Its
+    connections are now pinged, and dropped when a ping goes unanswered."""
+    with ExitStack() as stack:
+        replicas = [stack.enter_context(encoder_process(tiny_path)) for _ in range(2)]
+        target = ",".join(address for _, address in replicas)
+        settings = {"encoder_timeout_s": 600.0, "health_interval_s": 3600.0}  # health: only as the test asks
+        search = stack.enter_context(running_search(target, tmp_path / "milvus.db", **settings))
+        stub = stack.enter_context(search_stub(search.grpc.address))
+        assert [r.outcome for r in stub.Ingest(requests(folder(2)))] == [STORED] * 2
+        frozen = replicas[1][0]
+        frozen.send_signal(signal.SIGSTOP)
+        stack.callback(frozen.send_signal, signal.SIGCONT)  # before it is stopped
+        health = [search.check_health() for _ in range(4)]
+        query = search_pb2.SearchTextRequest(text="a", options=search_pb2.SearchOptions(top_k=5))
+        found = [len(stub.SearchText(query, timeout=30).hits) for _ in range(6)]
+    assert health == [True] * 4
+    assert found == [2] * 6
+
+
 # The encoders below end each connection after this long (by default 30 s), so that a test sees several end.
 AGE_S = 0.3
 # DNS: the record type A, the class IN, and a pointer to the question's name
