@@ -37,6 +37,16 @@ class _Awaitable(Connection):
             return await method(request, timeout=self.timeout, metadata=self.metadata())
         except grpc.RpcError as error:
             raise self.error(error) from None
+        except asyncio.CancelledError:
+            if not self.cancelled_by_close():
+                raise
+            raise self.closed_under_a_call() from None
+
+    def cancelled_by_close(self) -> bool:
+        """Whether a CancelledError came from closing this client (grpc.aio cancels its calls), and not from
+        a cancel of the task, which is the caller's to see."""
+        task = asyncio.current_task()
+        return self.closed and (task is None or task.cancelling() == 0)
 
 
 async def _cancel_when_silent(call: grpc.aio.Call, ingestion: Ingestion, timeout: float) -> None:
@@ -94,11 +104,14 @@ class AsyncSearchClient:
                 if (told := ingestion.record(response)) is not None:
                     await told
         except grpc.RpcError as error:
-            raise IngestInterrupted(self._connection.error(error), ingestion.summary) from None
+            failure = self._connection.error(error, ingestion.answered)
+            raise IngestInterrupted(failure, ingestion.summary) from None
         except asyncio.CancelledError:
-            if not ingestion.went_silent:
-                raise  # not our cancel of the call: whoever cancelled this task
-            raise IngestInterrupted(self._connection.silence(), ingestion.summary) from None
+            if ingestion.went_silent:
+                raise IngestInterrupted(self._connection.silence(), ingestion.summary) from None
+            if self._connection.cancelled_by_close():
+                raise IngestInterrupted(self._connection.closed_under_a_call(), ingestion.summary) from None
+            raise  # not our cancel of the call: whoever cancelled this task
         finally:
             if watch is not None:
                 watch.cancel()

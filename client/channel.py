@@ -109,12 +109,27 @@ class Connection:
             )
         return (*bearer(self._token), (REQUEST_ID, _chosen_request_id.get() or uuid.uuid4().hex))
 
-    def error(self, error: grpc.RpcError) -> ImageSearchError:
-        """The failure as the SDK reports it; a service that never answered is named as unreachable."""
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def closed_under_a_call(self) -> ImageSearchError:
+        """What a call under way gets when its client is closed: gRPC cancels it."""
+        message = f"this client of the {self.service} at {self.target} was closed during the call"
+        return ImageSearchError(grpc.StatusCode.CANCELLED, message, self.target, self.service)
+
+    def error(self, error: grpc.RpcError, answered: bool = False) -> ImageSearchError:
+        """The failure as the SDK reports it; a service that never answered is named as unreachable, and one
+        that went away after it had `answered` (earlier in a stream) as gone: it was "cannot reach", which
+        sent its user looking for a wrong address instead of a crash."""
         code: grpc.StatusCode = error.code()
         message: str = error.details() or ""
         reached = answered_by_a_service(error)
-        if not reached and code == grpc.StatusCode.UNAVAILABLE:
+        if code == grpc.StatusCode.CANCELLED and self._closed:
+            return self.closed_under_a_call()
+        if not reached and answered and code == grpc.StatusCode.UNAVAILABLE:
+            message = f"the {self.service} at {self.target} went away during the stream: {message}"
+        elif not reached and code == grpc.StatusCode.UNAVAILABLE:
             message = f"cannot reach the {self.service} at {self.target}: {message}"
         elif not reached and code == grpc.StatusCode.DEADLINE_EXCEEDED:
             message = f"the {self.service} at {self.target} did not answer within {self.timeout} s"

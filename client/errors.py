@@ -12,7 +12,8 @@ class ImageSearchError(Exception):
     """A call that failed, or a request the SDK refused before sending it (then `target` is empty).
 
     `reached` is False when no such service answered: nothing listens at `target`, or the network is down
-    (`code` is UNAVAILABLE or DEADLINE_EXCEEDED, and the message says whom the SDK could not reach), or
+    (`code` is UNAVAILABLE or DEADLINE_EXCEEDED, and the message says whom the SDK could not reach, or
+    that the service went away during a stream), or
     another server is there (UNIMPLEMENTED, and the message says so).
     """
 

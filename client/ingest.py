@@ -10,6 +10,7 @@ import inspect
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from imagesearch.v1 import search_pb2
@@ -56,6 +57,8 @@ class Ingestion:
         self._failure: Exception | None = None
         self._owed = 0  # requests sent and not answered yet
         self._owed_since = 0.0  # when the service last answered one, or was sent one while it owed none
+        self._telling = 0  # progress calls under way: meanwhile the service's answers wait to be read
+        self.answered = False  # whether the service has answered any request of this stream
         self.went_silent = False  # set by the client that cancelled the stream for it
 
     def _request(self, found: Found, max_bytes: int) -> search_pb2.IngestRequest | IngestItem:
@@ -121,9 +124,10 @@ class Ingestion:
 
     def silence_left(self, timeout: float) -> float:
         """Seconds until the service has owed an answer for `timeout` s without giving any (0: it has);
-        `timeout` while it owes none (the client is still reading files, say)."""
+        `timeout` while it owes none (the client is still reading files, say), and while `progress` runs: a
+        slow one held the answers unread, and the service was blamed for the wait."""
         with self._lock:
-            if self._owed == 0:
+            if self._owed == 0 or self._telling:
                 return timeout
             return max(0.0, self._owed_since + timeout - time.monotonic())
 
@@ -132,6 +136,7 @@ class Ingestion:
         with self._lock:
             self._owed -= 1
             self._owed_since = time.monotonic()
+            self.answered = True
         outcome = messages.OUTCOMES[response.outcome]
         return self._finish(IngestItem(response.uri, response.id, outcome, response.error))
 
@@ -141,7 +146,8 @@ class Ingestion:
         if self._progress is None or self._failure is not None:
             return None
         try:
-            told = self._progress(item, self.summary)
+            with self._telling_progress():
+                told = self._progress(item, self.summary)
         except Exception as failure:
             self._fail(failure)
             return None
@@ -149,9 +155,22 @@ class Ingestion:
 
     async def _awaited(self, told: Awaitable[None]) -> None:
         try:
-            await told
+            with self._telling_progress():
+                await told
         except Exception as failure:
             self._fail(failure)
+
+    @contextmanager
+    def _telling_progress(self) -> Iterator[None]:
+        """Stops the silence clock while `progress` runs, and starts it again from when it returns."""
+        with self._lock:
+            self._telling += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._telling -= 1
+                self._owed_since = time.monotonic()
 
     def _fail(self, failure: Exception) -> None:
         with self._lock:

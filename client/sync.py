@@ -92,7 +92,11 @@ class SearchClient:
             for response in call:
                 ingestion.record(response)
         except grpc.RpcError as error:
-            failure = self._connection.silence() if ingestion.went_silent else self._connection.error(error)
+            failure = (
+                self._connection.silence()
+                if ingestion.went_silent
+                else self._connection.error(error, ingestion.answered)
+            )
             raise IngestInterrupted(failure, ingestion.summary) from None
         finally:
             ended.set()

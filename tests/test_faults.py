@@ -1,5 +1,6 @@
 """Faults on loopback: a killed search service, lost encoders, an unreachable Milvus server; nothing lost."""
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ from pymilvus import DataType, MilvusClient
 from test_operability import scrape
 from test_search import FAILED, PRESENT, STORED, folder, requests
 
+from client import AsyncSearchClient, ImageSearchError, SearchClient
 from client.cli import main
 from client.local import free_port
 from encoder_service.config import EncoderConfig
@@ -236,6 +238,38 @@ def behind_a_hanging_encoder(encoder: str, folder_path: Path, seed: int) -> Iter
             yield stub, proxy, search, image
         finally:
             proxy.released.set()
+
+
+def test_a_client_closed_under_its_calls_fails_them_with_its_own_error(tiny_encoder, tmp_path) -> None:
+    """The asyncio client's callers got a bare asyncio.CancelledError, which asyncio takes for a cancel of
+    their own task; the blocking client's got gRPC's "Channel closed!"."""
+
+    async def search_then_close(address: str, proxy: Stalling, image: bytes) -> ImageSearchError:
+        client = AsyncSearchClient(address)
+        searching = asyncio.create_task(client.search_image(image))
+        assert await asyncio.to_thread(proxy.arrived.wait, 60)
+        await client.close()
+        with pytest.raises(ImageSearchError) as closed:
+            await searching
+        return closed.value
+
+    def search_in_a_thread(client: SearchClient, image: bytes, errors: list[ImageSearchError]) -> None:
+        try:
+            client.search_image(image)
+        except ImageSearchError as error:
+            errors.append(error)
+
+    with behind_a_hanging_encoder(tiny_encoder.grpc.address, tmp_path, 2600) as (_, proxy, search, image):
+        closed = [asyncio.run(search_then_close(search.grpc.address, proxy, image))]
+        proxy.arrived.clear()
+        client = SearchClient(search.grpc.address)
+        searching = threading.Thread(target=search_in_a_thread, args=(client, image, closed))
+        searching.start()
+        assert proxy.arrived.wait(60)
+        client.close()
+        searching.join()
+    said = f"this client of the search service at {search.grpc.address} was closed during the call"
+    assert [(error.code, error.message) for error in closed] == [(grpc.StatusCode.CANCELLED, said)] * 2
 
 
 def test_an_encoder_call_gets_no_more_time_than_its_caller_has_left(tiny_encoder, tmp_path) -> None:

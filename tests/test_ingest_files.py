@@ -11,6 +11,7 @@ import signal
 import stat
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from PIL import Image
 from test_client import assert_tiles
 from test_search import picture
 
-from client import AsyncSearchClient, ImageSearchError, IngestInterrupted, SearchClient
+from client import AsyncSearchClient, ImageSearchError, IngestInterrupted, IngestSummary, SearchClient
 from client.cli import EXIT_FAILED, EXIT_PARTIAL, main
 from client.files import uri_of
 from client.local import free_port
@@ -356,6 +357,35 @@ def test_hostile_trees_store_each_picture_once_and_report_every_other_entry(sear
         assert client.stats().count == len(distinct) <= pictures
 
 
+def test_a_progress_callback_slower_than_the_timeout_is_not_the_service_going_silent(
+    search_address, tmp_path
+) -> None:
+    """The answers waited unread while the callback ran, and the SDK blamed the service for the wait: it
+    cancelled the stream (DEADLINE_EXCEEDED, "answered nothing for 1 s") and under-reported what was stored.
+    The callback's sleep is the slow work under test, not a wait for something to happen."""
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for index in range(24):
+        (folder / f"{index:02d}.png").write_bytes(picture(8000 + index))
+
+    def slow_at_first(item, summary) -> None:  # type: ignore[no-untyped-def]
+        if summary.stored + summary.present == 1:
+            time.sleep(2.5)
+
+    async def slow_at_first_async(item, summary) -> None:  # type: ignore[no-untyped-def]
+        if summary.stored + summary.present == 1:
+            await asyncio.sleep(2.5)
+
+    async def ingest_async() -> IngestSummary:
+        async with AsyncSearchClient(search_address, collection="slow_async", timeout=1) as client:
+            return await client.ingest([folder], progress=slow_at_first_async)
+
+    with SearchClient(search_address, collection="slow", timeout=1) as client:
+        done = client.ingest([folder], progress=slow_at_first)
+    done_async = asyncio.run(ingest_async())
+    assert (done.stored, done.total) == (24, 24) and (done_async.stored, done_async.total) == (24, 24)
+
+
 def test_an_ingest_cut_short_keeps_and_prints_what_was_done(small_limit_encoder, tmp_path) -> None:
     """The search service dies mid-stream: the results received until then are still printed, in --json
     too, and the message says which service was lost."""
@@ -379,7 +409,8 @@ def test_an_ingest_cut_short_keeps_and_prints_what_was_done(small_limit_encoder,
     done = result["done"]
     report = json.loads(done.stdout)
     assert done.returncode == EXIT_FAILED and "Traceback" not in done.stderr
-    assert report["interrupted"].startswith("UNAVAILABLE: cannot reach the search service")
+    gone = f"UNAVAILABLE: the search service at {address} went away during the stream"  # not "cannot reach"
+    assert report["interrupted"].startswith(gone)
     assert 1 <= report["stored"] < 2000 == report["total"]
     assert f"is the search service running at {address}, without TLS" in done.stderr
 
