@@ -168,9 +168,17 @@ def ignore_setuptools_deprecation() -> None:
 
 
 def configure_logging(format: str = "json", level: str = "INFO") -> None:
+    """Every record, a library's too, on stderr in `format`. Called once the service's modules are imported:
+    pymilvus installs plain-text handlers of its own on its loggers when it is imported, and stops their
+    records there (its reconnection warnings and tracebacks were the lines of a JSON log that were not
+    JSON)."""
     handler = logging.StreamHandler()
     handler.setFormatter(log_formatter(format))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    for logger in logging.root.manager.loggerDict.values():
+        if isinstance(logger, logging.Logger):
+            logger.handlers.clear()
+            logger.propagate = True
 
 
 def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> WSGIServer:

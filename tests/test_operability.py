@@ -4,6 +4,8 @@ import asyncio
 import json
 import logging
 import re
+import subprocess
+import sys
 import threading
 import urllib.request
 from datetime import datetime
@@ -285,6 +287,21 @@ def test_log_time_has_milliseconds_and_the_utc_offset_in_json_and_text(access_re
     time = json.loads(log_formatter("json").format(access_record))["time"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", time) and text_time == time
     assert abs(datetime.fromisoformat(time).timestamp() - access_record.created) < 0.001
+
+
+def test_a_librarys_own_log_lines_are_in_the_services_format() -> None:
+    """pymilvus installs plain-text handlers on its loggers when it is imported: its reconnection warnings
+    and tracebacks were the lines of the search service's JSON log that were not JSON."""
+    script = (
+        "import logging, search_service.server\n"
+        "from imagesearch.observability import configure_logging\n"
+        "configure_logging('json')\n"
+        "logging.getLogger('pymilvus').warning('Connection recovery failed')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    [line] = done.stderr.splitlines()
+    logged = json.loads(line)
+    assert (logged["logger"], logged["message"]) == ("pymilvus", "Connection recovery failed")
 
 
 class Awaited(logging.Handler):
