@@ -28,7 +28,37 @@ Response = TypeVar("Response")
 
 
 class _Awaitable(Connection):
+    """A grpc.aio channel: it belongs to the event loop it is made in, which grpc.aio says only with
+    RuntimeErrors ("attached to a different loop", "Event loop is closed", "no current event loop")."""
+
     channel: grpc.aio.Channel
+
+    def __init__(
+        self,
+        service: str,
+        target: str,
+        timeout: float | None,
+        credentials: grpc.ChannelCredentials | None,
+        token: str | None,
+    ) -> None:
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise ImageSearchError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"an asyncio client of the {service} is made inside a running event loop (in an async def, "
+                "as `async with`), and used in that loop only",
+            ) from None
+        super().__init__(grpc.aio, service, target, timeout, credentials, token)
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        if asyncio.get_running_loop() is not self.loop:
+            raise ImageSearchError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this client of the {self.service} at {self.target} belongs to the event loop it was made "
+                "in: make one in this loop",
+            )
+        return super().metadata()
 
     async def call(
         self, method: grpc.aio.UnaryUnaryMultiCallable[Request, Response], request: Request
@@ -74,7 +104,7 @@ class AsyncSearchClient:
         token: str | None = None,
     ) -> None:
         self.collection = collection
-        self._connection = _Awaitable(grpc.aio, "search service", target, timeout, credentials, token)
+        self._connection = _Awaitable("search service", target, timeout, credentials, token)
         self._stub = search_pb2_grpc.SearchServiceStub(self._connection.channel)
 
     async def ingest(
@@ -240,7 +270,7 @@ class AsyncEncoderClient:
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
     ) -> None:
-        self._connection = _Awaitable(grpc.aio, "encoder service", target, timeout, credentials, token)
+        self._connection = _Awaitable("encoder service", target, timeout, credentials, token)
         self._stub = encoder_pb2_grpc.EncoderServiceStub(self._connection.channel)
 
     async def encode_texts(self, texts: str | Sequence[str]) -> np.ndarray:

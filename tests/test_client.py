@@ -400,6 +400,28 @@ def test_a_grid_shows_a_picture_whose_file_name_is_not_utf8(services, tmp_path, 
     assert sheet.getpixel(middle) == pytest.approx((220, 20, 20), abs=3)  # not the grey of a missing file
 
 
+def test_an_asyncio_client_is_made_and_used_in_one_event_loop(services) -> None:
+    """grpc.aio's own RuntimeErrors came out: "no current event loop", "attached to a different loop"."""
+    with pytest.raises(ImageSearchError) as outside:
+        AsyncSearchClient(services[1])
+    assert outside.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert outside.value.message.startswith(
+        "an asyncio client of the search service is made inside a running"
+    )
+
+    async def made() -> AsyncSearchClient:
+        return AsyncSearchClient(services[1])
+
+    async def used(client: AsyncSearchClient) -> None:
+        async with client:
+            await client.stats()
+
+    with pytest.raises(ImageSearchError) as elsewhere:
+        asyncio.run(used(asyncio.run(made())))
+    assert elsewhere.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "belongs to the event loop it was made in: make one in this loop" in elsewhere.value.message
+
+
 def test_cli_without_a_server_says_what_to_do(capsys) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
