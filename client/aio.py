@@ -4,8 +4,10 @@ ImageSearchError; files are read in worker threads, never on the event loop."""
 from __future__ import annotations  # grpc's call types are generic to type checkers only
 
 import asyncio
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TypeVar
 
 import grpc
@@ -27,31 +29,38 @@ Request = TypeVar("Request")
 Response = TypeVar("Response")
 
 
+def _loop_grpc_binds() -> asyncio.AbstractEventLoop:
+    """The loop a grpc.aio channel made now belongs to, as grpc.aio chooses it: the running one, else the one
+    set for this thread (`loop.run_until_complete` after `asyncio.set_event_loop(loop)`); RuntimeError when
+    there is neither."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return asyncio.get_event_loop()
+
+
 class _Awaitable(Connection):
     """A grpc.aio channel: it belongs to the event loop it is made in, which grpc.aio says only with
     RuntimeErrors ("attached to a different loop", "Event loop is closed", "no current event loop")."""
 
     channel: grpc.aio.Channel
 
-    def __init__(
-        self,
-        service: str,
-        target: str,
-        timeout: float | None,
-        credentials: grpc.ChannelCredentials | None,
-        token: str | None,
-    ) -> None:
+    def _open(self, api: ModuleType, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
         try:
-            self.loop = asyncio.get_running_loop()
-        except RuntimeError:
+            self.loop = _loop_grpc_binds()
+        except RuntimeError:  # no loop runs or is set: after an asyncio.run, say
             raise ImageSearchError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"an asyncio client of the {service} is made inside a running event loop (in an async def, "
-                "as `async with`), and used in that loop only",
+                f"an asyncio client of the {self.service} is made where an event loop runs or is set (in an "
+                "async def, as `async with`), and used in that loop only",
             ) from None
-        super().__init__(grpc.aio, service, target, timeout, credentials, token)
+        channel: grpc.aio.Channel = super()._open(api, credentials)
+        return channel
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
+        """As the blocking client's, once the call is known to run in the client's own loop."""
         if asyncio.get_running_loop() is not self.loop:
             raise ImageSearchError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -104,7 +113,7 @@ class AsyncSearchClient:
         token: str | None = None,
     ) -> None:
         self.collection = collection
-        self._connection = _Awaitable("search service", target, timeout, credentials, token)
+        self._connection = _Awaitable(grpc.aio, "search service", target, timeout, credentials, token)
         self._stub = search_pb2_grpc.SearchServiceStub(self._connection.channel)
 
     async def ingest(
@@ -270,7 +279,7 @@ class AsyncEncoderClient:
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
     ) -> None:
-        self._connection = _Awaitable("encoder service", target, timeout, credentials, token)
+        self._connection = _Awaitable(grpc.aio, "encoder service", target, timeout, credentials, token)
         self._stub = encoder_pb2_grpc.EncoderServiceStub(self._connection.channel)
 
     async def encode_texts(self, texts: str | Sequence[str]) -> np.ndarray:

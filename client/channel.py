@@ -87,10 +87,14 @@ class Connection:
         self.timeout = timeout
         self._token = token or ""
         self._closed = False
-        self.channel: Any = (
-            api.secure_channel(target, credentials, _CHANNEL_OPTIONS)
+        self.channel: Any = self._open(api, credentials)
+
+    def _open(self, api: ModuleType, credentials: grpc.ChannelCredentials | None) -> Any:
+        """The channel to `target`, once the arguments are known to be good."""
+        return (
+            api.secure_channel(self.target, credentials, _CHANNEL_OPTIONS)
             if credentials
-            else api.insecure_channel(target, _CHANNEL_OPTIONS)
+            else api.insecure_channel(self.target, _CHANNEL_OPTIONS)
         )
 
     def close(self) -> Any:

@@ -5,6 +5,7 @@ so each is refused from its file status before a byte is read. Every entry that 
 reported with the reason, never left out in silence.
 """
 
+import dataclasses
 import errno
 import os
 import re
@@ -84,14 +85,14 @@ def walk(paths: str | Path | Iterable[str | Path], recursive: bool = True) -> It
             raise refused(f"no such file or folder: {path}") from None
         except OSError:  # there, but not to be looked at (a folder above it is closed): its item says why
             pass
+    # isdir is False when it cannot be looked at: then its item says why.
+    files = {os.path.abspath(path) for path in named if not os.path.isdir(path)}
     seen: set[str] = set()
     for path in named:
-        # isdir is False when it cannot be looked at: then its item says why.
-        entries = _walk_folder(path, recursive) if os.path.isdir(path) else [_classify(path, named=True)]
-        for found in entries:
+        for found in _walk_folder(path, recursive) if os.path.isdir(path) else [_classify(path)]:
             if (where := os.path.abspath(found.path)) not in seen:
                 seen.add(where)
-                yield found
+                yield dataclasses.replace(found, named=where in files)
 
 
 def _walk_folder(folder: Path, recursive: bool) -> Iterator[Found]:
@@ -112,17 +113,17 @@ def _walk_folder(folder: Path, recursive: bool) -> Iterator[Found]:
             yield _classify(path)
 
 
-def _classify(path: Path, named: bool = False) -> Found:
+def _classify(path: Path) -> Found:
     try:
         mode = path.stat().st_mode
     except OSError as error:
         reason = error.strerror
         if os.path.islink(path):
             reason = "a loop of links" if error.errno == errno.ELOOP else "a broken link"
-        return Found(path, f"cannot read: {reason}", named)
+        return Found(path, failure=f"cannot read: {reason}")
     if stat.S_ISREG(mode):
-        return Found(path, "", named)
-    return Found(path, f"not a regular file ({_kind(mode)})", named)
+        return Found(path)
+    return Found(path, failure=f"not a regular file ({_kind(mode)})")
 
 
 def read_picture(path: str | Path, max_bytes: int) -> bytes:

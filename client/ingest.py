@@ -57,7 +57,7 @@ class Ingestion:
         self._failure: Exception | None = None
         self._owed = 0  # requests sent and not answered yet
         self._owed_since = 0.0  # when the service last answered one, or was sent one while it owed none
-        self._telling = 0  # progress calls under way: meanwhile the service's answers wait to be read
+        self._telling = 0  # progress calls about answers under way: meanwhile the next answers wait unread
         self.answered = False  # whether the service has answered any request of this stream
         self.went_silent = False  # set by the client that cancelled the stream for it
 
@@ -138,31 +138,36 @@ class Ingestion:
             self._owed_since = time.monotonic()
             self.answered = True
         outcome = messages.OUTCOMES[response.outcome]
-        return self._finish(IngestItem(response.uri, response.id, outcome, response.error))
+        return self._finish(IngestItem(response.uri, response.id, outcome, response.error), answered=True)
 
-    def _finish(self, item: IngestItem) -> Awaitable[None] | None:
+    def _finish(self, item: IngestItem, answered: bool = False) -> Awaitable[None] | None:
         with self._lock:
             self.summary.add(item)
         if self._progress is None or self._failure is not None:
             return None
         try:
-            with self._telling_progress():
+            with self._telling_progress(answered):
                 told = self._progress(item, self.summary)
         except Exception as failure:
             self._fail(failure)
             return None
-        return self._awaited(told) if inspect.isawaitable(told) else None
+        return self._awaited(told, answered) if inspect.isawaitable(told) else None
 
-    async def _awaited(self, told: Awaitable[None]) -> None:
+    async def _awaited(self, told: Awaitable[None], answered: bool) -> None:
         try:
-            with self._telling_progress():
+            with self._telling_progress(answered):
                 await told
         except Exception as failure:
             self._fail(failure)
 
     @contextmanager
-    def _telling_progress(self) -> Iterator[None]:
-        """Stops the silence clock while `progress` runs, and starts it again from when it returns."""
+    def _telling_progress(self, answered: bool) -> Iterator[None]:
+        """For an answer's item, stops the silence clock while `progress` runs: the answers after it wait to
+        be read meanwhile. (An item the client settled itself holds up only the sending.)"""
+        if not answered:
+            yield
+            return
+        started = time.monotonic()
         with self._lock:
             self._telling += 1
         try:
@@ -170,7 +175,7 @@ class Ingestion:
         finally:
             with self._lock:
                 self._telling -= 1
-                self._owed_since = time.monotonic()
+                self._owed_since += time.monotonic() - started
 
     def _fail(self, failure: Exception) -> None:
         with self._lock:

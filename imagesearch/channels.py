@@ -30,5 +30,5 @@ REPLICA_CALLER_OPTIONS: list[tuple[str, int]] = [
 # without data, past which it ends the connection with GOAWAY "too_many_pings").
 PINGS_ACCEPTED: list[tuple[str, int]] = [
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 1000),
 ]

@@ -175,8 +175,8 @@ def configure_logging(format: str = "json", level: str = "INFO") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(log_formatter(format))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    for logger in logging.root.manager.loggerDict.values():
-        if isinstance(logger, logging.Logger):
+    for logger in list(logging.root.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger) and logger.handlers:  # one silenced on purpose has none
             logger.handlers.clear()
             logger.propagate = True
 

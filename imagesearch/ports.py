@@ -13,16 +13,18 @@ def require_listenable(host: str, port: int, flag: str) -> None:
         addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
         raise OSError(f"{cannot} (--host): {host!r} does not resolve ({error.strerror})") from None
-    taken = False
+    refusals: set[int | None] = set()
     for family, kind, protocol, _, address in addresses:
         try:
             with socket.socket(family, kind, protocol) as probe:  # no IPv6 here: that family fails
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(address)
         except OSError as error:
-            taken = taken or error.errno == errno.EADDRINUSE
+            refusals.add(error.errno)
             continue
         return
-    if taken:
+    if errno.EADDRINUSE in refusals:
         raise OSError(f"{cannot} ({flag}): another process holds that port")
+    if errno.EACCES in refusals:
+        raise OSError(f"{cannot} ({flag}): a port below 1024 needs privileges this process lacks")
     raise OSError(f"{cannot} (--host): {host!r} is not an address of this machine")

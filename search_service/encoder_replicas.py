@@ -290,20 +290,27 @@ class EncoderReplicas:
 
     def healthy(self, timeout_s: float) -> bool:
         """Whether a replica answers within `timeout_s` (waiting for a reconnect, if one is under way), on a
-        new channel if the TLS files have changed. It is asked twice, half the time each: round robin sends
-        the second question to another replica, so that one frozen replica (found only when its pings go
-        unanswered, within about 8 s) does not make the service NOT_SERVING while another answers."""
+        new channel if the TLS files have changed. Two questions go at once, which round robin sends to two
+        replicas where there are two: one frozen replica (found only when its pings go unanswered, within
+        about 8 s) does not make the service NOT_SERVING while another answers."""
         self._renew()
         with self._channel() as channel:
-            for _ in range(2):
-                try:
-                    channel.stub.GetModelInfo(
-                        encoder_pb2.GetModelInfoRequest(),
-                        timeout=timeout_s / 2,
-                        wait_for_ready=True,
-                        metadata=self._token,
-                    )
-                except grpc.RpcError:
-                    continue
-                return True
-        return False
+            asked = [
+                channel.stub.GetModelInfo.future(
+                    encoder_pb2.GetModelInfoRequest(),
+                    timeout=timeout_s,
+                    wait_for_ready=True,
+                    metadata=self._token,
+                )
+                for _ in range(2)
+            ]
+            ended = threading.Semaphore(0)
+            for question in asked:
+                question.add_done_callback(lambda _: ended.release())
+            for _ in asked:
+                ended.acquire()
+                if any(question.done() and question.code() == grpc.StatusCode.OK for question in asked):
+                    break
+            for question in asked:
+                question.cancel()
+            return any(question.code() == grpc.StatusCode.OK for question in asked)

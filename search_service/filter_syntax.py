@@ -61,8 +61,7 @@ _FUNCTIONS = {written: name for name in _CALLS for written in (name, name.upper(
 _KEYWORDS = _BINARY | _UNARY | _BOOLEANS | set(_FUNCTIONS)
 _LOWER_CASE_KEYWORDS = {"and", "or", "not", "in", "like", "exists"}
 _JOINING = {"and", "or", "&&", "||"}
-# What each closing bracket closes: a call's arguments are in round brackets.
-_CLOSES = {")": ("(", "call"), "]": ("[",)}
+_OPENS = {")": "(", "]": "["}  # what each closing bracket closes
 # What may come just before the field on the left of an `in`: the start, or what begins a condition.
 _STARTS_A_CONDITION = {None, "(", "and", "or", "not", "&&", "||", "!"}
 
@@ -97,19 +96,16 @@ def check_syntax(expression: str) -> None:
     """Refuses (INVALID_ARGUMENT, naming what it found) a filter that Milvus Lite would read only in part or
     otherwise than a server, or not survive."""
     tokens = _tokens(expression)
-    operators = 0
+    closing = _check_structure(tokens, expression)
     for index, token in enumerate(tokens):
         following = tokens[index + 1] if index + 1 < len(tokens) else None
-        operators += token.text in _JOINING
-        if token.text in ("like", "LIKE"):
-            if following is None or following.kind != "string":
-                after = expression[token.end :].strip()
-                shown = f"like {after[:40]}" if after else "like with nothing after it"
-                raise invalid_argument(
-                    f"filter has {shown}: like takes a pattern in quotes right after it, such as "
-                    'uri like "%/dogs/%" (a {name} placeholder there must be given text)'
-                )
-            check_like_pattern(following.text)
+        if token.text in ("like", "LIKE") and (following is None or following.kind != "string"):
+            after = expression[token.end :].strip()
+            shown = f"like {after[:40]}" if after else "like with nothing after it"
+            raise invalid_argument(
+                f"filter has {shown}: like takes a pattern in quotes right after it, such as "
+                'uri like "%/dogs/%" (a {name} placeholder there must be given text)'
+            )
         if token.text == "in":
             _check_in(tokens, index, expression)
         if token.text in ("/", "%") and not (following is not None and _nonzero_number(following)):
@@ -119,13 +115,39 @@ def check_syntax(expression: str) -> None:
                 "out (a divisor of 0 ends the Milvus Lite process, and every call under way with it)"
             )
         if token.function:
-            _check_call(tokens, index, token.function)
+            _check_call(tokens, index, token.function, closing)
+    _check_alternation(tokens)
+
+
+def _check_structure(tokens: list[_Token], expression: str) -> dict[int, int]:
+    """Brackets balance and nest at most MAX_DEPTH deep, `and`/`or` come at most MAX_OPERATORS times, and
+    each like pattern is one Lite reads as meant; checked first, as they bound what the other checks cost.
+    Gives the index of each opening bracket's closing one."""
+    open_brackets: list[int] = []
+    closing: dict[int, int] = {}
+    operators = 0
+    for index, token in enumerate(tokens):
+        text = token.text if token.kind == "operator" else ""
+        if text in ("(", "["):
+            open_brackets.append(index)
+            if len(open_brackets) > MAX_DEPTH:
+                raise invalid_argument(f"filter nests brackets over {MAX_DEPTH} deep")
+        elif text in _OPENS:
+            if not open_brackets or tokens[open_brackets[-1]].text != _OPENS[text]:
+                raise invalid_argument(f"filter has an unmatched {text!r}: {expression!r}")
+            closing[open_brackets.pop()] = index
+        operators += token.text in _JOINING
+        following = tokens[index + 1] if index + 1 < len(tokens) else None
+        if token.text in ("like", "LIKE") and following is not None and following.kind == "string":
+            check_like_pattern(following.text)
+    if open_brackets:
+        raise invalid_argument(f"filter has an unclosed {tokens[open_brackets[-1]].text!r}: {expression!r}")
     if operators > MAX_OPERATORS:
         raise invalid_argument(
             f"filter has {operators} and/or operators, over the limit of {MAX_OPERATORS}: compare with a "
             "list instead (`uri in {uris}`)"
         )
-    _check_alternation(tokens, expression)
+    return closing
 
 
 def _check_in(tokens: list[_Token], index: int, expression: str) -> None:
@@ -149,20 +171,18 @@ def _nonzero_number(token: _Token) -> bool:
     return mantissa.strip("0.") != ""
 
 
-def _check_call(tokens: list[_Token], index: int, name: str) -> None:
+def _check_call(tokens: list[_Token], index: int, name: str, closing: dict[int, int]) -> None:
     """The function `name`, at `index`, is called with a field first and as many arguments as it takes."""
     written, (usage, count) = tokens[index].text, _CALLS[name]
     if index + 1 == len(tokens) or tokens[index + 1].text != "(":
         raise invalid_argument(f"filter has {written} not called as a function: write {usage}")
     arguments: list[list[_Token]] = [[]]
     depth = 0
-    for token in tokens[index + 2 :]:
+    for token in tokens[index + 2 : closing[index + 1]]:
         bracket = token.text if token.kind == "operator" else ""
         if bracket in ("(", "["):
             depth += 1
         elif bracket in (")", "]"):
-            if depth == 0:
-                break
             depth -= 1
         if depth == 0 and bracket == ",":
             arguments.append([])
@@ -173,9 +193,9 @@ def _check_call(tokens: list[_Token], index: int, name: str) -> None:
         raise invalid_argument(f"filter has {written}(…) with other arguments than {usage}")
 
 
-def _check_alternation(tokens: list[_Token], expression: str) -> None:
-    """Values and operators alternate, brackets balance and nest at most MAX_DEPTH deep, and commas part only
-    a list's items or a call's arguments."""
+def _check_alternation(tokens: list[_Token]) -> None:
+    """Values and operators alternate, and commas part only a list's items or a call's arguments (brackets
+    are balanced)."""
     expecting_value, open_brackets = True, []  # each "(", "[" or "call" still open
     previous: _Token | None = None
     for index, token in enumerate(tokens):
@@ -185,16 +205,14 @@ def _check_alternation(tokens: list[_Token], expression: str) -> None:
                 expecting_value = False
             elif text in ("(", "["):
                 open_brackets.append("call" if previous is not None and previous.function else text)
-                if len(open_brackets) > MAX_DEPTH:
-                    raise invalid_argument(f"filter nests brackets over {MAX_DEPTH} deep")
             elif text == "]" and previous is not None and previous.text in ("[", ","):  # [] and [1, 2,]
-                _close(open_brackets, text, expression)
+                open_brackets.pop()
                 expecting_value = False
             elif not (text in _UNARY or token.function):
                 where = f"after {previous.text!r}" if previous else "at its start"
                 raise invalid_argument(f"filter has {text!r} {where}, where a value belongs")
-        elif text in _CLOSES:
-            _close(open_brackets, text, expression)
+        elif text in (")", "]"):
+            open_brackets.pop()
         elif text in _BINARY or (
             text == "not" and index + 1 < len(tokens) and tokens[index + 1].text == "in"
         ):
@@ -205,17 +223,8 @@ def _check_alternation(tokens: list[_Token], expression: str) -> None:
             assert previous is not None  # a value came before: an operator is expected only after one
             raise invalid_argument(_unjoined(previous, token))
         previous = token
-    if open_brackets:
-        unclosed = "(" if open_brackets[-1] == "call" else open_brackets[-1]
-        raise invalid_argument(f"filter has an unclosed {unclosed!r}: {expression!r}")
     if previous is not None and expecting_value:
         raise invalid_argument(f"filter ends with {previous.text!r}, where a value should follow")
-
-
-def _close(open_brackets: list[str], closing: str, expression: str) -> None:
-    """Closes the innermost open bracket with `closing`, or refuses a `closing` that does not match it."""
-    if not open_brackets or open_brackets.pop() not in _CLOSES[closing]:
-        raise invalid_argument(f"filter has an unmatched {closing!r}: {expression!r}")
 
 
 def _unjoined(previous: _Token, token: _Token) -> str:

@@ -1,6 +1,7 @@
 """What one process owns, a second never silently shares: ports of the services, and of `imgsearch up`."""
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -52,6 +53,25 @@ def test_a_host_that_is_not_this_machines_is_named_not_the_port(tiny_path) -> No
         with pytest.raises(OSError) as refused, running_encoder(tiny_path, host=host):
             pass
         assert str(refused.value).startswith(f"cannot listen on {host}:0 (--host): {problem}")
+
+
+class _Unprivileged(socket.socket):
+    """A socket as a process without privileges has one: ports below 1024 are not its to bind."""
+
+    def bind(self, address) -> None:  # type: ignore[no-untyped-def]
+        if address[1] < 1024:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        super().bind(address)
+
+
+def test_a_privileged_port_is_named_as_one_not_as_a_host_of_another_machine(monkeypatch) -> None:
+    """`imgsearch up --web-port 80` run by a user said "(--host): '127.0.0.1' is not an address of this
+    machine"; `up` has no --host. Only the bind is stood in for: this test may run with privileges."""
+    monkeypatch.setattr(socket, "socket", _Unprivileged)
+    with pytest.raises(StartFailed) as refused:
+        chosen_port(80, "--web-port")
+    said = "cannot listen on 127.0.0.1:80 (--web-port): a port below 1024 needs privileges this process lacks"
+    assert str(refused.value) == said
 
 
 def test_a_search_service_on_a_taken_port_exits_with_one_line(tiny_encoder, tmp_path) -> None:

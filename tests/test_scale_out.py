@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_search import STORED, folder, requests
 
 from encoder_service.server import EncoderServer
-from imagesearch.channels import CALLER_OPTIONS
+from imagesearch.channels import CALLER_OPTIONS, REPLICA_CALLER_OPTIONS
 from imagesearch.errors import ServiceError
 from imagesearch.serving import NOT_SERVING, SERVING
 from imagesearch.v1 import encoder_pb2, search_pb2
@@ -74,6 +74,20 @@ def test_a_frozen_replica_is_left_out_and_the_service_stays_serving(tiny_path, t
         found = [len(stub.SearchText(query, timeout=30).hits) for _ in range(6)]
     assert health == [True] * 4
     assert found == [2] * 6
+
+
+def test_every_service_keeps_a_connection_that_is_pinged_as_the_search_service_pings_its_encoders(
+    tiny_encoder,
+) -> None:
+    """gRPC's default ends a connection pinged more often than every 5 minutes without data (GOAWAY
+    "too_many_pings", after two strikes): every idle encoder connection was dropped within 12 s. Pinged here
+    every 1.5 s, no call on it, the connection must stay READY past the three pings that ended it."""
+    options = {**dict(REPLICA_CALLER_OPTIONS), "grpc.keepalive_time_ms": 1500}
+    with grpc.insecure_channel(tiny_encoder.grpc.address, list(options.items())) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        left_ready = threading.Event()
+        channel.subscribe(lambda state: left_ready.set() if state != grpc.ChannelConnectivity.READY else None)
+        assert not left_ready.wait(8)  # about five pings, unanswered by any GOAWAY
 
 
 # The encoders below end each connection after this long (by default 30 s), so that a test sees several end.
