@@ -4,6 +4,7 @@ A request message that protobuf cannot parse (a text field that is not UTF-8, or
 message) is refused the same way, with INVALID_ARGUMENT, where gRPC alone would answer INTERNAL.
 """
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from .handlers import Deserializer, RequestReading, wrap_handler
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -49,6 +52,15 @@ def _status_of_service_errors(context: grpc.ServicerContext) -> Iterator[None]:
         yield
     except ServiceError as error:
         context.abort(error.code, status_message(error.message))
+    except Exception as error:
+        if context.code() is not None:  # the handler's own context.abort, which grpc raises as an Exception
+            raise
+        # gRPC's own answer was UNKNOWN, "Exception calling application: " and the exception's text, which
+        # names the service's internals (a protobuf type, a path) to any caller.
+        log.exception("the call failed unexpectedly")
+        context.abort(
+            grpc.StatusCode.INTERNAL, f"the service failed ({type(error).__name__}): its log says why"
+        )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Iterator
 from datetime import datetime
 
 import grpc
@@ -25,6 +26,7 @@ from client.local import free_port
 from encoder_service.metrics import EncoderMetrics
 from imagesearch.errors import ServiceError
 from imagesearch.observability import ObservabilityInterceptor, log_formatter
+from imagesearch.serving import GrpcServer, ServerSettings
 from imagesearch.v1 import encoder_pb2, search_pb2
 from search_service.encoder_replicas import EncoderReplicas
 from search_service.metrics import SearchMetrics
@@ -287,6 +289,53 @@ def test_log_time_has_milliseconds_and_the_utc_offset_in_json_and_text(access_re
     time = json.loads(log_formatter("json").format(access_record))["time"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", time) and text_time == time
     assert abs(datetime.fromisoformat(time).timestamp() - access_record.created) < 0.001
+
+
+def _failing(request: bytes, context: grpc.ServicerContext) -> bytes:
+    raise RuntimeError("/srv/secret/path: an internal detail")
+
+
+def _failing_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+    yield b""
+    raise RuntimeError("/srv/secret/path: an internal detail")
+
+
+def _aborting(request: bytes, context: grpc.ServicerContext) -> bytes:
+    context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+    raise AssertionError("abort raises")
+
+
+def test_an_unexpected_failure_is_internal_without_the_services_internals(caplog) -> None:
+    """gRPC answered UNKNOWN, "Exception calling application: " and the exception's own text (a stored record
+    too deep to read back named a protobuf type). A handler's own abort keeps its status."""
+    handlers = {
+        "Fail": grpc.unary_unary_rpc_method_handler(_failing),
+        "FailStream": grpc.unary_stream_rpc_method_handler(_failing_stream),
+        "Abort": grpc.unary_unary_rpc_method_handler(_aborting),
+    }
+
+    def register(server: grpc.Server) -> None:
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("x.Svc", handlers)])
+
+    server = GrpcServer.serve(
+        ServerSettings(port=0, metrics_port=-1), "x.Svc", register, 4 << 20, CollectorRegistry()
+    )
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            with pytest.raises(grpc.RpcError) as failed:
+                channel.unary_unary("/x.Svc/Fail")(b"", timeout=10)
+            with pytest.raises(grpc.RpcError) as failed_streaming:
+                list(channel.unary_stream("/x.Svc/FailStream")(b"", timeout=10))
+            with pytest.raises(grpc.RpcError) as aborted:
+                channel.unary_unary("/x.Svc/Abort")(b"", timeout=10)
+    finally:
+        server.stop(0)
+    answers = [(error.value.code(), error.value.details()) for error in (failed, failed_streaming)]
+    internal = (grpc.StatusCode.INTERNAL, "the service failed (RuntimeError): its log says why")
+    assert answers == [internal, internal]
+    assert (aborted.value.code(), aborted.value.details()) == (grpc.StatusCode.NOT_FOUND, "no such thing")
+    logged = [record for record in caplog.records if record.name == "imagesearch.errors"]
+    assert len(logged) == 2 and all("secret/path" in str(record.exc_info[1]) for record in logged)
 
 
 def test_a_librarys_own_log_lines_are_in_the_services_format() -> None:
