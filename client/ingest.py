@@ -138,33 +138,33 @@ class Ingestion:
             self._owed_since = time.monotonic()
             self.answered = True
         outcome = messages.OUTCOMES[response.outcome]
-        return self._finish(IngestItem(response.uri, response.id, outcome, response.error), answered=True)
+        return self._finish(IngestItem(response.uri, response.id, outcome, response.error), is_answer=True)
 
-    def _finish(self, item: IngestItem, answered: bool = False) -> Awaitable[None] | None:
+    def _finish(self, item: IngestItem, is_answer: bool = False) -> Awaitable[None] | None:
         with self._lock:
             self.summary.add(item)
         if self._progress is None or self._failure is not None:
             return None
         try:
-            with self._telling_progress(answered):
+            with self._telling_progress(is_answer):
                 told = self._progress(item, self.summary)
         except Exception as failure:
             self._fail(failure)
             return None
-        return self._awaited(told, answered) if inspect.isawaitable(told) else None
+        return self._awaited(told, is_answer) if inspect.isawaitable(told) else None
 
-    async def _awaited(self, told: Awaitable[None], answered: bool) -> None:
+    async def _awaited(self, told: Awaitable[None], is_answer: bool) -> None:
         try:
-            with self._telling_progress(answered):
+            with self._telling_progress(is_answer):
                 await told
         except Exception as failure:
             self._fail(failure)
 
     @contextmanager
-    def _telling_progress(self, answered: bool) -> Iterator[None]:
+    def _telling_progress(self, is_answer: bool) -> Iterator[None]:
         """For an answer's item, stops the silence clock while `progress` runs: the answers after it wait to
         be read meanwhile. (An item the client settled itself holds up only the sending.)"""
-        if not answered:
+        if not is_answer:
             yield
             return
         started = time.monotonic()

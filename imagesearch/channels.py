@@ -1,4 +1,6 @@
-"""What every caller's channel to a service sets: the SDK's, the search page's and the search service's."""
+"""The gRPC options of connections between the tiers: what every caller's channel sets (the SDK's, the search
+page's and the search service's), the pings of the search service's channel to its encoder replicas, and the
+pings every server accepts."""
 
 CALLER_OPTIONS: list[tuple[str, int]] = [
     # A service that comes back is used again within about a second, not after gRPC's default backoff,
