@@ -269,13 +269,18 @@ def cmd_get(args: argparse.Namespace) -> int:
     with _search_client(args) as client:
         records = client.get(args.ids)
     print_json(records)
-    found = {record.id for record in records}
-    missing = [image_id for image_id in dict.fromkeys(args.ids) if image_id not in found]
+    return _named_not_stored(args.ids, {record.id for record in records})
+
+
+def _named_not_stored(ids: list[str], stored: set[str]) -> int:
+    """Names on stderr each of `ids` that is not `stored`; the exit code: partial when some are, failed when
+    none is."""
+    missing = [image_id for image_id in dict.fromkeys(ids) if image_id not in stored]
     for image_id in missing:
         print(f"imgsearch: not stored: {shown(image_id)}", file=sys.stderr)
     if not missing:
         return EXIT_OK
-    return EXIT_PARTIAL if records else EXIT_FAILED
+    return EXIT_PARTIAL if stored else EXIT_FAILED
 
 
 def _confirmed(client: SearchClient, args: argparse.Namespace, params: dict[str, Any]) -> bool:
@@ -302,9 +307,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if not _confirmed(client, args, params):
             print("nothing deleted")
             return EXIT_FAILED
-        deleted = client.delete(ids=args.id or None, filter=args.filter, filter_params=params)
-    print(f"deleted {deleted}")
-    return EXIT_OK
+        if args.filter:
+            print(f"deleted {client.delete(filter=args.filter, filter_params=params)}")
+            return EXIT_OK
+        stored = {record.id for record in client.get(args.id, output_fields=["id"])}
+        print(f"deleted {client.delete(ids=args.id)}")
+    return _named_not_stored(args.id, stored)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:

@@ -335,6 +335,12 @@ def test_cli_ingest_search_and_grid(services, photo_folder, tmp_path, capsys) ->
         capsys, *server, "delete", "--id", first, second, "--id", third
     )  # as the README writes
     assert code == EXIT_OK and "deleted 3" in out
+    code, out, err = cli(capsys, *server, "delete", "--id", first)
+    assert code == EXIT_FAILED and "deleted 0" in out and f"not stored: {first}" in err
+    remaining = json.loads(cli(capsys, *server, "search", "x", "--json")[1])[0]["id"]
+    code, out, err = cli(capsys, *server, "delete", "--id", remaining, second)
+    assert code == EXIT_PARTIAL and "deleted 1" in out
+    assert f"not stored: {second}" in err and remaining not in err
 
 
 def test_the_ingest_progress_bar_is_redrawn_a_few_times_a_second_not_for_every_picture(
