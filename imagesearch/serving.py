@@ -165,7 +165,8 @@ class GrpcServer:
             interceptors=interceptors,
         )
         register(self._server)
-        # The health service gets its own threads so that it answers even when every worker is busy.
+        # Watch streams get threads of their own; a Check waits for a worker like any call, so probes that
+        # must answer while every worker is busy ask --health-port, a server with its own threads.
         self.health = _Health(["", *self.service_names])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

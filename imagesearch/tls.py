@@ -9,6 +9,7 @@ until --max-connection-age-s ends them. The search service (its files for the en
 import logging
 import os
 import ssl
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,15 +47,27 @@ def _certificates(path: str, name: str) -> bytes:
 
 def _pair(cert: str, key: str, cert_name: str, key_name: str) -> tuple[bytes, bytes]:
     """The PEM bytes of a certificate chain and of its private key, checked as `_certificates` checks."""
-    pems = _certificates(cert, cert_name), _file(key, key_name)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(cert, key, password=b"")  # an encrypted key fails instead of prompting
-    except ssl.SSLError as error:
-        if error.reason == "KEY_VALUES_MISMATCH":
-            raise ValueError(f"{key_name} does not match {cert_name} ({key} is not {cert}'s key)") from None
-        raise ValueError(f"{key_name} {key} is no unencrypted PEM private key") from None
-    return pems
+    cert_pem, key_pem = _certificates(cert, cert_name), _file(key, key_name)
+    refusal = _pair_refusal(cert_pem + b"\n" + key_pem)
+    if refusal == "KEY_VALUES_MISMATCH":
+        raise ValueError(f"{key_name} does not match {cert_name} ({key} is not {cert}'s key)")
+    if refusal:
+        raise ValueError(f"{key_name} {key} is no unencrypted PEM private key")
+    return cert_pem, key_pem
+
+
+def _pair_refusal(pems: bytes) -> str | None:
+    """Why ssl refuses a certificate chain followed by its key; None when it takes them. ssl reads a pair only
+    from a file: this one holds the bytes just read, as gRPC gets them, where reading the two paths again
+    could check a renewal that landed since."""
+    with tempfile.NamedTemporaryFile(suffix=".pem") as file:  # mode 0600: it holds the key
+        file.write(pems)
+        file.flush()
+        try:  # an encrypted key fails instead of prompting
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(file.name, password=b"")
+        except ssl.SSLError as error:
+            return error.reason or "refused"
+    return None
 
 
 def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCredentials | None:

@@ -29,6 +29,7 @@ from client.local import free_port
 from encoder_service.batcher import DynamicBatcher
 from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
+from imagesearch import tls
 from imagesearch.serving import GrpcServer, ServerSettings, reported_startup
 from imagesearch.tls import channel_credentials, watched_channel_credentials
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
@@ -243,6 +244,28 @@ def _replace(source: str, target: Path) -> None:
     """As a certificate renewer writes a file: whole, under a new name, then moved over the old one."""
     shutil.copy(source, target.with_suffix(".new"))
     os.replace(target.with_suffix(".new"), target)
+
+
+def test_the_pair_checked_is_the_pair_read_though_a_renewal_lands_between_the_reads(
+    authority, tmp_path, monkeypatch
+) -> None:
+    """The key was checked against the certificate file read again: a renewal that replaced both files after
+    the certificate was read passed the check, and gRPC got the old certificate with the new key."""
+    first, renewed = (authority.issue(stem, server=True) for stem in ("before-renewal", "after-renewal"))
+    cert, key = tmp_path / "served.crt", tmp_path / "served.key"
+    _replace(first.cert, cert)
+    _replace(first.key, key)
+    read_certificates = tls._certificates
+
+    def renewed_after_reading(path: str, name: str) -> bytes:
+        pem = read_certificates(path, name)
+        _replace(renewed.cert, cert)
+        _replace(renewed.key, key)
+        return pem
+
+    monkeypatch.setattr(tls, "_certificates", renewed_after_reading)
+    with pytest.raises(ValueError, match="--tls-key does not match --tls-cert"):
+        tls.server_credentials(str(cert), str(key), "")
 
 
 def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(
