@@ -17,8 +17,10 @@ from imagesearch.headers import REQUEST_ID, answered_by_a_service, bearer, unsen
 from .errors import ImageSearchError, refused
 from .models import is_number
 
-# Unary calls are retried by gRPC itself when no server answered or a service said UNAVAILABLE (its encoder
-# or Milvus is restarting, say): what can succeed on retry. Ingest streams are not retried.
+# Calls are retried by gRPC itself when no server answered or a service said UNAVAILABLE (its encoder or
+# Milvus is restarting, say): what can succeed on retry. An ingest stream is too, but only while nothing was
+# answered and gRPC still holds all it sent (256 KiB): it sends that again, and the service stores each
+# picture once (by its sha256).
 _SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [

@@ -56,7 +56,7 @@ EPILOG = """exit codes:
   0  all done
   1  failed (the message says why and what to do)
   2  usage error, or a request refused for its arguments before it was sent
-  3  some items failed, the rest were done (ingest; 1 when every item failed)
+  3  some items failed, the rest were done (ingest, get, delete --id; 1 when every item failed)
   130  Ctrl-C (`up` and `demo --web`, which run until it, end 0)
   141  the reader of the output stopped reading (`| head`)
 

@@ -19,7 +19,7 @@ from imagesearch.iso_media import PICTURE_BRANDS, brands
 from .errors import refused
 from .models import QueryPart
 
-# The first bytes of each format the encoder reads (JPEG, PNG, GIF, WebP, BMP, TIFF; AVIF below).
+# The first bytes of each format the encoder reads (JPEG, PNG, GIF, BMP, TIFF; WebP and AVIF below).
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 HEAD_BYTES = 12
 _ESCAPED_BYTE = re.compile(rb"\\x([89a-f][0-9a-f])")  # how `uri_of` writes a byte that is not UTF-8

@@ -3,7 +3,8 @@
 By default, offline: renders labelled synthetic pictures, starts an encoder (the small CLIP trained on such
 pictures) and a search service on a Milvus Lite file in the work folder, ingests the pictures, runs text
 queries and an image query, prints the hits, writes one grid per query, and stops the services. With
-`--pictures DIR --model ViT-B/32 --query "a white dog"` it does the same for a folder of real photos.
+`--pictures DIR --model ViT-B/32 --query "a white dog" --image-query PATH` it does the same for a folder of
+real photos.
 With `--web` (`make web`) it starts the search page too and keeps everything running until Ctrl-C.
 """
 

@@ -2,6 +2,7 @@
 
 `python -m encoder_service.checkpoints random-vit-b32 OUT.pt [--torchscript]` writes a randomly initialised
 ViT-B/32: the exact architecture and cost of the real model, with meaningless vectors (plumbing, benchmarks).
+`tiny` instead of `random-vit-b32` writes the same family at a fraction of the cost (tests).
 """
 
 import argparse
