@@ -95,7 +95,7 @@ def _fill_in_id(item: _Item) -> None:
 def take_arrived(inbox: "queue.Queue[object]", first: object, size: int) -> tuple[list[_Item], bool]:
     """`first` and the items already waiting in `inbox` after it, up to `size` items; and whether the stream
     has ended. A request refused as it was read ends the call with its status; a broken stream, with
-    CANCELLED."""
+    CANCELLED; a failure of the reading itself is raised here, where the call's handler reports it."""
     batch: list[_Item] = []
     message = first
     while True:
@@ -103,8 +103,12 @@ def take_arrived(inbox: "queue.Queue[object]", first: object, size: int) -> tupl
             return batch, True
         if isinstance(message, ServiceError):
             raise message
+        if isinstance(message, grpc.RpcError):
+            raise ServiceError(
+                grpc.StatusCode.CANCELLED, "the ingest stream broke: the caller cancelled it or went away"
+            )
         if isinstance(message, BaseException):
-            raise ServiceError(grpc.StatusCode.CANCELLED, f"the ingest stream broke: {message}")
+            raise message
         if isinstance(message, _Item):
             batch.append(message)
         if len(batch) >= size:
@@ -229,7 +233,9 @@ class Ingestion:
             self._inbox.put(_END)
         except ServiceError as refusal:  # a request that cannot be read
             self._inbox.put(ServiceError(refusal.code, f"requests[{taken}]: {refusal.message}"))
-        except Exception as error:  # the client went away; the loop ends the call
+        except (
+            Exception
+        ) as error:  # the client went away (grpc.RpcError), or a defect: the loop ends the call
             self._inbox.put(error)
 
     def _hold(self, size: int) -> bool:

@@ -49,9 +49,18 @@ def test_other_wake_ups_are_skipped() -> None:
 
 def test_a_broken_stream_ends_the_call_as_cancelled() -> None:
     with pytest.raises(ServiceError) as broken:
-        take_arrived(inbox_of(ConnectionResetError("peer went away")), item(0), size=10)
+        take_arrived(inbox_of(grpc.RpcError()), item(0), size=10)  # what gRPC's request iterator raises
     assert broken.value.code == grpc.StatusCode.CANCELLED
-    assert broken.value.message == "the ingest stream broke: peer went away"
+    assert broken.value.message == "the ingest stream broke: the caller cancelled it or went away"
+
+
+def test_a_defect_in_reading_the_stream_is_raised_as_itself_not_as_a_caller_gone() -> None:
+    """Every failure of the reading thread was CANCELLED 'the stream broke', and none was logged: raised as
+    itself, it is what the handler's error model makes INTERNAL and logs with its traceback."""
+    defect = KeyError("a defect")
+    with pytest.raises(KeyError) as raised:
+        take_arrived(inbox_of(defect), item(0), size=10)
+    assert raised.value is defect
 
 
 def test_an_item_gets_its_sha256_as_id_or_the_reason_it_cannot_be_stored() -> None:
