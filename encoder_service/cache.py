@@ -9,12 +9,12 @@ Value = TypeVar("Value")
 
 class QueryCache(Generic[Value]):
     """The `capacity` most recently used values, keyed by (model, text) so that a vector is never served for
-    another model's query. Texts longer than `max_text_chars` are not kept: queries are short, and long texts
-    would make the cache's memory depend on what callers send."""
+    another model's query. Texts longer than `longest_cached_text` characters are not kept: queries are short,
+    and long texts would make the cache's memory depend on what callers send."""
 
-    def __init__(self, capacity: int, max_text_chars: int = 256) -> None:
+    def __init__(self, capacity: int, longest_cached_text: int = 256) -> None:
         self.capacity = capacity
-        self.max_text_chars = max_text_chars
+        self.longest_cached_text = longest_cached_text
         self.hits = 0
         self._values: OrderedDict[tuple[str, str], Value] = OrderedDict()
         self._lock = threading.Lock()
@@ -31,7 +31,7 @@ class QueryCache(Generic[Value]):
             return value
 
     def put(self, model: str, text: str, value: Value) -> None:
-        if self.capacity == 0 or len(text) > self.max_text_chars:
+        if self.capacity == 0 or len(text) > self.longest_cached_text:
             return
         with self._lock:
             self._values[(model, text)] = value

@@ -24,7 +24,7 @@ from imagesearch.pictures import (
 Image.MAX_IMAGE_PIXELS = None
 
 
-class ImageRejected(ValueError):
+class UnencodableImage(ValueError):
     """The bytes are not an image this service will encode; the message says why."""
 
 
@@ -67,21 +67,21 @@ def smallest_useful_side(model_resolution: int) -> int:
 def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
     """The picture in `data` with only its header read, once its size is known to be within `limits`."""
     if not data:
-        raise ImageRejected("empty (0 bytes)")
+        raise UnencodableImage("empty (0 bytes)")
     if len(data) > limits.max_bytes:
-        raise ImageRejected(f"{len(data)} bytes is over the limit of {limits.max_bytes} bytes")
+        raise UnencodableImage(f"{len(data)} bytes is over the limit of {limits.max_bytes} bytes")
     try:
         return open_within(data, limits.max_pixels)
     except UnreadablePicture as over_a_limit:
-        raise ImageRejected(str(over_a_limit)) from None
+        raise UnencodableImage(str(over_a_limit)) from None
     except UnidentifiedImageError:
-        raise ImageRejected(why_not_a_picture(data)) from None
+        raise UnencodableImage(why_not_a_picture(data)) from None
     except Exception as error:
-        raise ImageRejected(f"unreadable image header: {error}") from None
+        raise UnencodableImage(f"unreadable image header: {error}") from None
 
 
 def decode_image(data: bytes, limits: ImageLimits, smallest_side: int) -> Image.Image:
-    """The first frame of `data`, EXIF orientation applied, as an RGB picture; ImageRejected otherwise.
+    """The first frame of `data`, EXIF orientation applied, as an RGB picture; UnencodableImage otherwise.
 
     A JPEG much larger than `smallest_side` is decoded by libjpeg at 1/2, 1/4 or 1/8 scale, never below
     `smallest_side` on either side: a 12-megapixel photo reaches the model about 5 times sooner
@@ -96,7 +96,7 @@ def decode_image(data: bytes, limits: ImageLimits, smallest_side: int) -> Image.
             image.load()
             return to_rgb(upright(image))
     except Exception as error:
-        raise ImageRejected(f"cannot decode {image.format or 'image'} data: {error}") from None
+        raise UnencodableImage(f"cannot decode {image.format or 'image'} data: {error}") from None
 
 
 def resized_size(width: int, height: int, resolution: int) -> tuple[int, int]:
@@ -136,7 +136,7 @@ def pixels_for_clip(data: bytes, limits: ImageLimits, resolution: int) -> np.nda
     """Untrusted bytes to CLIP's input pixels, or why they have none."""
     try:
         return clip_pixels(decode_image(data, limits, smallest_useful_side(resolution)), resolution)
-    except ImageRejected as rejection:
+    except UnencodableImage as rejection:
         return RejectedImage(str(rejection))
 
 
@@ -151,7 +151,7 @@ def jpeg_for_device(data: bytes, limits: ImageLimits) -> DeviceJpeg | None:
     """`data` as a JPEG that nvJPEG decodes as libjpeg would (to a level or two of colour upsampling), once
     within `limits`; None for what only the PIL path does right: other formats, CMYK, greyscale and
     Adobe-marked JPEGs, components labelled RGB, strips, data that does not end where a JPEG ends (truncated
-    files, trailing bytes). ImageRejected past a limit."""
+    files, trailing bytes). UnencodableImage past a limit."""
     image = open_checked(data, limits)
     if image.format != "JPEG" or image.mode != "RGB" or "adobe" in image.info or is_a_strip(*image.size):
         return None

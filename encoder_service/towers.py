@@ -10,7 +10,7 @@ import torch
 
 from .batcher import DynamicBatcher
 from .graphs import GraphedForward
-from .images import DeviceJpeg, ImageLimits, ImageRejected, RejectedImage, jpeg_for_device
+from .images import DeviceJpeg, ImageLimits, RejectedImage, UnencodableImage, jpeg_for_device
 from .model import ClipModel
 from .preprocess import decode_on_device
 from .workers import WhenCallEnds, WorkerPool
@@ -172,7 +172,7 @@ class ImageTower:
         """A JPEG for the device, the bytes of any other picture for the workers, or a header's rejection."""
         try:
             return jpeg_for_device(data, self.limits) or data
-        except ImageRejected as rejection:
+        except UnencodableImage as rejection:
             return RejectedImage(str(rejection))
 
     def run(self, pictures: list[ImagePixels]) -> list[np.ndarray]:

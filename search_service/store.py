@@ -144,8 +144,10 @@ class Store:
                 server_manager_instance.release_server(self.uri)
             stale, self._client = self._client, self._connect()
             self._reconnect_needed = False
-        with contextlib.suppress(Exception):
+        try:
             stale.close()
+        except Exception:  # its connection is the broken one: the fresh client already serves
+            log.debug("closing the stale Milvus client failed", exc_info=True)
 
     def close(self) -> None:
         self._client.close()

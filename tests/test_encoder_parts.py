@@ -43,7 +43,7 @@ def test_a_queue_smaller_than_a_request_is_refused_once_sized() -> None:
 
 
 def test_the_query_cache_is_bounded_keyed_by_model_and_keeps_recent_queries() -> None:
-    cache: QueryCache[str] = QueryCache(capacity=2, max_text_chars=20)
+    cache: QueryCache[str] = QueryCache(capacity=2, longest_cached_text=20)
     cache.put("model-a", "a dog", "vector a")
     cache.put("model-b", "a dog", "vector b")
     assert (cache.get("model-a", "a dog"), cache.get("model-b", "a dog")) == ("vector a", "vector b")

@@ -17,7 +17,7 @@ from images import encode, jpeg, png
 from PIL import Image, ImageOps
 
 from encoder_service.graphs import GraphedForward, batch_buckets
-from encoder_service.images import DeviceJpeg, ImageLimits, ImageRejected, clip_pixels, jpeg_for_device
+from encoder_service.images import DeviceJpeg, ImageLimits, UnencodableImage, clip_pixels, jpeg_for_device
 from encoder_service.model import ClipModel
 from encoder_service.preprocess import (
     _FAILED_CALLS_PER_BATCH,
@@ -145,9 +145,9 @@ def test_only_jpegs_the_gpu_decodes_exactly_take_its_path() -> None:
     # nvJPEG would read that one as YCbCr, as the JPEG it was made from; libjpeg reads it as RGB.
     read = [np.asarray(Image.open(io.BytesIO(data)), int) for data in (plain, labelled_rgb(plain))]
     assert np.abs(read[1] - read[0]).mean() > 20
-    with pytest.raises(ImageRejected, match="320x240 pixels is over the limit of 1000 pixels"):
+    with pytest.raises(UnencodableImage, match="320x240 pixels is over the limit of 1000 pixels"):
         jpeg_for_device(plain, ImageLimits(max_bytes=1 << 20, max_pixels=1000))
-    with pytest.raises(ImageRejected, match="over the limit of 100 bytes"):
+    with pytest.raises(UnencodableImage, match="over the limit of 100 bytes"):
         jpeg_for_device(plain, ImageLimits(max_bytes=100, max_pixels=1 << 20))
 
 

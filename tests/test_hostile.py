@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from images import encode, jpeg, mistyped_exif_jpeg, png, png_with_size_header, two_tone
 from PIL import Image
 
-from encoder_service.images import ImageLimits, ImageRejected, decode_image
+from encoder_service.images import ImageLimits, UnencodableImage, decode_image
 from imagesearch.v1 import encoder_pb2, search_pb2
 from search_service.thumbnails import make_thumbnail
 
@@ -156,7 +156,7 @@ def test_hostile_images_get_a_vector_or_their_own_error_from_the_encoder(tiny_en
 def test_a_jpeg_of_too_many_scans_is_refused_from_its_bytes_before_decoding() -> None:
     """A multi-picture JPEG (MPO) got past the limit: 183 KB of one held a decoding process for 31 s."""
     for many_scans in (many_scans_jpeg, many_scans_mpo):
-        with pytest.raises(ImageRejected, match="a JPEG of 10000 scans is over the limit of 100 scans"):
+        with pytest.raises(UnencodableImage, match="a JPEG of 10000 scans is over the limit of 100 scans"):
             decode_image(many_scans(10_000), ImageLimits(max_bytes=1 << 24, max_pixels=1 << 24), 64)
         assert decode_image(many_scans(20), ImageLimits(max_bytes=1 << 24, max_pixels=1 << 24), 64)
 
@@ -269,7 +269,7 @@ VALID = [png(two_tone((200, 0, 0), (0, 0, 200), (64, 48))), jpeg(two_tone((0, 20
 def test_fuzz_decoding_gives_a_picture_or_a_rejection(data: bytes) -> None:
     try:
         picture = decode_image(data, LIMITS, smallest_side=448)
-    except ImageRejected as rejection:
+    except UnencodableImage as rejection:
         assert str(rejection)
     else:
         assert picture.mode == "RGB" and picture.width * picture.height <= LIMITS.max_pixels

@@ -25,7 +25,7 @@ from client import SearchClient
 from client.local import free_port
 from client.output import shown as shown_by_the_cli
 from demo.run import COLLECTION, DEMO_SEED, SMALL_CLIP
-from encoder_service.images import ImageLimits, ImageRejected, open_checked
+from encoder_service.images import ImageLimits, UnencodableImage, open_checked
 from imagesearch.errors import ServiceError
 from imagesearch.pictures import NOT_A_PICTURE
 from search_service.store import CollectionInfo
@@ -541,7 +541,7 @@ def test_refusals_with_no_picture_to_name_and_the_encoders_own_are_in_the_users_
     model were shown in the API's words."""
 
     def refused_by_the_encoder(data: bytes, max_bytes: int) -> str:
-        with pytest.raises(ImageRejected) as rejected:
+        with pytest.raises(UnencodableImage) as rejected:
             open_checked(data, ImageLimits(max_bytes, 10**8))
         return f"image: {rejected.value}"  # as the search service words it
 
