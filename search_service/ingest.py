@@ -1,10 +1,10 @@
 """The ingestion pipeline: hash -> skip what is stored -> encode the rest -> write, in order, with totals.
 
 Items are hashed by the thread that reads the stream, as they arrive, and grouped into batches of what has
-already arrived (at most the encoder's batch size), so a fast client fills batches and a slow one still sees
-each result promptly. Several batches are checked against Milvus, encoded and written at once, so that neither
-the encoder nor Milvus waits for the other. A result says "stored" only after Milvus has accepted the row,
-which holds the vector and every field at once.
+already arrived (at most what one encoder call takes), so a fast client fills batches and a slow one still
+sees each result promptly. Several batches are checked against Milvus, encoded and written at once, so that
+neither the encoder nor Milvus waits for the other. A result says "stored" only after Milvus has accepted the
+row, which holds the vector and every field at once.
 """
 
 import contextvars
@@ -150,7 +150,7 @@ class Ingestion:
         self._finished = threading.Event()
         self._seen: dict[str, _Item] = {}
         self._totals = _Totals()
-        self.batch_size = 1
+        self.items_per_call = 1
         self.max_image_bytes = 0  # the encoder's, once asked
 
     def run(self, requests: Iterator[search_pb2.IngestRequest]) -> Iterator[search_pb2.IngestResponse]:
@@ -161,9 +161,9 @@ class Ingestion:
 
     def _run(self, requests: Iterator[search_pb2.IngestRequest]) -> Iterator[search_pb2.IngestResponse]:
         info = self.encoder.info()
-        self.batch_size = max(1, info.max_items_per_request)
+        self.items_per_call = max(1, info.max_items_per_request)
         self.max_image_bytes = info.max_image_bytes
-        self._room.release(self.batch_size * (self.in_flight + 1))
+        self._room.release(self.items_per_call * (self.in_flight + 1))
         threading.Thread(target=self._read, args=(requests,), name="ingest-reader", daemon=True).start()
         first = self._next(idle=True)
         if first is _END:
@@ -255,7 +255,7 @@ class Ingestion:
             self._bytes_freed.notify()
 
     def _take_batch(self, first: object) -> tuple[list[_Item], bool]:
-        batch, ended = take_arrived(self._inbox, first, self.batch_size)
+        batch, ended = take_arrived(self._inbox, first, self.items_per_call)
         for _ in batch:
             self._room.release()
         self._totals.received += len(batch)
