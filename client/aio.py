@@ -15,7 +15,7 @@ import grpc.aio
 import numpy as np
 
 from imagesearch.defaults import ENCODER_ADDRESS, MAX_MESSAGE_BYTES, SEARCH_ADDRESS
-from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
+from imagesearch.v1 import encoder_pb2_grpc, search_pb2_grpc
 
 from . import messages
 from .channel import DEFAULT_TIMEOUT_S, Connection
@@ -190,7 +190,7 @@ class AsyncSearchClient:
             self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
         picture = await asyncio.to_thread(picture_bytes, image, MAX_MESSAGE_BYTES)
-        request = search_pb2.SearchImageRequest(image=picture, options=options)
+        request = messages.search_image_request(picture, options)
         response = await self._connection.call(self._stub.SearchImage, request)
         return messages.hits(response, output_fields)
 
@@ -224,8 +224,7 @@ class AsyncSearchClient:
             self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
         pictures = [await asyncio.to_thread(part_picture, part, MAX_MESSAGE_BYTES) for part in listed]
-        sent = [messages.query_part(part, picture) for part, picture in zip(listed, pictures, strict=True)]
-        request = search_pb2.SearchRequest(parts=sent, options=options)
+        request = messages.search_request(listed, pictures, options)
         response = await self._connection.call(self._stub.Search, request)
         return messages.hits(response, output_fields)
 
@@ -251,13 +250,11 @@ class AsyncSearchClient:
         return (await self._connection.call(self._stub.Delete, request)).deleted
 
     async def stats(self) -> Stats:
-        request = search_pb2.StatsRequest(collection=self.collection)
+        request = messages.stats_request(self.collection)
         return messages.stats(await self._connection.call(self._stub.Stats, request))
 
     async def limits(self) -> Limits:
-        return messages.limits(
-            await self._connection.call(self._stub.GetLimits, search_pb2.GetLimitsRequest())
-        )
+        return messages.limits(await self._connection.call(self._stub.GetLimits, messages.LIMITS_REQUEST))
 
     async def close(self) -> None:
         await self._connection.close()
@@ -293,11 +290,8 @@ class AsyncEncoderClient:
         """One result per image (its bytes, or a picture file's path), in order: `.vector`, or `.error`."""
         listed = messages.image_list(images)
         pictures = [await asyncio.to_thread(picture_bytes, image, MAX_MESSAGE_BYTES) for image in listed]
-        request = encoder_pb2.EncodeImagesRequest(images=pictures)
+        request = messages.encode_images_request(pictures)
         return messages.image_vectors(await self._connection.call(self._stub.EncodeImages, request))
-
-    async def info(self) -> encoder_pb2.GetModelInfoResponse:
-        return await self._connection.call(self._stub.GetModelInfo, encoder_pb2.GetModelInfoRequest())
 
     async def close(self) -> None:
         await self._connection.close()

@@ -143,6 +143,29 @@ def search_text_request(text: str, options: search_pb2.SearchOptions) -> search_
     return search_pb2.SearchTextRequest(text=_utf8("text", text), options=options)
 
 
+def search_image_request(picture: bytes, options: search_pb2.SearchOptions) -> search_pb2.SearchImageRequest:
+    return search_pb2.SearchImageRequest(image=picture, options=options)
+
+
+def search_request(
+    parts: Sequence[QueryPart], pictures: Sequence[bytes | None], options: search_pb2.SearchOptions
+) -> search_pb2.SearchRequest:
+    """The parts, each with the bytes of its picture (None for a text or a stored id)."""
+    sent = [query_part(part, picture) for part, picture in zip(parts, pictures, strict=True)]
+    return search_pb2.SearchRequest(parts=sent, options=options)
+
+
+def stats_request(collection: str) -> search_pb2.StatsRequest:
+    return search_pb2.StatsRequest(collection=collection)
+
+
+LIMITS_REQUEST = search_pb2.GetLimitsRequest()
+
+
+def encode_images_request(pictures: Sequence[bytes]) -> encoder_pb2.EncodeImagesRequest:
+    return encoder_pb2.EncodeImagesRequest(images=pictures)
+
+
 def encode_text_request(texts: str | Sequence[str]) -> encoder_pb2.EncodeTextRequest:
     """One text, or several (a text is one, not a sequence of letters)."""
     listed = [texts] if isinstance(texts, str) else list(texts)

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 
 from imagesearch.defaults import ENCODER_ADDRESS, MAX_MESSAGE_BYTES, SEARCH_ADDRESS
-from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
+from imagesearch.v1 import encoder_pb2_grpc, search_pb2_grpc
 
 from . import messages
 from .channel import DEFAULT_TIMEOUT_S, Connection
@@ -134,9 +134,7 @@ class SearchClient:
         options = messages.search_options(
             self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
-        request = search_pb2.SearchImageRequest(
-            image=picture_bytes(image, MAX_MESSAGE_BYTES), options=options
-        )
+        request = messages.search_image_request(picture_bytes(image, MAX_MESSAGE_BYTES), options)
         return messages.hits(self._connection.call(self._stub.SearchImage, request), output_fields)
 
     def search_similar(
@@ -169,8 +167,7 @@ class SearchClient:
             self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
         pictures = [part_picture(part, MAX_MESSAGE_BYTES) for part in listed]
-        sent = [messages.query_part(part, picture) for part, picture in zip(listed, pictures, strict=True)]
-        request = search_pb2.SearchRequest(parts=sent, options=options)
+        request = messages.search_request(listed, pictures, options)
         response = self._connection.call(self._stub.Search, request)
         return messages.hits(response, output_fields)
 
@@ -196,11 +193,11 @@ class SearchClient:
         return self._connection.call(self._stub.Delete, request).deleted
 
     def stats(self) -> Stats:
-        request = search_pb2.StatsRequest(collection=self.collection)
+        request = messages.stats_request(self.collection)
         return messages.stats(self._connection.call(self._stub.Stats, request))
 
     def limits(self) -> Limits:
-        return messages.limits(self._connection.call(self._stub.GetLimits, search_pb2.GetLimitsRequest()))
+        return messages.limits(self._connection.call(self._stub.GetLimits, messages.LIMITS_REQUEST))
 
     def close(self) -> None:
         self._connection.close()
@@ -233,11 +230,8 @@ class EncoderClient:
     def encode_images(self, images: bytes | str | Path | Sequence[bytes | str | Path]) -> list[ImageVector]:
         """One result per image (its bytes, or a picture file's path), in order: `.vector`, or `.error`."""
         pictures = [picture_bytes(image, MAX_MESSAGE_BYTES) for image in messages.image_list(images)]
-        request = encoder_pb2.EncodeImagesRequest(images=pictures)
+        request = messages.encode_images_request(pictures)
         return messages.image_vectors(self._connection.call(self._stub.EncodeImages, request))
-
-    def info(self) -> encoder_pb2.GetModelInfoResponse:
-        return self._connection.call(self._stub.GetModelInfo, encoder_pb2.GetModelInfoRequest())
 
     def close(self) -> None:
         self._connection.close()

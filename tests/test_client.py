@@ -295,7 +295,7 @@ def test_a_closed_client_raises_the_sdks_own_error(services, photo_folder) -> No
         encoder = AsyncEncoderClient(encoder_address)
         await encoder.close()
         with pytest.raises(ImageSearchError) as error:
-            await encoder.info()
+            await encoder.encode_texts("a dog")
         assert closed(error, "encoder service", encoder_address)
 
     asyncio.run(asynchronously())
