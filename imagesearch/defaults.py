@@ -1,9 +1,10 @@
-"""Where each part listens unless told otherwise, and how many cores its processes may use: the one place
-these are written."""
+"""Where each part listens unless told otherwise, its limits, a picture's id, and how many cores its
+processes may use: the one place these are written."""
 
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ GRPC_LARGEST_MESSAGE = 2**31 - 1  # gRPC's ceiling on any one message
 # The longest timeout a flag or a client takes (about 31 years): past about 9e9 s gRPC's deadline overflows,
 # and the call failed DEADLINE_EXCEEDED at once.
 LONGEST_SECONDS = 1e9
+
+PICTURE_ID = re.compile(r"[0-9a-f]{64}")  # a picture's id: the sha256 of its bytes, in lowercase hex
 
 
 def metadata_bytes(metadata: Mapping[str, Any]) -> int:

@@ -1,7 +1,6 @@
 """The SearchService RPCs: request checks, queries through the encoder and the store, result mapping."""
 
 import math
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -9,6 +8,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from imagesearch.defaults import PICTURE_ID
 from imagesearch.errors import ServiceError, invalid_argument
 from imagesearch.v1 import search_pb2, search_pb2_grpc
 
@@ -19,14 +19,13 @@ from .filters import render_filter, render_value
 from .ingest import Ingestion
 from .metadata import record_metadata
 from .metrics import SearchMetrics
-from .store import SHOWN, CollectionInfo, Store
+from .store import METRIC, SHOWN, CollectionInfo, Store
 from .thumbnails import Thumbnails
 
 DEFAULT_TOP_K = 10
 Item = TypeVar("Item", search_pb2.Hit, search_pb2.Record)
 EXTRA_OUTPUT_FIELDS = {"vector", "ingested_at", "model"}
 ALWAYS_RETURNED = ("id", "uri", "metadata")  # may be named in output_fields too
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # Room in an answer for what comes beside its hits or records: the model's name, each item's framing.
 _ANSWER_ENVELOPE_BYTES = 64 * 1024
 _ITEM_FRAMING_BYTES = 8
@@ -71,7 +70,7 @@ def _output_fields(requested: list[str]) -> list[str]:
 
 
 def _checked_id(image_id: str, name: str) -> str:
-    if not _SHA256_HEX.fullmatch(image_id):
+    if not PICTURE_ID.fullmatch(image_id):
         raise invalid_argument(f"{name} = {image_id!r} is not an id (64 lowercase hex digits, a sha256)")
     return image_id
 
@@ -298,7 +297,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             model=collection.model,
             dimension=collection.dimension,
             index_type=self.store.describe_index(collection.name),
-            metric_type="COSINE",
+            metric_type=METRIC,
         )
 
     def GetLimits(

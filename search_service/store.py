@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 from milvus_lite.server_manager import server_manager_instance
-from pymilvus import DataType, MilvusClient, MilvusException
+from pymilvus import CollectionSchema, DataType, MilvusClient, MilvusException
 from pymilvus.exceptions import ConnectionConfigException, MilvusUnavailableException
 
 from imagesearch.errors import ServiceError, invalid_argument
@@ -53,14 +53,26 @@ LITE_LOW_SPACE_BYTES = 64 << 20
 # Milvus Lite runs in a process this one starts, which answers within a second or two, but took over 10 s
 # (--milvus-timeout-s) on a busy machine's first, cold start: its connection may take this long.
 LITE_START_S = 60.0
-FIELDS = (
-    "id",
-    "vector",
-    "uri",
-    "model",
-    "metadata",
-    "ingested_at",
-)  # each collection's, as `create` makes it
+METRIC = "COSINE"  # what every collection's vectors are indexed and searched by
+
+
+def _schema(model: str, dimension: int) -> CollectionSchema:
+    """Each collection's fields; its description stamps the model whose vectors it holds."""
+    schema = MilvusClient.create_schema(
+        auto_id=False,
+        enable_dynamic_field=False,
+        description=json.dumps({"model": model, "dimension": dimension}),
+    )
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_LENGTH)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
+    schema.add_field("uri", DataType.VARCHAR, max_length=MAX_URI_LENGTH)
+    schema.add_field("model", DataType.VARCHAR, max_length=MAX_MODEL_LENGTH)
+    schema.add_field("metadata", DataType.JSON)
+    schema.add_field("ingested_at", DataType.INT64)
+    return schema
+
+
+FIELDS = tuple(field.name for field in _schema("", 1).fields)
 
 
 @dataclass(frozen=True)
@@ -255,15 +267,15 @@ class Store:
             "list indexes of", name, lambda: self._client.list_indexes(name, timeout=self.timeout_s)
         ):
             index = self._index_description(name)
-            if index.get("metric_type") != "COSINE":
+            if index.get("metric_type") != METRIC:
                 raise ServiceError(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"collection {name!r} indexes its vectors by {index.get('metric_type')}, where this "
-                    "service searches by COSINE; use another collection",
+                    f"service searches by {METRIC}; use another collection",
                 )
             return
         index = MilvusClient.prepare_index_params()
-        index.add_index("vector", index_type=self.index_type, metric_type="COSINE", params=self.index_params)
+        index.add_index("vector", index_type=self.index_type, metric_type=METRIC, params=self.index_params)
         self._call(
             f"index ({self.index_type} {json.dumps(self.index_params)}: --index-type, --index-params)",
             name,
@@ -285,17 +297,7 @@ class Store:
             existing = self.open_collection(name)
             if existing is not None:
                 return existing
-            schema = MilvusClient.create_schema(
-                auto_id=False,
-                enable_dynamic_field=False,
-                description=json.dumps({"model": model, "dimension": dimension}),
-            )
-            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_LENGTH)
-            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
-            schema.add_field("uri", DataType.VARCHAR, max_length=MAX_URI_LENGTH)
-            schema.add_field("model", DataType.VARCHAR, max_length=MAX_MODEL_LENGTH)
-            schema.add_field("metadata", DataType.JSON)
-            schema.add_field("ingested_at", DataType.INT64)
+            schema = _schema(model, dimension)
             self._call(
                 "create collection",
                 name,
@@ -392,7 +394,7 @@ class Store:
                 offset=offset,
                 filter=expression,
                 output_fields=output_fields,
-                search_params={"metric_type": "COSINE", "params": {}},
+                search_params={"metric_type": METRIC, "params": {}},
                 consistency_level=SHOWN,
                 timeout=self.timeout_s,
             ),

@@ -21,7 +21,6 @@ import logging
 import math
 import multiprocessing
 import os
-import re
 import tempfile
 import threading
 import time
@@ -30,6 +29,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from imagesearch.defaults import PICTURE_ID
 from imagesearch.pictures import UnreadablePicture, fitted
 
 from .names import COLLECTION_NAME
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 LONGEST_SIDE = 256
 JPEG_QUALITY = 85
-_ID = re.compile(r"[0-9a-f]{64}")
 # A part-written thumbnail this old was left by a process that died: a live service's own last while their
 # batch is encoded and written (the encoder's and Milvus's deadlines, retries included: minutes at most).
 STALE_PART_S = 3600.0
@@ -113,7 +112,7 @@ class Thumbnails:
     def _path(self, collection: str, image_id: str) -> Path:
         # Callers check both already; this keeps any other name (the collection's is a folder) from becoming
         # a path.
-        if not COLLECTION_NAME.fullmatch(collection) or not _ID.fullmatch(image_id):
+        if not COLLECTION_NAME.fullmatch(collection) or not PICTURE_ID.fullmatch(image_id):
             raise ValueError(f"not a collection and id: {collection!r}, {image_id!r}")
         return self.folder / collection / f"{image_id}.jpg"
 

@@ -10,7 +10,6 @@ GET  /healthz               the process answers, to any Host header (web/hosts.p
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -25,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from client import AsyncSearchClient, Hit
+from imagesearch.defaults import PICTURE_ID
 from imagesearch.tls import watched_channel_credentials
 
 from .access import AccessLog
@@ -38,7 +38,6 @@ from .search_client import RenewingSearchClient
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-PICTURE_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def file_name(uri: str) -> str:
