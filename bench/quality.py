@@ -1,6 +1,6 @@
 """Meaning, measured through the whole product: precision@10 of the small CLIP on unseen synthetic pictures.
 
-    .venv/bin/python bench/quality.py [--per-class 10] [--model models/small-clip-synthetic.pt]
+    .venv/bin/python bench/quality.py [--per-class 10] [--model demo/small-clip-synthetic.pt]
 
 Renders pictures with seeds never used in training, ingests them through the search service (encoder =
 the small CLIP), then asks one text query ("a red circle") and 5 fresh pictures per colour x shape.

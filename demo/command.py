@@ -82,8 +82,10 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "demo", help="the whole product on synthetic pictures, offline, in one command"
     )
     # Defaults that depend on other flags are None here, so that a flag given where it does nothing is told.
-    demo.add_argument("--workdir", default=".work/demo", help="where pictures, the database and grids go")
-    demo.add_argument("--model", default="", help="default: the small CLIP trained on synthetic pictures")
+    where = "where pictures, the database and grids go (default %(default)s)"
+    demo.add_argument("--workdir", default=".work/demo", help=where)
+    models = "default: the small CLIP trained on synthetic pictures; with --pictures, ViT-B/32 (downloaded)"
+    demo.add_argument("--model", default="", help=models)
     demo.add_argument(
         "--per-class",
         type=positive_int,
@@ -93,7 +95,7 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     demo.add_argument("--query", action="append", default=[], help="a text query for --pictures (repeatable)")
     demo.add_argument("--image-query", help="a picture to search by, for --pictures")
     demo.add_argument("--top-k", type=positive_int, help=f"hits per query (default {TOP_K})")
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar while ingesting")
     demo.add_argument(
         "--web", action="store_true", help="serve the search page on the collection until Ctrl-C (make web)"
     )

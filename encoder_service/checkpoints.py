@@ -66,7 +66,9 @@ def save_torchscript(model: CLIP, path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m encoder_service.checkpoints",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("kind", choices=["random-vit-b32", "tiny"])
     parser.add_argument("out", help="where to write the checkpoint")

@@ -28,14 +28,15 @@ def parse_config(
     for field in dataclasses.fields(config_type):  # type: ignore[arg-type]
         default = field.default
         value_type = type(default)
-        env = env_prefix + field.name.upper()
+        env, flag = env_prefix + field.name.upper(), "--" + field.name.replace("_", "-")
         raw = os.environ.get(env)
         try:
             value: Any = default if raw is None else value_type(raw)
-        except ValueError as error:
-            parser.error(f"environment variable {env}={raw!r}: {error}")
+        except ValueError:  # settings are text, or numbers
+            kind = "a whole number" if value_type is int else "a number"
+            parser.error(f"environment variable {env}={raw!r} is not {kind}, as {flag} takes")
         parser.add_argument(
-            "--" + field.name.replace("_", "-"),
+            flag,
             dest=field.name,
             type=value_type,
             default=value,

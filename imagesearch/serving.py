@@ -174,12 +174,9 @@ class GrpcServer:
         )
         self.port = _bind(self._server, host, port, "--port", credentials)
         self.address = f"{host}:{self.port}"
-        try:
-            self.metrics = serve_metrics(registry, host, metrics_port) if metrics_port >= 0 else None
-        except OSError as error:
-            raise OSError(
-                f"cannot serve metrics on {host}:{metrics_port} (--metrics-port): {error}"
-            ) from None
+        if metrics_port >= 0:
+            require_listenable(host, metrics_port, "--metrics-port")
+        self.metrics = serve_metrics(registry, host, metrics_port) if metrics_port >= 0 else None
         if self.metrics is not None:
             log.info("metrics on http://%s:%d/metrics", host, self.metrics.server_port)
         self._health_server, self.health_address = (

@@ -156,6 +156,23 @@ def test_kubernetes_manifests_follow_the_kubernetes_schemas() -> None:
         kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
 
 
+def test_the_search_pods_memory_limit_covers_what_its_settings_let_ingests_hold() -> None:
+    """The limit was 2 GiB while the defaults let 16 streams hold 256 MiB each (about 2.5 times that in
+    memory, README "Limits"): three fast ingests at once could have the pod killed for memory."""
+    search = next(m for m in manifests() if (m["kind"], m["metadata"]["name"]) == ("Deployment", "search"))
+    container = search["spec"]["template"]["spec"]["containers"][0]
+    env = {variable["name"]: variable.get("value") for variable in container["env"]}
+    defaults = SearchConfig(milvus_uri="http://milvus:19530")
+    streams = int(env.get("SEARCH_MAX_CONCURRENT_INGESTS", defaults.max_concurrent_ingests))
+    buffer = int(env.get("SEARCH_INGEST_BUFFER_BYTES", defaults.ingest_buffer_bytes))
+    workers = int(env["SEARCH_THUMBNAIL_WORKERS"])  # else the node's cores decide, up to 16
+    held = (
+        2.5 * streams * buffer + workers * (36 << 20) + (512 << 20)
+    )  # and the service itself, Milvus's client
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi") and held <= int(limit[:-2]) << 30
+
+
 def test_kubernetes_encoder_tier_has_gpus_probes_a_headless_service_and_an_autoscaler() -> None:
     by_kind = {(m["kind"], m["metadata"]["name"]): m for m in manifests()}
     [container] = by_kind[("Deployment", "encoder")]["spec"]["template"]["spec"]["containers"]

@@ -33,7 +33,15 @@ def test_a_bad_environment_value_is_a_usage_error_naming_the_variable(monkeypatc
     with pytest.raises(SystemExit) as usage:
         encoder_flags([])
     assert usage.value.code == 2
-    assert "environment variable ENCODER_MAX_BATCH_SIZE='many'" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "variable ENCODER_MAX_BATCH_SIZE='many' is not a whole number, as --max-batch-size takes" in said
+    monkeypatch.setenv("ENCODER_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("ENCODER_DECODE_TIMEOUT_S", "tcp://10.0.0.1:50051")  # as a Kubernetes service link
+    with pytest.raises(SystemExit):
+        encoder_flags([])
+    said = capsys.readouterr().err
+    assert "ENCODER_DECODE_TIMEOUT_S='tcp://10.0.0.1:50051' is not a number, as --decode-timeout-s" in said
+    assert "invalid literal" not in said and "could not convert" not in said  # Python's words
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ def test_a_second_server_on_a_taken_port_fails_and_names_the_flag(tiny_encoder, 
     held = free_port()
     with running_search(tiny_encoder.grpc.address, tmp_path / "a.db", metrics_port=held) as first:
         assert first.grpc.metrics is not None
-        taken = rf"cannot serve metrics on 127.0.0.1:{held} \(--metrics-port\)"
+        taken = rf"cannot listen on 127.0.0.1:{held} \(--metrics-port\): another process holds that port"
         with (
             pytest.raises(OSError, match=taken),
             running_search(tiny_encoder.grpc.address, tmp_path / "b.db", metrics_port=held),

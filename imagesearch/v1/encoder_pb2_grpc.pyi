@@ -30,10 +30,13 @@ class EncoderServiceStub:
     """The GPU tier: turns texts and images into L2-normalised CLIP vectors.
 
     Status codes:
-      INVALID_ARGUMENT    an empty text, an empty request, or more items than the limit (the message names it);
-                          a request message that cannot be parsed (a string that is not UTF-8).
+      INVALID_ARGUMENT    an empty text, a text with no words, an empty request, or more items than the limit
+                          (the message names it); a request message that cannot be parsed (a string that is
+                          not UTF-8).
       RESOURCE_EXHAUSTED  the batching queue is full; retry later or on another replica.
       UNAVAILABLE         the model is not loaded yet, or the server is shutting down.
+      UNAUTHENTICATED     the service demands a bearer token (--auth-tokens) and the call carries none of them.
+      INTERNAL            a failure no handler expected: "the service failed (ExceptionType): its log says why".
     A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error and .reason.
     """
 
@@ -50,10 +53,13 @@ class EncoderServiceAsyncStub(EncoderServiceStub):
     """The GPU tier: turns texts and images into L2-normalised CLIP vectors.
 
     Status codes:
-      INVALID_ARGUMENT    an empty text, an empty request, or more items than the limit (the message names it);
-                          a request message that cannot be parsed (a string that is not UTF-8).
+      INVALID_ARGUMENT    an empty text, a text with no words, an empty request, or more items than the limit
+                          (the message names it); a request message that cannot be parsed (a string that is
+                          not UTF-8).
       RESOURCE_EXHAUSTED  the batching queue is full; retry later or on another replica.
       UNAVAILABLE         the model is not loaded yet, or the server is shutting down.
+      UNAUTHENTICATED     the service demands a bearer token (--auth-tokens) and the call carries none of them.
+      INTERNAL            a failure no handler expected: "the service failed (ExceptionType): its log says why".
     A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error and .reason.
     """
 
@@ -66,10 +72,13 @@ class EncoderServiceServicer(metaclass=_abc_1.ABCMeta):
     """The GPU tier: turns texts and images into L2-normalised CLIP vectors.
 
     Status codes:
-      INVALID_ARGUMENT    an empty text, an empty request, or more items than the limit (the message names it);
-                          a request message that cannot be parsed (a string that is not UTF-8).
+      INVALID_ARGUMENT    an empty text, a text with no words, an empty request, or more items than the limit
+                          (the message names it); a request message that cannot be parsed (a string that is
+                          not UTF-8).
       RESOURCE_EXHAUSTED  the batching queue is full; retry later or on another replica.
       UNAVAILABLE         the model is not loaded yet, or the server is shutting down.
+      UNAUTHENTICATED     the service demands a bearer token (--auth-tokens) and the call carries none of them.
+      INTERNAL            a failure no handler expected: "the service failed (ExceptionType): its log says why".
     A bad image never fails the whole EncodeImages call: it gets its own ImageResult.error and .reason.
     """
 

@@ -38,9 +38,14 @@ class SearchServiceStub:
       NOT_FOUND            the collection does not exist; Search: a part's id is not stored; GetThumbnail: the
                            picture has no thumbnail.
       FAILED_PRECONDITION  the collection was made with another model than the encoder serves (both are named).
-      RESOURCE_EXHAUSTED   the encoder's queue is full.
+      RESOURCE_EXHAUSTED   the encoder's queue is full; Ingest: --max-concurrent-ingests streams are running
+                           already, or the disk holding the Milvus Lite file is full.
       UNAVAILABLE          the encoder or Milvus cannot be reached; what was reported stored stays stored.
-      DEADLINE_EXCEEDED    Milvus or the encoder did not answer in time.
+      DEADLINE_EXCEEDED    Milvus or the encoder did not answer in time; Ingest: the stream sent nothing for
+                           --ingest-idle-timeout-s.
+      UNAUTHENTICATED      the service demands a bearer token (--auth-tokens) and the call carries none of them.
+      INTERNAL             a failure no handler expected: "the service failed (ExceptionType): its log says
+                           why".
     """
 
     @_typing.overload
@@ -85,9 +90,14 @@ class SearchServiceAsyncStub(SearchServiceStub):
       NOT_FOUND            the collection does not exist; Search: a part's id is not stored; GetThumbnail: the
                            picture has no thumbnail.
       FAILED_PRECONDITION  the collection was made with another model than the encoder serves (both are named).
-      RESOURCE_EXHAUSTED   the encoder's queue is full.
+      RESOURCE_EXHAUSTED   the encoder's queue is full; Ingest: --max-concurrent-ingests streams are running
+                           already, or the disk holding the Milvus Lite file is full.
       UNAVAILABLE          the encoder or Milvus cannot be reached; what was reported stored stays stored.
-      DEADLINE_EXCEEDED    Milvus or the encoder did not answer in time.
+      DEADLINE_EXCEEDED    Milvus or the encoder did not answer in time; Ingest: the stream sent nothing for
+                           --ingest-idle-timeout-s.
+      UNAUTHENTICATED      the service demands a bearer token (--auth-tokens) and the call carries none of them.
+      INTERNAL             a failure no handler expected: "the service failed (ExceptionType): its log says
+                           why".
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -128,9 +138,14 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
       NOT_FOUND            the collection does not exist; Search: a part's id is not stored; GetThumbnail: the
                            picture has no thumbnail.
       FAILED_PRECONDITION  the collection was made with another model than the encoder serves (both are named).
-      RESOURCE_EXHAUSTED   the encoder's queue is full.
+      RESOURCE_EXHAUSTED   the encoder's queue is full; Ingest: --max-concurrent-ingests streams are running
+                           already, or the disk holding the Milvus Lite file is full.
       UNAVAILABLE          the encoder or Milvus cannot be reached; what was reported stored stays stored.
-      DEADLINE_EXCEEDED    Milvus or the encoder did not answer in time.
+      DEADLINE_EXCEEDED    Milvus or the encoder did not answer in time; Ingest: the stream sent nothing for
+                           --ingest-idle-timeout-s.
+      UNAUTHENTICATED      the service demands a bearer token (--auth-tokens) and the call carries none of them.
+      INTERNAL             a failure no handler expected: "the service failed (ExceptionType): its log says
+                           why".
     """
 
     @_abc_1.abstractmethod
