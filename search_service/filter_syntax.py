@@ -9,6 +9,8 @@ store alike:
 - a `like` not followed by a quoted pattern (`uri like 5`, `like true`, `like uri`);
 - an `in` or `not in` whose left side is not a field alone (`1 in [1]`, `ingested_at + 1 in [1]`, and
   `uri == "a" in [true]`, which it reads as `uri == ("a" in [true])`);
+- a list after `in` that is empty or mixes types (whole numbers and fractions too), which Lite fails on with
+  an assertion of its engine;
 - `/` and `%` but by a number other than 0, written out: a divisor of 0 (`ingested_at / 0 == 1`,
   `1 % (5 - 5) == 0`, `ingested_at / / 2`) ends the process;
 - a function not called with a field first and its number of arguments (`json_contains(metadata["tags"])`,
@@ -108,6 +110,7 @@ def check_syntax(expression: str) -> None:
             )
         if token.text == "in":
             _check_in(tokens, index, expression)
+            _check_in_list(tokens, index, closing)
         if token.text in ("/", "%") and not (following is not None and _nonzero_number(following)):
             divisor = repr(following.text) if following else "nothing"
             raise invalid_argument(
@@ -162,6 +165,43 @@ def _check_in(tokens: list[_Token], index: int, expression: str) -> None:
         )
 
 
+def _check_in_list(tokens: list[_Token], index: int, closing: dict[int, int]) -> None:
+    """The list after the `in` at `index` is not empty and its values are of one type, whole numbers and
+    fractions apart: Lite fails on any other (a server answers), with an assertion from its engine."""
+    if index + 1 == len(tokens) or tokens[index + 1].text != "[":
+        return  # no list: the alternation check says what is wrong
+    items = [item for item in _split_at_commas(tokens[index + 2 : closing[index + 1]]) if item]
+    if not items:
+        raise invalid_argument(
+            "filter has an empty list after in, which Milvus Lite cannot evaluate: leave out the condition"
+        )
+    types = {_literal_type(item) for item in items} - {None}
+    if len(types) > 1:
+        listed = " and ".join(sorted(str(kind) for kind in types))
+        advice = (
+            "write each as a fraction (2.0)" if "fractions" in types else "compare with values of one type"
+        )
+        raise invalid_argument(
+            f"filter has a list after in that mixes {listed}, which Milvus Lite fails on: {advice}"
+        )
+
+
+def _literal_type(item: list[_Token]) -> str | None:
+    """What a list item written as a literal is (a number may have a sign); None for anything else."""
+    *sign, value = item
+    if sign and (len(sign) > 1 or sign[0].text not in ("-", "+") or value.kind != "number"):
+        return None
+    if value.kind == "string":
+        return "text"
+    if value.text in _BOOLEANS:
+        return "true/false"
+    if value.kind != "number":
+        return None
+    hexadecimal = value.text[:2].lower() == "0x"
+    fraction = "." in value.text or ("p" if hexadecimal else "e") in value.text.lower()
+    return "fractions" if fraction else "whole numbers"
+
+
 def _nonzero_number(token: _Token) -> bool:
     """Whether `token` is a number literal other than 0 (its digits, before any exponent, not all 0)."""
     if token.kind != "number":
@@ -176,21 +216,27 @@ def _check_call(tokens: list[_Token], index: int, name: str, closing: dict[int, 
     written, (usage, count) = tokens[index].text, _CALLS[name]
     if index + 1 == len(tokens) or tokens[index + 1].text != "(":
         raise invalid_argument(f"filter has {written} not called as a function: write {usage}")
-    arguments: list[list[_Token]] = [[]]
+    arguments = _split_at_commas(tokens[index + 2 : closing[index + 1]])
+    first = arguments[0]
+    if len(arguments) != count or not (len(first) == 1 and first[0].is_field()):
+        raise invalid_argument(f"filter has {written}(…) with other arguments than {usage}")
+
+
+def _split_at_commas(tokens: list[_Token]) -> list[list[_Token]]:
+    """The tokens between a pair of brackets, parted at the commas not inside further brackets."""
+    parts: list[list[_Token]] = [[]]
     depth = 0
-    for token in tokens[index + 2 : closing[index + 1]]:
+    for token in tokens:
         bracket = token.text if token.kind == "operator" else ""
         if bracket in ("(", "["):
             depth += 1
         elif bracket in (")", "]"):
             depth -= 1
         if depth == 0 and bracket == ",":
-            arguments.append([])
+            parts.append([])
         else:
-            arguments[-1].append(token)
-    first = arguments[0]
-    if len(arguments) != count or not (len(first) == 1 and first[0].is_field()):
-        raise invalid_argument(f"filter has {written}(…) with other arguments than {usage}")
+            parts[-1].append(token)
+    return parts
 
 
 def _check_alternation(tokens: list[_Token]) -> None:

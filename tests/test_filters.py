@@ -68,6 +68,37 @@ def test_an_empty_list_is_refused_rather_than_left_to_milvus_lite() -> None:
     assert "is an empty list" in refusal("uri in {uris}", uris=listed())
 
 
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("uri in []", "filter has an empty list after in, which Milvus Lite cannot evaluate"),
+        ('uri not in ["a", 1]', "a list after in that mixes text and whole numbers"),
+        ('metadata["n"] in [true, -2]', "mixes true/false and whole numbers"),
+        (
+            'metadata["n"] in [2, 2.5]',
+            "mixes fractions and whole numbers, which Milvus Lite fails on: write each",
+        ),
+    ],
+)
+def test_a_written_list_that_milvus_lite_fails_on_is_refused_as_a_parameter_is(expression, message) -> None:
+    """Only parameters were checked: a list written into the filter reached Lite, which failed with an
+    assertion from its engine ('Cannot find field with field_id: 0 … segcore error')."""
+    assert message in refusal(expression)
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "ingested_at in [-5, 5]",
+        'uri in ["a",]',
+        'metadata["n"] in [2.0, 2.5e1]',
+        "metadata['n'] in [0x1e, 2]",
+    ],
+)
+def test_a_written_list_of_one_type_is_taken(expression) -> None:
+    assert render_filter(expression, {}) == expression
+
+
 def test_a_list_of_mixed_types_is_refused_but_numbers_mix() -> None:
     assert "mixes number and text" in refusal("uri in {v}", v=listed(FilterValue(int_value=1), text("a")))
     assert render_filter("x in {v}", {"v": listed(FilterValue(int_value=1), FilterValue(float_value=2.5))})
