@@ -13,7 +13,7 @@ from pathlib import Path
 from harness import print_table
 
 from client import SearchClient
-from client.local import free_port, local_services
+from client.local import local_services
 from demo.run import SMALL_CLIP
 from synthetic.evaluation import Quality, measure, write_pictures
 
@@ -35,9 +35,7 @@ def main() -> None:
         write_pictures(pictures, args.per_class, COLLECTION_SEED)
         milvus = str(Path(folder) / "milvus.db")
         with (
-            local_services(
-                args.model, milvus, "cpu", free_port(), free_port(), log, metrics_ports=(0, 0)
-            ) as services,
+            local_services(args.model, milvus, "cpu", 0, 0, log, metrics_ports=(0, 0)) as services,
             SearchClient(services.search, collection="quality") as client,
         ):
             summary = client.ingest([pictures])

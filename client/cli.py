@@ -17,6 +17,7 @@ from importlib.metadata import entry_points
 import grpc
 
 from imagesearch.defaults import (
+    DEFAULT_MODEL,
     ENCODER_ADDRESS,
     ENCODER_METRICS_PORT,
     ENCODER_PORT,
@@ -31,6 +32,7 @@ from imagesearch.defaults import (
 from .channel import DEFAULT_TIMEOUT_S
 from .commands import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
     EXIT_READER_GONE,
@@ -146,7 +148,7 @@ def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     up.add_argument(
         "--model",
-        default="ViT-B/32",
+        default=DEFAULT_MODEL,
         help="a CLIP model name (downloaded once) or a checkpoint file (default %(default)s)",
     )
     up.add_argument(
@@ -355,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         _say("interrupted (Ctrl-C)")
-        return 130
+        return EXIT_INTERRUPTED
     return EXIT_OK
 
 

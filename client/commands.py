@@ -22,6 +22,7 @@ from .sync import EncoderClient, SearchClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 EXIT_READER_GONE = 141  # as a command that SIGPIPE stopped
+EXIT_INTERRUPTED = 130  # as a command that SIGINT stopped
 
 
 class UsageError(Exception):

@@ -16,8 +16,10 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from imagesearch.defaults import ENCODER_METRICS_PORT, ENCODER_PORT, SEARCH_METRICS_PORT, SEARCH_PORT
 from imagesearch.ports import require_listenable
+
+# How long a service may take to say SERVING: the encoder's first start downloads ViT-B/32 (about 340 MB).
+START_TIMEOUT_S = 900.0
 
 
 class StartFailed(Exception):
@@ -159,12 +161,12 @@ def _child(args: list[str], log: IO[str] | None) -> Iterator[subprocess.Popen[by
 def local_services(
     model: str,
     milvus_uri: str,
-    device: str = "auto",
-    encoder_port: int = ENCODER_PORT,
-    search_port: int = SEARCH_PORT,
+    device: str,
+    encoder_port: int,
+    search_port: int,
     log: IO[str] | None = None,
-    start_timeout_s: float = 900.0,
-    metrics_ports: tuple[int, int] = (ENCODER_METRICS_PORT, SEARCH_METRICS_PORT),
+    *,
+    metrics_ports: tuple[int, int],
     web_port: int | None = None,
     web_collection: str = "",
 ) -> Iterator[LocalServices]:
@@ -186,17 +188,17 @@ def local_services(
         encoder_args = ["-m", "encoder_service", "--model", model, "--device", device]
         encoder_args += ["--port", str(encoder_port), "--metrics-port", str(metrics_ports[0])]
         encoder_process = stack.enter_context(_child(encoder_args, log))
-        _wait_until(_serving(encoder), f"encoder service at {encoder}", encoder_process, start_timeout_s, log)
+        _wait_until(_serving(encoder), f"encoder service at {encoder}", encoder_process, START_TIMEOUT_S, log)
         search_args = ["-m", "search_service", "--encoder", encoder, "--milvus-uri", milvus_uri]
         search_args += ["--port", str(search_port), "--metrics-port", str(metrics_ports[1])]
         search_process = stack.enter_context(_child(search_args, log))
-        _wait_until(_serving(search), f"search service at {search}", search_process, start_timeout_s, log)
+        _wait_until(_serving(search), f"search service at {search}", search_process, START_TIMEOUT_S, log)
         children = {"encoder service": encoder_process, "search service": search_process}
         web = ""
         if web_port is not None:
             web = f"http://127.0.0.1:{web_port}"
             web_args = ["-m", "web", "--search", search, "--port", str(web_port)]
             web_process = stack.enter_context(_child([*web_args, "--collection", web_collection], log))
-            _wait_until(_answering(web), f"search page at {web}", web_process, start_timeout_s, log)
+            _wait_until(_answering(web), f"search page at {web}", web_process, START_TIMEOUT_S, log)
             children["search page"] = web_process
         yield LocalServices(encoder, search, metrics_ports, children, web)

@@ -9,7 +9,7 @@ from pathlib import Path
 from client.cli import port_argument
 from client.commands import EXIT_FAILED, UsageError, stop_on_signal
 from client.output import shown
-from imagesearch.defaults import WEB_PORT
+from imagesearch.defaults import DEFAULT_MODEL, WEB_PORT
 
 from .run import TOP_K, DemoPlan, NothingToSearch, run_demo, serve_page, synthetic_plan
 
@@ -64,7 +64,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise UsageError("demo --pictures also needs --query TEXT and --image-query PATH (or --web)")
         pictures = _existing(args.pictures, "--pictures", folder=True)
         image_query = _existing(args.image_query, "--image-query", folder=False) if args.image_query else None
-        plan = DemoPlan(pictures, args.model or "ViT-B/32", tuple(args.query), image_query, False)
+        plan = DemoPlan(pictures, args.model or DEFAULT_MODEL, tuple(args.query), image_query, False)
     else:
         plan = synthetic_plan(workdir, args.model, args.per_class or PER_CLASS)
     try:

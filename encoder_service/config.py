@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from imagesearch.defaults import (
+    DEFAULT_MODEL,
     ENCODER_METRICS_PORT,
     ENCODER_PORT,
     GRPC_LARGEST_MESSAGE,
@@ -18,8 +19,6 @@ from imagesearch.defaults import (
 )
 from imagesearch.flags import parse_config, require_at_least, require_at_most, require_seconds, setting
 from imagesearch.serving import ServerSettings
-
-from .model import DEFAULT_MODEL
 
 _SIZED_FOR_THE_DEVICE = ["grpc_workers", "max_batch_size", "max_queue_size", "decode_workers"]
 _REQUEST_ROOM = 1 << 20  # what a request holds beside its images

@@ -17,8 +17,6 @@ from .preprocess import ModelInput
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "ViT-B/32"
-
 
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":

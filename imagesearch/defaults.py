@@ -1,5 +1,5 @@
-"""Where each part listens unless told otherwise, its limits, a picture's id, and how many cores its
-processes may use: the one place these are written."""
+"""Where each part listens unless told otherwise, the model it serves, its limits, a picture's id, and how
+many cores its processes may use: the one place these are written."""
 
 import json
 import math
@@ -8,6 +8,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+DEFAULT_MODEL = "ViT-B/32"  # what the encoder serves unless told otherwise (OpenAI's, downloaded once)
 
 ENCODER_PORT = 50051
 SEARCH_PORT = 50052

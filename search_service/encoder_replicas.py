@@ -249,9 +249,9 @@ class EncoderReplicas:
             "GetModelInfo", lambda channel: channel.stub.GetModelInfo, encoder_pb2.GetModelInfoRequest()
         )
 
-    def encode_text(self, text: str, name: str = "text") -> tuple[str, np.ndarray]:
-        """The model's name and the text's vector."""
-        model, [vector] = self.encode_texts([text], [name])
+    def encode_text(self, text: str) -> tuple[str, np.ndarray]:
+        """The model's name and the text's vector (a refusal names it "text", as SearchText's field)."""
+        model, [vector] = self.encode_texts([text], ["text"])
         return model, vector
 
     def encode_texts(self, texts: list[str], names: Sequence[str]) -> tuple[str, list[np.ndarray]]:
