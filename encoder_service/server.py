@@ -29,7 +29,7 @@ class EncoderServer:
         self.grpc: GrpcServer | None = None
 
     def start(self) -> str:
-        self.grpc = GrpcServer.serve(
+        self.grpc = GrpcServer(
             self.config,
             SERVICE_NAME,
             lambda server: encoder_pb2_grpc.add_EncoderServiceServicer_to_server(self.servicer, server),

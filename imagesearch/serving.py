@@ -5,7 +5,7 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -122,31 +122,28 @@ def _bind(
 
 
 class GrpcServer:
-    """A started gRPC server on host:port whose services are NOT_SERVING until `set_serving(True)`.
+    """A started gRPC server as `settings` describe it, serving `service_name` (`register` adds it), whose
+    services are NOT_SERVING until `set_serving(True)`.
 
-    Every call is counted, timed and logged (metrics on `metrics_port`, 0: any free port, -1: none) and,
-    when `auth_tokens` are given, must carry one of them as a bearer token. With `credentials` it speaks TLS;
-    `health_port` (-1: none) then lets probes that cannot, such as Kubernetes' gRPC probes, reach the same
-    health statuses in plaintext, and nothing else. Each caller's connection is asked to close after
-    `max_connection_age_s` (0: never), for callers to spread over replicas added since.
+    Every call is counted, timed and logged (metrics on `--metrics-port`, 0: any free port, -1: none) and,
+    when `--auth-tokens` are given, must carry one of them as a bearer token. With `--tls-cert` it speaks
+    TLS; `--health-port` (-1: none) then lets probes that cannot, such as Kubernetes' gRPC probes, reach the
+    same health statuses in plaintext, and nothing else. Each caller's connection is asked to close after
+    `--max-connection-age-s` (0: never), for callers to spread over replicas added since.
     """
 
     def __init__(
         self,
-        host: str,
-        port: int,
-        service_names: Iterable[str],
+        settings: ServerSettings,
+        service_name: str,
         register: Callable[[grpc.Server], None],
-        max_workers: int,
         max_message_bytes: int,
         registry: CollectorRegistry,
-        metrics_port: int,
-        auth_tokens: Sequence[str] = (),
-        credentials: grpc.ServerCredentials | None = None,
-        health_port: int = -1,
-        max_connection_age_s: float = 0.0,
     ) -> None:
-        self.service_names = [*service_names]
+        host, metrics_port, health_port = settings.host, settings.metrics_port, settings.health_port
+        auth_tokens = bearer_tokens(settings.auth_tokens)
+        credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca)
+        self.service_names = [service_name]
         authentication = [BearerTokenInterceptor(auth_tokens)] if auth_tokens else []
         interceptors = [
             ObservabilityInterceptor(registry, self.service_names),
@@ -154,13 +151,13 @@ class GrpcServer:
             ServiceErrorInterceptor(),
         ]
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+            futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="grpc"),
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
                 *_EXCLUSIVE_PORT,
                 *PINGS_ACCEPTED,
-                *_connection_age(max_connection_age_s),
+                *_connection_age(settings.max_connection_age_s),
             ],
             interceptors=interceptors,
         )
@@ -172,7 +169,7 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
-        self.port = _bind(self._server, host, port, "--port", credentials)
+        self.port = _bind(self._server, host, settings.port, "--port", credentials)
         self.address = f"{host}:{self.port}"
         if metrics_port >= 0:
             require_listenable(host, metrics_port, "--metrics-port")
@@ -195,31 +192,6 @@ class GrpcServer:
         server.start()
         log.info("health checks alone, in plaintext, on %s:%d", host, bound)
         return server, f"{host}:{bound}"
-
-    @classmethod
-    def serve(
-        cls,
-        settings: ServerSettings,
-        service_name: str,
-        register: Callable[[grpc.Server], None],
-        max_message_bytes: int,
-        registry: CollectorRegistry,
-    ) -> "GrpcServer":
-        """A server as `settings` describe it."""
-        return cls(
-            settings.host,
-            settings.port,
-            [service_name],
-            register,
-            settings.grpc_workers,
-            max_message_bytes,
-            registry,
-            settings.metrics_port,
-            bearer_tokens(settings.auth_tokens),
-            server_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca),
-            settings.health_port,
-            settings.max_connection_age_s,
-        )
 
     def set_serving(self, serving: bool) -> None:
         status = SERVING if serving else NOT_SERVING

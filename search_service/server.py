@@ -96,7 +96,7 @@ class SearchServer:
         self._monitor = threading.Thread(target=self._watch_health, name="health-monitor", daemon=True)
 
     def start(self) -> str:
-        self.grpc = GrpcServer.serve(
+        self.grpc = GrpcServer(
             self.config,
             SERVICE_NAME,
             lambda server: search_pb2_grpc.add_SearchServiceServicer_to_server(self.servicer, server),

@@ -50,7 +50,7 @@ def test_a_caller_without_a_token_is_refused_before_its_request_arrives(encoder,
 def serve(auth_tokens: str) -> GrpcServer:
     """A server with no service of its own: reflection, which demands the token, stands for one."""
     settings = ServerSettings(port=0, metrics_port=-1, auth_tokens=auth_tokens)
-    return GrpcServer.serve(settings, "x.Svc", lambda server: None, 4 << 20, CollectorRegistry())
+    return GrpcServer(settings, "x.Svc", lambda server: None, 4 << 20, CollectorRegistry())
 
 
 def answer(server: GrpcServer, token: str | None) -> grpc.StatusCode:

@@ -317,7 +317,7 @@ def test_an_unexpected_failure_is_internal_without_the_services_internals(caplog
     def register(server: grpc.Server) -> None:
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("x.Svc", handlers)])
 
-    server = GrpcServer.serve(
+    server = GrpcServer(
         ServerSettings(port=0, metrics_port=-1), "x.Svc", register, 4 << 20, CollectorRegistry()
     )
     try:

@@ -210,7 +210,7 @@ def test_a_key_not_the_certificates_stops_the_start_naming_it(authority, tmp_pat
     }
     settings = ServerSettings(port=0, metrics_port=-1, tls_cert=identity.cert, tls_key=keys[key])
     with pytest.raises(SystemExit) as stopped, reported_startup("encoder"):
-        GrpcServer.serve(settings, "x.Svc", lambda server: None, 4 << 20, CollectorRegistry())
+        GrpcServer(settings, "x.Svc", lambda server: None, 4 << 20, CollectorRegistry())
     assert str(stopped.value.code).startswith("encoder: --tls-key ") and refusal in str(stopped.value.code)
 
 
@@ -277,7 +277,7 @@ def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(
     _replace(first.cert, cert)
     _replace(first.key, key)
     settings = ServerSettings(port=0, metrics_port=-1, tls_cert=str(cert), tls_key=str(key))
-    server = GrpcServer.serve(settings, "x.Svc", lambda server: None, 4 << 20, CollectorRegistry())
+    server = GrpcServer(settings, "x.Svc", lambda server: None, 4 << 20, CollectorRegistry())
 
     def trusted_by(ca: str) -> bool:
         """Whether a new connection verifies the served certificate with `ca`."""
