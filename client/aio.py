@@ -143,7 +143,7 @@ class AsyncSearchClient:
                 if (told := ingestion.record(response)) is not None:
                     await told
         except grpc.RpcError as error:
-            failure = self._connection.error(error, ingestion.answered)
+            failure = self._connection.error(error, answered=True)  # its limits, just before
             raise IngestInterrupted(failure, ingestion.summary) from None
         except asyncio.CancelledError:
             if ingestion.went_silent:

@@ -18,12 +18,13 @@ from .errors import ImageSearchError, refused
 from .models import is_number
 
 # Calls are retried by gRPC itself when no server answered or a service said UNAVAILABLE (its encoder or
-# Milvus is restarting, say): what can succeed on retry. An ingest stream is too, but only while nothing was
-# answered and gRPC still holds all it sent (256 KiB): it sends that again, and the service stores each
-# picture once (by its sha256).
+# Milvus is restarting, say): what can succeed on retry. Ingest streams are not: under a retry policy, a
+# stream whose service died before its first answer never ended (grpcio 1.85; grpc/grpc#41036), and the
+# method named alone takes precedence over its service's entry.
 _SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [
+            {"name": [{"service": "imagesearch.v1.SearchService", "method": "Ingest"}]},
             {
                 "name": [
                     {"service": "imagesearch.v1.SearchService"},
@@ -36,7 +37,7 @@ _SERVICE_CONFIG = json.dumps(
                     "backoffMultiplier": 2,
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
-            }
+            },
         ]
     }
 )
@@ -126,8 +127,8 @@ class Connection:
 
     def error(self, error: grpc.RpcError, answered: bool = False) -> ImageSearchError:
         """The failure as the SDK reports it; a service that never answered is named as unreachable, and one
-        that went away after it had `answered` (earlier in a stream) as gone: it was "cannot reach", which
-        sent its user looking for a wrong address instead of a crash."""
+        that went away after it had `answered` (an ingest's GetLimits, asked just before its stream) as gone:
+        it was "cannot reach", which sent its user looking for a wrong address instead of a crash."""
         code: grpc.StatusCode = error.code()
         message: str = error.details() or ""
         reached = answered_by_a_service(error)

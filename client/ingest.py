@@ -58,7 +58,6 @@ class Ingestion:
         self._owed = 0  # requests sent and not answered yet
         self._owed_since = 0.0  # when the service last answered one, or was sent one while it owed none
         self._telling = 0  # progress calls about answers under way: meanwhile the next answers wait unread
-        self.answered = False  # whether the service has answered any request of this stream
         self.went_silent = False  # set by the client that cancelled the stream for it
 
     def _request(self, found: Found, max_bytes: int) -> search_pb2.IngestRequest | IngestItem:
@@ -136,7 +135,6 @@ class Ingestion:
         with self._lock:
             self._owed -= 1
             self._owed_since = time.monotonic()
-            self.answered = True
         outcome = messages.OUTCOMES[response.outcome]
         return self._finish(IngestItem(response.uri, response.id, outcome, response.error), is_answer=True)
 

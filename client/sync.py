@@ -95,7 +95,7 @@ class SearchClient:
             failure = (
                 self._connection.silence()
                 if ingestion.went_silent
-                else self._connection.error(error, ingestion.answered)
+                else self._connection.error(error, answered=True)  # its limits, just before
             )
             raise IngestInterrupted(failure, ingestion.summary) from None
         finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cli_process import run_cli
-from conftest import running_encoder, running_search, search_stub, service_process
+from conftest import encoder_process, running_encoder, running_search, search_stub, service_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -29,7 +29,9 @@ from test_search import picture
 from client import AsyncSearchClient, ImageSearchError, IngestInterrupted, IngestSummary, SearchClient
 from client.cli import EXIT_FAILED, EXIT_PARTIAL, main
 from client.files import uri_of
+from client.ingest import Ingestion
 from client.local import free_port
+from client.models import Limits
 from imagesearch.v1 import search_pb2
 
 MAX_IMAGE_BYTES = 200_000
@@ -415,6 +417,53 @@ def test_an_ingest_cut_short_keeps_and_prints_what_was_done(small_limit_encoder,
     assert report["interrupted"].startswith(gone)
     assert 1 <= report["stored"] < 2000 == report["total"]
     assert f"is the search service running at {address}, without TLS" in done.stderr
+
+
+def test_an_ingest_whose_service_dies_before_its_first_answer_ends_at_once(
+    tiny_path, tmp_path, monkeypatch
+) -> None:
+    """The SDK's retry policy covered Ingest: a stream whose service died before it had answered anything
+    never ended, whatever the timeout (grpcio 1.85), and `imgsearch ingest` hung until Ctrl-C."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for index in range(8):
+        (folder / f"{index}.png").write_bytes(picture(7000 + index))
+    with encoder_process(tiny_path) as (encoder, encoder_address):
+        args = ["--encoder", encoder_address, "--milvus-uri", str(tmp_path / "milvus.db")]
+        with service_process("search_service", "search service listening", *args) as (search, address):
+            asked_limits, sending = SearchClient.limits, Ingestion.requests
+
+            def frozen_encoder_after_the_limits(client: SearchClient) -> Limits:
+                limits = asked_limits(client)
+                encoder.send_signal(signal.SIGSTOP)  # nothing can be encoded now, so nothing answered
+                return limits
+
+            def service_killed_once_the_stream_carries_a_picture(
+                ingestion: Ingestion, limits: Limits
+            ) -> Iterator[search_pb2.IngestRequest]:
+                for number, request in enumerate(sending(ingestion, limits)):
+                    if number == 1:  # the first one is sent: the stream is open
+                        search.send_signal(signal.SIGKILL)
+                    yield request
+
+            monkeypatch.setattr(SearchClient, "limits", frozen_encoder_after_the_limits)
+            monkeypatch.setattr(Ingestion, "requests", service_killed_once_the_stream_carries_a_picture)
+            failures: list[IngestInterrupted] = []
+
+            def ingest() -> None:
+                with SearchClient(address, timeout=600) as client, pytest.raises(IngestInterrupted) as cut:
+                    client.ingest([folder])
+                failures.append(cut.value)
+
+            streaming = threading.Thread(target=ingest, daemon=True)
+            try:
+                streaming.start()
+                streaming.join(timeout=60)  # a bound on a hang: it ends within a second
+            finally:
+                encoder.send_signal(signal.SIGCONT)
+    assert not streaming.is_alive() and len(failures) == 1
+    assert failures[0].code == grpc.StatusCode.UNAVAILABLE
+    assert failures[0].message.startswith(f"the search service at {address} went away during the stream")
 
 
 def _stored_some(stub) -> bool:  # type: ignore[no-untyped-def]
