@@ -24,6 +24,7 @@ from pymilvus.exceptions import ConnectionConfigException, MilvusUnavailableExce
 from imagesearch.errors import ServiceError, invalid_argument
 
 from .config import is_milvus_lite, shown_uri
+from .lite_file import check_lite_file
 from .names import collection_name_problem
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,8 @@ class Store:
         self._client = self._connect()
 
     def _connect(self) -> MilvusClient:
+        if is_milvus_lite(self.uri):
+            check_lite_file(self.uri)
         try:
             # A connection of its own, not pymilvus's shared one, so that a reconnect replaces it whole.
             timeout = max(self.timeout_s, LITE_START_S) if is_milvus_lite(self.uri) else self.timeout_s

@@ -2,6 +2,7 @@
 
 import hashlib
 import itertools
+import os
 import re
 import subprocess
 import sys
@@ -602,6 +603,45 @@ def test_a_milvus_lite_file_in_use_gets_a_clear_error(search) -> None:
     assert second.returncode == 1
     assert f"cannot open the Milvus Lite file {search.config.milvus_uri}" in second.stderr
     assert "Only one process at a time may open a Milvus Lite file" in second.stderr
+
+
+def test_a_damaged_milvus_lite_file_is_refused_and_left_as_it_is(tiny_encoder, tmp_path) -> None:
+    """Lite served a file with one page zeroed (a bad sector) without a word: searches saw part of the
+    collection, and rows then reported stored were gone after a restart. A file of other bytes was refused as
+    in use by another process."""
+    milvus = tmp_path / "milvus.db"
+    encoder = tiny_encoder.grpc.address
+    with running_search(encoder, milvus) as server, search_stub(server.grpc.address) as stub:
+        requests = [search_pb2.IngestRequest(image=picture(900 + n), uri=f"{n}.png") for n in range(12)]
+        assert [answer.outcome for answer in stub.Ingest(iter(requests))] == [STORED] * 12
+    page_zeroed = bytearray(milvus.read_bytes())
+    page_zeroed[2 * 4096 : 3 * 4096] = bytes(4096)
+    for content, problem in (
+        (bytes(page_zeroed), "is damaged ("),
+        (b"not a database " * 1000, "is damaged (file is not a database)"),
+    ):
+        milvus.write_bytes(content)
+        with pytest.raises(ServiceError) as refused, running_search(encoder, milvus):
+            pass
+        assert refused.value.code == grpc.StatusCode.DATA_LOSS
+        assert f"the Milvus Lite file {milvus} {problem}" in refused.value.message
+        assert milvus.read_bytes() == content
+
+
+def test_a_milvus_lite_folder_this_process_may_not_write_is_named(tmp_path) -> None:
+    """Lite's own failure was "[Errno 30] Read-only file system: '…/.milvus.db.lock'" and a traceback."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    milvus = folder / "milvus.db"
+    command = [sys.executable, "-m", "search_service", "--milvus-uri", str(milvus), "--port", "0"]
+    command += ["--thumbnail-dir", str(tmp_path / "thumbnails")]  # else beside it, and refused first
+    if os.geteuid() == 0:  # root writes past permission bits unless it gives up the capability to
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"cannot open the Milvus Lite file {milvus} (--milvus-uri)" in refused.stderr
+    assert f"a lock file beside it, in {folder}, which this process may not" in refused.stderr
 
 
 def test_health_follows_the_encoder(tiny_path, tmp_path) -> None:
