@@ -26,8 +26,8 @@ from imagesearch.defaults import (
     SEARCH_METRICS_PORT,
     SEARCH_PORT,
     WEB_PORT,
-    is_port,
 )
+from imagesearch.ports import is_port
 
 from .channel import DEFAULT_TIMEOUT_S
 from .commands import (
@@ -142,7 +142,8 @@ def _add_filter_arguments(command: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_up(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`up`: an encoder, a search service and the search page here, until Ctrl-C."""
     up = commands.add_parser(
         "up", help="run an encoder, a search service and the search page here until Ctrl-C"
     )
@@ -186,6 +187,9 @@ def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     up.set_defaults(run=cmd_up)
 
+
+def _add_ingest(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`ingest PATH...`: pictures into the collection."""
     ingest = commands.add_parser("ingest", help="store the pictures in files and folders")
     ingest.add_argument("paths", nargs="+", metavar="PATH")
     ingest.add_argument(
@@ -203,6 +207,9 @@ def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     ingest.add_argument("--json", action="store_true", help="the totals and per-item results as JSON")
     ingest.set_defaults(run=cmd_ingest)
 
+
+def _add_search(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`search`: a query of weighted parts, its filter, and how the hits are shown."""
     search = commands.add_parser(
         "search",
         help='find pictures by text ("a white dog"), by --image, by --like ID, or by weighted parts',
@@ -235,6 +242,9 @@ def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     search.add_argument("--grid", metavar="PNG", help="also write a contact sheet of the hits")
     search.set_defaults(run=cmd_search)
 
+
+def _add_collection(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`stats`, `get ID...` and `delete`: the collection itself."""
     stats = commands.add_parser("stats", help="how many pictures, which model")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(run=cmd_stats)
@@ -249,11 +259,22 @@ def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     delete.add_argument("--yes", action="store_true", help="do not ask before deleting what a filter matches")
     delete.set_defaults(run=cmd_delete)
 
+
+def _add_encode(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`encode`: one vector, from the encoder."""
     encode = commands.add_parser("encode", help="the vector of a text or an image")
     encode.add_argument("text", nargs="?", default="")
     encode.add_argument("--image")
     encode.add_argument("--json", action="store_true")
     encode.set_defaults(run=cmd_encode)
+
+
+def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _add_up(commands)
+    _add_ingest(commands)
+    _add_search(commands)
+    _add_collection(commands)
+    _add_encode(commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

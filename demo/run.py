@@ -112,7 +112,7 @@ def _ingested(
     print("services stopped")
 
 
-def run_demo(workdir: Path, plan: DemoPlan, top_k: int = TOP_K, progress: bool = True) -> int:
+def run_demo(workdir: Path, plan: DemoPlan, top_k: int = TOP_K, progress: bool = True) -> None:
     grids = workdir / "grids"
     with _ingested(workdir, plan, progress) as (_, client):
         for query in plan.queries:
@@ -132,15 +132,13 @@ def run_demo(workdir: Path, plan: DemoPlan, top_k: int = TOP_K, progress: bool =
             )
         stats = client.stats()
         print(f"\ncollection {stats.collection!r}: {stats.count} pictures, model {stats.model}")
-    return 0
 
 
 def serve_page(
     workdir: Path, plan: DemoPlan, web_port: int, stop: threading.Event, progress: bool = True
-) -> int:
+) -> None:
     """`make web`: the demo's collection behind the search page, until `stop` is set (Ctrl-C)."""
     with _ingested(workdir, plan, progress, web_port) as (local, _):
         print(f"\nsearch page: {local.web}/?q=a+red+circle\nCtrl-C stops everything")
         stop.wait()
         print("stopping...")
-    return 0

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
+from imagesearch.cores import available_cores
 from imagesearch.defaults import (
     DEFAULT_MODEL,
     ENCODER_METRICS_PORT,
     ENCODER_PORT,
     GRPC_LARGEST_MESSAGE,
     MAX_IMAGE_PIXELS,
-    available_cores,
 )
 from imagesearch.flags import parse_config, require_at_least, require_at_most, require_seconds, setting
 from imagesearch.serving import ServerSettings

@@ -11,7 +11,8 @@ import os
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from .defaults import LONGEST_SECONDS, is_port
+from .defaults import LONGEST_SECONDS
+from .ports import is_port
 
 Config = TypeVar("Config")
 

@@ -5,20 +5,15 @@ Every answer of a method the server has also names the service that gave it in i
 
 A caller may send `x-request-id` of 1 to 128 letters, digits and `._:-`; otherwise (none, or any other) the
 first service makes one, so that a caller can neither bloat every log line nor push the metadata sent on to
-the encoder over its size limit. It is kept in a context variable for the call, sent on to the encoder by the
-search service, and written in every log line of the call.
+the encoder over its size limit. It is kept in a context variable for the call (calls.py), sent on to the
+encoder by the search service, and written in every log line of the call.
 """
 
-import contextvars
 import json
 import logging
-import math
-import re
-import threading
 import time
-import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -28,57 +23,15 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from .calls import current_request_id, handling, request_id_of
 from .handlers import wrap_handler
-from .headers import REQUEST_ID, SERVED_BY
+from .headers import SERVED_BY
 
-
-class Caller:
-    """Who waits for the call being handled: until when (its `deadline`, in time.monotonic(); inf: none), and
-    whether it still waits. The calls the handler makes to other services get no longer than it, and are
-    cancelled when it goes (it cancelled its call, or its deadline passed), so that they work for nobody."""
-
-    def __init__(self, deadline: float = math.inf) -> None:
-        self.deadline = deadline
-        self._lock = threading.Lock()
-        self._gone = threading.Event()
-        self._on_leaving: set[Callable[[], object]] = set()
-
-    def left(self) -> None:
-        """The call has ended, however it ended: whatever still waits for it is cancelled."""
-        with self._lock:
-            self._gone.set()
-            cancels = list(self._on_leaving)
-        for cancel in cancels:
-            cancel()
-
-    def gone_within(self, seconds: float) -> bool:
-        """Waits up to `seconds`, less if the caller goes meanwhile; whether it has gone."""
-        return self._gone.wait(seconds)
-
-    @contextmanager
-    def awaiting(self, cancel: Callable[[], object]) -> Iterator[None]:
-        """Runs `cancel` if the caller goes within this block (at once if it has gone already)."""
-        with self._lock:
-            gone = self._gone.is_set()
-            self._on_leaving.add(cancel)
-        try:
-            if gone:
-                cancel()
-            yield
-        finally:
-            with self._lock:
-                self._on_leaving.discard(cancel)
-
-
-_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
-_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
-_WAITING_FOR_EVER = Caller()  # outside any call, it never goes
 _QUIET_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # What the search service's health check asks every encoder every few seconds, and what the SDK asks before
 # each ingest: an answer of these is logged at DEBUG (its failure at INFO), counted as any call. At INFO, an
 # idle `imgsearch up` wrote one line every 5 s.
 _DESCRIPTIONS = ("GetModelInfo", "GetLimits")
-_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # A caller's deadline reaches the server as a timeout, which the server counts from when the call arrived: its
 # own deadline falls a little later than the caller's, by the call's transit, so the caller's cut at the
 # deadline arrives with a little time apparently left. A call ended this close to its deadline was cut by it.
@@ -98,23 +51,6 @@ _GRPC_CANCELLED = "cancelled"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 log = logging.getLogger("imagesearch.access")
-
-
-def current_request_id() -> str:
-    return _request_id.get()
-
-
-def current_caller() -> Caller:
-    """The caller of the call being handled here (outside any call: one that waits for ever)."""
-    return _caller.get(_WAITING_FOR_EVER)
-
-
-def request_id_of(metadata: Mapping[str, str | bytes]) -> str:
-    """The caller's request id if it is a safe one, else a fresh one."""
-    offered = metadata.get(REQUEST_ID)
-    if isinstance(offered, str) and _SAFE_REQUEST_ID.fullmatch(offered):
-        return offered
-    return uuid.uuid4().hex
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -226,15 +162,10 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         @contextmanager
         def observed(context: grpc.ServicerContext) -> Iterator[None]:
             context.set_trailing_metadata(served_by)
-            token = _request_id.set(request_id)
-            # With no deadline, grpc says about 9e18 s remain.
-            caller = Caller(time.monotonic() + context.time_remaining())
-            if not context.add_callback(caller.left):  # the call has ended already
-                caller.left()
-            caller_token = _caller.set(caller)
             started, error = time.perf_counter(), None
             try:
-                yield
+                with handling(request_id, context):
+                    yield
             except BaseException as raised:
                 error = raised
                 raise
@@ -253,8 +184,6 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                         account(_once_ended(context))
                 else:
                     account(code)
-                _request_id.reset(token)
-                _caller.reset(caller_token)
 
         return wrap_handler(handler, observed)
 

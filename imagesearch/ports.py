@@ -1,7 +1,13 @@
-"""Whether a server can listen on a host and port, asked before it tries, so that a refusal names the flag."""
+"""What a port may be, and whether a server can listen on a host and port, asked before it tries, so that a
+refusal names the flag."""
 
 import errno
 import socket
+
+
+def is_port(number: int, none: int | None = None) -> bool:
+    """Whether `number` is a port to listen on (0: any free one), or `none` if given (the flag's "none")."""
+    return 0 <= number <= 65535 or number == none
 
 
 def require_listenable(host: str, port: int, flag: str) -> None:

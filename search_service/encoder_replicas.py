@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from imagesearch.calls import Caller, current_caller, current_request_id
 from imagesearch.channels import CALLER_OPTIONS, REPLICA_CALLER_OPTIONS
 from imagesearch.errors import ServiceError, invalid_argument
 from imagesearch.headers import REQUEST_ID, answered_by_a_service, bearer
-from imagesearch.observability import Caller, current_caller, current_request_id
 from imagesearch.tls import WatchedFiles
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 from imagesearch.wire import field_header

@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 from prometheus_client import CollectorRegistry
 
-from imagesearch.defaults import available_cores
+from imagesearch.cores import available_cores
 from imagesearch.errors import ServiceError
 from imagesearch.serving import GrpcServer
 from imagesearch.tls import watched_channel_credentials

@@ -83,13 +83,21 @@ class CollectionInfo:
     dimension: int
 
     def require_model(self, model: str) -> None:
-        """FAILED_PRECONDITION unless `model` made this collection's vectors."""
-        if model != self.model:
+        """FAILED_PRECONDITION unless `model` made this collection's vectors: the same name, or a checkpoint
+        file of the same bytes (`name@sha256:…`) under another name, moved into a volume, say."""
+        if _weights(model) != _weights(self.model):
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"collection {self.name!r} holds vectors of model {self.model!r}, but the encoder serves "
                 f"{model!r}: use an encoder of {self.model!r}, or another collection",
             )
+
+
+def _weights(model: str) -> str:
+    """What tells a model apart: a checkpoint file's hash (the encoder names one `file.pt@sha256:…`), else its
+    name."""
+    _, hashed, digest = model.rpartition("@sha256:")
+    return f"sha256:{digest}" if hashed else model
 
 
 def _schema_problem(fields: list[dict[str, Any]], dimension: int) -> str:

@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from imagesearch.defaults import available_cores, cpu_quota
+from imagesearch.cores import available_cores, cpu_quota
 
 AFFINITY = len(os.sched_getaffinity(0))
 

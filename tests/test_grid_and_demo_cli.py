@@ -137,9 +137,8 @@ def test_the_page_serves_your_own_pictures_without_queries(monkeypatch, tmp_path
     """`--pictures DIR --web` demanded --query and --image-query, which the page then ignored."""
     served: list[tuple[DemoPlan, int]] = []
 
-    def serve_page(workdir: Path, plan: DemoPlan, port: int, stop: threading.Event, progress: bool) -> int:
+    def serve_page(workdir: Path, plan: DemoPlan, port: int, stop: threading.Event, progress: bool) -> None:
         served.append((plan, port))
-        return EXIT_OK
 
     monkeypatch.setattr(demo.command, "serve_page", serve_page)
     monkeypatch.setattr(demo.command, "stop_on_signal", threading.Event)  # pytest keeps its Ctrl-C

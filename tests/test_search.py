@@ -569,6 +569,30 @@ def test_restart_on_the_same_file_keeps_everything(tiny_encoder, tmp_path) -> No
         assert {r.outcome for r in ingest(stub, folder(5))} == {PRESENT}
 
 
+def test_the_same_checkpoint_under_another_name_serves_its_collection(
+    tiny_encoder, tiny_path, tmp_path
+) -> None:
+    """The model's name holds its file's name: a checkpoint moved or copied (into a volume) was refused as
+    another model, locking its collection away."""
+    milvus, moved = tmp_path / "milvus.db", tmp_path / "volume" / "moved.pt"
+    moved.parent.mkdir()
+    moved.write_bytes(tiny_path.read_bytes())
+    with (
+        running_search(tiny_encoder.grpc.address, milvus) as server,
+        search_stub(server.grpc.address) as stub,
+    ):
+        ids = [r.id for r in ingest(stub, folder(2))]
+    with (
+        running_encoder(moved) as other,
+        running_search(other.grpc.address, milvus) as server,
+        search_stub(server.grpc.address) as stub,
+    ):
+        assert stub.Stats(search_pb2.StatsRequest()).model.startswith("tiny.pt@sha256:")
+        hits = stub.SearchText(search_pb2.SearchTextRequest(text="a dog")).hits
+        assert sorted(hit.record.id for hit in hits) == sorted(ids)
+        assert {r.outcome for r in ingest(stub, folder(3))} == {PRESENT, STORED}
+
+
 def test_a_collection_of_another_model_is_refused(tiny_encoder, tiny_torchscript_path, tmp_path) -> None:
     milvus = tmp_path / "milvus.db"
     with (

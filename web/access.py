@@ -11,8 +11,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from client import request_id as chosen_request_id
+from imagesearch.calls import request_id_of
 from imagesearch.headers import REQUEST_ID
-from imagesearch.observability import request_id_of
 
 log = logging.getLogger("web.access")
 MAX_CHARS = 200  # of the method and of the path as logged
