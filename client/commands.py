@@ -23,6 +23,9 @@ from .sync import EncoderClient, SearchClient
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 EXIT_READER_GONE = 141  # as a command that SIGPIPE stopped
 EXIT_INTERRUPTED = 130  # as a command that SIGINT stopped
+# Ids asked for at once by `delete --id`, to name those not stored: a Get answers each record whole (its
+# metadata twice, up to 64 KiB), and 256 of the largest fit the service's message limit.
+_IDS_PER_GET = 256
 
 
 class UsageError(Exception):
@@ -311,7 +314,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if args.filter:
             print(f"deleted {client.delete(filter=args.filter, filter_params=params)}")
             return EXIT_OK
-        stored = {record.id for record in client.get(args.id, output_fields=["id"])}
+        chunks = (args.id[start : start + _IDS_PER_GET] for start in range(0, len(args.id), _IDS_PER_GET))
+        stored = {record.id for chunk in chunks for record in client.get(chunk)}
         print(f"deleted {client.delete(ids=args.id)}")
     return _named_not_stored(args.id, stored)
 

@@ -119,7 +119,7 @@ def configure_logging(format: str = "json", level: str = "INFO") -> None:
 
 def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> WSGIServer:
     """Serves /metrics over HTTP on `port` (0: any free one; the server's `server_port` says which)."""
-    server, _ = start_http_server(port, addr=host, registry=registry)
+    server, _ = start_http_server(port, addr=host.strip("[]"), registry=registry)  # [::1] as a URL writes it
     return server
 
 

@@ -171,9 +171,13 @@ class GrpcServer:
         )
         self.port = _bind(self._server, host, settings.port, "--port", credentials)
         self.address = f"{host}:{self.port}"
+        self.metrics = None
         if metrics_port >= 0:
             require_listenable(host, metrics_port, "--metrics-port")
-        self.metrics = serve_metrics(registry, host, metrics_port) if metrics_port >= 0 else None
+            try:
+                self.metrics = serve_metrics(registry, host, metrics_port)
+            except OSError as error:  # taken between the probe and the bind
+                raise OSError(f"cannot listen on {host}:{metrics_port} (--metrics-port): {error}") from None
         if self.metrics is not None:
             log.info("metrics on http://%s:%d/metrics", host, self.metrics.server_port)
         self._health_server, self.health_address = (

@@ -48,7 +48,7 @@ def _certificates(path: str, name: str) -> bytes:
 def _pair(cert: str, key: str, cert_name: str, key_name: str) -> tuple[bytes, bytes]:
     """The PEM bytes of a certificate chain and of its private key, checked as `_certificates` checks."""
     cert_pem, key_pem = _certificates(cert, cert_name), _file(key, key_name)
-    refusal = _pair_refusal(cert_pem + b"\n" + key_pem)
+    refusal = _pair_refusal(cert_pem, key_pem)
     if refusal == "KEY_VALUES_MISMATCH":
         raise ValueError(f"{key_name} does not match {cert_name} ({key} is not {cert}'s key)")
     if refusal:
@@ -56,15 +56,16 @@ def _pair(cert: str, key: str, cert_name: str, key_name: str) -> tuple[bytes, by
     return cert_pem, key_pem
 
 
-def _pair_refusal(pems: bytes) -> str | None:
-    """Why ssl refuses a certificate chain followed by its key; None when it takes them. ssl reads a pair only
-    from a file: this one holds the bytes just read, as gRPC gets them, where reading the two paths again
-    could check a renewal that landed since."""
-    with tempfile.NamedTemporaryFile(suffix=".pem") as file:  # mode 0600: it holds the key
-        file.write(pems)
-        file.flush()
+def _pair_refusal(cert_pem: bytes, key_pem: bytes) -> str | None:
+    """Why ssl refuses a certificate chain with this key; None when it takes them. ssl reads a pair only from
+    files: these hold the bytes just read, as gRPC gets them, where reading the two paths again could check a
+    renewal that landed since."""
+    with tempfile.TemporaryDirectory() as folder:  # mode 0700: it holds the key
+        cert_file, key_file = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+        cert_file.write_bytes(cert_pem)
+        key_file.write_bytes(key_pem)
         try:  # an encrypted key fails instead of prompting
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(file.name, password=b"")
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file, password=b"")
         except ssl.SSLError as error:
             return error.reason or "refused"
     return None

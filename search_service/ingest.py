@@ -92,23 +92,29 @@ def _fill_in_id(item: _Item) -> None:
         item.id = hashlib.sha256(item.image).hexdigest()
 
 
+def _raise_if_failure(message: object) -> None:
+    """Ends the call if `message` is the reading's failure: a request refused as it was read, with its status;
+    a broken stream, with CANCELLED; a failure of the reading itself raised as it is, for the call's handler
+    to report."""
+    if isinstance(message, ServiceError):
+        raise message
+    if isinstance(message, grpc.RpcError):
+        raise ServiceError(
+            grpc.StatusCode.CANCELLED, "the ingest stream broke: the caller cancelled it or went away"
+        )
+    if isinstance(message, BaseException):
+        raise message
+
+
 def take_arrived(inbox: "queue.Queue[object]", first: object, size: int) -> tuple[list[_Item], bool]:
     """`first` and the items already waiting in `inbox` after it, up to `size` items; and whether the stream
-    has ended. A request refused as it was read ends the call with its status; a broken stream, with
-    CANCELLED; a failure of the reading itself is raised here, where the call's handler reports it."""
+    has ended. A failure among them ends the call (`_raise_if_failure`)."""
     batch: list[_Item] = []
     message = first
     while True:
         if message is _END:
             return batch, True
-        if isinstance(message, ServiceError):
-            raise message
-        if isinstance(message, grpc.RpcError):
-            raise ServiceError(
-                grpc.StatusCode.CANCELLED, "the ingest stream broke: the caller cancelled it or went away"
-            )
-        if isinstance(message, BaseException):
-            raise message
+        _raise_if_failure(message)
         if isinstance(message, _Item):
             batch.append(message)
         if len(batch) >= size:
@@ -168,8 +174,7 @@ class Ingestion:
         first = self._next(idle=True)
         if first is _END:
             return
-        if isinstance(first, BaseException):
-            raise first
+        _raise_if_failure(first)
         assert isinstance(first, _Item)
         collection = self.store.create(
             first.collection or self.default_collection, info.model, info.dimension
@@ -233,9 +238,8 @@ class Ingestion:
             self._inbox.put(_END)
         except ServiceError as refusal:  # a request that cannot be read
             self._inbox.put(ServiceError(refusal.code, f"requests[{taken}]: {refusal.message}"))
-        except (
-            Exception
-        ) as error:  # the client went away (grpc.RpcError), or a defect: the loop ends the call
+        # The caller gone (grpc.RpcError), or a defect: the loop ends the call.
+        except Exception as error:
             self._inbox.put(error)
 
     def _hold(self, size: int) -> bool:

@@ -12,6 +12,9 @@ import grpc
 from imagesearch.errors import ServiceError
 
 _PROBLEMS_SHOWN = 3
+# What SQLite says of a file a Lite at work holds, or with a journal Lite rolls back when it opens it:
+# SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY (primary codes). Any other failure to read it is damage.
+_IN_USE = {5, 6, 8}
 
 
 def check_lite_file(uri: str) -> None:
@@ -31,9 +34,9 @@ def check_lite_file(uri: str) -> None:
     try:
         with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as database:
             problems = [row[0] for row in database.execute(f"PRAGMA quick_check({_PROBLEMS_SHOWN})")]
-    except sqlite3.OperationalError:  # locked by a Lite at work on it: Lite itself refuses a second opener
-        return
-    except sqlite3.DatabaseError as error:  # not a database at all, or its header is damaged
+    except sqlite3.DatabaseError as error:  # not a database at all, a damaged header, a sector that fails
+        if error.sqlite_errorcode & 0xFF in _IN_USE:  # Lite itself refuses a second opener
+            return
         problems = [str(error)]
     if problems != ["ok"]:
         raise ServiceError(

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from encoder_service.config import EncoderConfig
-from imagesearch.defaults import ENCODER_METRICS_PORT, SEARCH_METRICS_PORT
+from imagesearch.defaults import ENCODER_METRICS_PORT, MAX_IMAGE_PIXELS, SEARCH_METRICS_PORT
 from search_service.config import SearchConfig
 from web.config import WebConfig
 from web.hosts import UNCHECKED_PATHS
@@ -166,9 +166,8 @@ def test_the_search_pods_memory_limit_covers_what_its_settings_let_ingests_hold(
     streams = int(env.get("SEARCH_MAX_CONCURRENT_INGESTS", defaults.max_concurrent_ingests))
     buffer = int(env.get("SEARCH_INGEST_BUFFER_BYTES", defaults.ingest_buffer_bytes))
     workers = int(env["SEARCH_THUMBNAIL_WORKERS"])  # else the node's cores decide, up to 16
-    held = (
-        2.5 * streams * buffer + workers * (36 << 20) + (512 << 20)
-    )  # and the service itself, Milvus's client
+    decoding = 4 * MAX_IMAGE_PIXELS  # a thumbnail process decoding the largest picture, as RGBA
+    held = 2.5 * streams * buffer + workers * decoding + (512 << 20)  # 512 MiB: the service itself
     limit = container["resources"]["limits"]["memory"]
     assert limit.endswith("Gi") and held <= int(limit[:-2]) << 30
 

@@ -27,7 +27,7 @@ def inbox_of(*messages: object) -> "queue.Queue[object]":
     return inbox
 
 
-def test_a_batch_is_what_has_arrived_up_to_the_batch_size() -> None:
+def test_a_batch_is_what_has_arrived_up_to_what_one_encoder_call_takes() -> None:
     first, *waiting = [item(index) for index in range(6)]
     inbox = inbox_of(*waiting)
     batch, ended = take_arrived(inbox, first, size=4)

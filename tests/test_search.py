@@ -2,6 +2,7 @@
 
 import hashlib
 import itertools
+import logging
 import os
 import re
 import subprocess
@@ -361,6 +362,39 @@ def test_a_row_that_milvus_refuses_fails_its_item_and_the_stream_goes_on(
     assert results[1].error.endswith("Milvus refused the request: injected: a row Milvus refuses")
     assert results[-1].totals == search_pb2.IngestTotals(received=4, stored=3, failed=1)
     assert stub.Stats(search_pb2.StatsRequest(collection=collection)).count == 3
+
+
+def test_an_ingest_cancelled_before_its_first_picture_is_no_defect(tiny_encoder, tmp_path, caplog) -> None:
+    """A caller gone before its first picture (Ctrl-C while its files were listed) was logged as a failure
+    no handler expected, with a traceback, and answered INTERNAL."""
+    caplog.set_level(logging.INFO, logger="imagesearch.access")
+    release = threading.Event()
+
+    def nothing_yet() -> Iterator[search_pb2.IngestRequest]:
+        release.wait(timeout=60)
+        yield from ()
+
+    with (
+        running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db", max_concurrent_ingests=1) as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+
+        def slot_free() -> bool:
+            """Whether a one-picture ingest went through, where a stream holding the only slot refuses it."""
+            try:
+                return bool(ingest(stub, folder(1, 420)))
+            except grpc.RpcError as refused:
+                assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                return False
+
+        waiting = stub.Ingest(nothing_yet())
+        assert any(not slot_free() for _ in range(1000))  # its handler runs: it holds the slot
+        waiting.cancel()
+        release.set()
+        assert any(slot_free() for _ in range(1000))  # its handler has ended
+    ended = [r.getMessage() for r in caplog.records if r.name == "imagesearch.access"]
+    assert "Ingest CANCELLED" in ended
+    assert not [r for r in caplog.records if r.name == "imagesearch.errors"]
 
 
 def test_delete_by_id_and_by_filter(stub, collection) -> None:

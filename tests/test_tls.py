@@ -214,6 +214,19 @@ def test_a_key_not_the_certificates_stops_the_start_naming_it(authority, tmp_pat
     assert str(stopped.value.code).startswith("encoder: --tls-key ") and refusal in str(stopped.value.code)
 
 
+def test_a_key_is_checked_against_the_certificate_even_where_its_file_holds_a_key_too(
+    authority, tmp_path
+) -> None:
+    """A certificate file may hold its key after it (a combined PEM): the check that read both from one file
+    took that key, and passed another --tls-key, which gRPC was then given."""
+    identity, other = (authority.issue(stem, server=True) for stem in ("combined-server", "other-server"))
+    combined = tmp_path / "combined.pem"
+    combined.write_bytes(Path(identity.cert).read_bytes() + Path(identity.key).read_bytes())
+    with pytest.raises(ValueError, match="--tls-key does not match --tls-cert"):
+        tls.server_credentials(str(combined), other.key, "")
+    assert tls.server_credentials(str(combined), identity.key, "") is not None
+
+
 def test_cli_refuses_a_client_key_that_is_not_the_certificates(authority, capsys) -> None:
     """gRPC would take them and fail each connection as if the service were out of reach."""
     identity, other = (authority.issue(stem, server=False) for stem in ("keyed-client", "another-client"))
