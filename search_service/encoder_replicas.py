@@ -288,11 +288,12 @@ class EncoderReplicas:
             for result in response.results
         ]
 
-    def healthy(self, timeout_s: float) -> bool:
-        """Whether a replica answers within `timeout_s` (waiting for a reconnect, if one is under way), on a
-        new channel if the TLS files have changed. Two questions go at once, which round robin sends to two
-        replicas where there are two: one frozen replica (found only when its pings go unanswered, within
-        about 8 s) does not make the service NOT_SERVING while another answers."""
+    def serving_model(self, timeout_s: float) -> str | None:
+        """The model a replica says it serves, within `timeout_s` (waiting for a reconnect, if one is under
+        way), on a new channel if the TLS files have changed; None when none answers. Two questions go at
+        once, which round robin sends to two replicas where there are two: one frozen replica (found only
+        when its pings go unanswered, within about 8 s) does not make the service NOT_SERVING while another
+        answers."""
         self._renew()
         with self._channel() as channel:
             asked = [
@@ -313,4 +314,5 @@ class EncoderReplicas:
                     break
             for question in asked:
                 question.cancel()
-            return any(question.code() == grpc.StatusCode.OK for question in asked)
+            answers = [question.result() for question in asked if question.code() == grpc.StatusCode.OK]
+            return answers[0].model if answers else None

@@ -114,19 +114,25 @@ class SearchServer:
         return self.grpc.address
 
     def check_health(self) -> bool:
+        default = None
         try:
             self.store.ping()
             # Loaded before health says SERVING (then a no-op): its first searches would wait for the load.
-            self.store.open_collection(self.config.collection)
+            default = self.store.open_collection(self.config.collection)
             milvus_ok = True
         except ServiceError as error:
             log.warning("health: %s", error.message)
             # A default collection this service cannot use (another's) leaves the other collections usable.
             milvus_ok = error.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-        encoder_ok = self.encoder.healthy(timeout_s=min(2.0, self.config.health_interval_s))
-        if not encoder_ok:
+        model = self.encoder.serving_model(timeout_s=min(2.0, self.config.health_interval_s))
+        if model is None:
             log.warning("health: no encoder replica answers at %s", self.config.encoder)
-        serving = milvus_ok and encoder_ok
+        elif default is not None:
+            try:  # said, where every call on the default collection fails FAILED_PRECONDITION saying it
+                default.require_model(model)
+            except ServiceError as error:
+                log.warning("health: %s", error.message)
+        serving = milvus_ok and model is not None
         assert self.grpc is not None
         self.grpc.set_serving(serving)
         return serving

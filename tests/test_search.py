@@ -627,7 +627,9 @@ def test_the_same_checkpoint_under_another_name_serves_its_collection(
         assert {r.outcome for r in ingest(stub, folder(3))} == {PRESENT, STORED}
 
 
-def test_a_collection_of_another_model_is_refused(tiny_encoder, tiny_torchscript_path, tmp_path) -> None:
+def test_a_collection_of_another_model_is_refused(
+    tiny_encoder, tiny_torchscript_path, tmp_path, caplog
+) -> None:
     milvus = tmp_path / "milvus.db"
     with (
         running_search(tiny_encoder.grpc.address, milvus) as server,
@@ -649,6 +651,12 @@ def test_a_collection_of_another_model_is_refused(tiny_encoder, tiny_torchscript
             assert "tiny.pt@sha256:" in refused.value.details()
             assert "tiny.torchscript.pt@sha256:" in refused.value.details()
         assert stub.Stats(search_pb2.StatsRequest()).count == 2
+        # Health stays SERVING (other collections may serve this model), and says why this one fails.
+        assert server.check_health() is True
+        said = [r.getMessage() for r in caplog.records if r.name == "search_service.server"]
+        assert any(
+            m.startswith("health: collection 'images' holds vectors of model 'tiny.pt@sha256:") for m in said
+        )
 
 
 def test_a_milvus_lite_file_in_use_gets_a_clear_error(search) -> None:
