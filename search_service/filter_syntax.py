@@ -75,8 +75,8 @@ class _Token:
     start: int  # its place in the expression
     end: int
 
-    @property
     def function(self) -> str | None:
+        """The function this word calls, by its lower-case name; None for any other token."""
         return _FUNCTIONS.get(self.text) if self.kind == "word" else None
 
     def is_field(self) -> bool:
@@ -117,8 +117,8 @@ def check_syntax(expression: str) -> None:
                 f"filter divides ({token.text}) by {divisor}: a divisor is a number other than 0, written "
                 "out (a divisor of 0 ends the Milvus Lite process, and every call under way with it)"
             )
-        if token.function:
-            _check_call(tokens, index, token.function, closing)
+        if function := token.function():
+            _check_call(tokens, index, function, closing)
     _check_alternation(tokens)
 
 
@@ -250,11 +250,11 @@ def _check_alternation(tokens: list[_Token]) -> None:
             if token.is_value():
                 expecting_value = False
             elif text in ("(", "["):
-                open_brackets.append("call" if previous is not None and previous.function else text)
+                open_brackets.append("call" if previous is not None and previous.function() else text)
             elif text == "]" and previous is not None and previous.text in ("[", ","):  # [] and [1, 2,]
                 open_brackets.pop()
                 expecting_value = False
-            elif not (text in _UNARY or token.function):
+            elif not (text in _UNARY or token.function()):
                 where = f"after {previous.text!r}" if previous else "at its start"
                 raise invalid_argument(f"filter has {text!r} {where}, where a value belongs")
         elif text in (")", "]"):
