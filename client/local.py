@@ -145,7 +145,10 @@ def _command(args: list[str]) -> list[str]:
 
 @contextmanager
 def _child(args: list[str], log: IO[str] | None) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(_command(args), stderr=log, stdout=log)
+    # A session of its own: Ctrl-C in a terminal reaches only this process, which stops its services in
+    # order (the page, then the search service, which drains, then the encoder), where each child and its own
+    # children (Milvus Lite) ended at once.
+    process = subprocess.Popen(_command(args), stderr=log, stdout=log, start_new_session=True)
     try:
         yield process
     finally:

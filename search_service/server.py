@@ -45,6 +45,7 @@ def thumbnail_folder(thumbnail_dir: str, milvus_uri: str) -> Path:
 
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+_LONGEST_ENCODER_CHECK_S = 2.0  # how long a health check waits for an encoder replica to answer
 
 
 def default_thumbnail_workers(cores: int) -> int:
@@ -124,7 +125,9 @@ class SearchServer:
             log.warning("health: %s", error.message)
             # A default collection this service cannot use (another's) leaves the other collections usable.
             milvus_ok = error.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-        model = self.encoder.serving_model(timeout_s=min(2.0, self.config.health_interval_s))
+        model = self.encoder.serving_model(
+            timeout_s=min(_LONGEST_ENCODER_CHECK_S, self.config.health_interval_s)
+        )
         if model is None:
             log.warning("health: no encoder replica answers at %s", self.config.encoder)
         elif default is not None:
@@ -139,12 +142,17 @@ class SearchServer:
 
     def _watch_health(self) -> None:
         while not self._stopping.wait(self.config.health_interval_s):
-            self.check_health()
+            try:
+                self.check_health()
+            except Exception:  # the next check may see more; a monitor gone would leave health as it was
+                log.exception("health: the check failed unexpectedly")
 
     def stop(self) -> None:
         self._stopping.set()
         if self.grpc is not None:
             self.grpc.stop(self.config.shutdown_grace_s)
+        if self._monitor.ident is not None:  # a check under way would use what is closed next
+            self._monitor.join(timeout=self.config.milvus_timeout_s + _LONGEST_ENCODER_CHECK_S)
         self.encoder.close()
         self.store.close()
         self.thumbnails.close()

@@ -21,6 +21,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -79,7 +80,10 @@ def write_aside(pictures: list[tuple[Path, bytes]], max_pixels: int) -> list[tup
 
 
 def _end_with_the_service() -> None:
-    """A worker process's first step: it exits once the service has, however that ended (SIGKILL too)."""
+    """A worker process's first step: it exits once the service has, however that ended (SIGKILL too), and
+    not before: Ctrl-C in a terminal reaches the whole process group, and a worker it ended broke the pool
+    while the service was still finishing its calls."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     service = multiprocessing.parent_process()
     if service is not None:
         threading.Thread(target=lambda: (service.join(), os._exit(0)), daemon=True).start()

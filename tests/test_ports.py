@@ -230,6 +230,21 @@ def test_the_demo_runs_beside_what_holds_the_default_ports(tmp_path, capsys) -> 
     assert code == 0 and "services stopped" in capsys.readouterr().out
 
 
+def test_local_services_are_out_of_reach_of_a_ctrl_c_at_the_terminal(tiny_path, tmp_path) -> None:
+    """Ctrl-C reaches every process of the terminal's foreground group: each service (and its Milvus Lite)
+    ended at once, where `up` stops them itself, in order, the search service draining its calls."""
+    with (
+        (tmp_path / "services.log").open("w") as log,
+        local_services(
+            str(tiny_path), str(tmp_path / "m.db"), "cpu", 0, 0, log, metrics_ports=(-1, -1)
+        ) as services,
+    ):
+        groups = {name: os.getpgid(child.pid) for name, child in services.children.items()}
+        pids = {name: child.pid for name, child in services.children.items()}
+    assert groups == pids  # each leads a group (and a session) of its own
+    assert os.getpgid(0) not in groups.values()
+
+
 def test_a_local_service_that_cannot_start_says_why_in_its_own_words(
     tiny_path, tmp_path, monkeypatch
 ) -> None:

@@ -41,6 +41,9 @@ def picture(shade):
 
 if __name__ == "__main__":
     folder, action = Path(sys.argv[1]), sys.argv[2]
+    # Ctrl-C raises here, as in a terminal (a background job's shell starts it ignored, and so would the
+    # workers be, whatever the service does).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     thumbnails = Thumbnails(folder, 10**8, workers=1)
     save = lambda made: thumbnails.making("pictures", [made]).place([made[0]])
     first, second, third = picture(10), picture(20), picture(30)
@@ -150,6 +153,20 @@ def test_a_thumbnail_process_that_dies_costs_its_pictures_and_is_replaced(tmp_pa
     first, _, third = report["ids"]
     assert report["made"] == sorted([first, third])  # the second was in the dead process's hands
     assert "a thumbnail process died" in err
+
+
+def test_a_thumbnail_process_ignores_the_ctrl_c_that_reaches_its_process_group(tmp_path) -> None:
+    """Ctrl-C in a terminal reaches every process of the group: it ended the workers (a KeyboardInterrupt)
+    while the service still finished its calls, and the pictures then in their hands lost their thumbnails.
+    The service ends its workers itself."""
+    process = scenario(tmp_path, "wait")
+    assert process.stdout is not None
+    worker = json.loads(process.stdout.readline())["worker"]
+    status = Path(f"/proc/{worker}/status").read_text().splitlines()
+    ignored = int(next(line.split()[1] for line in status if line.startswith("SigIgn:")), 16)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert ignored & (1 << (signal.SIGINT - 1))
 
 
 def running(pid: int) -> bool:
