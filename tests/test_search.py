@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -708,6 +709,28 @@ def test_a_milvus_lite_folder_this_process_may_not_write_is_named(tmp_path) -> N
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert f"cannot open the Milvus Lite file {milvus} (--milvus-uri)" in refused.stderr
     assert f"a lock file beside it, in {folder}, which this process may not" in refused.stderr
+
+
+def test_the_health_monitor_survives_a_check_that_fails_unexpectedly(tiny_encoder, tmp_path, caplog) -> None:
+    """A check that raised anything but a ServiceError ended the monitor's thread: health then stayed as it
+    was for good (SERVING while Milvus was down, or NOT_SERVING for ever)."""
+    checks: list[float] = []
+    with running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db", health_interval_s=0.05) as server:
+        checked = server.check_health
+
+        def failing_once() -> bool:
+            checks.append(time.monotonic())
+            if len(checks) == 1:
+                raise RuntimeError("a defect in one check")
+            return checked()
+
+        server.check_health = failing_once  # type: ignore[method-assign]
+        for _ in range(1200):  # a bounded poll of the monitor's next checks
+            if len(checks) >= 3:
+                break
+            threading.Event().wait(0.05)
+    assert len(checks) >= 3
+    assert any(r.getMessage() == "health: the check failed unexpectedly" for r in caplog.records)
 
 
 def test_health_follows_the_encoder(tiny_path, tmp_path) -> None:
