@@ -21,6 +21,7 @@ from milvus_lite.server_manager import server_manager_instance
 from pymilvus import CollectionSchema, DataType, MilvusClient, MilvusException
 from pymilvus.exceptions import ConnectionConfigException, MilvusUnavailableException
 
+from imagesearch.calls import current_caller
 from imagesearch.errors import ServiceError, invalid_argument
 
 from .config import is_milvus_lite, shown_uri
@@ -179,7 +180,7 @@ class Store:
         self,
         operation: str,
         collection: str,
-        call: Callable[[], Result],
+        call: Callable[[float], Result],
         expression: str = "",
         refused: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
         timeout_s: float | None = None,
@@ -187,13 +188,20 @@ class Store:
         """Runs one Milvus call, timed, turning its failures into the status a caller should get. A call with
         a filter `expression` that Milvus fails, and not for want of a connection, failed for its filter:
         Milvus Lite checks some filters only while it runs them. Any other refusal gets `refused`.
-        `timeout_s` names the call's deadline in its message where it is not the usual one."""
+        `call` gets its timeout: `timeout_s` (the usual one when None), or what is left of the caller's
+        deadline if that is less, so that no call works on for a caller who has given up."""
         what = f"{operation} {collection!r}" if collection else operation
+        timeout = min(timeout_s or self.timeout_s, current_caller().deadline - time.monotonic())
+        if timeout <= 0:
+            raise ServiceError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"{what}: the caller's deadline passed before Milvus was asked",
+            )
         if self._reconnect_needed:
             self._reconnect()
         started = time.perf_counter()
         try:
-            return call()
+            return call(timeout)
         except MilvusUnavailableException as error:
             self._reconnect_needed = True
             raise ServiceError(
@@ -213,8 +221,7 @@ class Store:
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise ServiceError(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"{what}: Milvus at {self._shown_uri} did not answer within "
-                    f"{timeout_s or self.timeout_s} s",
+                    f"{what}: Milvus at {self._shown_uri} did not answer within {timeout:.3g} s",
                 ) from None
             self._reconnect_needed = True
             raise ServiceError(
@@ -224,7 +231,7 @@ class Store:
             self.observe(operation, time.perf_counter() - started)
 
     def ping(self) -> None:
-        self._call("list collections", "", lambda: self._client.list_collections(timeout=self.timeout_s))
+        self._call("list collections", "", lambda timeout: self._client.list_collections(timeout=timeout))
 
     def open_collection(self, name: str) -> CollectionInfo | None:
         """The collection's stamp, once it is loaded into memory for searches; None when it does not exist.
@@ -241,13 +248,13 @@ class Store:
 
     def _open(self, name: str) -> None:
         if not self._call(
-            "has collection", name, lambda: self._client.has_collection(name, timeout=self.timeout_s)
+            "has collection", name, lambda timeout: self._client.has_collection(name, timeout=timeout)
         ):
             return None
         description = self._call(
             "describe collection",
             name,
-            lambda: self._client.describe_collection(name, timeout=self.timeout_s),
+            lambda timeout: self._client.describe_collection(name, timeout=timeout),
         )
         try:
             stamp = json.loads(description["description"])
@@ -266,7 +273,7 @@ class Store:
         self._call(
             "load collection",
             name,
-            lambda: self._client.load_collection(name, timeout=self.load_timeout_s),
+            lambda timeout: self._client.load_collection(name, timeout=timeout),
             timeout_s=self.load_timeout_s,
         )
         self._collections[name] = info
@@ -275,7 +282,7 @@ class Store:
         """Indexes the vectors of a collection that has no index yet: one just made, or one whose indexing
         failed (then this service's --index-type and --index-params, now perhaps mended, are tried again)."""
         if self._call(
-            "list indexes of", name, lambda: self._client.list_indexes(name, timeout=self.timeout_s)
+            "list indexes of", name, lambda timeout: self._client.list_indexes(name, timeout=timeout)
         ):
             index = self._index_description(name)
             if index.get("metric_type") != METRIC:
@@ -290,7 +297,7 @@ class Store:
         self._call(
             f"index ({self.index_type} {json.dumps(self.index_params)}: --index-type, --index-params)",
             name,
-            lambda: self._client.create_index(name, index, timeout=self.timeout_s),
+            lambda timeout: self._client.create_index(name, index, timeout=timeout),
             refused=grpc.StatusCode.FAILED_PRECONDITION,
         )
 
@@ -312,8 +319,8 @@ class Store:
             self._call(
                 "create collection",
                 name,
-                lambda: self._client.create_collection(
-                    name, schema=schema, consistency_level=DECIDING, timeout=self.timeout_s
+                lambda timeout: self._client.create_collection(
+                    name, schema=schema, consistency_level=DECIDING, timeout=timeout
                 ),
             )
             log.info("created collection %r for model %s (%s index)", name, model, self.index_type)
@@ -325,7 +332,7 @@ class Store:
         rows = self._call(
             "look up ids in",
             name,
-            lambda: self._client.get(name, ids=ids, output_fields=["id"], timeout=self.timeout_s),
+            lambda timeout: self._client.get(name, ids=ids, output_fields=["id"], timeout=timeout),
         )
         return {row["id"] for row in rows}
 
@@ -339,7 +346,7 @@ class Store:
         try:
             # Timed as "upsert into" whichever call writes: to a reader of the metrics it is the one write of
             # rows by id (store_new's insert leaves what an upsert would).
-            self._call("upsert into", name, lambda: write(name, rows, timeout=self.timeout_s))
+            self._call("upsert into", name, lambda timeout: write(name, rows, timeout=timeout))
         except ServiceError as error:
             # UNAVAILABLE: a write that Milvus failed (not one it refused, or a deadline that passed)
             if error.code != grpc.StatusCode.UNAVAILABLE or not is_milvus_lite(self.uri):
@@ -397,7 +404,7 @@ class Store:
         results = self._call(
             "search",
             name,
-            lambda: self._client.search(
+            lambda timeout: self._client.search(
                 name,
                 data=[vector],
                 anns_field="vector",
@@ -407,7 +414,7 @@ class Store:
                 output_fields=output_fields,
                 search_params={"metric_type": METRIC, "params": {}},
                 consistency_level=SHOWN,
-                timeout=self.timeout_s,
+                timeout=timeout,
             ),
             expression,
         )
@@ -419,12 +426,12 @@ class Store:
         return self._call(
             "get from",
             name,
-            lambda: self._client.get(
+            lambda timeout: self._client.get(
                 name,
                 ids=ids,
                 output_fields=output_fields,
                 consistency_level=consistency,
-                timeout=self.timeout_s,
+                timeout=timeout,
             ),
         )
 
@@ -432,12 +439,12 @@ class Store:
         rows = self._call(
             "count",
             name,
-            lambda: self._client.query(
+            lambda timeout: self._client.query(
                 name,
                 filter=expression,
                 output_fields=["count(*)"],
                 consistency_level=consistency,
-                timeout=self.timeout_s,
+                timeout=timeout,
             ),
             expression,
         )
@@ -476,21 +483,21 @@ class Store:
         rows = self._call(
             "find ids in",
             name,
-            lambda: self._client.query(
-                name, filter=expression, output_fields=["id"], limit=limit, timeout=self.timeout_s
+            lambda timeout: self._client.query(
+                name, filter=expression, output_fields=["id"], limit=limit, timeout=timeout
             ),
             expression,
         )
         return [row["id"] for row in rows]
 
     def _delete_ids(self, name: str, ids: list[str]) -> None:
-        self._call("delete from", name, lambda: self._client.delete(name, ids=ids, timeout=self.timeout_s))
+        self._call("delete from", name, lambda timeout: self._client.delete(name, ids=ids, timeout=timeout))
 
     def _index_description(self, name: str) -> dict[str, Any]:
         index = self._call(
             "describe index of",
             name,
-            lambda: self._client.describe_index(name, index_name="vector", timeout=self.timeout_s),
+            lambda timeout: self._client.describe_index(name, index_name="vector", timeout=timeout),
         )
         return index or {}
 

@@ -419,6 +419,34 @@ def _lite_process(db_file: Path) -> int:
     raise AssertionError(f"no Milvus Lite process serves {db_file}")
 
 
+def test_a_milvus_call_gets_no_longer_than_its_caller_waits(tiny_encoder, tmp_path, caplog) -> None:
+    """Every Milvus call took --milvus-timeout-s whatever its caller's deadline: with Milvus stalled, a
+    caller who gave up after half a second held a worker thread of the service for the whole timeout."""
+    caplog.set_level(logging.INFO, logger="imagesearch.access")
+    db_file = tmp_path / "lite.db"
+    with (
+        running_search(tiny_encoder.grpc.address, db_file, milvus_timeout_s=30.0) as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        assert {r.outcome for r in stub.Ingest(requests(folder(1, 2350)))} == {STORED}
+        lite = _lite_process(db_file)
+        os.kill(lite, signal.SIGSTOP)  # Milvus stalls: it answers nothing
+        try:
+            with pytest.raises(grpc.RpcError) as gave_up:
+                stub.Stats(search_pb2.StatsRequest(), timeout=0.5)
+            for _ in range(1200):  # a bounded poll of the call's access line, written when its handler ends
+                ended = [r for r in caplog.records if getattr(r, "fields", {}).get("method") == "Stats"]
+                if ended:
+                    break
+                threading.Event().wait(0.05)
+        finally:
+            os.kill(lite, signal.SIGCONT)
+    assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    [fields] = [line.fields for line in ended]  # type: ignore[attr-defined]
+    assert fields["code"] == "DEADLINE_EXCEEDED"
+    assert fields["ms"] < 15_000  # its caller's half second (and some), not Milvus's 30 s
+
+
 def test_a_milvus_lite_process_that_is_killed_is_started_again(tiny_encoder, tmp_path) -> None:
     """Before, every call said "cannot reach Milvus" until the search service itself was restarted."""
     db_file, encoder = tmp_path / "lite.db", tiny_encoder.grpc.address
