@@ -118,12 +118,18 @@ class WatchedFiles(Generic[Read]):
                 return None  # a file being replaced: the next look finds it
             if stamps == self._seen:
                 return None
-            self._seen = stamps
             try:
                 read = self._read()
+            except OSError as error:  # the check's own files (a full /tmp): the next look reads them again
+                log.warning(
+                    "TLS files changed but cannot be checked now; the previous ones are used: %s", error
+                )
+                return None
             except ValueError as error:
+                self._seen = stamps
                 log.warning("TLS files changed but cannot be used, the previous ones still are: %s", error)
                 return None
+            self._seen = stamps
             log.info("TLS files changed: %s", self._taken)
             return read
 

@@ -31,7 +31,7 @@ from encoder_service.config import EncoderConfig
 from encoder_service.server import EncoderServer
 from imagesearch import tls
 from imagesearch.serving import GrpcServer, ServerSettings, reported_startup
-from imagesearch.tls import channel_credentials, watched_channel_credentials
+from imagesearch.tls import WatchedFiles, channel_credentials, watched_channel_credentials
 from imagesearch.v1 import encoder_pb2, encoder_pb2_grpc
 from search_service.server import SearchServer
 from web.search_client import RenewingSearchClient
@@ -225,6 +225,25 @@ def test_a_key_is_checked_against_the_certificate_even_where_its_file_holds_a_ke
     with pytest.raises(ValueError, match="--tls-key does not match --tls-cert"):
         tls.server_credentials(str(combined), other.key, "")
     assert tls.server_credentials(str(combined), identity.key, "") is not None
+
+
+def test_renewed_files_that_cannot_be_checked_now_are_read_again_at_the_next_look(tmp_path) -> None:
+    """A check that failed for want of its own files (a full /tmp) left the renewal unread until the files
+    changed again: their new stamps counted as seen."""
+    served = tmp_path / "served.pem"
+    served.write_text("first")
+    attempts: list[str] = []
+
+    def read() -> str:
+        attempts.append(served.read_text())
+        if len(attempts) == 2:
+            raise OSError(28, "No space left on device")
+        return attempts[-1]
+
+    files = WatchedFiles([str(served)], read, "serving them")
+    served.write_text("renewed")
+    assert (files.first, files.changed(), files.changed()) == ("first", None, "renewed")
+    assert files.changed() is None  # read once it could be
 
 
 def test_cli_refuses_a_client_key_that_is_not_the_certificates(authority, capsys) -> None:
