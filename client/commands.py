@@ -123,7 +123,9 @@ def _search_client(args: argparse.Namespace) -> SearchClient:
 
 
 def stop_on_signal() -> threading.Event:
-    """An event set by Ctrl-C or SIGTERM, so that the services started next are stopped in order."""
+    """An event set by Ctrl-C or SIGTERM, so that the services started are stopped in order. Asked for once
+    they are up: until then Ctrl-C raises, and a start under way ends at once (the services run in sessions
+    of their own, out of the terminal's reach)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -131,7 +133,6 @@ def stop_on_signal() -> threading.Event:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    stop = stop_on_signal()
     print(
         f"starting the encoder ({args.model} on {args.device}), the search service ({args.milvus_uri}) "
         "and the search page..."
@@ -145,6 +146,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         metrics_ports=(args.encoder_metrics_port, args.search_metrics_port),
         web_port=args.web_port,
     ) as services:
+        stop = stop_on_signal()
         print(f"encoder service: {services.encoder}")
         print(f"search service:  {services.search}")
         print(f"search page:     {services.web}/")

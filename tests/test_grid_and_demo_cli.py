@@ -1,7 +1,6 @@
 """`--grid` with pictures that are not (or no longer) on this machine, and `imgsearch demo`'s flags."""
 
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -137,11 +136,10 @@ def test_the_page_serves_your_own_pictures_without_queries(monkeypatch, tmp_path
     """`--pictures DIR --web` demanded --query and --image-query, which the page then ignored."""
     served: list[tuple[DemoPlan, int]] = []
 
-    def serve_page(workdir: Path, plan: DemoPlan, port: int, stop: threading.Event, progress: bool) -> None:
+    def serve_page(workdir: Path, plan: DemoPlan, port: int, progress: bool) -> None:
         served.append((plan, port))
 
     monkeypatch.setattr(demo.command, "serve_page", serve_page)
-    monkeypatch.setattr(demo.command, "stop_on_signal", threading.Event)  # pytest keeps its Ctrl-C
     pictures = tmp_path / "pictures"
     pictures.mkdir()
     assert main(["demo", "--workdir", str(tmp_path), "--pictures", str(pictures), "--web"]) == EXIT_OK

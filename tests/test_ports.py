@@ -143,6 +143,25 @@ def test_two_ups_run_side_by_side_and_a_child_that_dies_stops_its_up(tiny_path, 
         assert second.wait(timeout=120) == 0
 
 
+def test_ctrl_c_while_up_starts_ends_it_at_once_and_its_services_with_it(tiny_path, tmp_path) -> None:
+    """Up took Ctrl-C only to stop its services once they were up: with them out of the terminal's reach,
+    a start (a model downloading for minutes) went on to the end before it stopped."""
+    # Ctrl-C raises, as in a terminal (a background job's shell starts it ignored, and so would up).
+    as_at_a_terminal = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler)"
+    command = [sys.executable, "-c", f"{as_at_a_terminal}; from client.cli import main; sys.exit(main())"]
+    command += ["up", "--model", str(tiny_path), "--device", "cpu", "--milvus-uri", str(tmp_path / "m.db")]
+    command += ["--encoder-port", "0", "--server-port", "0", "--web-port", "0"]
+    command += ["--encoder-metrics-port", "-1", "--search-metrics-port", "-1"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    assert process.stdout is not None and process.stdout.readline().startswith("starting the encoder")
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "imgsearch: interrupted (Ctrl-C)" in err
+    assert "ready" not in out
+
+
 def test_up_on_a_taken_port_says_which_before_starting_anything(tiny_encoder, tiny_path, tmp_path) -> None:
     """Otherwise whoever holds the port would answer `up`'s questions, and it would report ready."""
     held = tiny_encoder.grpc.address.rsplit(":", 1)[1]
