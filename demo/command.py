@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from client.cli import port_argument
-from client.commands import EXIT_FAILED, EXIT_OK, UsageError
+from client.commands import EXIT_FAILED, EXIT_OK, UsageError, stop_on_signal
 from client.output import shown
 from imagesearch.defaults import DEFAULT_MODEL, WEB_PORT
 
@@ -70,7 +70,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         if args.web:
             web_port = WEB_PORT if args.web_port is None else args.web_port
-            serve_page(workdir, plan, web_port, progress=not args.no_progress)
+            serve_page(workdir, plan, web_port, stop_on_signal, progress=not args.no_progress)
         else:
             run_demo(workdir, plan, args.top_k or TOP_K, progress=not args.no_progress)
     except NothingToSearch as error:

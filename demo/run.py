@@ -9,7 +9,8 @@ With `--web` (`make web`) it starts the search page too and keeps everything run
 """
 
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from client import Hit, SearchClient
-from client.commands import stop_on_signal
 from client.grid import write_grid
 from client.local import LocalServices, local_services
 from client.output import progress_bar
@@ -134,10 +134,17 @@ def run_demo(workdir: Path, plan: DemoPlan, top_k: int = TOP_K, progress: bool =
         print(f"\ncollection {stats.collection!r}: {stats.count} pictures, model {stats.model}")
 
 
-def serve_page(workdir: Path, plan: DemoPlan, web_port: int, progress: bool = True) -> None:
-    """`make web`: the demo's collection behind the search page, until Ctrl-C or SIGTERM."""
+def serve_page(
+    workdir: Path,
+    plan: DemoPlan,
+    web_port: int,
+    stopping: Callable[[], threading.Event],
+    progress: bool = True,
+) -> None:
+    """`make web`: the demo's collection behind the search page, until the event that `stopping` gives once
+    the services are up is set (`stop_on_signal`: Ctrl-C or SIGTERM)."""
     with _ingested(workdir, plan, progress, web_port) as (local, _):
-        stop = stop_on_signal()
+        stop = stopping()
         print(f"\nsearch page: {local.web}/?q=a+red+circle\nCtrl-C stops everything")
         stop.wait()
         print("stopping...")

@@ -1,6 +1,8 @@
 """`--grid` with pictures that are not (or no longer) on this machine, and `imgsearch demo`'s flags."""
 
 import os
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -136,7 +138,9 @@ def test_the_page_serves_your_own_pictures_without_queries(monkeypatch, tmp_path
     """`--pictures DIR --web` demanded --query and --image-query, which the page then ignored."""
     served: list[tuple[DemoPlan, int]] = []
 
-    def serve_page(workdir: Path, plan: DemoPlan, port: int, progress: bool) -> None:
+    def serve_page(
+        workdir: Path, plan: DemoPlan, port: int, stopping: Callable[[], threading.Event], progress: bool
+    ) -> None:
         served.append((plan, port))
 
     monkeypatch.setattr(demo.command, "serve_page", serve_page)

@@ -150,7 +150,7 @@ def test_cli_refuses_bad_parts_as_usage_errors(capsys) -> None:
 def test_make_web_serves_the_demo_collection_until_stopped(tmp_path, capsys) -> None:
     workdir, port, stop = tmp_path / "demo", free_port(), threading.Event()
     plan = synthetic_plan(workdir, "", per_class=1)
-    runner = threading.Thread(target=serve_page, args=(workdir, plan, port, stop, False))
+    runner = threading.Thread(target=serve_page, args=(workdir, plan, port, lambda: stop, False))
     runner.start()
     try:
         for _ in range(600):  # a bounded poll: the services take a few seconds to start
