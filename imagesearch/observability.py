@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from .calls import current_request_id, handling, request_id_of
 from .handlers import wrap_handler
 from .headers import SERVED_BY
+from .ports import bare_host
 
 _QUIET_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # What the search service's health check asks every encoder every few seconds, and what the SDK asks before
@@ -119,7 +120,7 @@ def configure_logging(format: str = "json", level: str = "INFO") -> None:
 
 def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> WSGIServer:
     """Serves /metrics over HTTP on `port` (0: any free one; the server's `server_port` says which)."""
-    server, _ = start_http_server(port, addr=host.strip("[]"), registry=registry)  # [::1] as a URL writes it
+    server, _ = start_http_server(port, addr=bare_host(host), registry=registry)
     return server
 
 

@@ -10,13 +10,18 @@ def is_port(number: int, none: int | None = None) -> bool:
     return 0 <= number <= 65535 or number == none
 
 
+def bare_host(host: str) -> str:
+    """`host` as socket functions take it: an IPv6 address without the brackets a URL writes (`[::1]`)."""
+    return host.strip("[]")
+
+
 def require_listenable(host: str, port: int, flag: str) -> None:
     """OSError naming the flag to change (`--host`, or the port's `flag`) when nothing can listen on
     host:port. Probed as gRPC and uvicorn bind (SO_REUSEADDR; some address of the host's will do), before
     they try: gRPC's own failure is a raw line of its log ahead of ours, Python's names no flag."""
     cannot = f"cannot listen on {host}:{port}"
     try:
-        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+        addresses = socket.getaddrinfo(bare_host(host), port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
         raise OSError(f"{cannot} (--host): {host!r} does not resolve ({error.strerror})") from None
     refusals: set[int | None] = set()

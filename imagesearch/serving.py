@@ -178,7 +178,6 @@ class GrpcServer:
                 self.metrics = serve_metrics(registry, host, metrics_port)
             except OSError as error:  # taken between the probe and the bind
                 raise OSError(f"cannot listen on {host}:{metrics_port} (--metrics-port): {error}") from None
-        if self.metrics is not None:
             log.info("metrics on http://%s:%d/metrics", host, self.metrics.server_port)
         self._health_server, self.health_address = (
             self._serve_health_alone(host, health_port) if health_port >= 0 else (None, None)

@@ -191,14 +191,15 @@ class Store:
         `call` gets its timeout: `timeout_s` (the usual one when None), or what is left of the caller's
         deadline if that is less, so that no call works on for a caller who has given up."""
         what = f"{operation} {collection!r}" if collection else operation
+        if self._reconnect_needed:
+            self._reconnect()
+        # Taken after a reconnect, which may itself take seconds (Lite started again, its file checked).
         timeout = min(timeout_s or self.timeout_s, current_caller().deadline - time.monotonic())
         if timeout <= 0:
             raise ServiceError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"{what}: the caller's deadline passed before Milvus was asked",
             )
-        if self._reconnect_needed:
-            self._reconnect()
         started = time.perf_counter()
         try:
             return call(timeout)
