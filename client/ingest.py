@@ -53,6 +53,9 @@ class Ingestion:
         self._collection = collection
         self._progress = progress
         self._lock = threading.Lock()  # the blocking client records answers while another thread sends
+        # The blocking client settles unreadable files on gRPC's sending thread and answers on the caller's:
+        # `progress` (a progress bar, say) is called by one of them at a time.
+        self._progress_turn = threading.Lock()
         self.summary = IngestSummary(total=len(self._found))
         self._failure: Exception | None = None
         self._owed = 0  # requests sent and not answered yet
@@ -139,16 +142,16 @@ class Ingestion:
         return self._finish(IngestItem(response.uri, response.id, outcome, response.error), is_answer=True)
 
     def _finish(self, item: IngestItem, is_answer: bool = False) -> Awaitable[None] | None:
-        with self._lock:
-            self.summary.add(item)
-        if self._progress is None or self._failure is not None:
-            return None
-        try:
-            with self._telling_progress(is_answer):
+        with self._telling_progress(is_answer), self._progress_turn:
+            with self._lock:
+                self.summary.add(item)
+            if self._progress is None or self._failure is not None:
+                return None
+            try:
                 told = self._progress(item, self.summary)
-        except Exception as failure:
-            self._fail(failure)
-            return None
+            except Exception as failure:
+                self._fail(failure)
+                return None
         return self._awaited(told, is_answer) if inspect.isawaitable(told) else None
 
     async def _awaited(self, told: Awaitable[None], is_answer: bool) -> None:
@@ -160,8 +163,9 @@ class Ingestion:
 
     @contextmanager
     def _telling_progress(self, is_answer: bool) -> Iterator[None]:
-        """For an answer's item, stops the silence clock while `progress` runs: the answers after it wait to
-        be read meanwhile. (An item the client settled itself holds up only the sending.)"""
+        """For an answer's item, stops the silence clock while `progress` runs or waits for its turn: the
+        answers after it wait to be read meanwhile. (An item the client settled itself holds up only the
+        sending.)"""
         if not is_answer:
             yield
             return

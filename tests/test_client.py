@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 import grpc
@@ -171,6 +172,35 @@ def test_after_a_progress_callback_raised_for_an_answer_nothing_more_is_sent(pho
     assert list(requests) == []
     with pytest.raises(Enough):
         ingestion.raise_failure()
+
+
+def test_the_progress_callback_is_called_by_one_thread_at_a_time(tmp_path: Path) -> None:
+    """The blocking client settles an unreadable file on gRPC's sending thread while the caller's thread
+    records an answer: each call here waits (up to 2 s) for the other to begin, so calls made at once meet,
+    and the CLI's bar was made twice."""
+    (tmp_path / "0.png").write_bytes(png(solid((200, 30, 30), (16, 16))))
+    (tmp_path / "notes.txt").write_text("not a picture")
+    begun = {"skipped": threading.Event(), "stored": threading.Event()}
+    inside, most_inside, counting = [0], [0], threading.Lock()
+
+    def progress(item: IngestItem, summary: IngestSummary) -> None:
+        with counting:
+            inside[0] += 1
+            most_inside[0] = max(most_inside[0], inside[0])
+        begun[item.outcome].set()
+        begun["stored" if item.outcome == "skipped" else "skipped"].wait(2)
+        with counting:
+            inside[0] -= 1
+
+    ingestion = Ingestion(tmp_path, True, "c", None, progress)
+    requests = ingestion.requests(Limits(4 << 20, 4 << 20, 1000, 10000))
+    first = next(requests)
+    sending = threading.Thread(target=list, args=(requests,))
+    sending.start()
+    ingestion.record(search_pb2.IngestResponse(uri=first.uri, outcome=search_pb2.OUTCOME_STORED))
+    sending.join()
+    assert most_inside[0] == 1
+    assert (ingestion.summary.stored, len(ingestion.summary.skipped)) == (1, 1)
 
 
 def test_the_async_client_awaits_an_async_progress_callback_and_what_it_raises_ends_the_ingest(
