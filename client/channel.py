@@ -132,9 +132,10 @@ class Connection:
         code: grpc.StatusCode = error.code()
         message: str = error.details() or ""
         reached = answered_by_a_service(error)
+        went_away = not reached and answered and code == grpc.StatusCode.UNAVAILABLE
         if code == grpc.StatusCode.CANCELLED and self._closed:
             return self.closed_under_a_call()
-        if not reached and answered and code == grpc.StatusCode.UNAVAILABLE:
+        if went_away:
             message = f"the {self.service} at {self.target} went away during the stream: {message}"
         elif not reached and code == grpc.StatusCode.UNAVAILABLE:
             message = f"cannot reach the {self.service} at {self.target}: {message}"
@@ -145,7 +146,7 @@ class Connection:
                 f"the server at {self.target} does not serve this call ({message}): "
                 f"is it the {self.service}, and as new as this client?"
             )
-        return ImageSearchError(code, message, self.target, self.service, reached)
+        return ImageSearchError(code, message, self.target, self.service, reached, went_away)
 
     def silence(self) -> ImageSearchError:
         """An ingest stream the SDK cancelled: the service owed answers and gave none for `timeout` s."""

@@ -344,7 +344,13 @@ def _report(error: ImageSearchError, over_tls: bool) -> int:
         return EXIT_USAGE
     if not error.reached:
         _say(str(error))
-        if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        if error.went_away:  # it had answered: neither its address nor TLS is wrong
+            print(
+                f"  once the {error.service} runs again, run the same ingest: "
+                "what it stored is not stored twice.",
+                file=sys.stderr,
+            )
+        elif error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             # One side speaking TLS to the other's plaintext fails as nobody listening does.
             tls = "with TLS, as --tls asks" if over_tls else "without TLS (else add --tls)"
             print(
