@@ -35,6 +35,7 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         request_id = request_id_of(Headers(scope=scope))
+        scope.setdefault("state", {})["request_id"] = request_id  # for the log lines of its failures
         status = 500  # what uvicorn answers for an app that fails before it answers
         started = time.perf_counter()
 

@@ -1,5 +1,7 @@
 """Every failure as a JSON body {"error": message} with the HTTP status that matches it."""
 
+import logging
+
 import grpc
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -18,6 +20,17 @@ _HTTP_STATUS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 BAD_GATEWAY = 502  # anything else is the search service failing, or refusing this tier (its token, say)
+# What a failure of the tiers behind says to whoever opened the page, in place of their words: those name
+# internal addresses (of the encoder, Milvus, the search service) and are logged instead.
+_FAILING = {
+    grpc.StatusCode.UNAVAILABLE: "is unavailable",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "did not answer in time",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "is too busy",
+    grpc.StatusCode.UNAUTHENTICATED: "refused this tier's token (--search-token)",
+    grpc.StatusCode.PERMISSION_DENIED: "refused this tier's token (--search-token)",
+}
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -40,9 +53,30 @@ async def api_error(request: Request, error: Exception) -> JSONResponse:
     return error_response(error.status, error.message, closing)
 
 
+def _failing_tier(error: ImageSearchError) -> str:
+    """Which tier failed, by the search service's words (which name the encoder or Milvus when it was)."""
+    if error.reached and error.message.startswith("encoder at "):
+        return "the encoder"
+    if error.reached and "Milvus at " in error.message:
+        return "the search service's Milvus"
+    return "the search service"
+
+
 async def search_service_error(request: Request, error: Exception) -> JSONResponse:
+    """A refusal of the request with the search service's words, which name what was wrong in it; a failure
+    of the tiers behind with which failed, and how, but not where: its words are logged."""
     assert isinstance(error, ImageSearchError)
-    return error_response(_HTTP_STATUS.get(error.code, BAD_GATEWAY), error.message)
+    status = _HTTP_STATUS.get(error.code, BAD_GATEWAY)
+    if status < 500:
+        return error_response(status, error.message)
+    fields = {"status": status, "request_id": request.state.request_id}
+    log.warning("the search service failed: %s", error, extra={"fields": fields})
+    failing = _FAILING.get(error.code, "failed")
+    return error_response(
+        status,
+        f"{_failing_tier(error)} {failing} ({error.code.name}); the web tier's log has its words under this "
+        "answer's x-request-id",
+    )
 
 
 async def http_error(request: Request, error: Exception) -> JSONResponse:

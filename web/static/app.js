@@ -312,7 +312,7 @@ function hideMore() {
 // ---- what went wrong, in the user's words -----------------------------------------------------------------
 
 // The API's errors are for programs: they name its parameters and the search request's fields
-// ("parts[0].text"), count bytes, and give the address of a service it cannot reach. The page says what they
+// ("parts[0].text"), count bytes, and give a failing tier's status code. The page says what they
 // mean to the person searching: a failure that may pass (no answer, 408, 5xx) by its status alone, a refusal
 // (any other 4xx) by the first of REFUSALS that matches it.
 const FAILURES = new Map([
