@@ -15,6 +15,10 @@ import grpc
 from .headers import REQUEST_ID
 
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# The time kept back from a caller's deadline for the handler's answer to reach it (a share of what is left,
+# at most a second): a dependency that takes the rest is named in that answer, where a call ended at the
+# caller's own deadline reached it as a bare DEADLINE_EXCEEDED.
+_ANSWER_SHARE, _LONGEST_ANSWER_S = 0.25, 1.0
 
 
 class Caller:
@@ -27,6 +31,12 @@ class Caller:
         self._lock = threading.Lock()
         self._gone = threading.Event()
         self._on_leaving: set[Callable[[], object]] = set()
+
+    def answer_by(self) -> float:
+        """When the calls made for this one must end (time.monotonic()): a little before its deadline, so that
+        the handler's answer, which says which of them failed, still reaches the caller."""
+        kept_back = min(_LONGEST_ANSWER_S, _ANSWER_SHARE * (self.deadline - time.monotonic()))
+        return self.deadline - kept_back
 
     def left(self) -> None:
         """The call has ended, however it ended: whatever still waits for it is cancelled."""

@@ -189,12 +189,13 @@ class Store:
         a filter `expression` that Milvus fails, and not for want of a connection, failed for its filter:
         Milvus Lite checks some filters only while it runs them. Any other refusal gets `refused`.
         `call` gets its timeout: `timeout_s` (the usual one when None), or what is left of the caller's
-        deadline if that is less, so that no call works on for a caller who has given up."""
+        deadline if that is less (less the time for the answer to reach it: `Caller.answer_by`), so that no
+        call works on for a caller who has given up, and the caller hears that Milvus did not answer."""
         what = f"{operation} {collection!r}" if collection else operation
         if self._reconnect_needed:
             self._reconnect()
         # Taken after a reconnect, which may itself take seconds (Lite started again, its file checked).
-        timeout = min(timeout_s or self.timeout_s, current_caller().deadline - time.monotonic())
+        timeout = min(timeout_s or self.timeout_s, current_caller().answer_by() - time.monotonic())
         if timeout <= 0:
             raise ServiceError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
