@@ -376,8 +376,11 @@ def cancels_taken_in_once_handlers_return(monkeypatch: pytest.MonkeyPatch) -> No
 
         def once_returned(event):  # type: ignore[no-untyped-def]
             if event.batch_operations[0].cancelled():
+                # This holds grpc's polling thread, which may also owe the handler the end of its requests
+                # (its events come in either order): then the handler returns only after this wait, and the
+                # wait is kept well inside the test's own for the access line (it was 30 s, as long as that).
                 with state.condition:
-                    state.condition.wait_for(lambda: state.statused, timeout=30)
+                    state.condition.wait_for(lambda: state.statused, timeout=5)
             return record(event)
 
         return once_returned
