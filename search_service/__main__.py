@@ -2,12 +2,21 @@
 
 import os
 import sys
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from imagesearch.observability import configure_logging
 from imagesearch.serving import reported_startup, run_until_signalled
 
-from .config import parse_args, shown_uri
+from .config import SearchConfig, parse_args, shown_uri
+
+# The first version's names of three settings (pymilvus reads the first itself). A deployment made for that
+# version still sets them; ignored, its service ran on the defaults: a new Milvus Lite file, healthy, empty.
+_FIRST_VERSION_NAMES = {
+    "MILVUS_URI": "milvus_uri",
+    "MILVUS_TOKEN": "milvus_token",
+    "MILVUS_TIMEOUT_S": "milvus_timeout_s",
+}
 
 
 def pymilvus_takes(uri: str) -> bool:
@@ -19,6 +28,32 @@ def pymilvus_takes(uri: str) -> bool:
     except ValueError:
         return False
     return not uri or (bool(parsed.netloc) and (port is None or port < 65535))
+
+
+def _same(given: str, now: object) -> bool:
+    if isinstance(now, float):
+        try:
+            return float(given) == now
+        except ValueError:
+            return False
+    return given == now
+
+
+def first_version_setting(config: SearchConfig, environment: Mapping[str, str]) -> str:
+    """Why the service must not start: a first version's variable set to other than what its setting is
+    now; or ""."""
+    for name, field in _FIRST_VERSION_NAMES.items():
+        given, now = environment.get(name, ""), getattr(config, field)
+        if given and not _same(given, now):
+            if field == "milvus_token":
+                shown, shown_now = "***", "***" if now else "empty"
+            else:
+                shown, shown_now = shown_uri(given), shown_uri(str(now))
+            return (
+                f"{name}={shown} is the first version's name for --{field.replace('_', '-')}, which is "
+                f"{shown_now} here: set SEARCH_{name} instead (or unset {name})"
+            )
+    return ""
 
 
 def main() -> None:
@@ -36,6 +71,9 @@ def main() -> None:
     from .server import SearchServer  # only now: importing it imports pymilvus
 
     config = parse_args()
+    if why := first_version_setting(config, os.environ):
+        print(f"search_service: {why}", file=sys.stderr)
+        sys.exit(2)
     configure_logging(config.log_format)
     with reported_startup("search_service"):
         server = SearchServer(config)

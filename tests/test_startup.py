@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from client.local import free_port
+from search_service.__main__ import first_version_setting
+from search_service.config import parse_args as search_flags
 from search_service.store import Store
 
 
@@ -68,6 +70,38 @@ def test_a_milvus_uri_that_pymilvus_cannot_read_is_named(uri: str) -> None:
     assert done.stderr == (
         f"search_service: MILVUS_URI={uri}: pymilvus reads MILVUS_URI itself and takes only a URL "
         "(http://host:19530); name a Milvus Lite file with --milvus-uri or SEARCH_MILVUS_URI\n"
+    )
+
+
+def test_a_first_version_milvus_variable_that_says_otherwise_stops_the_start(tmp_path: Path) -> None:
+    """The first version read MILVUS_URI, MILVUS_TOKEN and MILVUS_TIMEOUT_S; its deployments still set them.
+    Ignored, the service started on a new, empty Milvus Lite file and said it was healthy."""
+    first_version = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("SEARCH_")},
+        "MILVUS_URI": "http://milvus.internal:19530",
+    }
+    command = [sys.executable, "-m", "search_service", "--port", "0", "--metrics-port", "-1"]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env=first_version, cwd=tmp_path
+    )
+    assert done.returncode == 2 and done.stderr == (
+        "search_service: MILVUS_URI=http://milvus.internal:19530 is the first version's name for "
+        "--milvus-uri, which is ./milvus.db here: set SEARCH_MILVUS_URI instead (or unset MILVUS_URI)\n"
+    )
+    assert list(tmp_path.iterdir()) == []  # no Milvus Lite file begun
+
+
+def test_a_first_version_milvus_variable_that_agrees_is_let_be() -> None:
+    server = search_flags(["--milvus-uri", "http://milvus:19530", "--milvus-token", "root:s3cret"])
+    agreeing = {"MILVUS_URI": "http://milvus:19530", "MILVUS_TOKEN": "root:s3cret", "MILVUS_TIMEOUT_S": "10"}
+    assert first_version_setting(server, agreeing) == ""
+    other_token = first_version_setting(server, {"MILVUS_TOKEN": "root:old"})
+    assert other_token.startswith(
+        "MILVUS_TOKEN=*** is the first version's name for --milvus-token, which is ***"
+    )
+    assert "s3cret" not in other_token and "old" not in other_token
+    assert first_version_setting(server, {"MILVUS_TIMEOUT_S": "5"}).startswith(
+        "MILVUS_TIMEOUT_S=5 is the first version's name for --milvus-timeout-s, which is 10.0 here"
     )
 
 
