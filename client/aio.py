@@ -171,6 +171,8 @@ class AsyncSearchClient:
         options = messages.search_options(
             self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
+        if min_score is not None:
+            await self._read_by_the_service(messages.MIN_SCORE_IGNORED)
         request = messages.search_text_request(text, options)
         response = await self._connection.call(self._stub.SearchText, request)
         return messages.hits(response, output_fields)
@@ -189,6 +191,8 @@ class AsyncSearchClient:
         options = messages.search_options(
             self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
+        if min_score is not None:
+            await self._read_by_the_service(messages.MIN_SCORE_IGNORED)
         picture = await asyncio.to_thread(picture_bytes, image, MAX_MESSAGE_BYTES)
         request = messages.search_image_request(picture, options)
         response = await self._connection.call(self._stub.SearchImage, request)
@@ -247,6 +251,8 @@ class AsyncSearchClient:
     ) -> int:
         """How many pictures were deleted (with `dry_run`, would be): by id, or every one a filter matches."""
         request = messages.delete_request(self.collection, ids, filter, filter_params, dry_run)
+        if dry_run:
+            await self._read_by_the_service(messages.DRY_RUN_IGNORED)
         return (await self._connection.call(self._stub.Delete, request)).deleted
 
     async def stats(self) -> Stats:
@@ -255,6 +261,16 @@ class AsyncSearchClient:
 
     async def limits(self) -> Limits:
         return messages.limits(await self._connection.call(self._stub.GetLimits, messages.LIMITS_REQUEST))
+
+    async def _read_by_the_service(self, field: str) -> None:
+        """Makes sure, once, that the service reads `field` before a request carries it: the first version's
+        ignores it, and lacks GetLimits."""
+        if not self._connection.reads_every_field:
+            try:
+                await self.limits()
+            except ImageSearchError as error:
+                raise self._connection.older_service(error, field) from None
+            self._connection.reads_every_field = True
 
     async def close(self) -> None:
         await self._connection.close()

@@ -90,6 +90,7 @@ class Connection:
         self.timeout = timeout
         self._token = token or ""
         self._closed = False
+        self.reads_every_field = False  # it answered GetLimits: it is no first version's service
         self.channel: Any = self._open(api, credentials)
 
     def _open(self, api: ModuleType, credentials: grpc.ChannelCredentials | None) -> Any:
@@ -147,6 +148,20 @@ class Connection:
                 f"is it the {self.service}, and as new as this client?"
             )
         return ImageSearchError(code, message, self.target, self.service, reached, went_away)
+
+    def older_service(self, error: ImageSearchError, ignored: str) -> ImageSearchError:
+        """`error` of the GetLimits asked before a request with a field, `ignored`, that the first version's
+        service would not read (proto3 drops the fields it does not know); where it lacks GetLimits, that it
+        is that version."""
+        if error.code != grpc.StatusCode.UNIMPLEMENTED:
+            return error
+        message = (
+            f"the {self.service} at {self.target} is older than this client and would ignore {ignored}: "
+            "upgrade it (or use the client of its version)"
+        )
+        return ImageSearchError(
+            grpc.StatusCode.FAILED_PRECONDITION, message, self.target, self.service, reached=False
+        )
 
     def silence(self) -> ImageSearchError:
         """An ingest stream the SDK cancelled: the service owed answers and gave none for `timeout` s."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from imagesearch.v1 import search_pb2
 
 from . import messages
+from .errors import refused
 from .files import HEAD_BYTES, Found, Unreadable, looks_like_image, read_picture, uri_of, walk
 from .models import IngestItem, IngestSummary, Limits, MetadataValue, Outcome
 
@@ -48,6 +49,8 @@ class Ingestion:
         metadata: Mapping[str, MetadataValue] | None,
         progress: AsyncProgress | None,
     ) -> None:
+        if progress is not None and not callable(progress):  # the first version's took True or False
+            raise refused(f"progress = {progress!r} is not a function of (item, summary), nor None")
         self._found = list(walk(paths, recursive))
         self._strings, self._typed = messages.metadata_maps(metadata or {})
         self._collection = collection

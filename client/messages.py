@@ -23,6 +23,10 @@ OUTCOMES: dict[int, Outcome] = {
     search_pb2.OUTCOME_PRESENT: "present",
     search_pb2.OUTCOME_FAILED: "failed",
 }
+# Fields of a request that the first version's search service does not know, and what it does instead of what
+# they ask: before sending one, a client makes sure once that its service is newer (`older_service`).
+DRY_RUN_IGNORED = "dry_run (it would delete what it was asked to count)"
+MIN_SCORE_IGNORED = "min_score (it would answer hits under it)"
 _INT32_MAX = 2**31 - 1
 _INT64 = (-(2**63), 2**63 - 1)
 

@@ -117,6 +117,8 @@ class SearchClient:
         options = messages.search_options(
             self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
+        if min_score is not None:
+            self._read_by_the_service(messages.MIN_SCORE_IGNORED)
         request = messages.search_text_request(text, options)
         return messages.hits(self._connection.call(self._stub.SearchText, request), output_fields)
 
@@ -134,6 +136,8 @@ class SearchClient:
         options = messages.search_options(
             self.collection, top_k, offset, filter, filter_params, output_fields, min_score
         )
+        if min_score is not None:
+            self._read_by_the_service(messages.MIN_SCORE_IGNORED)
         request = messages.search_image_request(picture_bytes(image, MAX_MESSAGE_BYTES), options)
         return messages.hits(self._connection.call(self._stub.SearchImage, request), output_fields)
 
@@ -190,6 +194,8 @@ class SearchClient:
     ) -> int:
         """How many pictures were deleted (with `dry_run`, would be): by id, or every one a filter matches."""
         request = messages.delete_request(self.collection, ids, filter, filter_params, dry_run)
+        if dry_run:
+            self._read_by_the_service(messages.DRY_RUN_IGNORED)
         return self._connection.call(self._stub.Delete, request).deleted
 
     def stats(self) -> Stats:
@@ -198,6 +204,16 @@ class SearchClient:
 
     def limits(self) -> Limits:
         return messages.limits(self._connection.call(self._stub.GetLimits, messages.LIMITS_REQUEST))
+
+    def _read_by_the_service(self, field: str) -> None:
+        """Makes sure, once, that the service reads `field` before a request carries it: the first version's
+        ignores it, and lacks GetLimits."""
+        if not self._connection.reads_every_field:
+            try:
+                self.limits()
+            except ImageSearchError as error:
+                raise self._connection.older_service(error, field) from None
+            self._connection.reads_every_field = True
 
     def close(self) -> None:
         self._connection.close()

@@ -8,6 +8,9 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -32,7 +35,7 @@ from client.grid import COLUMNS, LABEL_HEIGHT, MARGIN, TILE
 from client.ingest import Ingestion
 from client.models import Limits
 from client.output import progress_bar
-from imagesearch.v1 import search_pb2
+from imagesearch.v1 import search_pb2, search_pb2_grpc
 from search_service.config import SearchConfig
 
 
@@ -172,6 +175,19 @@ def test_after_a_progress_callback_raised_for_an_answer_nothing_more_is_sent(pho
     assert list(requests) == []
     with pytest.raises(Enough):
         ingestion.raise_failure()
+
+
+def test_a_progress_that_is_no_function_is_refused_before_anything_is_sent(services, photo_folder) -> None:
+    """The first version's `progress` was True or False: False was called once the pictures were stored,
+    and the ingest raised a TypeError instead of its summary."""
+    with SearchClient(services[1], collection="sdk_progress_flag") as client:
+        with pytest.raises(ImageSearchError) as refused:
+            client.ingest(photo_folder, progress=False)  # type: ignore[arg-type]
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.message == "progress = False is not a function of (item, summary), nor None"
+        with pytest.raises(ImageSearchError) as missing:
+            client.stats()
+        assert missing.value.code == grpc.StatusCode.NOT_FOUND  # nothing was sent: no collection made
 
 
 def test_the_progress_callback_is_called_by_one_thread_at_a_time(tmp_path: Path) -> None:
@@ -503,6 +519,76 @@ def test_a_client_at_another_services_address_is_told_so(tiny_encoder, capsys) -
     with SearchClient(address) as client, pytest.raises(ImageSearchError) as error:
         client.stats()
     assert error.value.code == grpc.StatusCode.UNIMPLEMENTED and not error.value.reached
+
+
+class FirstVersion(search_pb2_grpc.SearchServiceServicer):
+    """The search service as its first version answers, in front of a real one: without GetLimits (the
+    generated base answers UNIMPLEMENTED), and blind to the request fields added since, which are cleared
+    before the request goes on (proto3 drops the fields it does not know)."""
+
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.stub = search_pb2_grpc.SearchServiceStub(self.channel)
+
+    def Stats(self, request, context):  # type: ignore[no-untyped-def]
+        return self.stub.Stats(request)
+
+    def SearchText(self, request, context):  # type: ignore[no-untyped-def]
+        request.options.ClearField("min_score")
+        return self.stub.SearchText(request)
+
+    def Delete(self, request, context):  # type: ignore[no-untyped-def]
+        request.ClearField("dry_run")
+        return self.stub.Delete(request)
+
+
+@contextmanager
+def first_version_in_front_of(target: str) -> Iterator[str]:
+    server, service = grpc.server(ThreadPoolExecutor(4)), FirstVersion(target)
+    search_pb2_grpc.add_SearchServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+        service.channel.close()
+
+
+def test_no_dry_run_or_min_score_goes_to_a_first_version_service_which_would_ignore_it(
+    services, photo_folder
+) -> None:
+    """Found upgrading: a dry run (the CLI's question before a delete by filter) deleted what it was to
+    count, and min_score came back with hits under it."""
+    with SearchClient(services[1], collection="sdk_first_version") as client:
+        client.ingest([photo_folder])
+    with first_version_in_front_of(services[1]) as address:
+
+        async def dry_run() -> int:
+            async with AsyncSearchClient(address, collection="sdk_first_version") as client:
+                return await client.delete(filter='uri like "%"', dry_run=True)
+
+        with SearchClient(address, collection="sdk_first_version") as client:
+            refusals = []
+            for asked in (
+                lambda: client.delete(filter='uri like "%"', dry_run=True),
+                lambda: client.search_text("a red picture", min_score=0.99),
+                lambda: asyncio.run(dry_run()),
+            ):
+                with pytest.raises(ImageSearchError) as refused:
+                    asked()
+                refusals.append((refused.value.code, refused.value.message))
+            assert client.stats().count == 7  # nothing deleted
+            assert len(client.search_text("a red picture", top_k=3)) == 3  # what it reads still works
+    older = f"the search service at {address} is older than this client and would ignore "
+    upgrade = ": upgrade it (or use the client of its version)"
+    dry_run_refused = older + "dry_run (it would delete what it was asked to count)" + upgrade
+    min_score_refused = older + "min_score (it would answer hits under it)" + upgrade
+    assert refusals == [
+        (grpc.StatusCode.FAILED_PRECONDITION, dry_run_refused),
+        (grpc.StatusCode.FAILED_PRECONDITION, min_score_refused),
+        (grpc.StatusCode.FAILED_PRECONDITION, dry_run_refused),
+    ]
 
 
 def test_the_clients_default_deadline_outlasts_the_search_services_own_on_the_encoder() -> None:
