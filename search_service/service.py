@@ -246,7 +246,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         jpeg = self.thumbnails.read(collection.name, image_id)
         if jpeg is None:
             raise ServiceError(
-                grpc.StatusCode.NOT_FOUND, f"no thumbnail of {image_id} in collection {collection.name!r}"
+                grpc.StatusCode.NOT_FOUND,
+                f"no thumbnail of {image_id} in collection {collection.name!r} (a stored picture without "
+                "one, stored before thumbnails were made or when its could not be, gets one when ingested "
+                "again)",
             )
         return search_pb2.GetThumbnailResponse(jpeg=jpeg)
 

@@ -364,7 +364,10 @@ def test_a_picture_whose_thumbnail_cannot_be_made_is_stored_without_one(
         assert result.outcome == STORED and result.id == hashlib.sha256(image).hexdigest()
         assert stub.Stats(search_pb2.StatsRequest()).count == 1
         error = refused(lambda: thumbnail(stub, "", result.id))
-        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert error.code() == grpc.StatusCode.NOT_FOUND and error.details().endswith(
+            "(a stored picture without one, stored before thumbnails were made or when its could not be, "
+            "gets one when ingested again)"
+        )
         assert [hit.record.id for hit in searched(stub, "", part(id=result.id))] == [result.id]
     assert "56x40 pixels is over the limit of 1000 pixels" in caplog.text
 
