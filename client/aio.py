@@ -269,7 +269,8 @@ class AsyncSearchClient:
             try:
                 await self.limits()
             except ImageSearchError as error:
-                raise self._connection.older_service(error, field) from None
+                if (older := self._connection.older_service(error, field)) is not None:
+                    raise older from None
             self._connection.reads_every_field = True
 
     async def close(self) -> None:

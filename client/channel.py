@@ -149,15 +149,18 @@ class Connection:
             )
         return ImageSearchError(code, message, self.target, self.service, reached, went_away)
 
-    def older_service(self, error: ImageSearchError, ignored: str) -> ImageSearchError:
-        """`error` of the GetLimits asked before a request with a field, `ignored`, that the first version's
-        service would not read (proto3 drops the fields it does not know); where it lacks GetLimits, that it
-        is that version."""
+    def older_service(self, error: ImageSearchError, ignored: str) -> ImageSearchError | None:
+        """What to raise for `error` of the GetLimits asked before a request with a field, `ignored`, that the
+        first version's search service would not read (proto3 drops the fields it does not know): None where
+        the service answered it, whatever it said (GetLimits asks the encoder, which may be down): a service
+        that has GetLimits reads the field."""
+        if error.reached:
+            return None
         if error.code != grpc.StatusCode.UNIMPLEMENTED:
             return error
         message = (
-            f"the {self.service} at {self.target} is older than this client and would ignore {ignored}: "
-            "upgrade it (or use the client of its version)"
+            f"the server at {self.target} does not serve GetLimits: if it is the first version's "
+            f"{self.service}, it would ignore {ignored}: upgrade it (or use the client of its version)"
         )
         return ImageSearchError(
             grpc.StatusCode.FAILED_PRECONDITION, message, self.target, self.service, reached=False

@@ -212,7 +212,8 @@ class SearchClient:
             try:
                 self.limits()
             except ImageSearchError as error:
-                raise self._connection.older_service(error, field) from None
+                if (older := self._connection.older_service(error, field)) is not None:
+                    raise older from None
             self._connection.reads_every_field = True
 
     def close(self) -> None:

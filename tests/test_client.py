@@ -33,6 +33,7 @@ from client import (
 from client.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, build_parser, main
 from client.grid import COLUMNS, LABEL_HEIGHT, MARGIN, TILE
 from client.ingest import Ingestion
+from client.local import free_port
 from client.models import Limits
 from client.output import progress_bar
 from imagesearch.v1 import search_pb2, search_pb2_grpc
@@ -566,12 +567,12 @@ def test_no_dry_run_or_min_score_goes_to_a_first_version_service_which_would_ign
 
         async def dry_run() -> int:
             async with AsyncSearchClient(address, collection="sdk_first_version") as client:
-                return await client.delete(filter='uri like "%"', dry_run=True)
+                return await client.delete(filter='uri like "/%"', dry_run=True)
 
         with SearchClient(address, collection="sdk_first_version") as client:
             refusals = []
             for asked in (
-                lambda: client.delete(filter='uri like "%"', dry_run=True),
+                lambda: client.delete(filter='uri like "/%"', dry_run=True),
                 lambda: client.search_text("a red picture", min_score=0.99),
                 lambda: asyncio.run(dry_run()),
             ):
@@ -580,7 +581,8 @@ def test_no_dry_run_or_min_score_goes_to_a_first_version_service_which_would_ign
                 refusals.append((refused.value.code, refused.value.message))
             assert client.stats().count == 7  # nothing deleted
             assert len(client.search_text("a red picture", top_k=3)) == 3  # what it reads still works
-    older = f"the search service at {address} is older than this client and would ignore "
+    older = f"the server at {address} does not serve GetLimits: if it is the first version's search service, "
+    older += "it would ignore "
     upgrade = ": upgrade it (or use the client of its version)"
     dry_run_refused = older + "dry_run (it would delete what it was asked to count)" + upgrade
     min_score_refused = older + "min_score (it would answer hits under it)" + upgrade
@@ -589,6 +591,24 @@ def test_no_dry_run_or_min_score_goes_to_a_first_version_service_which_would_ign
         (grpc.StatusCode.FAILED_PRECONDITION, min_score_refused),
         (grpc.StatusCode.FAILED_PRECONDITION, dry_run_refused),
     ]
+
+
+def test_a_dry_run_needs_no_encoder_though_the_sdk_asks_the_services_limits_first(
+    tiny_encoder, photo_folder, tmp_path
+) -> None:
+    """GetLimits asks the encoder: with it down, the question before a dry run failed (UNAVAILABLE, after
+    the encoder's retries), though counting what a delete would remove never needs the encoder."""
+    with (
+        running_search(tiny_encoder.grpc.address, tmp_path / "milvus.db") as search,
+        SearchClient(search.grpc.address) as client,
+    ):
+        assert client.ingest([photo_folder]).stored == 7
+    with (
+        running_search(f"127.0.0.1:{free_port()}", tmp_path / "milvus.db", encoder_timeout_s=2.0) as search,
+        SearchClient(search.grpc.address) as client,
+    ):
+        assert client.delete(filter='uri like "/%"', dry_run=True) == 7
+        assert client.stats().count == 7
 
 
 def test_the_clients_default_deadline_outlasts_the_search_services_own_on_the_encoder() -> None:
