@@ -30,28 +30,18 @@ def pymilvus_takes(uri: str) -> bool:
     return not uri or (bool(parsed.netloc) and (port is None or port < 65535))
 
 
-def _same(given: str, now: object) -> bool:
-    if isinstance(now, float):
-        try:
-            return float(given) == now
-        except ValueError:
-            return False
-    return given == now
-
-
 def first_version_setting(config: SearchConfig, environment: Mapping[str, str]) -> str:
-    """Why the service must not start: a first version's variable set to other than what its setting is
-    now; or ""."""
+    """Why the service must not start: a first version's variable set while the setting that replaced it was
+    left at its default (neither the flag nor SEARCH_* names it); or "". Where the new setting is given, the
+    old variable is pymilvus's business (`imgsearch up` passes --milvus-uri, whatever the shell exports)."""
     for name, field in _FIRST_VERSION_NAMES.items():
-        given, now = environment.get(name, ""), getattr(config, field)
-        if given and not _same(given, now):
-            if field == "milvus_token":
-                shown, shown_now = "***", "***" if now else "empty"
-            else:
-                shown, shown_now = shown_uri(given), shown_uri(str(now))
+        given, default = environment.get(name, ""), getattr(SearchConfig(), field)
+        if given and getattr(config, field) == default:
+            shown = "***" if field == "milvus_token" else shown_uri(given)
+            flag = f"--{field.replace('_', '-')}"
             return (
-                f"{name}={shown} is the first version's name for --{field.replace('_', '-')}, which is "
-                f"{shown_now} here: set SEARCH_{name} instead (or unset {name})"
+                f"{name}={shown} is the first version's name for {flag}, which this version reads as {flag} "
+                f"or SEARCH_{name} (left at its default here): set one of those (or unset {name})"
             )
     return ""
 

@@ -14,7 +14,8 @@ def test_a_flag_wins_over_its_environment_twin_which_wins_over_the_default(monke
 
 
 def test_the_milvus_settings_take_the_prefix_of_the_service(monkeypatch) -> None:
-    # MILVUS_URI is pymilvus's own variable: the service leaves it to pymilvus.
+    # MILVUS_URI is pymilvus's own variable: the settings leave it to pymilvus (the service refuses to start
+    # on its default --milvus-uri while it is set: the first version's name of that setting).
     monkeypatch.setenv("MILVUS_URI", "http://elsewhere:19530")
     assert search_flags([]).milvus_uri == "./milvus.db"
     monkeypatch.setenv("SEARCH_MILVUS_URI", "http://milvus:19530")

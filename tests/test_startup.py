@@ -86,23 +86,25 @@ def test_a_first_version_milvus_variable_that_says_otherwise_stops_the_start(tmp
     )
     assert done.returncode == 2 and done.stderr == (
         "search_service: MILVUS_URI=http://milvus.internal:19530 is the first version's name for "
-        "--milvus-uri, which is ./milvus.db here: set SEARCH_MILVUS_URI instead (or unset MILVUS_URI)\n"
+        "--milvus-uri, which this version reads as --milvus-uri or SEARCH_MILVUS_URI (left at its default "
+        "here): set one of those (or unset MILVUS_URI)\n"
     )
     assert list(tmp_path.iterdir()) == []  # no Milvus Lite file begun
 
 
-def test_a_first_version_milvus_variable_that_agrees_is_let_be() -> None:
-    server = search_flags(["--milvus-uri", "http://milvus:19530", "--milvus-token", "root:s3cret"])
-    agreeing = {"MILVUS_URI": "http://milvus:19530", "MILVUS_TOKEN": "root:s3cret", "MILVUS_TIMEOUT_S": "10"}
-    assert first_version_setting(server, agreeing) == ""
-    other_token = first_version_setting(server, {"MILVUS_TOKEN": "root:old"})
-    assert other_token.startswith(
-        "MILVUS_TOKEN=*** is the first version's name for --milvus-token, which is ***"
+def test_a_first_version_milvus_variable_is_left_to_pymilvus_once_its_new_setting_is_given() -> None:
+    """`imgsearch up` passes --milvus-uri whatever the shell exports; pymilvus reads MILVUS_URI itself."""
+    old = {"MILVUS_URI": "http://milvus:19530", "MILVUS_TOKEN": "root:s3cret", "MILVUS_TIMEOUT_S": "5"}
+    given = ["--milvus-uri", "/tmp/a.db", "--milvus-token", "root:other", "--milvus-timeout-s", "3"]
+    assert first_version_setting(search_flags(given), old) == ""
+    token = first_version_setting(search_flags([]), {"MILVUS_TOKEN": "root:s3cret"})
+    assert (
+        token.startswith("MILVUS_TOKEN=*** is the first version's name for --milvus-token")
+        and "s3cret" not in token
     )
-    assert "s3cret" not in other_token and "old" not in other_token
-    assert first_version_setting(server, {"MILVUS_TIMEOUT_S": "5"}).startswith(
-        "MILVUS_TIMEOUT_S=5 is the first version's name for --milvus-timeout-s, which is 10.0 here"
-    )
+    assert first_version_setting(
+        search_flags(["--milvus-uri", "/tmp/a.db"]), {"MILVUS_TIMEOUT_S": "5"}
+    ).startswith("MILVUS_TIMEOUT_S=5 is the first version's name for --milvus-timeout-s")
 
 
 def test_a_password_in_a_milvus_uri_is_never_shown() -> None:
