@@ -247,9 +247,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if jpeg is None:
             raise ServiceError(
                 grpc.StatusCode.NOT_FOUND,
-                f"no thumbnail of {image_id} in collection {collection.name!r} (a stored picture without "
-                "one, stored before thumbnails were made or when its could not be, gets one when ingested "
-                "again)",
+                f"no thumbnail of {image_id} in collection {collection.name!r} (a picture stored without "
+                "one, by the first version or while the thumbnail folder could not be written, gets one when "
+                "ingested again)",
             )
         return search_pb2.GetThumbnailResponse(jpeg=jpeg)
 

@@ -105,6 +105,18 @@ def running_search(encoder_target: str, milvus_uri: Path | str, **settings: obje
         server.stop()
 
 
+def lite_process(db_file: Path) -> int:
+    """The Milvus Lite process that serves `db_file` (started by this test process's search service)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and str(db_file).encode() in command and b"milvus" in command[0]:
+            return int(entry.name)
+    raise AssertionError(f"no Milvus Lite process serves {db_file}")
+
+
 @pytest.fixture(scope="module")
 def search(tiny_encoder: EncoderServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchServer]:
     """A search service on the tiny encoder, with a Milvus Lite file of the test module's own."""

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import running_encoder, running_search, search_stub, service_process, wait_for_health
+from conftest import (
+    lite_process,
+    running_encoder,
+    running_search,
+    search_stub,
+    service_process,
+    wait_for_health,
+)
 from grpc_health.v1 import health_pb2
 from milvus_lite.server import Server as MilvusLiteServer
 from pymilvus import DataType, MilvusClient
@@ -411,18 +418,6 @@ def test_unreachable_milvus_means_not_serving_and_unavailable_then_recovery(tiny
         search_context.__exit__(None, None, None)
 
 
-def _lite_process(db_file: Path) -> int:
-    """The Milvus Lite process that serves `db_file` (started by this test process's search service)."""
-    for entry in Path("/proc").iterdir():
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            continue
-        if entry.name.isdigit() and str(db_file).encode() in command and b"milvus" in command[0]:
-            return int(entry.name)
-    raise AssertionError(f"no Milvus Lite process serves {db_file}")
-
-
 def test_a_milvus_call_gets_no_longer_than_its_caller_waits(tiny_encoder, tmp_path, caplog) -> None:
     """Every Milvus call took --milvus-timeout-s whatever its caller's deadline: with Milvus stalled, a
     caller who gave up after half a second held a worker thread of the service for the whole timeout."""
@@ -433,7 +428,7 @@ def test_a_milvus_call_gets_no_longer_than_its_caller_waits(tiny_encoder, tmp_pa
         search_stub(search.grpc.address) as stub,
     ):
         assert {r.outcome for r in stub.Ingest(requests(folder(1, 2350)))} == {STORED}
-        lite = _lite_process(db_file)
+        lite = lite_process(db_file)
         os.kill(lite, signal.SIGSTOP)  # Milvus stalls: it answers nothing
         try:
             with pytest.raises(grpc.RpcError) as gave_up:
@@ -457,7 +452,7 @@ def test_a_milvus_lite_process_that_is_killed_is_started_again(tiny_encoder, tmp
     db_file, encoder = tmp_path / "lite.db", tiny_encoder.grpc.address
     with running_search(encoder, db_file) as search, search_stub(search.grpc.address) as stub:
         assert {r.outcome for r in stub.Ingest(requests(folder(3, 2300)))} == {STORED}
-        os.kill(_lite_process(db_file), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        os.kill(lite_process(db_file), signal.SIGKILL)  # as the kernel's out-of-memory killer would
         answers = 0
         while answers == 0:  # the call that finds the process gone fails; a later one starts it again
             try:
@@ -474,7 +469,7 @@ def test_a_filter_that_ended_milvus_lite_is_refused_and_it_lives_on(tiny_encoder
     db_file, encoder = tmp_path / "lite.db", tiny_encoder.grpc.address
     with running_search(encoder, db_file) as search, search_stub(search.grpc.address) as stub:
         assert {r.outcome for r in stub.Ingest(requests(folder(2, 2400)))} == {STORED}
-        lite = _lite_process(db_file)
+        lite = lite_process(db_file)
         five = {"p": search_pb2.FilterValue(int_value=5)}
         for filter, params, shown in (
             ("uri like 5", {}, "like 5"),
@@ -499,7 +494,7 @@ def test_a_filter_that_ended_milvus_lite_is_refused_and_it_lives_on(tiny_encoder
                     method(request)
                 assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
                 assert shown in refused.value.details()
-        assert _lite_process(db_file) == lite
+        assert lite_process(db_file) == lite
         assert stub.Stats(search_pb2.StatsRequest()).count == 2
 
 

@@ -9,6 +9,8 @@ import http.client
 import io
 import json
 import logging
+import os
+import signal
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import pytest
-from conftest import running_encoder, running_search, search_stub
+from conftest import lite_process, running_encoder, running_search, search_stub
 from PIL import Image
 from test_search import ingest, picture
 
@@ -424,6 +426,29 @@ def test_an_unreachable_encoder_is_503_naming_the_encoder_but_not_its_address(ti
             client.ingest([picture])
         answer = get(url, "/api/search", q="a dog")
     assert answer.status == 503 and answer.json()["error"] == UNAVAILABLE.format("the encoder")
+
+
+def test_a_stalled_milvus_is_504_naming_it_but_not_its_file(tiny_encoder, tmp_path) -> None:
+    """The search service answers just before this tier's deadline, naming Milvus: it answered at the same
+    moment as that deadline, which blamed the search service."""
+    db_file = tmp_path / "milvus.db"
+    with (
+        running_search(tiny_encoder.grpc.address, db_file) as search,
+        running_web(search.grpc.address, timeout_s=3.0) as url,
+    ):
+        with search_stub(search.grpc.address) as stub:
+            ingest(stub, [("/pics/1.png", picture(1))])
+        lite = lite_process(db_file)
+        os.kill(lite, signal.SIGSTOP)  # Milvus stalls: it answers nothing
+        try:
+            answer = get(url, "/api/status")
+        finally:
+            os.kill(lite, signal.SIGCONT)
+    assert answer.status == 504
+    assert answer.json()["error"] == (
+        "the search service's Milvus did not answer in time (DEADLINE_EXCEEDED); the web tier's log has its "
+        "words under this answer's x-request-id"
+    )
 
 
 def test_the_tier_is_read_only_and_keeps_the_page_to_its_own_origin(demo) -> None:

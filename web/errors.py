@@ -25,9 +25,10 @@ BAD_GATEWAY = 502  # anything else is the search service failing, or refusing th
 _FAILING = {
     grpc.StatusCode.UNAVAILABLE: "is unavailable",
     grpc.StatusCode.DEADLINE_EXCEEDED: "did not answer in time",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "is too busy",
-    grpc.StatusCode.UNAUTHENTICATED: "refused this tier's token (--search-token)",
-    grpc.StatusCode.PERMISSION_DENIED: "refused this tier's token (--search-token)",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "is full, or a call to it was over one of its limits",
+    # Its caller: this tier (--search-token) for the search service, the search service for the encoder.
+    grpc.StatusCode.UNAUTHENTICATED: "refused its caller's token",
+    grpc.StatusCode.PERMISSION_DENIED: "refused its caller's token",
 }
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ def _failing_tier(error: ImageSearchError) -> str:
     """Which tier failed, by the search service's words (which name the encoder or Milvus when it was)."""
     if error.reached and error.message.startswith("encoder at "):
         return "the encoder"
-    if error.reached and "Milvus at " in error.message:
+    # "Milvus at …", "… failed in Milvus", "the Milvus Lite file …"
+    if error.reached and "Milvus" in error.message:
         return "the search service's Milvus"
     return "the search service"
 
