@@ -354,6 +354,9 @@ def test_cli_ingest_search_and_grid(services, photo_folder, tmp_path, capsys) ->
     assert code == EXIT_PARTIAL
     assert "stored 7, already present 0, failed 1, skipped 2 (not images)" in out
     assert "FAILED" in out and "broken.jpg" in out
+    # Again: nothing stored, but the pictures are there and the broken one failed again: some items failed.
+    code, out, _ = cli(capsys, *server, "ingest", str(photo_folder), "--no-progress")
+    assert (code, "stored 0, already present 7, failed 1" in out) == (EXIT_PARTIAL, True)
 
     code, out, _ = cli(capsys, *server, "search", "a red picture", "--top-k", "3")
     assert code == EXIT_OK

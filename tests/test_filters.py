@@ -44,6 +44,7 @@ def test_placeholders_become_escaped_literals_of_their_type() -> None:
 
 def test_braces_inside_string_literals_are_text_not_placeholders() -> None:
     assert render_filter("uri like \"{x}%\" or uri == '{y}'", {}) == "uri like \"{x}%\" or uri == '{y}'"
+    assert render_filter('uri == "a\\"{x}"', {}) == 'uri == "a\\"{x}"'  # an escaped quote ends no string
 
 
 @pytest.mark.parametrize(
@@ -54,6 +55,7 @@ def test_braces_inside_string_literals_are_text_not_placeholders() -> None:
         ("uri == {", {}, "filter has a stray '{' at character 7"),
         ('uri == "open', {}, "filter has an unterminated string starting at character 7"),
         ("uri == {v}", {"v": text("two\nlines")}, "contains a line break"),
+        ("uri == {v}", {"v": text("carriage\rreturn")}, "contains a line break"),
         ("x == {v}", {"v": FilterValue(float_value=float("nan"))}, "is nan, not a finite number"),
         ("x == {v}", {"v": FilterValue()}, "filter_params['v'] has no value"),
     ],
@@ -169,6 +171,8 @@ def test_a_like_is_taken_only_with_a_quoted_pattern_right_after_it() -> None:
         ("ingested_at / 0x0 == 1", "filter divides (/) by '0x0'"),
         ("(-9223372036854775807 - 1) % -1 == 0", "filter divides (%) by '-'"),
         ('json_contains(metadata["tags"])', "has json_contains(…) with other arguments than json_contains("),
+        ('json_contains(metadata["tags"], "a", "b")', "has json_contains(…) with other arguments than"),
+        ("1 == uri in [1]", "filter has '1 == uri in': in takes a field alone on its left"),
         ("array_length(1) == 2", "has array_length(…) with other arguments than array_length(metadata"),
         ("array_length() == 2", "has array_length(…) with other arguments"),
         ("uri == json_contains", "json_contains not called as a function: write json_contains(metadata"),

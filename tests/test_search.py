@@ -363,6 +363,11 @@ def test_a_row_that_milvus_refuses_fails_its_item_and_the_stream_goes_on(
     assert results[1].error.endswith("Milvus refused the request: injected: a row Milvus refuses")
     assert results[-1].totals == search_pb2.IngestTotals(received=4, stored=3, failed=1)
     assert stub.Stats(search_pb2.StatsRequest(collection=collection)).count == 3
+    # No thumbnail of the picture whose row was refused: it would be served for an id that is not stored.
+    thumbnails = search.servicer.thumbnails.folder / collection
+    assert sorted(path.stem for path in thumbnails.iterdir()) == sorted(
+        r.id for r in results if r.outcome == STORED
+    )
 
 
 def test_an_ingest_cancelled_before_its_first_picture_is_no_defect(tiny_encoder, tmp_path, caplog) -> None:

@@ -167,6 +167,18 @@ def test_uploads_are_limited_and_checked_like_any_picture(demo) -> None:
     assert as_form.status == 415 and "POST its bytes as the whole request body" in as_form.json()["error"]
 
 
+def test_an_upload_without_a_length_is_refused_once_it_is_over_the_limit(demo) -> None:
+    """Sent chunked, a body declares no length: only counting what arrives keeps it from being read whole."""
+    chunk = 64 * 1024
+    sizes = [chunk] * (MAX_UPLOAD // chunk) + [MAX_UPLOAD % chunk + 1]
+    chunks = (b"\xff" * size for size in sizes)  # a generator: http.client sends it chunked
+    answer = request(demo.url, "POST", "/api/search", chunks)  # type: ignore[arg-type]
+    assert (
+        answer.status == 413
+        and answer.json()["error"] == f"the picture is over the limit of {MAX_UPLOAD} bytes"
+    )
+
+
 def test_more_like_this_uses_the_stored_picture(demo) -> None:
     name = picture_of(demo, "green star")
     body = get(demo.url, "/api/search", like=demo.ids[name], top_k=4).json()
