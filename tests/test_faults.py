@@ -145,19 +145,26 @@ class Overloaded(encoder_pb2_grpc.EncoderServiceServicer):
 
 
 class Stalling(Overloaded):
-    """In front of a real encoder: holds every EncodeImages call until `released` is set (a GPU that hangs),
-    and says when the first one arrived, and when one ended while held (its caller cancelled it)."""
+    """In front of a real encoder: holds every call of pictures or texts until `released` is set (a GPU that
+    hangs), and says when the first one arrived, and when one ended while held (its caller cancelled it)."""
 
     def __init__(self, encoder: str) -> None:
         super().__init__(encoder, refusals=0)
         self.arrived, self.released, self.abandoned = threading.Event(), threading.Event(), threading.Event()
 
-    def EncodeImages(self, request, context):
+    def _hold(self, context) -> None:  # type: ignore[no-untyped-def]
         # A call's callbacks run when it ends; this one cannot end on its own while it is held here.
         context.add_callback(lambda: None if self.released.is_set() else self.abandoned.set())
         self.arrived.set()
         self.released.wait(timeout=120)
+
+    def EncodeImages(self, request, context):
+        self._hold(context)
         return super().EncodeImages(request, context)
+
+    def EncodeText(self, request, context):
+        self._hold(context)
+        return super().EncodeText(request, context)
 
 
 @contextmanager
@@ -283,15 +290,26 @@ def test_a_client_closed_under_its_calls_fails_them_with_its_own_error(tiny_enco
 def test_an_encoder_call_gets_no_more_time_than_its_caller_has_left(tiny_encoder, tmp_path) -> None:
     """Each encoder call had the search service's own deadline (60 s, retries included) whatever its caller
     had left: a search whose caller had given up held a handler thread, and the encoder, for a minute."""
-    with behind_a_hanging_encoder(tiny_encoder.grpc.address, tmp_path, 2400) as (stub, _, _, image):
-        with pytest.raises(grpc.RpcError) as gave_up:
-            stub.SearchImage(search_pb2.SearchImageRequest(image=image), timeout=2.0)
-        assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        # The service's own answer, just before the caller's deadline: it names whom it waited for (the
-        # caller's own cut, at its deadline, said nothing more than "Deadline Exceeded").
-        assert re.fullmatch(r"encoder at \S+: DEADLINE_EXCEEDED: .*", gave_up.value.details())
-        # The service's only handler thread is free again: the search ended with its caller's deadline.
-        assert stub.Stats(search_pb2.StatsRequest(), timeout=10).count == 1
+    with behind_a_hanging_encoder(tiny_encoder.grpc.address, tmp_path, 2400) as (stub, _, search, image):
+        # A text's call is a plain blocking one, which no cancel ends: only its deadline does.
+        for search_for in (
+            lambda: stub.SearchImage(search_pb2.SearchImageRequest(image=image), timeout=2.0),
+            lambda: stub.SearchText(search_pb2.SearchTextRequest(text="a dog"), timeout=2.0),
+        ):
+            with pytest.raises(grpc.RpcError) as gave_up:
+                search_for()
+            assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # The service's own answer, just before the caller's deadline: it names whom it waited for (the
+            # caller's own cut, at its deadline, said nothing more than "Deadline Exceeded").
+            assert re.fullmatch(r"encoder at \S+: DEADLINE_EXCEEDED: .*", gave_up.value.details())
+            # The service's only handler thread is free again: the search ended with its caller's deadline.
+            assert stub.Stats(search_pb2.StatsRequest(), timeout=10).count == 1
+        encoder_calls = scrape(search.grpc.metrics.server_port)
+    # Cut for their caller's deadline, not the service's own: not counted as the encoder's slowness.
+    for method in ("EncodeImages", "EncodeText"):
+        assert (
+            encoder_calls[("search_encoder_seconds_count", (("code", "CANCELLED"), ("method", method)))] == 1
+        )
 
 
 def test_a_caller_that_cancels_its_search_cancels_the_encoder_call_it_waited_for(
@@ -535,6 +553,23 @@ def test_a_collection_stamped_as_this_services_but_of_another_shape_is_refused(
                 list(stub.Ingest(requests(folder(1), collection=name)))
             assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert refused.value.details() == f"collection {name!r} {refusal}; use another collection"
+    # A default collection that this service cannot use leaves it serving the others.
+    with running_search(tiny_encoder.grpc.address, db_file, collection="l2") as search:
+        assert search.check_health() is True
+
+
+def test_a_stalled_milvus_makes_the_service_not_serving_until_it_answers_again(
+    tiny_encoder, tmp_path
+) -> None:
+    db_file = tmp_path / "lite.db"
+    with running_search(tiny_encoder.grpc.address, db_file, milvus_timeout_s=1.0) as search:
+        lite = lite_process(db_file)
+        os.kill(lite, signal.SIGSTOP)
+        try:
+            assert search.check_health() is False
+        finally:
+            os.kill(lite, signal.SIGCONT)
+        assert search.check_health() is True
 
 
 def test_a_collection_left_without_an_index_gets_one_when_it_is_opened(tiny_encoder, tmp_path) -> None:
