@@ -140,6 +140,8 @@ def test_only_jpegs_the_gpu_decodes_exactly_take_its_path() -> None:
         "truncated jpeg": plain[:-100],
         "bytes after the jpeg": plain + b"trailing data",
         "jpeg of components labelled rgb": labelled_rgb(plain),
+        # An Adobe segment (APP14, transform 1: YCbCr) after the start: what it says libjpeg heeds.
+        "adobe-marked jpeg": plain[:2] + b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x01" + plain[2:],
     }
     assert {name: jpeg_for_device(data, LIMITS) for name, data in pil_only.items()} == dict.fromkeys(pil_only)
     # nvJPEG would read that one as YCbCr, as the JPEG it was made from; libjpeg reads it as RGB.
@@ -149,6 +151,11 @@ def test_only_jpegs_the_gpu_decodes_exactly_take_its_path() -> None:
         jpeg_for_device(plain, ImageLimits(max_bytes=1 << 20, max_pixels=1000))
     with pytest.raises(UnencodableImage, match="over the limit of 100 bytes"):
         jpeg_for_device(plain, ImageLimits(max_bytes=100, max_pixels=1 << 20))
+    assert jpeg_for_device(plain, ImageLimits(max_bytes=len(plain), max_pixels=1 << 20)) is not None
+    with pytest.raises(
+        UnencodableImage, match=f"{len(plain)} bytes is over the limit of {len(plain) - 1} bytes"
+    ):
+        jpeg_for_device(plain, ImageLimits(max_bytes=len(plain) - 1, max_pixels=1 << 20))
 
 
 def with_header_rewritten(data: bytes, rewrite: Callable[[bytes], bytes]) -> bytes:
