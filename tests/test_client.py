@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -547,16 +548,53 @@ class FirstVersion(search_pb2_grpc.SearchServiceServicer):
 
 
 @contextmanager
-def first_version_in_front_of(target: str) -> Iterator[str]:
-    server, service = grpc.server(ThreadPoolExecutor(4)), FirstVersion(target)
+def standing_in_front(service: Any) -> Iterator[tuple[str, Any]]:
+    """`service` served on a loopback port: its address, and itself."""
+    server = grpc.server(ThreadPoolExecutor(4))
     search_pb2_grpc.add_SearchServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", service
     finally:
         server.stop(None)
         service.channel.close()
+
+
+class Restarting(search_pb2_grpc.SearchServiceServicer):
+    """In front of a real search service: answers its first `refusals` Stats calls UNAVAILABLE, as a service
+    whose Milvus is restarting does, and passes the others on; counts them all."""
+
+    def __init__(self, target: str, refusals: int) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.stub = search_pb2_grpc.SearchServiceStub(self.channel)
+        self.refusals, self.calls = refusals, 0
+
+    def Stats(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls <= self.refusals:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "Milvus is restarting")
+        return self.stub.Stats(request)
+
+
+def test_the_sdk_retries_a_call_its_service_could_not_answer_now(services, photo_folder) -> None:
+    """UNAVAILABLE is what can succeed on a retry (gRPC retries it for the SDK, with backoff)."""
+    with SearchClient(services[1], collection="sdk_retried") as client:
+        client.ingest([photo_folder])
+    for stats in (_stats, lambda address: asyncio.run(_stats_async(address))):
+        with standing_in_front(Restarting(services[1], refusals=2)) as (address, restarting):
+            assert stats(address).count == 7
+        assert restarting.calls == 3
+
+
+def _stats(address: str) -> Any:
+    with SearchClient(address, collection="sdk_retried") as client:
+        return client.stats()
+
+
+async def _stats_async(address: str) -> Any:
+    async with AsyncSearchClient(address, collection="sdk_retried") as client:
+        return await client.stats()
 
 
 def test_no_dry_run_or_min_score_goes_to_a_first_version_service_which_would_ignore_it(
@@ -566,7 +604,7 @@ def test_no_dry_run_or_min_score_goes_to_a_first_version_service_which_would_ign
     count, and min_score came back with hits under it."""
     with SearchClient(services[1], collection="sdk_first_version") as client:
         client.ingest([photo_folder])
-    with first_version_in_front_of(services[1]) as address:
+    with standing_in_front(FirstVersion(services[1])) as (address, _):
 
         async def dry_run() -> int:
             async with AsyncSearchClient(address, collection="sdk_first_version") as client:
