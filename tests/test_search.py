@@ -30,6 +30,7 @@ from imagesearch.errors import ServiceError
 from imagesearch.v1 import search_pb2
 from search_service.config import SearchConfig
 from search_service.filters import render_filter, render_value
+from search_service.lite_file import check_lite_file
 from search_service.metadata import record_metadata
 from search_service.server import SearchServer
 
@@ -700,12 +701,18 @@ def test_a_damaged_milvus_lite_file_is_refused_and_left_as_it_is(tiny_encoder, t
         assert milvus.read_bytes() == content
 
 
-def test_a_milvus_lite_folder_this_process_may_not_write_is_named(tmp_path) -> None:
-    """Lite's own failure was "[Errno 30] Read-only file system: '…/.milvus.db.lock'" and a traceback."""
+@pytest.mark.parametrize("closed", ["folder", "file"])
+def test_a_milvus_lite_file_or_folder_this_process_may_not_write_is_named(tmp_path, closed: str) -> None:
+    """Lite's own failure was "[Errno 30] Read-only file system: '…/.milvus.db.lock'" and a traceback; and a
+    file it may not read was no damaged one, whatever SQLite could not say of it."""
     folder = tmp_path / "read-only"
     folder.mkdir()
-    folder.chmod(0o555)
     milvus = folder / "milvus.db"
+    if closed == "folder":
+        folder.chmod(0o555)
+    else:
+        milvus.write_bytes(b"SQLite format 3\x00" + bytes(4080))
+        milvus.chmod(0)
     command = [sys.executable, "-m", "search_service", "--milvus-uri", str(milvus), "--port", "0"]
     command += ["--thumbnail-dir", str(tmp_path / "thumbnails")]  # else beside it, and refused first
     if os.geteuid() == 0:  # root writes past permission bits unless it gives up the capability to
@@ -714,6 +721,10 @@ def test_a_milvus_lite_folder_this_process_may_not_write_is_named(tmp_path) -> N
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert f"cannot open the Milvus Lite file {milvus} (--milvus-uri)" in refused.stderr
     assert f"a lock file beside it, in {folder}, which this process may not" in refused.stderr
+
+
+def test_a_milvus_lite_file_in_a_folder_not_made_yet_is_taken(tmp_path) -> None:
+    check_lite_file(str(tmp_path / "new" / "milvus.db"))  # Lite makes the folder
 
 
 def test_the_health_monitor_survives_a_check_that_fails_unexpectedly(tiny_encoder, tmp_path, caplog) -> None:
