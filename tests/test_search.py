@@ -1,10 +1,12 @@
 """The search service with real encoder servers and real Milvus Lite files, over gRPC on loopback."""
 
+import contextlib
 import hashlib
 import itertools
 import logging
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -721,6 +723,26 @@ def test_a_milvus_lite_file_or_folder_this_process_may_not_write_is_named(tmp_pa
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert f"cannot open the Milvus Lite file {milvus} (--milvus-uri)" in refused.stderr
     assert f"a lock file beside it, in {folder}, which this process may not" in refused.stderr
+
+
+def test_a_milvus_lite_file_with_a_journal_to_roll_back_is_left_to_lite(tmp_path) -> None:
+    """A writer killed mid-transaction (Lite, by the out-of-memory killer) leaves a journal that the next
+    opener rolls back. The check reads the file read-only, which cannot: the file is not damaged for that."""
+    milvus = tmp_path / "milvus.db"
+    killed_mid_write = f"""
+import os, sqlite3
+database = sqlite3.connect({str(milvus)!r}, isolation_level=None)
+database.execute("create table t (x)")
+database.execute("insert into t values (1)")
+database.execute("begin")
+database.executemany("insert into t values (?)", [(bytes(1000),)] * 5000)  # more than its cache holds
+os._exit(0)
+"""
+    subprocess.run([sys.executable, "-c", killed_mid_write], check=True, timeout=60)
+    assert (tmp_path / "milvus.db-journal").stat().st_size > 0
+    check_lite_file(str(milvus))
+    with contextlib.closing(sqlite3.connect(milvus)) as database:  # as Lite opens it: rolled back
+        assert database.execute("select count(*) from t").fetchone() == (1,)
 
 
 def test_a_milvus_lite_file_in_a_folder_not_made_yet_is_taken(tmp_path) -> None:
