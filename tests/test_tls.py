@@ -246,6 +246,30 @@ def test_renewed_files_that_cannot_be_checked_now_are_read_again_at_the_next_loo
     assert files.changed() is None  # read once it could be
 
 
+def test_renewed_files_that_cannot_be_used_are_warned_of_once_and_read_when_they_change(
+    tmp_path, caplog
+) -> None:
+    """The previous files stay in use; the warning is not repeated at every look (each health check)."""
+    served = tmp_path / "served.pem"
+    served.write_text("first")
+
+    def read() -> str:
+        if (text := served.read_text()) == "half-renewed":
+            raise ValueError("the key does not match the certificate")
+        return text
+
+    files = WatchedFiles([str(served)], read, "serving them")
+    served.write_text("half-renewed")
+    with caplog.at_level(logging.WARNING, logger="imagesearch.tls"):
+        assert (files.changed(), files.changed(), files.changed()) == (None, None, None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "TLS files changed but cannot be used, the previous ones still are: the key does not match the "
+        "certificate"
+    ]
+    served.write_text("renewed")
+    assert files.changed() == "renewed"
+
+
 def test_cli_refuses_a_client_key_that_is_not_the_certificates(authority, capsys) -> None:
     """gRPC would take them and fail each connection as if the service were out of reach."""
     identity, other = (authority.issue(stem, server=False) for stem in ("keyed-client", "another-client"))
