@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -103,6 +105,24 @@ def running_search(encoder_target: str, milvus_uri: Path | str, **settings: obje
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def standing_in(
+    service: Any,
+    register: Callable[[Any, grpc.Server], None] = encoder_pb2_grpc.add_EncoderServiceServicer_to_server,
+) -> Iterator[tuple[str, Any]]:
+    """A stand-in `service` (an encoder's by default), in front of a real one that it reaches on its
+    `channel`, served on a loopback port: its address, and itself."""
+    server = grpc.server(ThreadPoolExecutor(4))
+    register(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", service
+    finally:
+        server.stop(None)
+        service.channel.close()
 
 
 def lite_process(db_file: Path) -> int:

@@ -8,16 +8,13 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from conftest import running_search, service_process
+from conftest import running_search, service_process, standing_in
 from images import jpeg, png, solid, two_tone
 from PIL import Image
 
@@ -526,6 +523,9 @@ def test_a_client_at_another_services_address_is_told_so(tiny_encoder, capsys) -
     assert error.value.code == grpc.StatusCode.UNIMPLEMENTED and not error.value.reached
 
 
+IN_FRONT_OF_A_SEARCH_SERVICE = search_pb2_grpc.add_SearchServiceServicer_to_server
+
+
 class FirstVersion(search_pb2_grpc.SearchServiceServicer):
     """The search service as its first version answers, in front of a real one: without GetLimits (the
     generated base answers UNIMPLEMENTED), and blind to the request fields added since, which are cleared
@@ -545,20 +545,6 @@ class FirstVersion(search_pb2_grpc.SearchServiceServicer):
     def Delete(self, request, context):  # type: ignore[no-untyped-def]
         request.ClearField("dry_run")
         return self.stub.Delete(request)
-
-
-@contextmanager
-def standing_in_front(service: Any) -> Iterator[tuple[str, Any]]:
-    """`service` served on a loopback port: its address, and itself."""
-    server = grpc.server(ThreadPoolExecutor(4))
-    search_pb2_grpc.add_SearchServiceServicer_to_server(service, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}", service
-    finally:
-        server.stop(None)
-        service.channel.close()
 
 
 class Restarting(search_pb2_grpc.SearchServiceServicer):
@@ -582,7 +568,10 @@ def test_the_sdk_retries_a_call_its_service_could_not_answer_now(services, photo
     with SearchClient(services[1], collection="sdk_retried") as client:
         client.ingest([photo_folder])
     for stats in (_stats, lambda address: asyncio.run(_stats_async(address))):
-        with standing_in_front(Restarting(services[1], refusals=2)) as (address, restarting):
+        with standing_in(Restarting(services[1], refusals=2), IN_FRONT_OF_A_SEARCH_SERVICE) as (
+            address,
+            restarting,
+        ):
             assert stats(address).count == 7
         assert restarting.calls == 3
 
@@ -604,7 +593,7 @@ def test_no_dry_run_or_min_score_goes_to_a_first_version_service_which_would_ign
     count, and min_score came back with hits under it."""
     with SearchClient(services[1], collection="sdk_first_version") as client:
         client.ingest([photo_folder])
-    with standing_in_front(FirstVersion(services[1])) as (address, _):
+    with standing_in(FirstVersion(services[1]), IN_FRONT_OF_A_SEARCH_SERVICE) as (address, _):
 
         async def dry_run() -> int:
             async with AsyncSearchClient(address, collection="sdk_first_version") as client:

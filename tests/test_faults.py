@@ -11,7 +11,6 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from conftest import (
     running_search,
     search_stub,
     service_process,
+    standing_in,
     wait_for_health,
 )
 from grpc_health.v1 import health_pb2
@@ -171,19 +171,6 @@ class Stalling(Overloaded):
 def overloaded(encoder: str, refusals: int) -> Iterator[tuple[str, Overloaded]]:
     with standing_in(Overloaded(encoder, refusals)) as served:
         yield served
-
-
-@contextmanager
-def standing_in(proxy: Overloaded) -> Iterator[tuple[str, Overloaded]]:
-    server = grpc.server(ThreadPoolExecutor(4))
-    encoder_pb2_grpc.add_EncoderServiceServicer_to_server(proxy, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}", proxy
-    finally:
-        server.stop(None)
-        proxy.channel.close()
 
 
 def test_an_overloaded_encoder_slows_an_ingest_down_without_failing_it(
