@@ -115,6 +115,7 @@ class AsyncSearchClient:
         self.collection = collection
         self._connection = _Awaitable(grpc.aio, "search service", target, timeout, credentials, token)
         self._stub = search_pb2_grpc.SearchServiceStub(self._connection.channel)
+        self._reads_every_field = False  # its service has answered GetLimits: it reads dry_run, min_score
 
     async def ingest(
         self,
@@ -265,13 +266,13 @@ class AsyncSearchClient:
     async def _read_by_the_service(self, field: str) -> None:
         """Makes sure, once, that the service reads `field` before a request carries it: the first version's
         ignores it, and lacks GetLimits."""
-        if not self._connection.reads_every_field:
+        if not self._reads_every_field:
             try:
                 await self.limits()
             except ImageSearchError as error:
                 if (older := self._connection.older_service(error, field)) is not None:
                     raise older from None
-            self._connection.reads_every_field = True
+            self._reads_every_field = True
 
     async def close(self) -> None:
         await self._connection.close()

@@ -90,7 +90,6 @@ class Connection:
         self.timeout = timeout
         self._token = token or ""
         self._closed = False
-        self.reads_every_field = False  # it answered GetLimits: it is no first version's service
         self.channel: Any = self._open(api, credentials)
 
     def _open(self, api: ModuleType, credentials: grpc.ChannelCredentials | None) -> Any:

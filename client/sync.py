@@ -66,6 +66,7 @@ class SearchClient:
         self.collection = collection
         self._connection = _Blocking(grpc, "search service", target, timeout, credentials, token)
         self._stub = search_pb2_grpc.SearchServiceStub(self._connection.channel)
+        self._reads_every_field = False  # its service has answered GetLimits: it reads dry_run, min_score
 
     def ingest(
         self,
@@ -208,13 +209,13 @@ class SearchClient:
     def _read_by_the_service(self, field: str) -> None:
         """Makes sure, once, that the service reads `field` before a request carries it: the first version's
         ignores it, and lacks GetLimits."""
-        if not self._connection.reads_every_field:
+        if not self._reads_every_field:
             try:
                 self.limits()
             except ImageSearchError as error:
                 if (older := self._connection.older_service(error, field)) is not None:
                     raise older from None
-            self._connection.reads_every_field = True
+            self._reads_every_field = True
 
     def close(self) -> None:
         self._connection.close()
