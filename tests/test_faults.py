@@ -191,6 +191,37 @@ def test_an_overloaded_encoder_slows_an_ingest_down_without_failing_it(
     assert retries == ["INFO"] * 7
 
 
+class Unavailable(Overloaded):
+    """In front of a real encoder: says it takes 2 pictures a call, and answers every call of pictures
+    UNAVAILABLE (a GPU lost for good)."""
+
+    def GetModelInfo(self, request, context):
+        info = self.encoder.GetModelInfo(request)
+        info.max_items_per_request = 2
+        return info
+
+    def EncodeImages(self, request, context):
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the GPU is gone")
+
+
+def test_a_stream_that_fails_lets_its_reader_go_though_it_waited_for_room(tiny_encoder, tmp_path) -> None:
+    """The reader of a stream waits for room (2 pictures a call, 1 batch in flight: 4 at a time) while the
+    client has more to send; once the stream fails, it must end too, and let go of the pictures it holds."""
+    with (
+        standing_in(Unavailable(tiny_encoder.grpc.address, refusals=0)) as (target, _),
+        running_search(target, tmp_path / "milvus.db", ingest_in_flight=1, encoder_timeout_s=10.0) as search,
+        search_stub(search.grpc.address) as stub,
+    ):
+        with pytest.raises(grpc.RpcError) as failed:
+            list(stub.Ingest(requests(folder(40, 2500))))
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        for _ in range(200):  # a bounded poll: the reader looks every second whether its stream has ended
+            if not any(thread.name == "ingest-reader" for thread in threading.enumerate()):
+                break
+            threading.Event().wait(0.05)
+        assert not any(thread.name == "ingest-reader" for thread in threading.enumerate())
+
+
 def test_ctrl_c_during_an_ingest_reports_what_was_answered_and_what_was_not_done(
     tiny_encoder, tmp_path, capsys
 ) -> None:
