@@ -34,9 +34,10 @@ def first_version_setting(config: SearchConfig, environment: Mapping[str, str]) 
     """Why the service must not start: a first version's variable set while the setting that replaced it was
     left at its default (neither the flag nor SEARCH_* names it); or "". Where the new setting is given, the
     old variable is pymilvus's business (`imgsearch up` passes --milvus-uri, whatever the shell exports)."""
+    defaults = SearchConfig()
     for name, field in _FIRST_VERSION_NAMES.items():
-        given, default = environment.get(name, ""), getattr(SearchConfig(), field)
-        if given and getattr(config, field) == default:
+        given = environment.get(name, "")
+        if given and getattr(config, field) == getattr(defaults, field):
             shown = "***" if field == "milvus_token" else shown_uri(given)
             flag = f"--{field.replace('_', '-')}"
             return (

@@ -182,15 +182,15 @@ class EncoderReplicas:
         query took 0.25 ms more at the median, and up to 7 ms more at the 99th percentile). A call cut for its
         caller is observed as CANCELLED, not as the encoder's slowness."""
         caller, started, code = current_caller(), time.monotonic(), grpc.StatusCode.UNKNOWN
-        own_deadline, callers_deadline = started + self.timeout_s, caller.answer_by()
+        own_deadline, answer_by = started + self.timeout_s, caller.answer_by()
         try:
-            deadline = min(own_deadline, callers_deadline)
+            deadline = min(own_deadline, answer_by)
             with self._channel() as channel:
                 response = self._retried(method_of(channel), request, deadline, caller, cancellable)
             code = grpc.StatusCode.OK
             return response
         except ServiceError as error:
-            by_caller = error.code == grpc.StatusCode.DEADLINE_EXCEEDED and callers_deadline < own_deadline
+            by_caller = error.code == grpc.StatusCode.DEADLINE_EXCEEDED and answer_by < own_deadline
             code = grpc.StatusCode.CANCELLED if by_caller else error.code
             raise
         finally:
